@@ -1,0 +1,1 @@
+"""Flags → validated config → the forwarder's Beam pipeline (see `pipeline.build`)."""

@@ -1,0 +1,59 @@
+"""The graph builder: one function that reads like the pipeline diagram.
+
+    ReadBatches → ParseBatches → ApplySettings → StampArrival → BatchPerDevice
+      → WriteBatchFiles                       (forwarded files in the bucket)
+    ParseBatches' dead letters → WriteDeadLetters
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import apache_beam as beam
+
+from pipeline.config import ForwarderConfig
+from transforms.apply_settings import ApplySettings
+from transforms.batching import BatchPerDevice, StampArrival
+from transforms.parse import ParseBatches
+from transforms.read import ReadBatches
+from transforms.write import WriteBatchFiles, WriteDeadLetters
+
+
+class Outputs(NamedTuple):
+    files: beam.PCollection  # FileWritten per forwarded file
+    dead_letter_files: beam.PCollection  # FileWritten per dead-letter file
+
+
+def forward(records: beam.PCollection, config: ForwarderConfig) -> Outputs:
+    """Raw records (from files or Pub/Sub) → forwarded files and dead letters."""
+    parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
+    files = (
+        parsed["batches"]
+        | "ApplySettings" >> ApplySettings(config.settings, config.send_batches_without_events)
+        | "StampArrival" >> StampArrival()
+        | "BatchPerDevice" >> BatchPerDevice(
+            config.batching, config.window_size_s, config.session_gap_s, config.allowed_lateness_s
+        )
+        | "WriteBatchFiles" >> WriteBatchFiles(
+            config.output_location,
+            config.connection,
+            folder=config.folder,
+            compress=config.compress,
+            store_by_date=config.store_by_date,
+            window_size_s=config.window_size_s,
+            allowed_lateness_s=config.allowed_lateness_s,
+            max_batches_per_file=config.max_batches_per_file,
+            max_file_bytes=config.max_file_bytes,
+            file_shards=config.file_shards,
+        )
+    )
+    dead_letter_files = parsed["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(
+        config.dead_letter_location, config.connection
+    )
+    return Outputs(files, dead_letter_files)
+
+
+def build(pipeline: beam.Pipeline, config: ForwarderConfig) -> Outputs:
+    """The whole bulk pipeline from `--input` files."""
+    records = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
+    return forward(records, config)

@@ -1,0 +1,232 @@
+"""Flags and settings file → one validated, frozen `ForwarderConfig`.
+
+Precedence: defaults, then the settings file, then flags. Every problem is a
+`ConfigError` whose message is one sentence naming the option and what is
+allowed; the entry point prints it without a stack trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+from typing import Any, Sequence
+
+import yaml
+
+from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
+from transforms import naming
+from transforms.batching import BatchingMode
+from transforms.s3 import SSE_METHODS, S3Connection
+from transforms.settings import ForwardingSettings
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+
+
+class ConfigError(ValueError):
+    """A user mistake in flags or the settings file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwarderConfig:
+    bucket: str
+    folder: str | None
+    connection: S3Connection
+    settings: ForwardingSettings
+    inputs: tuple[str, ...]
+    dead_letter_location: str
+    app_name: str | None
+    batching: BatchingMode
+    send_batches_without_events: bool
+    store_by_date: bool
+    compress: bool
+    window_size_s: int
+    session_gap_s: int
+    allowed_lateness_s: int
+    max_batches_per_file: int
+    max_file_bytes: int
+    file_shards: int
+    max_batch_bytes: int
+    skip_bucket_check: bool
+
+    @property
+    def output_location(self) -> str:
+        return f"s3://{self.bucket}"
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"--{name} must be true or false, not {value!r}.")
+
+
+def _as_int(name: str, value: Any, minimum: int = 1) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name} must be a whole number, not {value!r}.") from None
+    if isinstance(value, bool) or number < minimum:
+        raise ConfigError(f"--{name} must be a whole number of at least {minimum}, not {value!r}.")
+    return number
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(item) for item in value or ()]
+
+
+def _coerce(option_name: str, value: Any) -> Any:
+    kind = OPTIONS_BY_NAME[option_name].kind
+    if value is None:
+        return None
+    if kind is bool:
+        return _as_bool(option_name, value)
+    if kind is int:
+        return _as_int(option_name, value, minimum=0)
+    if kind is list:
+        return _as_list(value)
+    text = str(value).strip()
+    return text or None  # a blank setting means "not set", as in mParticle's UI
+
+
+def read_settings_file(path: str) -> dict[str, Any]:
+    """A JSON or YAML mapping keyed by option names."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as err:
+        raise ConfigError(f"--settings_file {path!r} cannot be read: {err.strerror}.") from None
+    try:
+        loaded = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"--settings_file {path!r} is not valid JSON or YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--settings_file {path!r} must hold a mapping of option names.")
+    unknown = sorted(set(loaded) - set(OPTIONS_BY_NAME) - {"settings_file"})
+    if unknown:
+        raise ConfigError(
+            f"--settings_file {path!r} has unknown settings {', '.join(unknown)}; "
+            "keys are the option names, such as send_custom_events."
+        )
+    return loaded
+
+
+def merged_values(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], Any]:
+    """(option values after precedence, Beam's args, --print_iam_policy)."""
+    parser = build_parser()
+    given, beam_args = parser.parse_known_args(list(argv))
+    given = vars(given)
+    print_policy = given.pop("print_iam_policy", None)
+    values = {option.name: option.default for option in OPTIONS}
+    settings_file = given.get("settings_file")
+    if settings_file:
+        for name, value in read_settings_file(settings_file).items():
+            values[name] = _coerce(name, value)
+    for name, value in given.items():
+        values[name] = _coerce(name, value)
+    return values, beam_args, print_policy
+
+
+def validate_bucket_name(name: str | None) -> str:
+    if not name:
+        raise ConfigError("--s3_bucket_name is required.")
+    problem = None
+    if not _BUCKET_NAME.match(name):
+        problem = "3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    elif ".." in name or ".-" in name or "-." in name:
+        problem = "no two dots, or a dot and a hyphen, side by side"
+    elif name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3")):
+        problem = "no reserved prefix or suffix (xn--, sthree-, -s3alias, --ol-s3)"
+    else:
+        try:
+            ipaddress.ip_address(name)
+            problem = "not an IP address"
+        except ValueError:
+            pass
+    if problem:
+        raise ConfigError(f"--s3_bucket_name {name!r} is not a valid bucket name: {problem}.")
+    return name
+
+
+def _check(values: dict[str, Any]) -> None:
+    if values["server_side_encryption_method"] not in SSE_METHODS:
+        raise ConfigError(
+            "--server_side_encryption_method must be one of "
+            f"{', '.join(SSE_METHODS)}, not {values['server_side_encryption_method']!r}."
+        )
+    if values["kms_key_id"] and values["server_side_encryption_method"] != "aws:kms":
+        raise ConfigError("--kms_key_id needs --server_side_encryption_method=aws:kms.")
+    if bool(values["access_key_id"]) != bool(values["secret_access_key"]):
+        raise ConfigError(
+            "--access_key_id and --secret_access_key go together: give both, or neither "
+            "for role-based auth."
+        )
+    if not values["s3_endpoint_url"] and not _REGION.match(values["aws_region_endpoint"] or ""):
+        raise ConfigError(
+            f"--aws_region_endpoint {values['aws_region_endpoint']!r} is not an AWS region "
+            "such as us-east-1."
+        )
+    if not values["input"]:
+        raise ConfigError("No input: give --input (files or globs) at least once.")
+    for name in ("window_size_s", "session_gap_s", "max_batches_per_file", "max_file_bytes",
+                 "file_shards", "max_batch_bytes"):
+        _as_int(name, values[name], minimum=1)
+    if values["folder_name"] and values["folder_name"].strip("/") == "":
+        raise ConfigError("--folder_name must hold more than slashes.")
+
+
+def load_config(argv: Sequence[str]) -> tuple[ForwarderConfig, list[str]]:
+    """Validated config and the arguments left for Beam's PipelineOptions."""
+    values, beam_args, _ = merged_values(argv)
+    return config_from_values(values), beam_args
+
+
+def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
+    bucket = validate_bucket_name(values["s3_bucket_name"])
+    _check(values)
+    folder = values["folder_name"].strip("/") if values["folder_name"] else None
+    if values["wait_for_complete_batch"]:
+        mode = BatchingMode.SESSIONS  # overrides Send as Batch, as in mParticle
+    elif values["send_as_batch"]:
+        mode = BatchingMode.FIXED
+    else:
+        mode = BatchingMode.PER_EVENT
+    settings_fields = {f.name for f in dataclasses.fields(ForwardingSettings)}
+    return ForwarderConfig(
+        bucket=bucket,
+        folder=folder,
+        connection=S3Connection(
+            region=values["aws_region_endpoint"],
+            endpoint_url=values["s3_endpoint_url"],
+            access_key_id=values["access_key_id"],
+            secret_access_key=values["secret_access_key"],
+            role_arn=values["aws_role_arn"],
+            sse_method=values["server_side_encryption_method"],
+            kms_key_id=values["kms_key_id"],
+        ),
+        settings=ForwardingSettings(**{k: v for k, v in values.items() if k in settings_fields}),
+        inputs=tuple(values["input"]),
+        dead_letter_location=values["dead_letter_location"]
+        or f"s3://{bucket}/{naming.join_key(folder, '_dead_letters')}",
+        app_name=naming.safe_app_name(values["app_name"]) if values["app_name"] else None,
+        batching=mode,
+        send_batches_without_events=values["send_batches_without_events"],
+        store_by_date=values["store_data_in_folders_by_date"],
+        compress=values["use_compression"],
+        window_size_s=values["window_size_s"],
+        session_gap_s=values["session_gap_s"],
+        allowed_lateness_s=values["allowed_lateness_s"],
+        max_batches_per_file=values["max_batches_per_file"],
+        max_file_bytes=values["max_file_bytes"],
+        file_shards=values["file_shards"],
+        max_batch_bytes=values["max_batch_bytes"],
+        skip_bucket_check=values["skip_bucket_check"],
+    )

@@ -1,0 +1,109 @@
+"""The forwarder's options: the integration's settings under their snake_case names.
+
+One table (`OPTIONS`) drives the command-line flags, the settings file keys and
+the defaults, so the three can never disagree. Flags not in this table (the
+runner's: --runner, --direct_num_workers, --flink_master, ...) go to Beam.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from transforms import batching, packing, parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str
+    kind: type  # bool, int, str, or list for repeatable values
+    default: Any
+    help: str
+
+
+def _setting(name: str, default: bool, forwards: str) -> Option:
+    return Option(name, bool, default, f"Forward {forwards} (default {str(default).lower()}).")
+
+
+OPTIONS: tuple[Option, ...] = (
+    # The integration's connection settings.
+    Option("s3_bucket_name", str, None, "Target bucket (required)."),
+    Option("folder_name", str, None, "Key prefix inside the bucket."),
+    Option("aws_region_endpoint", str, "us-east-1", "Region of the bucket."),
+    Option("access_key_id", str, None, "User-based auth; blank: the default credential chain."),
+    Option("secret_access_key", str, None, "Secret of --access_key_id; never logged."),
+    Option("aws_role_arn", str, None, "Role to assume for role-based auth."),
+    Option("server_side_encryption_method", str, "None", "None, AES256 or aws:kms."),
+    Option("kms_key_id", str, None, "KMS key id or ARN for aws:kms."),
+    Option("unique_id", str, None, "Added to every forwarded batch as unique_id."),
+    _setting("send_lifecycle_events", True, "session_start/end, state transitions, first_run"),
+    _setting("send_screen_views", True, "screen_view events"),
+    _setting("send_crash_events", True, "crash_report events"),
+    _setting("send_network_performance_events", True, "network_performance events"),
+    _setting("send_custom_events", True, "custom_event events"),
+    _setting("send_push_registrations_and_receipts", True, "push registrations and messages"),
+    _setting("send_profile_change_events", True, "profile events"),
+    _setting("send_commerce_events", True, "commerce_event events"),
+    _setting("include_user_attribute_change_events", False, "user_attribute_change events"),
+    _setting("include_user_identity_change_events", False, "user_identity_change events"),
+    _setting("include_location_information", True, "data.location and context.location"),
+    _setting("include_user_identities", True, "user_identities"),
+    _setting("include_metadata", True, "application_info, device_info, source_info"),
+    _setting("include_consent_state", True, "consent_state"),
+    _setting("include_mp_deviceid", True, "mp_deviceid"),
+    _setting("send_batches_without_events", False, "batches whose events were all filtered"),
+    Option("send_as_batch", bool, True, "Batch per device and window; false: one per event."),
+    Option("wait_for_complete_batch", bool, False, "One batch per device session."),
+    Option("store_data_in_folders_by_date", bool, False, "YYYY-MM-DD folder per file."),
+    Option("use_compression", bool, False, "gzip the files (.txt.gz)."),
+    # Input and output.
+    Option("input", list, [], "Input files: paths or globs, local, s3:// or gs:// (repeatable)."),
+    Option("s3_endpoint_url", str, None, "S3-compatible endpoint (local server, MinIO)."),
+    Option("settings_file", str, None, "JSON or YAML file keyed by these option names."),
+    Option("app_name", str, None, "App name in file names; default: application_name."),
+    Option(
+        "dead_letter_location", str, None,
+        "s3://bucket/prefix or local directory; default: <folder>/_dead_letters/ in the bucket.",
+    ),
+    # Batching and files.
+    Option("window_size_s", int, batching.DEFAULT_WINDOW_SIZE_S, "Send as Batch window, seconds."),
+    Option("session_gap_s", int, batching.DEFAULT_SESSION_GAP_S, "Session gap, seconds."),
+    Option(
+        "allowed_lateness_s", int, batching.DEFAULT_ALLOWED_LATENESS_S,
+        "How late data may come and still go out in a further batch (streaming).",
+    ),
+    Option("max_batches_per_file", int, packing.DEFAULT_MAX_BATCHES_PER_FILE, "Batches a file."),
+    Option("max_file_bytes", int, packing.DEFAULT_MAX_FILE_BYTES, "Uncompressed bytes a file."),
+    Option("file_shards", int, 1, "Files written in parallel per app, date and window."),
+    Option("max_batch_bytes", int, parse.DEFAULT_MAX_BATCH_BYTES, "Larger records: dead letters."),
+    Option("skip_bucket_check", bool, False, "Do not write the verification object at start."),
+)
+
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags for every option; a flag not given is absent from the result."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Forward mParticle event batches to S3 as the Amazon S3 integration does.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for option in OPTIONS:
+        flag = f"--{option.name}"
+        if option.kind is list:
+            parser.add_argument(flag, action="append", metavar="PATH", help=option.help)
+        elif option.kind is bool:
+            parser.add_argument(
+                flag, nargs="?", const="true", metavar="true|false", help=option.help
+            )
+        else:
+            parser.add_argument(flag, metavar=option.kind.__name__.upper(), help=option.help)
+    parser.add_argument(
+        "--print_iam_policy", choices=("role", "user"),
+        help="Print the IAM policy for --s3_bucket_name and exit.",
+    )
+    return parser

@@ -1,0 +1,105 @@
+"""Entry point: `python -m pipeline --s3_bucket_name=... --input=...`.
+
+Validates the options, proves the bucket is writable, runs the pipeline on the
+chosen runner and prints a summary whose event counts reconcile. Exit codes:
+0 done, 1 the run failed or did not reconcile, 2 an option is wrong, 3 the
+bucket check failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import iam
+from pipeline.build import build
+from pipeline.config import ConfigError, config_from_values, merged_values, validate_bucket_name
+from transforms import metrics, read, s3
+
+_LOG = logging.getLogger("pipeline")
+# Runner names users type → what Beam knows. The DirectRunner name maps to the
+# FnApiRunner itself: Beam's DirectRunner would first try to download Prism.
+_RUNNERS = {
+    "direct": "FnApiRunner",
+    "directrunner": "FnApiRunner",
+    "fnapirunner": "FnApiRunner",
+    "flink": "FlinkRunner",
+    "flinkrunner": "FlinkRunner",
+    "spark": "SparkRunner",
+    "sparkrunner": "SparkRunner",
+}
+
+
+def make_runner(options: PipelineOptions):
+    """The runner to use: an FnApiRunner instance for the direct runner."""
+    standard = options.view_as(StandardOptions)
+    name = _RUNNERS.get((standard.runner or "direct").lower(), standard.runner)
+    if name == "FnApiRunner":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return name
+
+
+def counters_of(result) -> dict[str, int]:
+    """The run's counters in the forwarder's namespace, summed over steps."""
+    totals: dict[str, int] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    return totals
+
+
+def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> None:
+    client = s3.make_client(connection) if any(p.startswith("s3://") for p in patterns) else None
+    for pattern in patterns:
+        if not read.expand_pattern(pattern, client):
+            raise ConfigError(f"--input {pattern!r} matches no file.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        values, beam_args, print_policy = merged_values(argv)
+        if print_policy:
+            bucket = validate_bucket_name(values["s3_bucket_name"])
+            print(iam.policy_text(print_policy, bucket, values["aws_role_arn"]))
+            return 0
+        config = config_from_values(values)
+        check_inputs_exist(config.inputs, config.connection)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    if not config.skip_bucket_check:
+        try:
+            key = s3.check_bucket_writable(
+                s3.make_client(config.connection), config.connection, config.bucket, config.folder
+            )
+        except s3.BucketCheckError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 3
+        _LOG.info("bucket check: wrote s3://%s/%s", config.bucket, key)
+
+    options = PipelineOptions(beam_args)
+    started = time.monotonic()
+    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    build(pipeline, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    elapsed = time.monotonic() - started
+
+    counters = counters_of(result)
+    print(metrics.format_summary(counters))
+    print(f"  seconds: {elapsed:.1f}")
+    if metrics.unaccounted_events(counters) != 0:
+        return 1
+    return 0

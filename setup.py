@@ -1,0 +1,25 @@
+"""The mParticle-to-S3 forwarder: an Apache Beam pipeline. Workers install it from here."""
+
+import setuptools
+
+setuptools.setup(
+    name="mparticle-s3-forwarder",
+    version="0.1.0",
+    description="Forward mParticle event batches to Amazon S3 as mParticle's S3 integration does.",
+    packages=["pipeline", "transforms"],
+    python_requires=">=3.10",
+    install_requires=[
+        "apache-beam==2.77.0",
+        "boto3==1.44.8",
+        "smart-open[s3]==9.0.2",
+        "PyYAML==6.0.4",
+    ],
+    extras_require={
+        "test": [
+            "pytest==9.2.0",
+            "pytest-timeout==2.4.0",
+            "moto[server]==5.2.5",
+            "ruff==0.17.6",
+        ],
+    },
+)

@@ -1,0 +1,49 @@
+"""ApplySettings: ArrivedBatch → ArrivedBatch in outbound form, settings applied."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import apache_beam as beam
+
+from transforms import metrics
+from transforms.grouping import ArrivedBatch
+from transforms.settings import ForwardingSettings, apply_settings
+
+
+class ApplySettingsFn(beam.DoFn):
+    """Filters event types, strips fields, adds unique_id; counts what it removes.
+
+    A batch left with no events is not sent unless `send_batches_without_events`.
+    """
+
+    def __init__(self, settings: ForwardingSettings, send_batches_without_events: bool):
+        self._settings = settings
+        self._send_empty = send_batches_without_events
+
+    def setup(self):
+        self._empty_batches = metrics.counter(metrics.BATCHES_WITHOUT_EVENTS)
+        self._filtered = {}
+
+    def _count_filtered(self, reason: str, count: int) -> None:
+        if reason not in self._filtered:
+            self._filtered[reason] = metrics.filtered_counter(reason)
+        self._filtered[reason].inc(count)
+
+    def process(self, arrived: ArrivedBatch) -> Iterator[ArrivedBatch]:
+        forwarded, filtered = apply_settings(arrived.batch, self._settings)
+        for reason, count in filtered.items():
+            self._count_filtered(reason, count)
+        if not forwarded.get("events") and not self._send_empty:
+            self._empty_batches.inc()
+            return
+        yield arrived._replace(batch=forwarded)
+
+
+class ApplySettings(beam.PTransform):
+    def __init__(self, settings: ForwardingSettings, send_batches_without_events: bool = False):
+        super().__init__()
+        self._fn = ApplySettingsFn(settings, send_batches_without_events)
+
+    def expand(self, batches):
+        return batches | "ApplySettings" >> beam.ParDo(self._fn)

@@ -1,0 +1,134 @@
+"""StampArrival and BatchPerDevice: one outbound batch per device and window.
+
+Modes (SPEC section 4):
+- FIXED (Send as Batch, the default): UTC-aligned fixed windows per device.
+- SESSIONS (Wait for Complete Batch): session windows per device, one batch
+  per session, out once the gap has passed with no new data.
+- PER_EVENT (Send as Batch off): every event its own batch, no grouping.
+
+Windows are over arrival time. A pane that fires after its window was already
+written (late data, streaming only) goes out as a further batch and is counted.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable, Iterator, NamedTuple
+
+import apache_beam as beam
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.windowed_value import PaneInfoTiming
+from apache_beam.utils.timestamp import Duration
+
+from transforms import metrics
+from transforms.grouping import ArrivedBatch, merge_batches, split_per_event
+
+DEFAULT_WINDOW_SIZE_S = 600
+DEFAULT_SESSION_GAP_S = 1800
+# How long after a window closes its late data still goes out as a further
+# batch. Pub/Sub publish times make late data rare; a day covers replays.
+DEFAULT_ALLOWED_LATENESS_S = 24 * 3600
+
+
+class BatchingMode(enum.Enum):
+    FIXED = "fixed"
+    SESSIONS = "sessions"
+    PER_EVENT = "per_event"
+
+
+class ForwardedBatch(NamedTuple):
+    """One outbound batch and what packing it into files needs."""
+
+    batch: dict
+    app_name: str
+    device: str
+    newest_arrival_ms: int
+    event_count: int
+
+
+def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: float = 0):
+    """WindowInto with one on-time pane, then one pane per late element, discarding.
+
+    `early_firing_s` > 0 also fires that many seconds (processing time) after
+    the first element of a pane, for output "within seconds" in streaming.
+    """
+    early = trigger.AfterProcessingTime(early_firing_s) if early_firing_s else None
+    return beam.WindowInto(
+        windowfn,
+        trigger=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
+        accumulation_mode=trigger.AccumulationMode.DISCARDING,
+        allowed_lateness=Duration(seconds=allowed_lateness_s),
+    )
+
+
+class StampArrival(beam.PTransform):
+    """ArrivedBatch → (device, ArrivedBatch) timestamped at its arrival time."""
+
+    def expand(self, batches):
+        return batches | "KeyAndStamp" >> beam.Map(
+            lambda a: window.TimestampedValue((a.device, a), a.arrival_ms / 1000.0)
+        )
+
+
+class MergeBatchFn(beam.DoFn):
+    """(device, [ArrivedBatch]) → ForwardedBatch; counts duplicates and late panes."""
+
+    def setup(self):
+        self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
+        self._late_batches = metrics.counter(metrics.LATE_BATCHES)
+        self._late_events = metrics.counter(metrics.LATE_EVENTS)
+
+    def process(
+        self,
+        element: tuple[str, Iterable[ArrivedBatch]],
+        pane=beam.DoFn.PaneInfoParam,
+    ) -> Iterator[ForwardedBatch]:
+        device, arrived = element
+        arrived = list(arrived)
+        merged, duplicates = merge_batches(arrived)
+        self._duplicates.inc(duplicates)
+        event_count = len(merged.get("events") or ())
+        if pane.timing == PaneInfoTiming.LATE:
+            self._late_batches.inc()
+            self._late_events.inc(event_count)
+        latest = max(arrived, key=lambda a: (a.arrival_ms, a.source))
+        yield ForwardedBatch(merged, latest.app_name, device, latest.arrival_ms, event_count)
+
+
+def _per_event(keyed: tuple[str, ArrivedBatch]) -> Iterator[ForwardedBatch]:
+    device, arrived = keyed
+    for batch in split_per_event(arrived.batch) or [arrived.batch]:
+        yield ForwardedBatch(
+            batch, arrived.app_name, device, arrived.arrival_ms, len(batch.get("events") or ())
+        )
+
+
+class BatchPerDevice(beam.PTransform):
+    """(device, ArrivedBatch) → ForwardedBatch, grouped as `mode` says."""
+
+    def __init__(
+        self,
+        mode: BatchingMode,
+        window_size_s: int = DEFAULT_WINDOW_SIZE_S,
+        session_gap_s: int = DEFAULT_SESSION_GAP_S,
+        allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
+    ):
+        super().__init__()
+        self._mode = mode
+        self._window_size_s = window_size_s
+        self._session_gap_s = session_gap_s
+        self._allowed_lateness_s = allowed_lateness_s
+
+    def expand(self, keyed):
+        if self._mode is BatchingMode.PER_EVENT:
+            return keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event)
+        if self._mode is BatchingMode.SESSIONS:
+            windowfn = window.Sessions(self._session_gap_s)
+        else:
+            windowfn = window.FixedWindows(self._window_size_s)
+        return (
+            keyed
+            | "WindowPerDevice" >> late_firing_windowing(windowfn, self._allowed_lateness_s)
+            | "GroupPerDevice" >> beam.GroupByKey()
+            | "MergeBatch" >> beam.ParDo(MergeBatchFn())
+        )

@@ -1,0 +1,148 @@
+"""Pure rules for grouping batches per device: keys, arrival time, merging.
+
+A batch belongs to a device (`device_key`) and arrived at a time
+(`arrival_time_ms`); the batches of one device in one window become one
+outbound batch (`merge_batches`), or, with Send as Batch off, every event goes
+out as its own batch (`split_per_event`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, NamedTuple
+
+from transforms.batch_json import as_int
+
+# device_info fields that identify a device, most specific first.
+DEVICE_INFO_IDENTIFIERS = (
+    "ios_idfv",
+    "android_uuid",
+    "ios_advertising_id",
+    "android_advertising_id",
+    "fire_advertising_id",
+    "roku_advertising_id",
+    "microsoft_advertising_id",
+    "amp_id",
+)
+# An advertising id of all zeros means "limit ad tracking": shared by many devices.
+_ZERO_ID = "00000000-0000-0000-0000-000000000000"
+
+
+class ArrivedBatch(NamedTuple):
+    """One parsed input batch with what grouping needs, taken before any stripping."""
+
+    batch: dict
+    source: str  # where it came from: "file:line" or a message id
+    arrival_ms: int
+    device: str  # the grouping key
+    app_name: str
+
+
+def device_key(batch: dict) -> str | None:
+    """The device a batch belongs to: mp_deviceid, else mpid, else a device_info id.
+
+    >>> device_key({"mpid": 42, "device_info": {"ios_idfv": "A"}})
+    'mpid:42'
+    """
+    mp_deviceid = batch.get("mp_deviceid")
+    if isinstance(mp_deviceid, str) and mp_deviceid.strip():
+        return f"mp_deviceid:{mp_deviceid}"
+    mpid = as_int(batch.get("mpid"))
+    if mpid is not None and mpid != 0:
+        return f"mpid:{mpid}"
+    device_info = batch.get("device_info")
+    if isinstance(device_info, dict):
+        for field in DEVICE_INFO_IDENTIFIERS:
+            value = device_info.get(field)
+            if isinstance(value, str) and value.strip() and value != _ZERO_ID:
+                return f"{field}:{value}"
+    return None
+
+
+def event_time_ms(event: Any) -> int | None:
+    """An event's `data.timestamp_unixtime_ms`, or None where it is missing."""
+    if isinstance(event, dict):
+        data = event.get("data")
+        if isinstance(data, dict):
+            return as_int(data.get("timestamp_unixtime_ms"))
+    return None
+
+
+def arrival_time_ms(batch: dict) -> int | None:
+    """When mParticle received a batch: its own timestamp, else its first event's."""
+    received = as_int(batch.get("timestamp_unixtime_ms"))
+    if received is not None and received > 0:
+        return received
+    for event in batch.get("events") or ():
+        first = event_time_ms(event)
+        if first is not None and first > 0:
+            return first
+        break
+    return None
+
+
+def first_event_time_ms(batch: dict, default_ms: int) -> int:
+    """The time of a batch's first event (for date folders), else `default_ms`."""
+    for event in batch.get("events") or ():
+        first = event_time_ms(event)
+        if first is not None and first > 0:
+            return first
+        break
+    return default_ms
+
+
+def _event_identities(event: dict) -> tuple[Any, Any]:
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return None, None
+    event_id = data.get("event_id")
+    number = as_int(event_id)
+    # 123 and "123" are the same event id.
+    return (event_id if number is None else number), data.get("source_message_id")
+
+
+def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
+    """One outbound batch from one device's batches in one window.
+
+    The batch-level fields are those of the latest batch (by arrival, then
+    source, so the result does not depend on input order); its `events` are all
+    the batches' events in event-time order, an event whose `event_id` or
+    `source_message_id` was already seen left out. Returns the batch and the
+    number of duplicate events removed.
+    """
+    arrived = sorted(arrived, key=lambda a: (a.arrival_ms, a.source))
+    if not arrived:
+        raise ValueError("merge_batches needs at least one batch")
+    timed_events = []
+    for order, item in enumerate(arrived):
+        for index, event in enumerate(item.batch.get("events") or ()):
+            at = event_time_ms(event)
+            timed_events.append(
+                ((at if at is not None else item.arrival_ms), order, index, event)
+            )
+    timed_events.sort(key=lambda timed: timed[:3])
+
+    seen_event_ids: set = set()
+    seen_message_ids: set = set()
+    events = []
+    for _, _, _, event in timed_events:
+        event_id, message_id = _event_identities(event)
+        if event_id in seen_event_ids or message_id in seen_message_ids:
+            continue
+        if event_id is not None:
+            seen_event_ids.add(event_id)
+        if message_id is not None:
+            seen_message_ids.add(message_id)
+        events.append(event)
+
+    latest = arrived[-1].batch
+    merged = {key: (events if key == "events" else value) for key, value in latest.items()}
+    merged.setdefault("events", events)
+    return merged, len(timed_events) - len(events)
+
+
+def split_per_event(batch: dict) -> list[dict]:
+    """With Send as Batch off: the batch's fields around each one of its events."""
+    return [
+        {key: ([event] if key == "events" else value) for key, value in batch.items()}
+        for event in batch.get("events") or ()
+    ]

@@ -1,0 +1,66 @@
+"""The pipeline's Beam counters, in one namespace, and the run summary.
+
+Counters reconcile at the end of a bounded run:
+
+    events_read = events_forwarded + events_filtered.* + events_dead_lettered
+
+and every input record is either parsed (`batches_read`) or dead-lettered
+whole (`records_dead_lettered`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from apache_beam.metrics import Metrics
+
+NAMESPACE = "mparticle_s3"
+
+RECORDS_READ = "records_read"
+RECORDS_DEAD_LETTERED = "records_dead_lettered"
+BATCHES_READ = "batches_read"
+EVENTS_READ = "events_read"
+EVENTS_DEAD_LETTERED = "events_dead_lettered"
+EVENTS_FILTERED_PREFIX = "events_filtered."
+EVENTS_DUPLICATE = EVENTS_FILTERED_PREFIX + "duplicate"
+BATCHES_WITHOUT_EVENTS = "batches_without_events_not_sent"
+BATCHES_FORWARDED = "batches_forwarded"
+EVENTS_FORWARDED = "events_forwarded"
+LATE_BATCHES = "late_batches"
+LATE_EVENTS = "late_events"
+FILES_WRITTEN = "files_written"
+FILES_ALREADY_PRESENT = "files_already_present"
+BYTES_WRITTEN = "bytes_written"
+DEAD_LETTER_RECORDS = "dead_letter_records_written"
+DEAD_LETTER_FILES = "dead_letter_files_written"
+
+
+def counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+def filtered_counter(reason: str):
+    return counter(EVENTS_FILTERED_PREFIX + reason)
+
+
+def unaccounted_events(counters: Mapping[str, int]) -> int:
+    """events_read minus everything that became of them; 0 when they reconcile."""
+    filtered = sum(
+        value for name, value in counters.items() if name.startswith(EVENTS_FILTERED_PREFIX)
+    )
+    return counters.get(EVENTS_READ, 0) - (
+        counters.get(EVENTS_FORWARDED, 0) + filtered + counters.get(EVENTS_DEAD_LETTERED, 0)
+    )
+
+
+def format_summary(counters: Mapping[str, int]) -> str:
+    """A plain-text table of the counters and the reconciliation line."""
+    width = max((len(name) for name in counters), default=10)
+    lines = ["Run summary:"]
+    lines += [f"  {name:<{width}}  {counters[name]:>12,}" for name in sorted(counters)]
+    gap = unaccounted_events(counters)
+    verdict = "reconciled" if gap == 0 else f"NOT reconciled: {gap:+,} events unaccounted"
+    lines.append(
+        "  events: read = forwarded + filtered out + dead-lettered -> " + verdict
+    )
+    return "\n".join(lines)

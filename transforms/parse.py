@@ -1,0 +1,121 @@
+"""ParseBatches: raw records → ArrivedBatch, or dead letters with the reason.
+
+What grouping needs (device, arrival time, app name) is read here, from the
+batch as it came, before any setting strips the fields it comes from.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from transforms import batch_json, grouping, metrics, naming
+from transforms.dead_letters import dead_letter
+from transforms.read import RawRecord
+
+DEAD_LETTERS = "dead_letters"
+STAGE = "parse"
+DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def parse_batch(
+    record: RawRecord, max_batch_bytes: int, app_name: str | None
+) -> tuple[grouping.ArrivedBatch | None, list[dict], int]:
+    """One record → (batch or None, dead letters, events read). Never raises on data."""
+    if len(record.data) > max_batch_bytes:
+        reason = (
+            f"record is {len(record.data):,} bytes, over --max_batch_bytes={max_batch_bytes:,}"
+        )
+        return None, [dead_letter(record.source, STAGE, reason, record.data)], 0
+    try:
+        batch = batch_json.decode(record.data)
+        if not isinstance(batch, dict):
+            raise batch_json.BadRecord(f"not a JSON object but a JSON {type(batch).__name__}")
+        events = batch.get("events")
+        if events is not None and not isinstance(events, list):
+            raise batch_json.BadRecord(f"events is a {type(events).__name__}, not a list")
+    except batch_json.BadRecord as err:
+        return None, [dead_letter(record.source, STAGE, err.reason, record.data)], 0
+
+    events = events or []
+    good_events, dead = [], []
+    for index, event in enumerate(events):
+        problem = _event_problem(event)
+        if problem is None:
+            good_events.append(event)
+        else:
+            source = f"{record.source} events[{index}]"
+            dead.append(dead_letter(source, STAGE, problem, batch_json.encode(event)))
+    if dead:
+        batch = {k: (good_events if k == "events" else v) for k, v in batch.items()}
+
+    arrival_ms = record.publish_time_ms or grouping.arrival_time_ms(batch)
+    if arrival_ms is None:
+        reason = (
+            "no usable arrival time: neither timestamp_unixtime_ms nor the first "
+            "event's data.timestamp_unixtime_ms is a positive integer"
+        )
+        return None, [dead_letter(record.source, STAGE, reason, record.data)], len(events)
+    device = grouping.device_key(batch) or f"no_device:{record.source}"
+    application_info = batch.get("application_info")
+    name = app_name or (
+        application_info.get("application_name") if isinstance(application_info, dict) else None
+    )
+    arrived = grouping.ArrivedBatch(
+        batch, record.source, arrival_ms, device, naming.safe_app_name(name)
+    )
+    return arrived, dead, len(events)
+
+
+def _event_problem(event: object) -> str | None:
+    if not isinstance(event, dict):
+        return f"event is a JSON {type(event).__name__}, not an object"
+    if not isinstance(event.get("event_type"), str):
+        return "event has no event_type string"
+    data = event.get("data")
+    if data is not None and not isinstance(data, dict):
+        return f"event data is a JSON {type(data).__name__}, not an object"
+    return None
+
+
+class ParseBatchFn(beam.DoFn):
+    """RawRecord → ArrivedBatch; bad records and bad events → DEAD_LETTERS."""
+
+    def __init__(self, max_batch_bytes: int, app_name: str | None):
+        self._max_batch_bytes = max_batch_bytes
+        self._app_name = app_name
+
+    def setup(self):
+        self._batches_read = metrics.counter(metrics.BATCHES_READ)
+        self._events_read = metrics.counter(metrics.EVENTS_READ)
+        self._records_dead = metrics.counter(metrics.RECORDS_DEAD_LETTERED)
+        self._events_dead = metrics.counter(metrics.EVENTS_DEAD_LETTERED)
+
+    def process(self, record: RawRecord) -> Iterator:
+        arrived, dead, events_read = parse_batch(record, self._max_batch_bytes, self._app_name)
+        self._events_read.inc(events_read)
+        if arrived is None:
+            self._records_dead.inc()
+            self._events_dead.inc(events_read)
+        else:
+            self._batches_read.inc()
+            self._events_dead.inc(len(dead))
+            yield arrived
+        for letter in dead:
+            yield pvalue.TaggedOutput(DEAD_LETTERS, letter)
+
+
+class ParseBatches(beam.PTransform):
+    """RawRecord → {"batches": ArrivedBatch, "dead_letters": dict}."""
+
+    def __init__(self, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, app_name: str | None = None):
+        super().__init__()
+        self._fn = ParseBatchFn(max_batch_bytes, app_name)
+
+    def expand(self, records):
+        parsed = records | "ParseBatch" >> beam.ParDo(self._fn).with_outputs(
+            DEAD_LETTERS, main="batches"
+        )
+        return {"batches": parsed.batches, "dead_letters": parsed[DEAD_LETTERS]}

@@ -1,0 +1,185 @@
+"""ReadBatches: input files (local, s3://, gs://, globs, .gz) → raw records.
+
+A file is newline-delimited JSON (one batch a line) or one JSON document
+(a batch, or an array of batches, possibly pretty-printed). Each record keeps
+its source, `path:line` or `path#index`, for dead letters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import io
+import logging
+import os
+import time
+from typing import IO, Any, Iterator, NamedTuple
+
+import apache_beam as beam
+import smart_open
+
+from transforms import batch_json, metrics, s3
+
+_LOG = logging.getLogger(__name__)
+# A file whose first line is not a whole JSON value is read as one document
+# only up to this size; past it, it is read line by line.
+MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
+PROGRESS_EVERY_S = 10.0
+
+
+class RawRecord(NamedTuple):
+    source: str
+    data: bytes
+    publish_time_ms: int | None = None  # Pub/Sub only
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        batch_json.decode(data)
+    except batch_json.BadRecord:
+        return False
+    return True
+
+
+def read_records(path: str, stream: IO[bytes]) -> Iterator[RawRecord]:
+    """Splits one decompressed file into records; blank lines are skipped."""
+    skipped = 0
+    first = stream.readline()
+    while first and not first.strip():
+        skipped += 1
+        first = stream.readline()
+    if not first:
+        return
+    if not _is_json(first) or first.lstrip().startswith(b"["):
+        rest = stream.read(MAX_DOCUMENT_BYTES)
+        document = first + rest
+        if len(rest) < MAX_DOCUMENT_BYTES and _is_json(document):
+            yield from _document_records(path, batch_json.decode(document), document)
+            return
+        stream = io.BufferedReader(_Chain(document, stream))
+        first = stream.readline()
+    line_number = skipped + 1
+    line = first
+    while line:
+        if line.strip():
+            yield RawRecord(f"{path}:{line_number}", line.rstrip(b"\r\n"))
+        line = stream.readline()
+        line_number += 1
+
+
+def _document_records(path: str, value: Any, document: bytes) -> Iterator[RawRecord]:
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            yield RawRecord(f"{path}#{index}", batch_json.encode(item).encode("utf-8"))
+    else:
+        yield RawRecord(path, document.strip())
+
+
+class _Chain(io.RawIOBase):
+    """Bytes already read, then the rest of the stream."""
+
+    def __init__(self, head: bytes, tail: IO[bytes]):
+        self._head = io.BytesIO(head)
+        self._tail = tail
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._head.read(len(buffer)) or self._tail.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _glob_s3(client: Any, pattern: str) -> list[str]:
+    bucket, _, key_pattern = pattern[len("s3://"):].partition("/")
+    prefix = key_pattern.split("*")[0].split("?")[0].split("[")[0]
+    matched = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", ()):
+            if fnmatch.fnmatchcase(item["Key"], key_pattern):
+                matched.append(f"s3://{bucket}/{item['Key']}")
+    return matched
+
+
+def expand_pattern(pattern: str, client: Any = None) -> list[str]:
+    """The files a path or glob names, sorted; local, s3:// or any Beam filesystem."""
+    if pattern.startswith("s3://"):
+        return sorted(_glob_s3(client, pattern))
+    if "://" in pattern:
+        from apache_beam.io.filesystems import FileSystems
+
+        return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "*")
+    return sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+
+
+def open_input(path: str, client: Any = None) -> IO[bytes]:
+    """A decompressing binary stream (gzip and others by extension)."""
+    if path.startswith("s3://"):
+        return smart_open.open(path, "rb", transport_params={"client": client})
+    if "://" in path:
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
+    return smart_open.open(path, "rb")
+
+
+class ExpandPatternFn(beam.DoFn):
+    """A path or glob → the files it names. Matching nothing is an error."""
+
+    def __init__(self, connection: s3.S3Connection):
+        self._connection = connection
+
+    def setup(self):
+        self._client = s3.make_client(self._connection)
+
+    def process(self, pattern: str) -> Iterator[str]:
+        paths = expand_pattern(pattern, self._client)
+        if not paths:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        _LOG.info("--input %s: %d file(s)", pattern, len(paths))
+        yield from paths
+
+
+class ReadRecordsFn(beam.DoFn):
+    """A file → its raw records, logging progress on long files."""
+
+    def __init__(self, connection: s3.S3Connection):
+        self._connection = connection
+
+    def setup(self):
+        self._client = s3.make_client(self._connection)
+        self._records_read = metrics.counter(metrics.RECORDS_READ)
+
+    def process(self, path: str) -> Iterator[RawRecord]:
+        started = last_report = time.monotonic()
+        count = 0
+        with open_input(path, self._client) as stream:
+            for record in read_records(path, stream):
+                count += 1
+                self._records_read.inc()
+                yield record
+                if time.monotonic() - last_report > PROGRESS_EVERY_S:
+                    last_report = time.monotonic()
+                    _LOG.info("%s: %d records read so far", path, count)
+        _LOG.info("%s: %d records in %.1f s", path, count, time.monotonic() - started)
+
+
+class ReadBatches(beam.PTransform):
+    """Paths or globs → RawRecord, one per input batch, files spread over workers."""
+
+    def __init__(self, patterns: list[str], connection: s3.S3Connection):
+        super().__init__()
+        self._patterns = list(patterns)
+        self._connection = connection
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Patterns" >> beam.Create(self._patterns)
+            | "MatchFiles" >> beam.ParDo(ExpandPatternFn(self._connection))
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadRecords" >> beam.ParDo(ReadRecordsFn(self._connection))
+        )

@@ -1,0 +1,130 @@
+"""S3 access: the connection settings, a client, the start-up write check.
+
+`S3Connection` is a picklable value that workers turn into a boto3 client in
+`DoFn.setup`. Its secret never shows in `repr`, logs or display data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.credentials
+import botocore.exceptions
+import botocore.session
+
+from transforms import naming
+
+SSE_METHODS = ("None", "AES256", "aws:kms")
+ROLE_SESSION_NAME = "mparticle-s3-forwarder"
+# Retries with exponential backoff inside botocore before an error reaches
+# the runner, which then retries the whole bundle.
+_RETRY_CONFIG = {"max_attempts": 8, "mode": "standard"}
+
+
+class BucketCheckError(RuntimeError):
+    """The start-up write check failed; the message says bucket, region and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Connection:
+    """How to reach the bucket. Blank keys mean the default AWS credential chain."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    role_arn: str | None = None
+    sse_method: str = "None"
+    kms_key_id: str | None = None
+
+    def put_arguments(self) -> dict[str, str]:
+        """The server-side-encryption arguments of every PutObject."""
+        if self.sse_method == "AES256":
+            return {"ServerSideEncryption": "AES256"}
+        if self.sse_method == "aws:kms":
+            arguments = {"ServerSideEncryption": "aws:kms"}
+            if self.kms_key_id:
+                arguments["SSEKMSKeyId"] = self.kms_key_id
+            return arguments
+        return {}
+
+
+def _assumed_role_session(base: boto3.Session, connection: S3Connection) -> boto3.Session:
+    sts = base.client("sts", region_name=connection.region)
+
+    def refresh() -> dict[str, Any]:
+        credentials = sts.assume_role(
+            RoleArn=connection.role_arn, RoleSessionName=ROLE_SESSION_NAME
+        )["Credentials"]
+        return {
+            "access_key": credentials["AccessKeyId"],
+            "secret_key": credentials["SecretAccessKey"],
+            "token": credentials["SessionToken"],
+            "expiry_time": credentials["Expiration"].isoformat(),
+        }
+
+    botocore_session = botocore.session.get_session()
+    botocore_session._credentials = (  # the documented way botocore has no setter for
+        botocore.credentials.RefreshableCredentials.create_from_metadata(
+            metadata=refresh(), refresh_using=refresh, method="sts-assume-role"
+        )
+    )
+    return boto3.Session(botocore_session=botocore_session, region_name=connection.region)
+
+
+def make_client(connection: S3Connection) -> Any:
+    """A boto3 S3 client for the connection (path-style for a custom endpoint)."""
+    session = boto3.Session(
+        aws_access_key_id=connection.access_key_id or None,
+        aws_secret_access_key=connection.secret_access_key or None,
+        region_name=connection.region,
+    )
+    if connection.role_arn:
+        session = _assumed_role_session(session, connection)
+    config = botocore.config.Config(
+        retries=_RETRY_CONFIG,
+        s3={"addressing_style": "path"} if connection.endpoint_url else None,
+    )
+    return session.client("s3", endpoint_url=connection.endpoint_url, config=config)
+
+
+def error_code(err: botocore.exceptions.ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def check_bucket_writable(
+    client: Any, connection: S3Connection, bucket: str, folder: str | None
+) -> str:
+    """Writes mParticle's verification object (`{}`); returns its key.
+
+    Raises BucketCheckError naming the bucket, the region and what was denied.
+    """
+    key = naming.verification_key(folder, datetime.datetime.now(datetime.timezone.utc))
+    where = f"bucket {bucket!r} in region {connection.region!r}"
+    if connection.endpoint_url:
+        where += f" at {connection.endpoint_url}"
+    try:
+        client.put_object(
+            Bucket=bucket, Key=key, Body=b"{}", ContentType="text/plain",
+            **connection.put_arguments(),
+        )
+    except botocore.exceptions.ClientError as err:
+        code = error_code(err)
+        message = err.response.get("Error", {}).get("Message", "")
+        if code == "NoSuchBucket":
+            raise BucketCheckError(f"S3 {where} does not exist.") from None
+        raise BucketCheckError(
+            f"S3 {where} refused the write check PutObject of {key!r}: {code} {message}".strip()
+        ) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise BucketCheckError(
+            f"No AWS credentials found to write to S3 {where}: set --access_key_id and "
+            "--secret_access_key, or give the default credential chain a role."
+        ) from None
+    except botocore.exceptions.BotoCoreError as err:
+        raise BucketCheckError(f"Cannot reach S3 {where}: {err}") from None
+    return key

@@ -1,0 +1,147 @@
+"""Write-once object stores: S3 (the product's output) and a local directory.
+
+`put_new` writes an object under a key that must not exist yet, atomically:
+a reader sees the whole object or nothing, and a failed upload leaves nothing
+behind. If the key is taken it tells whether by the very same content (a
+retried or re-run write: nothing to do) or by other data (the caller picks
+another key). So no write ever overwrites other data, and a retry never adds
+a second copy.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from typing import Any, Callable, Protocol
+
+import botocore.exceptions
+import smart_open
+
+from transforms import s3
+
+# Largest body sent as one PutObject. Above it the upload is multipart
+# (through smart_open, which aborts the upload on failure). S3 takes 5 GiB in
+# one PUT; a smaller bound keeps a retried request cheap.
+SINGLE_PUT_MAX_BYTES = 128 * 1024 * 1024
+MULTIPART_PART_BYTES = 64 * 1024 * 1024
+CONTENT_HASH_METADATA = "content-sha256"
+MAX_KEY_ATTEMPTS = 100
+
+
+class Outcome(enum.Enum):
+    WRITTEN = "written"
+    ALREADY_PRESENT = "already_present"  # same content under that key
+    KEY_TAKEN = "key_taken"  # other content under that key
+
+
+class ObjectStore(Protocol):
+    def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome: ...
+
+
+class S3Store:
+    """Objects under s3://bucket/, with server-side encryption on every PUT."""
+
+    def __init__(self, connection: s3.S3Connection, bucket: str, client: Any = None):
+        self.connection = connection
+        self.bucket = bucket
+        self.client = client or s3.make_client(connection)
+
+    def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome:
+        arguments = {
+            **self.connection.put_arguments(),
+            "ContentType": "text/plain",
+            "Metadata": {CONTENT_HASH_METADATA: content_sha256},
+        }
+        try:
+            if len(body) <= SINGLE_PUT_MAX_BYTES:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **arguments
+                )
+            else:
+                self._put_multipart(key, body, arguments)
+        except botocore.exceptions.ClientError as err:
+            if s3.error_code(err) not in ("PreconditionFailed", "412"):
+                raise
+            return self._compare(key, content_sha256)
+        return Outcome.WRITTEN
+
+    def _put_multipart(self, key: str, body: bytes, arguments: dict) -> None:
+        transport_params = {
+            "client": self.client,
+            "min_part_size": MULTIPART_PART_BYTES,
+            "client_kwargs": {
+                "S3.Client.create_multipart_upload": arguments,
+                "S3.Client.complete_multipart_upload": {"IfNoneMatch": "*"},
+            },
+        }
+        try:
+            with smart_open.open(
+                f"s3://{self.bucket}/{key}", "wb", compression="disable",
+                transport_params=transport_params,
+            ) as stream:
+                stream.write(body)
+        except ValueError as err:
+            # smart_open wraps the ClientError; the caller needs its code.
+            if isinstance(err.__cause__, botocore.exceptions.ClientError):
+                raise err.__cause__ from err
+            raise
+
+    def _compare(self, key: str, content_sha256: str) -> Outcome:
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        if head.get("Metadata", {}).get(CONTENT_HASH_METADATA) == content_sha256:
+            return Outcome.ALREADY_PRESENT
+        return Outcome.KEY_TAKEN
+
+
+class LocalDirStore:
+    """Files under a local directory, each created whole by a hard link."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome:
+        path = os.path.join(self.root, key)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", delete=False) as tmp:
+            tmp.write(body)
+        try:
+            os.link(tmp.name, path)  # fails if the name exists: never an overwrite
+        except FileExistsError:
+            with open(path, "rb") as existing:
+                same = existing.read() == body
+            return Outcome.ALREADY_PRESENT if same else Outcome.KEY_TAKEN
+        finally:
+            os.unlink(tmp.name)
+        return Outcome.WRITTEN
+
+
+def write_once(
+    store: ObjectStore, key_for_attempt: Callable[[int], str], body: bytes, content_sha256: str
+) -> tuple[str, Outcome]:
+    """Writes `body` under the first key that is free or already holds it."""
+    for attempt in range(MAX_KEY_ATTEMPTS):
+        key = key_for_attempt(attempt)
+        outcome = store.put_new(key, body, content_sha256)
+        if outcome is not Outcome.KEY_TAKEN:
+            return key, outcome
+    raise RuntimeError(
+        f"{MAX_KEY_ATTEMPTS} keys in a row were taken by other data, the last {key!r}"
+    )
+
+
+def split_location(location: str) -> tuple[str | None, str]:
+    """`s3://bucket/prefix` → (bucket, prefix); a local path → (None, path)."""
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://"):].partition("/")
+        return bucket, prefix.strip("/")
+    return None, location
+
+
+def open_store(location: str, connection: s3.S3Connection) -> tuple[ObjectStore, str]:
+    """The store for an `s3://bucket/prefix` or local directory, and the key prefix."""
+    bucket, prefix = split_location(location)
+    if bucket is None:
+        return LocalDirStore(prefix), ""
+    return S3Store(connection, bucket), prefix

@@ -1,0 +1,254 @@
+"""PackFiles, WriteBatchFiles and WriteDeadLetters: NDJSON files, written once.
+
+Forwarded batches are packed per app name × date folder × shard × window
+pane into files bounded by batches and bytes, then each file is written under
+a key derived from its content (see `naming`), so a retried or re-run write
+finds its own file instead of adding a second copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import zlib
+from typing import Iterable, Iterator, NamedTuple
+
+import apache_beam as beam
+from apache_beam.transforms import trigger, window
+
+from transforms import batch_json, metrics, naming, packing, s3, stores
+from transforms.batching import ForwardedBatch, late_firing_windowing
+from transforms.grouping import first_event_time_ms
+
+GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
+
+
+class FileContent(NamedTuple):
+    """The lines of one file and what its name is made of."""
+
+    app_name: str
+    date_folder: str  # "" when date folders are off
+    lines: list[str]
+    newest_arrival_ms: int
+    event_count: int
+
+
+class FileWritten(NamedTuple):
+    key: str
+    outcome: str
+    lines: int
+    events: int
+    bytes: int
+
+
+def stable_shard(text: str, shards: int) -> int:
+    """A shard that does not change between runs or workers (unlike hash())."""
+    return zlib.crc32(text.encode("utf-8")) % shards if shards > 1 else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchFileNamer:
+    """`[folder/][YYYY-MM-DD/]<App>_<timestamp>_<digits>.txt[.gz]`."""
+
+    folder: str | None
+    compress: bool
+
+    def key(self, content: FileContent, sha256: str, attempt: int) -> str:
+        name = naming.file_name(
+            content.app_name,
+            content.newest_arrival_ms,
+            naming.file_digits(sha256, attempt),
+            self.compress,
+        )
+        return naming.join_key(self.folder, content.date_folder, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetterNamer:
+    """`<prefix>/dead_letters_<content hash>[_<attempt>].ndjson`."""
+
+    prefix: str
+    compress: bool = False
+
+    def key(self, content: FileContent, sha256: str, attempt: int) -> str:
+        suffix = f"_{attempt}" if attempt else ""
+        return naming.join_key(self.prefix, f"dead_letters_{sha256[:20]}{suffix}.ndjson")
+
+
+def _entry_bytes(entry: tuple[int, int, str]) -> int:
+    return packing.line_bytes(entry[2])
+
+
+class PackFilesFn(beam.DoFn):
+    """((app, date, shard), [(arrival_ms, events, line)]) → FileContent, in a stable order."""
+
+    def __init__(self, max_batches: int, max_bytes: int):
+        self._max_batches = max_batches
+        self._max_bytes = max_bytes
+
+    def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[FileContent]:
+        (app_name, date_folder, _shard), values = element
+        for entries in packing.pack(
+            sorted(values), _entry_bytes, self._max_batches, self._max_bytes
+        ):
+            yield FileContent(
+                app_name,
+                date_folder,
+                [line for _, _, line in entries],
+                max(arrival for arrival, _, _ in entries),
+                sum(events for _, events, _ in entries),
+            )
+
+
+class WriteFilesFn(beam.DoFn):
+    """FileContent → FileWritten: one write-once object per file, counted."""
+
+    def __init__(self, location: str, connection: s3.S3Connection, namer, counter_names: dict):
+        self._location = location
+        self._connection = connection
+        self._namer = namer
+        self._counter_names = counter_names
+
+    def setup(self):
+        self._store, self._prefix = stores.open_store(self._location, self._connection)
+        self._counters = {k: metrics.counter(v) for k, v in self._counter_names.items()}
+        self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
+
+    def process(self, content: FileContent) -> Iterator[FileWritten]:
+        body = "".join(line + "\n" for line in content.lines).encode("utf-8")
+        if self._namer.compress:
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        sha256 = hashlib.sha256(body).hexdigest()
+        key, outcome = stores.write_once(
+            self._store,
+            lambda attempt: naming.join_key(self._prefix, self._namer.key(content, sha256, attempt)),
+            body,
+            sha256,
+        )
+        if outcome is stores.Outcome.ALREADY_PRESENT:
+            self._present.inc()
+        self._counters["files"].inc()
+        self._counters["bytes"].inc(len(body))
+        self._counters["lines"].inc(len(content.lines))
+        if "events" in self._counters:
+            self._counters["events"].inc(content.event_count)
+        yield FileWritten(key, outcome.value, len(content.lines), content.event_count, len(body))
+
+
+_BATCH_FILE_COUNTERS = {
+    "files": metrics.FILES_WRITTEN,
+    "bytes": metrics.BYTES_WRITTEN,
+    "lines": metrics.BATCHES_FORWARDED,
+    "events": metrics.EVENTS_FORWARDED,
+}
+_DEAD_LETTER_COUNTERS = {
+    "files": metrics.DEAD_LETTER_FILES,
+    "bytes": metrics.DEAD_LETTER_FILES + ".bytes",
+    "lines": metrics.DEAD_LETTER_RECORDS,
+}
+
+
+def _file_entry(forwarded: ForwardedBatch, by_date: bool, shards: int):
+    folder = ""
+    if by_date:
+        folder = naming.date_folder(
+            first_event_time_ms(forwarded.batch, forwarded.newest_arrival_ms)
+        )
+    group = (forwarded.app_name, folder, stable_shard(forwarded.device, shards))
+    line = batch_json.encode(forwarded.batch)
+    return group, (forwarded.newest_arrival_ms, forwarded.event_count, line)
+
+
+class WriteBatchFiles(beam.PTransform):
+    """ForwardedBatch → FileWritten: packed into files per window pane, written to S3."""
+
+    def __init__(
+        self,
+        output: str,
+        connection: s3.S3Connection,
+        *,
+        folder: str | None,
+        compress: bool,
+        store_by_date: bool,
+        window_size_s: int,
+        allowed_lateness_s: int,
+        max_batches_per_file: int = packing.DEFAULT_MAX_BATCHES_PER_FILE,
+        max_file_bytes: int = packing.DEFAULT_MAX_FILE_BYTES,
+        file_shards: int = 1,
+        early_firing_s: float = 0,
+    ):
+        super().__init__()
+        self._output = output
+        self._connection = connection
+        self._namer = BatchFileNamer(folder, compress)
+        self._store_by_date = store_by_date
+        self._window_size_s = window_size_s
+        self._allowed_lateness_s = allowed_lateness_s
+        self._max_batches = max_batches_per_file
+        self._max_bytes = max_file_bytes
+        self._shards = file_shards
+        self._early_firing_s = early_firing_s
+
+    def expand(self, forwarded):
+        return (
+            forwarded
+            | "KeyByFile" >> beam.Map(_file_entry, self._store_by_date, self._shards)
+            | "WindowForFiles" >> late_firing_windowing(
+                window.FixedWindows(self._window_size_s),
+                self._allowed_lateness_s,
+                self._early_firing_s,
+            )
+            | "GroupPerFile" >> beam.GroupByKey()
+            | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_batches, self._max_bytes))
+            | "WriteFiles" >> beam.ParDo(
+                WriteFilesFn(self._output, self._connection, self._namer, _BATCH_FILE_COUNTERS)
+            )
+        )
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead-letter dicts → NDJSON files under an s3:// prefix or a local directory."""
+
+    def __init__(
+        self,
+        location: str,
+        connection: s3.S3Connection,
+        max_records_per_file: int = packing.DEFAULT_MAX_BATCHES_PER_FILE,
+        max_file_bytes: int = packing.DEFAULT_MAX_FILE_BYTES,
+        flush_after_s: float | None = None,
+    ):
+        """`flush_after_s`: in streaming, write what has come after that many seconds."""
+        super().__init__()
+        self._location = location
+        self._connection = connection
+        self._max_records = max_records_per_file
+        self._max_bytes = max_file_bytes
+        self._flush_after_s = flush_after_s
+
+    def _flushing(self) -> dict:
+        if self._flush_after_s is None:
+            return {}  # bounded input: one pane at the end
+        return {
+            "trigger": trigger.Repeatedly(
+                trigger.AfterAny(
+                    trigger.AfterCount(self._max_records),
+                    trigger.AfterProcessingTime(self._flush_after_s),
+                )
+            ),
+            "accumulation_mode": trigger.AccumulationMode.DISCARDING,
+        }
+
+    def expand(self, letters):
+        return (
+            letters
+            | "Encode" >> beam.Map(lambda letter: (("", "", 0), (0, 0, batch_json.encode(letter))))
+            | "WindowForFiles" >> beam.WindowInto(window.GlobalWindows(), **self._flushing())
+            | "GroupPerFile" >> beam.GroupByKey()
+            | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_records, self._max_bytes))
+            | "WriteFiles" >> beam.ParDo(
+                WriteFilesFn(
+                    self._location, self._connection, DeadLetterNamer(""), _DEAD_LETTER_COUNTERS
+                )
+            )
+        )
