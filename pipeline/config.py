@@ -140,7 +140,10 @@ def validate_bucket_name(name: str | None) -> str:
         raise ConfigError("--s3_bucket_name is required.")
     problem = None
     if not _BUCKET_NAME.match(name):
-        problem = "3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        problem = (
+            "3 to 63 lowercase letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit"
+        )
     elif ".." in name or ".-" in name or "-." in name:
         problem = "no two dots, or a dot and a hyphen, side by side"
     elif name.startswith(("xn--", "sthree-")) or name.endswith(("-s3alias", "--ol-s3")):

@@ -17,8 +17,8 @@ from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
-from apache_beam.utils.windowed_value import PaneInfoTiming
 from apache_beam.utils.timestamp import Duration
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms import metrics
 from transforms.grouping import ArrivedBatch, merge_batches, split_per_event

@@ -16,13 +16,11 @@ import tempfile
 from typing import Any, Callable, Protocol
 
 import botocore.exceptions
-import smart_open
 
 from transforms import s3
 
-# Largest body sent as one PutObject. Above it the upload is multipart
-# (through smart_open, which aborts the upload on failure). S3 takes 5 GiB in
-# one PUT; a smaller bound keeps a retried request cheap.
+# Largest body sent as one PutObject; above it the upload is multipart. S3
+# takes 5 GiB in one PUT; a smaller bound keeps a retried request cheap.
 SINGLE_PUT_MAX_BYTES = 128 * 1024 * 1024
 MULTIPART_PART_BYTES = 64 * 1024 * 1024
 CONTENT_HASH_METADATA = "content-sha256"
@@ -40,12 +38,26 @@ class ObjectStore(Protocol):
 
 
 class S3Store:
-    """Objects under s3://bucket/, with server-side encryption on every PUT."""
+    """Objects under s3://bucket/, with server-side encryption on every PUT.
 
-    def __init__(self, connection: s3.S3Connection, bucket: str, client: Any = None):
+    A body up to `single_put_max_bytes` goes up in one PutObject; a larger one
+    in a multipart upload that is aborted if any step fails, so it never
+    leaves a partial object or orphaned parts behind.
+    """
+
+    def __init__(
+        self,
+        connection: s3.S3Connection,
+        bucket: str,
+        client: Any = None,
+        single_put_max_bytes: int = SINGLE_PUT_MAX_BYTES,
+        part_bytes: int = MULTIPART_PART_BYTES,
+    ):
         self.connection = connection
         self.bucket = bucket
         self.client = client or s3.make_client(connection)
+        self.single_put_max_bytes = single_put_max_bytes
+        self.part_bytes = part_bytes
 
     def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome:
         arguments = {
@@ -54,7 +66,7 @@ class S3Store:
             "Metadata": {CONTENT_HASH_METADATA: content_sha256},
         }
         try:
-            if len(body) <= SINGLE_PUT_MAX_BYTES:
+            if len(body) <= self.single_put_max_bytes:
                 self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **arguments
                 )
@@ -67,24 +79,23 @@ class S3Store:
         return Outcome.WRITTEN
 
     def _put_multipart(self, key: str, body: bytes, arguments: dict) -> None:
-        transport_params = {
-            "client": self.client,
-            "min_part_size": MULTIPART_PART_BYTES,
-            "client_kwargs": {
-                "S3.Client.create_multipart_upload": arguments,
-                "S3.Client.complete_multipart_upload": {"IfNoneMatch": "*"},
-            },
-        }
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, **arguments
+        )["UploadId"]
         try:
-            with smart_open.open(
-                f"s3://{self.bucket}/{key}", "wb", compression="disable",
-                transport_params=transport_params,
-            ) as stream:
-                stream.write(body)
-        except ValueError as err:
-            # smart_open wraps the ClientError; the caller needs its code.
-            if isinstance(err.__cause__, botocore.exceptions.ClientError):
-                raise err.__cause__ from err
+            parts = []
+            for number, start in enumerate(range(0, len(body), self.part_bytes), start=1):
+                response = self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    Body=body[start:start + self.part_bytes],
+                )
+                parts.append({"PartNumber": number, "ETag": response["ETag"]})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts}, IfNoneMatch="*",
+            )
+        except BaseException:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
 
     def _compare(self, key: str, content_sha256: str) -> Outcome:

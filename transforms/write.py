@@ -120,12 +120,10 @@ class WriteFilesFn(beam.DoFn):
         if self._namer.compress:
             body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
         sha256 = hashlib.sha256(body).hexdigest()
-        key, outcome = stores.write_once(
-            self._store,
-            lambda attempt: naming.join_key(self._prefix, self._namer.key(content, sha256, attempt)),
-            body,
-            sha256,
-        )
+        def key_for_attempt(attempt: int) -> str:
+            return naming.join_key(self._prefix, self._namer.key(content, sha256, attempt))
+
+        key, outcome = stores.write_once(self._store, key_for_attempt, body, sha256)
         if outcome is stores.Outcome.ALREADY_PRESENT:
             self._present.inc()
         self._counters["files"].inc()

@@ -1,0 +1,59 @@
+"""Lists what the forwarder wrote to a bucket: keys, sizes, batches and events.
+
+    python -m pipeline.show_output --s3_bucket_name demo --s3_endpoint_url http://127.0.0.1:9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+
+from transforms import s3
+
+
+def describe_objects(client, bucket: str, prefix: str = "") -> list[dict]:
+    rows = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", ()):
+            key = item["Key"]
+            response = client.get_object(Bucket=bucket, Key=key)
+            body = response["Body"].read()
+            if key.endswith(".gz"):
+                body = gzip.decompress(body)
+            lines = body.decode("utf-8").splitlines()
+            events = 0
+            for line in lines:
+                value = json.loads(line)
+                if isinstance(value, dict) and isinstance(value.get("events"), list):
+                    events += len(value["events"])
+            rows.append({
+                "key": key, "bytes": item["Size"], "lines": len(lines), "events": events,
+                "sse": response.get("ServerSideEncryption", "-"),
+            })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--s3_bucket_name", required=True)
+    parser.add_argument("--s3_endpoint_url")
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--most", type=int, default=25, help="rows to print")
+    args = parser.parse_args()
+    client = s3.make_client(s3.S3Connection(endpoint_url=args.s3_endpoint_url))
+    rows = describe_objects(client, args.s3_bucket_name, args.prefix)
+    print(f"{'bytes':>10} {'lines':>6} {'events':>7} {'SSE':>8}  key")
+    for row in rows[: args.most]:
+        print(
+            f"{row['bytes']:>10,} {row['lines']:>6} {row['events']:>7} {row['sse']:>8}"
+            f"  {row['key']}"
+        )
+    if len(rows) > args.most:
+        print(f"... and {len(rows) - args.most} more objects")
+    print(f"{sum(r['bytes'] for r in rows):>10,} {sum(r['lines'] for r in rows):>6} "
+          f"{sum(r['events'] for r in rows):>7} {'':>8}  total in {len(rows)} objects")
+
+
+if __name__ == "__main__":
+    main()

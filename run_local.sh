@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The forwarder on this machine, from a fresh clone.
+#
+#   ./run_local.sh [pipeline flags...]   bootstrap, start the embedded S3 server, run the
+#                                        pipeline on sample data, show what it wrote
+#   ./run_local.sh test [pytest args]    bootstrap, then the whole test suite
+#
+# The virtualenv lives in .venv and is reused while setup.py is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=${VENV:-$ROOT/.venv}
+PYTHON=${PYTHON:-python3}
+
+bootstrap() {
+  local stamp="$VENV/.installed-$(sha256sum setup.py | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "== setting up $VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet -e ".[test]"
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+  fi
+}
+
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+start_s3() {
+  S3_PORT=$(free_port)
+  S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+  "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
+  S3_PID=$!
+  for _ in $(seq 1 100); do
+    if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('$S3_ENDPOINT/moto-api/')" 2>/dev/null; then
+      echo "== embedded S3 (moto server) on $S3_ENDPOINT"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "the embedded S3 server did not start; its log:" >&2
+  cat "$WORK/moto.log" >&2
+  exit 1
+}
+
+cleanup() {
+  [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null || true
+  [ -n "${WORK:-}" ] && rm -rf "$WORK"
+}
+
+demo() {
+  WORK=$(mktemp -d)
+  trap cleanup EXIT
+  start_s3
+  export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
+  local bucket=mparticle-demo
+  "$VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$S3_ENDPOINT').create_bucket(Bucket='$bucket')"
+  echo "== sample input in $WORK/input"
+  mkdir -p "$WORK/input"
+  cp ../shared/fixtures/mparticle-docs/eventsapi.sample.json "$WORK/input/" 2>/dev/null \
+    || cp tests/data/eventsapi.sample.json "$WORK/input/"
+  "$VENV/bin/python" -m pipeline.sample_data --batches 5000 --devices 300 --out "$WORK/input/generated.ndjson.gz"
+  printf 'this line is not JSON\n{"events": "not a list"}\n' >"$WORK/input/bad.ndjson"
+  echo "== running the pipeline (DirectRunner)"
+  "$VENV/bin/python" -m pipeline \
+    --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT" \
+    --input="$WORK/input/*" --folder_name=mparticle --store_data_in_folders_by_date=true \
+    "$@"
+  echo "== what it wrote to s3://$bucket"
+  "$VENV/bin/python" -m pipeline.show_output --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT"
+}
+
+bootstrap
+case "${1:-}" in
+  test)
+    shift
+    exec "$VENV/bin/python" -m pytest tests "$@"
+    ;;
+  *)
+    demo "$@"
+    ;;
+esac

@@ -1,0 +1,102 @@
+"""Shared fixtures: a real S3-compatible server (moto's server mode) on loopback.
+
+Tests reach it over HTTP through the same boto3 code the product uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from transforms import s3
+
+DATA = Path(__file__).parent / "data"
+SAMPLE_BATCH = DATA / "eventsapi.sample.json"
+FORWARDED_EXAMPLE = DATA / "s3-forwarded-example.ndjson"
+
+# Credentials for the local server; any value works there.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_server(env: dict | None = None):
+    """A moto server process on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = Path(sys.executable).with_name("moto_server")
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint):
+    return s3.make_client(s3.S3Connection(endpoint_url=s3_endpoint))
+
+
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    """A new, empty bucket for one test."""
+    name = f"test-bucket-{os.getpid()}-{next(_bucket_numbers)}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """Runs the entry point in-process; returns (exit code, stdout, stderr)."""
+    from pipeline.run import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def list_keys(client, bucket: str, prefix: str = "") -> list[str]:
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", ())]
+    return sorted(keys)

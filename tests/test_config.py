@@ -1,0 +1,130 @@
+"""Options: defaults, settings files, precedence, and one clear sentence per mistake."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.options import OPTIONS
+from tests.conftest import run_main
+from transforms.batching import BatchingMode
+
+BASE = ["--s3_bucket_name=my-bucket", "--input=in/*.ndjson"]
+
+
+def test_defaults_are_the_integrations():
+    config, beam_args = load_config(BASE + ["--runner=DirectRunner"])
+    assert beam_args == ["--runner=DirectRunner"]
+    assert config.connection.region == "us-east-1"
+    assert config.connection.sse_method == "None"
+    assert config.batching is BatchingMode.FIXED
+    assert not config.store_by_date and not config.compress
+    assert config.settings.send_custom_events
+    assert not config.settings.include_user_attribute_change_events
+    assert config.dead_letter_location == "s3://my-bucket/_dead_letters"
+    assert config.window_size_s == 600
+
+
+def test_every_option_has_a_flag_and_a_default():
+    names = {option.name for option in OPTIONS}
+    for setting in ("s3_bucket_name", "folder_name", "aws_region_endpoint", "access_key_id",
+                    "secret_access_key", "server_side_encryption_method", "unique_id",
+                    "send_lifecycle_events", "send_screen_views", "send_crash_events",
+                    "send_network_performance_events", "send_custom_events",
+                    "send_push_registrations_and_receipts", "send_profile_change_events",
+                    "send_commerce_events", "include_user_attribute_change_events",
+                    "include_user_identity_change_events", "include_location_information",
+                    "include_user_identities", "include_metadata", "send_as_batch",
+                    "wait_for_complete_batch", "store_data_in_folders_by_date",
+                    "use_compression"):
+        assert setting in names
+
+
+@pytest.mark.parametrize(
+    "flags, mode",
+    [
+        ([], BatchingMode.FIXED),
+        (["--send_as_batch=false"], BatchingMode.PER_EVENT),
+        (["--wait_for_complete_batch=true"], BatchingMode.SESSIONS),
+        (["--send_as_batch=false", "--wait_for_complete_batch"], BatchingMode.SESSIONS),
+    ],
+)
+def test_batching_modes(flags, mode):
+    assert load_config(BASE + flags)[0].batching is mode
+
+
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_settings_file_and_flags_override_it(tmp_path, suffix):
+    settings = {
+        "s3_bucket_name": "from-file", "folder_name": "exports/", "send_custom_events": False,
+        "use_compression": "true", "input": ["a.ndjson", "b.ndjson"], "window_size_s": 60,
+    }
+    path = tmp_path / f"settings.{suffix}"
+    if suffix == "json":
+        path.write_text(json.dumps(settings))
+    else:
+        path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in settings.items()))
+    config, _ = load_config([f"--settings_file={path}", "--send_custom_events=true"])
+    assert config.bucket == "from-file" and config.folder == "exports"
+    assert config.settings.send_custom_events is True  # the flag wins
+    assert config.compress is True and config.window_size_s == 60
+    assert config.inputs == ("a.ndjson", "b.ndjson")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--input=x"], "--s3_bucket_name is required"),
+        (["--s3_bucket_name=My_Bucket", "--input=x"], "not a valid bucket name"),
+        (["--s3_bucket_name=192.168.1.1", "--input=x"], "not an IP address"),
+        (["--s3_bucket_name=ab", "--input=x"], "not a valid bucket name"),
+        (["--s3_bucket_name=b-ok"], "No input"),
+        (BASE + ["--server_side_encryption_method=AES128"], "must be one of None, AES256, aws:kms"),
+        (BASE + ["--kms_key_id=k1"], "--kms_key_id needs --server_side_encryption_method=aws:kms"),
+        (
+            BASE + ["--server_side_encryption_method=AES256", "--kms_key_id=k1"],
+            "--kms_key_id needs",
+        ),
+        (BASE + ["--access_key_id=AKIA"], "go together"),
+        (BASE + ["--aws_region_endpoint=mars"], "not an AWS region"),
+        (BASE + ["--use_compression=maybe"], "--use_compression must be true or false"),
+        (BASE + ["--window_size_s=ten"], "--window_size_s must be a whole number"),
+        (BASE + ["--max_file_bytes=0"], "--max_file_bytes must be a whole number of at least 1"),
+        (BASE + ["--settings_file=/nonexistent.yaml"], "cannot be read"),
+    ],
+)
+def test_mistakes_stop_with_one_sentence(flags, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(flags)
+
+
+def test_settings_file_with_unknown_or_bad_content(tmp_path):
+    bad = tmp_path / "s.json"
+    bad.write_text('{"send_custom_event": false}')
+    with pytest.raises(ConfigError, match="unknown settings send_custom_event"):
+        load_config([f"--settings_file={bad}"])
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON or YAML"):
+        load_config([f"--settings_file={bad}"])
+
+
+def test_entry_point_prints_the_sentence_without_a_traceback():
+    code, out, err = run_main(BASE + ["--server_side_encryption_method=rot13"])
+    assert code == 2
+    assert err.startswith("error: --server_side_encryption_method must be one of")
+    assert "Traceback" not in err and out == ""
+
+
+def test_input_that_matches_nothing_is_a_clear_error(tmp_path):
+    code, _, err = run_main(["--s3_bucket_name=b-ok", f"--input={tmp_path}/missing*.ndjson"])
+    assert code == 2 and "matches no file" in err
+
+
+@pytest.mark.parametrize("kind, needle", [("role", '"Principal"'), ("user", '"s3:PutObject"')])
+def test_iam_policy_printed_for_a_bucket(kind, needle):
+    code, out, _ = run_main(["--s3_bucket_name=acme-events", f"--print_iam_policy={kind}"])
+    policy = json.loads(out)
+    assert code == 0 and needle in out
+    assert "arn:aws:s3:::acme-events/*" in policy["Statement"][0]["Resource"]

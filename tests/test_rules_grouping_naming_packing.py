@@ -1,0 +1,154 @@
+"""Pure rules: device keys, arrival time, merging, names, keys and packing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from transforms import grouping, naming, packing
+from transforms.grouping import ArrivedBatch
+
+
+@pytest.mark.parametrize(
+    "batch, expected",
+    [
+        ({"mp_deviceid": "d1", "mpid": 5}, "mp_deviceid:d1"),
+        ({"mp_deviceid": "", "mpid": "5"}, "mpid:5"),
+        ({"mpid": 5, "device_info": {"ios_idfv": "X"}}, "mpid:5"),
+        ({"mpid": 0, "device_info": {"ios_idfv": "X"}}, "ios_idfv:X"),
+        ({"device_info": {"android_uuid": "U", "android_advertising_id": "A"}}, "android_uuid:U"),
+        (
+            {"device_info": {"ios_advertising_id": "00000000-0000-0000-0000-000000000000",
+                             "amp_id": "amp"}},
+            "amp_id:amp",
+        ),
+        ({"device_info": {"platform": "iOS"}}, None),
+        ({}, None),
+    ],
+)
+def test_device_key(batch, expected):
+    assert grouping.device_key(batch) == expected
+
+
+@pytest.mark.parametrize(
+    "batch, expected",
+    [
+        ({"timestamp_unixtime_ms": 1000, "events": []}, 1000),
+        ({"timestamp_unixtime_ms": "1000"}, 1000),
+        ({"events": [{"data": {"timestamp_unixtime_ms": "2000"}}]}, 2000),
+        ({"timestamp_unixtime_ms": "soon", "events": [{"data": {"timestamp_unixtime_ms": 3}}]}, 3),
+        ({"events": [{"data": {}}, {"data": {"timestamp_unixtime_ms": 4}}]}, None),
+        ({"timestamp_unixtime_ms": 0}, None),
+        ({}, None),
+    ],
+)
+def test_arrival_time(batch, expected):
+    assert grouping.arrival_time_ms(batch) == expected
+
+
+def _event(event_id, at, message_id=None):
+    data = {"event_id": event_id, "timestamp_unixtime_ms": at}
+    if message_id:
+        data["source_message_id"] = message_id
+    return {"event_type": "custom_event", "data": data}
+
+
+def _arrived(arrival, events, source, **fields):
+    return ArrivedBatch({"events": events, **fields}, source, arrival, "d", "app")
+
+
+def test_merge_takes_latest_batch_fields_and_orders_events_by_time():
+    early = _arrived(100, [_event(1, 50), _event(2, 90)], "f:1", ip="1.1.1.1", sdk="a")
+    late = _arrived(200, [_event(3, 60), _event(4, 150)], "f:2", sdk="b", ip="2.2.2.2")
+    for order in ([early, late], [late, early]):
+        merged, duplicates = grouping.merge_batches(order)
+        assert list(merged) == ["events", "sdk", "ip"]  # the latest batch's key order
+        assert merged["sdk"] == "b"
+        assert [e["data"]["event_id"] for e in merged["events"]] == [1, 3, 2, 4]
+        assert duplicates == 0
+
+
+def test_merge_removes_events_seen_twice_by_event_id_or_message_id():
+    first = _arrived(100, [_event(1, 10, "m1"), _event(2, 20, "m2")], "f:1")
+    redelivered = _arrived(100, [_event("1", 10, "m1"), _event(9, 20, "m2")], "f:2")
+    third = _arrived(300, [_event(3, 30)], "f:3")
+    merged, duplicates = grouping.merge_batches([first, redelivered, third])
+    assert [e["data"]["event_id"] for e in merged["events"]] == [1, 2, 3]
+    assert duplicates == 2
+
+
+def test_split_per_event_keeps_batch_fields_around_each_event():
+    batch = {"events": [_event(1, 1), _event(2, 2)], "mpid": 7}
+    split = grouping.split_per_event(batch)
+    assert split == [{"events": [_event(1, 1)], "mpid": 7}, {"events": [_event(2, 2)], "mpid": 7}]
+
+
+def test_file_name_matches_mparticles_example():
+    # mPTravel_20171017170911644493_34523.txt: %Y%m%d%H%M%S + microseconds, 5 digits.
+    unix_ms = 1508260151644
+    assert naming.file_name("mPTravel", unix_ms, 34523, False) == (
+        "mPTravel_20171017170911644000_34523.txt"
+    )
+    assert naming.file_name("mPTravel", unix_ms, 7, True).endswith("_00007.txt.gz")
+    assert re.fullmatch(r"\w+_\d{20}_\d{5}\.txt", naming.file_name("a", 0, 0, False))
+
+
+@pytest.mark.parametrize(
+    "name, safe",
+    [
+        ("mPTravel", "mPTravel"),
+        ("SDK Canary", "SDK_Canary"),
+        ("../etc/passwd", "etc_passwd"),
+        ("Café ☕ App", "Caf_App"),
+        ("", naming.UNKNOWN_APP_NAME),
+        (None, naming.UNKNOWN_APP_NAME),
+        ("x" * 300, "x" * naming.MAX_APP_NAME_CHARS),
+    ],
+)
+def test_safe_app_name(name, safe):
+    assert naming.safe_app_name(name) == safe
+
+
+@pytest.mark.parametrize(
+    "unix_ms, folder",
+    [(0, "1970-01-01"), (1558342827953, "2019-05-20"), (1700006399999, "2023-11-14"),
+     (1700006400000, "2023-11-15")],
+)
+def test_date_folder_is_utc(unix_ms, folder):
+    assert naming.date_folder(unix_ms) == folder
+
+
+@pytest.mark.parametrize(
+    "parts, key",
+    [
+        (("folder", "2020-01-01", "a.txt"), "folder/2020-01-01/a.txt"),
+        (("/folder/sub/", None, "a.txt"), "folder/sub/a.txt"),
+        ((None, "", "a.txt"), "a.txt"),
+    ],
+)
+def test_join_key(parts, key):
+    assert naming.join_key(*parts) == key
+
+
+def test_file_digits_are_five_digits_and_move_on_attempts():
+    sha = "f" * 64
+    assert 0 <= naming.file_digits(sha) < 100_000
+    assert naming.file_digits(sha, 1) == (naming.file_digits(sha) + 1) % 100_000
+
+
+@pytest.mark.parametrize(
+    "lines, max_items, max_bytes, expected",
+    [
+        (["a", "b", "c"], 2, 100, [["a", "b"], ["c"]]),
+        (["a", "b", "c"], 1, 100, [["a"], ["b"], ["c"]]),
+        (["aaaa", "b", "c"], 10, 5, [["aaaa"], ["b", "c"]]),
+        (["a", "toolongforone", "b"], 10, 4, [["a"], ["toolongforone"], ["b"]]),
+        (["é"], 10, 3, [["é"]]),  # two UTF-8 bytes plus newline fits 3 bytes
+        ([], 10, 10, []),
+    ],
+)
+def test_pack_bounds_files_by_count_and_bytes_never_splitting_a_batch(
+    lines, max_items, max_bytes, expected
+):
+    assert list(packing.pack(lines, packing.line_bytes, max_items, max_bytes)) == expected

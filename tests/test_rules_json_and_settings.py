@@ -1,0 +1,189 @@
+"""Pure rules: JSON with exact int64, and every connection setting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH
+from transforms import batch_json
+from transforms.settings import EVENT_TYPES_BY_SETTING, ForwardingSettings, apply_settings
+
+BIG = 9223372036854775807  # int64 max: a double would round it
+
+
+def test_int64_numbers_and_strings_round_trip_exactly():
+    raw = f'{{"mpid":{BIG},"batch_id":-{BIG},"events":[{{"data":{{"event_id":"{BIG}"}}}}]}}'
+    batch = batch_json.decode(raw)
+    assert batch["mpid"] == BIG and isinstance(batch["mpid"], int)
+    assert batch_json.encode(batch) == raw
+
+
+def test_untouched_batch_keeps_key_order_and_values():
+    text = SAMPLE_BATCH.read_text()
+    batch = batch_json.decode(text)
+    assert batch_json.encode(batch) == json.dumps(json.loads(text), separators=(",", ":"))
+    assert list(batch) == list(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("not json", "not JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        ('{"a": 1} trailing', "not JSON"),
+    ],
+)
+def test_decode_errors_say_why(raw, reason):
+    with pytest.raises(batch_json.BadRecord, match=reason):
+        batch_json.decode(raw)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (1595542763908, 1595542763908),
+        ("1595542763908", 1595542763908),
+        (f"-{BIG}", -BIG),
+        (" 42 ", 42),
+        (1.5e12, 1_500_000_000_000),
+        (1.5, None),
+        ("12ab", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        ("١٢٣", None),  # non-ASCII digits are not a timestamp
+    ],
+)
+def test_as_int(value, expected):
+    assert batch_json.as_int(value) == expected
+
+
+def _batch_of(*event_types: str) -> dict:
+    events = [{"event_type": t, "data": {"event_id": i}} for i, t in enumerate(event_types)]
+    return {"events": events}
+
+
+ALL_TYPES = sorted({t for types in EVENT_TYPES_BY_SETTING.values() for t in types})
+UNNAMED_TYPES = ["breadcrumb", "opt_out", "uninstall", "pre_attribution", "some_future_type"]
+
+
+@pytest.mark.parametrize("setting, event_types", sorted(EVENT_TYPES_BY_SETTING.items()))
+def test_each_event_type_setting_filters_exactly_its_types(setting, event_types):
+    default = getattr(ForwardingSettings(), setting)
+    batch = _batch_of(*ALL_TYPES, *UNNAMED_TYPES)
+    for enabled in (True, False):
+        settings = ForwardingSettings(**{setting: enabled})
+        forwarded, filtered = apply_settings(batch, settings)
+        kept = {e["event_type"] for e in forwarded["events"]}
+        assert kept >= set(UNNAMED_TYPES)  # types no setting names always go out
+        assert (kept & event_types == event_types) is enabled
+        removed_by_this = filtered.get(setting, 0)
+        assert removed_by_this == (0 if enabled else len(event_types))
+    # Defaults as the integration page states them.
+    expected_default = setting not in (
+        "include_user_attribute_change_events", "include_user_identity_change_events"
+    )
+    assert default is expected_default
+
+
+def test_defaults_filter_attribute_and_identity_changes_of_the_real_sample():
+    batch = batch_json.decode(SAMPLE_BATCH.read_text())
+    forwarded, filtered = apply_settings(batch, ForwardingSettings())
+    assert dict(filtered) == {
+        "include_user_attribute_change_events": 1,
+        "include_user_identity_change_events": 1,
+    }
+    assert len(forwarded["events"]) == 12
+
+
+@pytest.mark.parametrize(
+    "identities, expected",
+    [
+        ({"customer_id": "123456"}, [{"identity_type": "customer_id", "identity": "123456"}]),
+        (
+            {"customer_id": "1", "email": None, "other_id_2": "x"},
+            [
+                {"identity_type": "customer_id", "identity": "1"},
+                {"identity_type": "other_id_2", "identity": "x"},
+            ],
+        ),
+        (  # the outbound form passes through as it came
+            [{"identity_type": "email", "identity": "a@b.c", "timestamp_unixtime_ms": "1"}],
+            [{"identity_type": "email", "identity": "a@b.c", "timestamp_unixtime_ms": "1"}],
+        ),
+        ({}, []),
+        (None, None),
+    ],
+)
+def test_user_identities_go_out_in_outbound_form(identities, expected):
+    batch = {"events": [], "user_identities": identities}
+    forwarded, _ = apply_settings(batch, ForwardingSettings())
+    assert forwarded["user_identities"] == expected
+
+
+BATCH_WITH_EVERYTHING = {
+    "events": [
+        {"event_type": "custom_event", "data": {"event_id": 1, "location": {"latitude": 1}}},
+        {"event_type": "screen_view", "data": {"event_id": 2}},
+    ],
+    "device_info": {"platform": "iOS"},
+    "application_info": {"application_name": "A"},
+    "source_info": {"channel": "native"},
+    "user_identities": {"customer_id": "c"},
+    "context": {"location": {"latitude": 2}, "data_plan": {"plan_id": "p"}},
+    "consent_state": {"gdpr": {}},
+    "mp_deviceid": "d",
+    "mpid": BIG,
+}
+
+
+@pytest.mark.parametrize(
+    "settings, absent, present",
+    [
+        (ForwardingSettings(), [], ["device_info", "user_identities", "consent_state"]),
+        (ForwardingSettings(include_user_identities=False), ["user_identities"], ["device_info"]),
+        (
+            ForwardingSettings(include_metadata=False),
+            ["device_info", "application_info", "source_info"],
+            ["user_identities", "context"],
+        ),
+        (ForwardingSettings(include_consent_state=False), ["consent_state"], ["mp_deviceid"]),
+        (ForwardingSettings(include_mp_deviceid=False), ["mp_deviceid"], ["mpid"]),
+    ],
+)
+def test_stripping_settings(settings, absent, present):
+    forwarded, _ = apply_settings(BATCH_WITH_EVERYTHING, settings)
+    for key in absent:
+        assert key not in forwarded
+    for key in present:
+        assert key in forwarded
+    # Everything kept stays in input order with its values.
+    kept = [k for k in BATCH_WITH_EVERYTHING if k in forwarded]
+    assert list(forwarded)[: len(kept)] == kept
+    assert forwarded["mpid"] == BIG
+
+
+def test_location_off_removes_event_and_context_location_only():
+    forwarded, _ = apply_settings(
+        BATCH_WITH_EVERYTHING, ForwardingSettings(include_location_information=False)
+    )
+    assert all("location" not in e["data"] for e in forwarded["events"])
+    assert forwarded["context"] == {"data_plan": {"plan_id": "p"}}
+    assert BATCH_WITH_EVERYTHING["events"][0]["data"]["location"] == {"latitude": 1}  # not mutated
+    kept, _ = apply_settings(BATCH_WITH_EVERYTHING, ForwardingSettings())
+    assert kept["events"][0]["data"]["location"] == {"latitude": 1}
+
+
+def test_unique_id_is_added_last_at_top_level():
+    forwarded, _ = apply_settings(BATCH_WITH_EVERYTHING, ForwardingSettings(unique_id="acme-1"))
+    assert list(forwarded)[-1] == "unique_id" and forwarded["unique_id"] == "acme-1"
+    plain, _ = apply_settings(BATCH_WITH_EVERYTHING, ForwardingSettings())
+    assert "unique_id" not in plain
+
+
+def test_forwarded_example_passes_through_unchanged():
+    for line in FORWARDED_EXAMPLE.read_text().splitlines():
+        forwarded, filtered = apply_settings(batch_json.decode(line), ForwardingSettings())
+        assert batch_json.encode(forwarded) == line and not filtered
