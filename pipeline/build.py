@@ -24,7 +24,11 @@ class Outputs(NamedTuple):
     dead_letter_files: beam.PCollection  # FileWritten per dead-letter file
 
 
-def forward(records: beam.PCollection, config: ForwarderConfig) -> Outputs:
+# In streaming, dead letters are written this often rather than at the end.
+DEAD_LETTER_FLUSH_S = 30
+
+
+def forward(records: beam.PCollection, config: ForwarderConfig, streaming: bool = False) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters."""
     parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
     files = (
@@ -48,7 +52,9 @@ def forward(records: beam.PCollection, config: ForwarderConfig) -> Outputs:
         )
     )
     dead_letter_files = parsed["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(
-        config.dead_letter_location, config.connection
+        config.dead_letter_location,
+        config.connection,
+        flush_after_s=DEAD_LETTER_FLUSH_S if streaming else None,
     )
     return Outputs(files, dead_letter_files)
 
