@@ -28,9 +28,17 @@ class Outputs(NamedTuple):
 DEAD_LETTER_FLUSH_S = 30
 
 
-def forward(records: beam.PCollection, config: ForwarderConfig, streaming: bool = False) -> Outputs:
+def forward(
+    records: beam.PCollection,
+    config: ForwarderConfig,
+    read_dead_letters: beam.PCollection | None = None,
+    streaming: bool = False,
+) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters."""
     parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
+    dead_letters = [parsed["dead_letters"]]
+    if read_dead_letters is not None:
+        dead_letters.append(read_dead_letters)
     files = (
         parsed["batches"]
         | "ApplySettings" >> ApplySettings(config.settings, config.send_batches_without_events)
@@ -51,7 +59,9 @@ def forward(records: beam.PCollection, config: ForwarderConfig, streaming: bool 
             file_shards=config.file_shards,
         )
     )
-    dead_letter_files = parsed["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(
+    dead_letter_files = (
+        dead_letters | "AllDeadLetters" >> beam.Flatten()
+    ) | "WriteDeadLetters" >> WriteDeadLetters(
         config.dead_letter_location,
         config.connection,
         flush_after_s=DEAD_LETTER_FLUSH_S if streaming else None,
@@ -61,5 +71,5 @@ def forward(records: beam.PCollection, config: ForwarderConfig, streaming: bool 
 
 def build(pipeline: beam.Pipeline, config: ForwarderConfig) -> Outputs:
     """The whole bulk pipeline from `--input` files."""
-    records = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
-    return forward(records, config)
+    read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
+    return forward(read["records"], config, read["dead_letters"])

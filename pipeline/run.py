@@ -100,6 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     counters = counters_of(result)
     print(metrics.format_summary(counters))
     print(f"  seconds: {elapsed:.1f}")
-    if metrics.unaccounted_events(counters) != 0:
+    if metrics.unaccounted_events(counters) or metrics.unaccounted_records(counters):
         return 1
     return 0

@@ -45,8 +45,8 @@ def test_read_and_parse_batches_with_dead_letters(tmp_path):
     good.write_text(json.dumps(batch("d1", T0, 1)) + "\nnot json\n")
     (tmp_path / "sample.json").write_bytes(SAMPLE_BATCH.read_bytes())
     with batch_pipeline() as p:
-        records = p | ReadBatches([str(tmp_path / "*")], s3.S3Connection())
-        parsed = records | ParseBatches()
+        read = p | ReadBatches([str(tmp_path / "*")], s3.S3Connection())
+        parsed = read["records"] | ParseBatches()
         assert_that(
             parsed["batches"]
             | beam.Map(lambda a: (a.source.rsplit("/", 1)[-1], a.device, a.app_name)),

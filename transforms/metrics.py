@@ -53,14 +53,28 @@ def unaccounted_events(counters: Mapping[str, int]) -> int:
     )
 
 
+def unaccounted_records(counters: Mapping[str, int]) -> int:
+    """records_read minus parsed and dead-lettered records; 0 when they reconcile."""
+    return counters.get(RECORDS_READ, 0) - (
+        counters.get(BATCHES_READ, 0) + counters.get(RECORDS_DEAD_LETTERED, 0)
+    )
+
+
+def _verdict(gap: int, what: str) -> str:
+    return "reconciled" if gap == 0 else f"NOT reconciled: {gap:+,} {what} unaccounted"
+
+
 def format_summary(counters: Mapping[str, int]) -> str:
-    """A plain-text table of the counters and the reconciliation line."""
+    """A plain-text table of the counters and the reconciliation lines."""
     width = max((len(name) for name in counters), default=10)
     lines = ["Run summary:"]
     lines += [f"  {name:<{width}}  {counters[name]:>12,}" for name in sorted(counters)]
-    gap = unaccounted_events(counters)
-    verdict = "reconciled" if gap == 0 else f"NOT reconciled: {gap:+,} events unaccounted"
     lines.append(
-        "  events: read = forwarded + filtered out + dead-lettered -> " + verdict
+        "  records: read = parsed + dead-lettered -> "
+        + _verdict(unaccounted_records(counters), "records")
+    )
+    lines.append(
+        "  events: read = forwarded + filtered out + dead-lettered -> "
+        + _verdict(unaccounted_events(counters), "events")
     )
     return "\n".join(lines)

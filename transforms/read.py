@@ -13,18 +13,23 @@ import io
 import logging
 import os
 import time
+import zlib
 from typing import IO, Any, Iterator, NamedTuple
 
 import apache_beam as beam
 import smart_open
+from apache_beam import pvalue
 
 from transforms import batch_json, metrics, s3
+from transforms.dead_letters import dead_letter
 
 _LOG = logging.getLogger(__name__)
 # A file whose first line is not a whole JSON value is read as one document
 # only up to this size; past it, it is read line by line.
 MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 PROGRESS_EVERY_S = 10.0
+DEAD_LETTERS = "dead_letters"
+STAGE = "read"
 
 
 class RawRecord(NamedTuple):
@@ -144,7 +149,11 @@ class ExpandPatternFn(beam.DoFn):
 
 
 class ReadRecordsFn(beam.DoFn):
-    """A file → its raw records, logging progress on long files."""
+    """A file → its raw records, logging progress on long files.
+
+    A file that cannot be read to its end (corrupt gzip, a read error) keeps
+    the records before the damage and sends a dead letter for the rest.
+    """
 
     def __init__(self, connection: s3.S3Connection):
         self._connection = connection
@@ -152,23 +161,33 @@ class ReadRecordsFn(beam.DoFn):
     def setup(self):
         self._client = s3.make_client(self._connection)
         self._records_read = metrics.counter(metrics.RECORDS_READ)
+        self._records_dead = metrics.counter(metrics.RECORDS_DEAD_LETTERED)
 
     def process(self, path: str) -> Iterator[RawRecord]:
         started = last_report = time.monotonic()
         count = 0
-        with open_input(path, self._client) as stream:
-            for record in read_records(path, stream):
-                count += 1
-                self._records_read.inc()
-                yield record
-                if time.monotonic() - last_report > PROGRESS_EVERY_S:
-                    last_report = time.monotonic()
-                    _LOG.info("%s: %d records read so far", path, count)
+        try:
+            with open_input(path, self._client) as stream:
+                for record in read_records(path, stream):
+                    count += 1
+                    self._records_read.inc()
+                    yield record
+                    if time.monotonic() - last_report > PROGRESS_EVERY_S:
+                        last_report = time.monotonic()
+                        _LOG.info("%s: %d records read so far", path, count)
+        except (OSError, EOFError, zlib.error) as err:
+            reason = f"file unreadable after {count} records: {type(err).__name__}: {err}"
+            _LOG.warning("%s: %s", path, reason)
+            self._records_read.inc()
+            self._records_dead.inc()
+            yield pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(path, STAGE, reason, ""))
+            return
         _LOG.info("%s: %d records in %.1f s", path, count, time.monotonic() - started)
 
 
 class ReadBatches(beam.PTransform):
-    """Paths or globs → RawRecord, one per input batch, files spread over workers."""
+    """Paths or globs → {"records": RawRecord, "dead_letters": dict}, files spread
+    over workers."""
 
     def __init__(self, patterns: list[str], connection: s3.S3Connection):
         super().__init__()
@@ -176,10 +195,13 @@ class ReadBatches(beam.PTransform):
         self._connection = connection
 
     def expand(self, pbegin):
-        return (
+        read = (
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
             | "MatchFiles" >> beam.ParDo(ExpandPatternFn(self._connection))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> beam.ParDo(ReadRecordsFn(self._connection))
+            | "ReadRecords" >> beam.ParDo(ReadRecordsFn(self._connection)).with_outputs(
+                DEAD_LETTERS, main="records"
+            )
         )
+        return {"records": read.records, "dead_letters": read[DEAD_LETTERS]}

@@ -1,0 +1,260 @@
+"""The whole pipeline (`python -m pipeline`'s main) against the S3 server over HTTP.
+
+Objects are read back with boto3: names, folders, date folders, gzip, SSE as the
+server reports it, every forwarded event exactly once, filtered events absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+
+import boto3
+import pytest
+
+from pipeline.sample_data import generate, write_ndjson
+from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, moto_server, run_main
+from transforms import batch_json, grouping, naming
+from transforms.settings import ForwardingSettings, apply_settings
+
+KEY = re.compile(
+    r"^(?P<folder>out/)(?P<date>\d{4}-\d{2}-\d{2}/)?(?P<app>[A-Za-z0-9_.-]+)_"
+    r"(?P<ts>\d{20})_(?P<digits>\d{5})\.txt(?P<gz>\.gz)?$"
+)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """The real sample, mParticle's forwarded example and 400 generated batches."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE_BATCH, folder / "sample.json")
+    shutil.copy(FORWARDED_EXAMPLE, folder / "forwarded.ndjson")
+    write_ndjson(str(folder / "generated.ndjson.gz"), generate(400, 30))
+    return folder
+
+
+def input_batches(folder) -> list[dict]:
+    batches = [json.loads(SAMPLE_BATCH.read_text())]
+    batches += [json.loads(line) for line in FORWARDED_EXAMPLE.read_text().splitlines()]
+    with gzip.open(folder / "generated.ndjson.gz", "rt") as stream:
+        batches += [json.loads(line) for line in stream]
+    return batches
+
+
+def argv(endpoint, bucket, folder, *flags) -> list[str]:
+    return [
+        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={endpoint}",
+        f"--input={folder}/*", "--folder_name=out", *flags,
+    ]
+
+
+def forwarded_objects(client, bucket) -> dict[str, list[dict]]:
+    """Key → forwarded batches, for every forwarded file (not checks, not dead letters)."""
+    objects = {}
+    for key in list_keys(client, bucket, "out/"):
+        if "mParticle_Bucket_Verification_" in key or "/_dead_letters/" in key:
+            continue
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        text = (gzip.decompress(body) if key.endswith(".gz") else body).decode("utf-8")
+        assert text.endswith("\n")
+        objects[key] = [json.loads(line) for line in text.splitlines()]
+    return objects
+
+
+def event_ids(batches) -> list[int]:
+    return [batch_json.as_int(e["data"]["event_id"]) for b in batches for e in b["events"]]
+
+
+def test_every_event_forwarded_exactly_once_in_named_dated_files(
+    s3_endpoint, s3_client, bucket, inputs
+):
+    code, out, err = run_main(
+        argv(s3_endpoint, bucket, inputs, "--store_data_in_folders_by_date=true")
+    )
+    assert code == 0, err
+    assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
+
+    objects = forwarded_objects(s3_client, bucket)
+    settings = ForwardingSettings()
+    expected = []
+    for batch in input_batches(inputs):
+        forwarded, _ = apply_settings(batch, settings)
+        expected += event_ids([forwarded])
+    got = event_ids(b for batches in objects.values() for b in batches)
+    assert sorted(got) == sorted(expected) and len(got) == len(set(got))
+
+    filtered_types = {"user_attribute_change", "user_identity_change"}
+    for key, batches in objects.items():
+        match = KEY.match(key)
+        assert match, key
+        assert {naming.safe_app_name(b.get("application_info", {}).get("application_name"))
+                for b in batches} == {match["app"]}
+        first = batches[0]
+        first_event_ms = grouping.first_event_time_ms(first, 0)
+        assert match["date"] == naming.date_folder(first_event_ms) + "/"
+        for batch in batches:
+            assert isinstance(batch["user_identities"], list)  # outbound form
+            assert not filtered_types & {e["event_type"] for e in batch["events"]}
+    verification = [k for k in list_keys(s3_client, bucket) if "Verification" in k]
+    assert len(verification) == 1
+    assert s3_client.get_object(Bucket=bucket, Key=verification[0])["Body"].read() == b"{}"
+
+
+def test_int64_values_and_untouched_fields_pass_through(s3_endpoint, s3_client, bucket, tmp_path):
+    line = ('{"events":[{"data":{"event_id":"9223372036854775807","timestamp_unixtime_ms":'
+            '"1595542763908","custom_attributes":{"z":1,"a":1.5}},"event_type":"custom_event"}],'
+            '"mpid":-9223372036854775808,"zeta":null,"alpha":[1,"2"]}')
+    (tmp_path / "in.ndjson").write_text(line + "\n")
+    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path))
+    assert code == 0, err
+    [(key, [batch])] = forwarded_objects(s3_client, bucket).items()
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    assert body == line + "\n"
+    assert key.startswith("out/unknown_app_20200723221923908000_")
+
+
+@pytest.mark.parametrize("method", ["AES256", "aws:kms"])
+def test_gzip_and_server_side_encryption_as_the_server_reports(
+    s3_endpoint, s3_client, bucket, inputs, method
+):
+    flags = ["--use_compression=true", f"--server_side_encryption_method={method}"]
+    if method == "aws:kms":
+        kms = boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        flags.append(f"--kms_key_id={key_id}")
+    code, _, err = run_main(argv(s3_endpoint, bucket, inputs, *flags))
+    assert code == 0, err
+    keys = list(forwarded_objects(s3_client, bucket))  # decompresses every .gz
+    assert keys and all(key.endswith(".txt.gz") for key in keys)
+    for key in list_keys(s3_client, bucket):
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == method
+        if method == "aws:kms":
+            assert key_id in head["SSEKMSKeyId"]
+
+
+def _sample_events(batches) -> list[str]:
+    return [e["event_type"] for b in batches for e in b["events"]]
+
+
+@pytest.mark.parametrize(
+    "flags, check",
+    [
+        ([], lambda objs: len(_sample_events(objs)) == 12),
+        (
+            ["--include_metadata=false", "--include_user_identities=false", "--unique_id=acme"],
+            lambda objs: all(
+                "device_info" not in b and "user_identities" not in b and b["unique_id"] == "acme"
+                for b in objs
+            ),
+        ),
+        (["--send_as_batch=false"], lambda objs: len(objs) == 12
+         and all(len(b["events"]) == 1 for b in objs)),
+        (["--wait_for_complete_batch=true", "--session_gap_s=60"],
+         lambda objs: len(objs) == 1 and len(objs[0]["events"]) == 12),
+        (
+            ["--send_lifecycle_events=false", "--send_screen_views=false",
+             "--include_user_attribute_change_events=true"],
+            lambda objs: sorted(set(_sample_events(objs))) == [
+                "breadcrumb", "commerce_event", "crash_report", "custom_event",
+                "network_performance", "push_registration", "user_attribute_change",
+            ],
+        ),
+        (["--app_name=My App", "--max_batches_per_file=1"],
+         lambda objs: len(objs) == 1),
+    ],
+)
+def test_real_sample_under_settings_combinations(
+    s3_endpoint, s3_client, bucket, tmp_path, flags, check
+):
+    shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
+    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path, *flags))
+    assert code == 0, err
+    objects = forwarded_objects(s3_client, bucket)
+    batches = [b for batches in objects.values() for b in batches]
+    assert check(batches), batches
+    if "--app_name=My App" in flags:
+        assert all(key.startswith("out/My_App_") for key in objects)
+
+
+def test_rerun_writes_the_same_keys_and_no_second_copy(s3_endpoint, s3_client, bucket, inputs):
+    flags = ["--skip_bucket_check=true", "--max_batches_per_file=5"]
+    code, first_out, _ = run_main(argv(s3_endpoint, bucket, inputs, *flags))
+    first = list_keys(s3_client, bucket)
+    code2, second_out, _ = run_main(argv(s3_endpoint, bucket, inputs, *flags))
+    assert code == code2 == 0
+    assert list_keys(s3_client, bucket) == first
+    files = re.search(r"files_written\s+([\d,]+)", second_out)[1]
+    assert re.search(r"files_already_present\s+([\d,]+)", second_out)[1] == files
+    assert "files_already_present" not in first_out
+
+
+def test_bad_input_goes_to_dead_letters_while_the_rest_is_forwarded(
+    s3_endpoint, s3_client, bucket, tmp_path
+):
+    good = json.loads(SAMPLE_BATCH.read_text())
+    (tmp_path / "mixed.ndjson").write_text(
+        "\n".join(["{not json", json.dumps(good), "[1,2]", '{"events": "x"}', ""])
+    )
+    (tmp_path / "garbage.bin").write_bytes(b"\x00\xff binary garbage\n")
+    # A gzip file cut in half: the batches before the cut still go out.
+    whole = "".join(json.dumps(b) + "\n" for b in generate(200, 5, seed=99)).encode()
+    compressed = gzip.compress(whole)
+    (tmp_path / "corrupt.ndjson.gz").write_bytes(compressed[: len(compressed) // 2])
+    code, out, err = run_main(argv(s3_endpoint, bucket, tmp_path))
+    assert code == 0, err
+    objects = forwarded_objects(s3_client, bucket)
+    forwarded_ids = event_ids(b for batches in objects.values() for b in batches)
+    assert set(event_ids([apply_settings(good, ForwardingSettings())[0]])) < set(forwarded_ids)
+    assert len(forwarded_ids) > 12 + 100  # the sample's and those before the cut
+    [dead_key] = list_keys(s3_client, bucket, "out/_dead_letters/")
+    letters = [json.loads(line) for line in
+               s3_client.get_object(Bucket=bucket, Key=dead_key)["Body"].read().splitlines()]
+    by_source = {letter["source"].rsplit("/", 1)[-1]: letter for letter in letters}
+    assert set(by_source) == {"mixed.ndjson:1", "mixed.ndjson:3", "mixed.ndjson:4",
+                              "garbage.bin:1", "corrupt.ndjson.gz"}
+    assert by_source["mixed.ndjson:1"]["raw"] == "{not json"
+    assert by_source["corrupt.ndjson.gz"]["stage"] == "read"
+    assert all(letter["reason"] for letter in letters)
+    assert re.search(r"records_dead_lettered\s+5\b", out)
+    assert "records: read = parsed + dead-lettered -> reconciled" in out
+
+
+def test_missing_bucket_stops_with_a_clear_message(s3_endpoint, tmp_path):
+    shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
+    code, out, err = run_main(argv(s3_endpoint, "no-such-bucket-here", tmp_path))
+    assert code == 3 and out == ""
+    assert err.strip() == (
+        f"error: S3 bucket 'no-such-bucket-here' in region 'us-east-1' at {s3_endpoint} "
+        "does not exist."
+    )
+
+
+def test_denied_bucket_stops_with_what_was_denied(tmp_path):
+    """A server that enforces IAM: the user may read but not write."""
+    shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
+    # The first four requests are unauthenticated set-up; IAM applies after them.
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as endpoint:
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="locked")
+        iam.create_user(UserName="reader")
+        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                           "Resource": "*"}],
+        }))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        code, out, err = run_main(argv(
+            endpoint, "locked", tmp_path,
+            f"--access_key_id={key['AccessKeyId']}",
+            f"--secret_access_key={key['SecretAccessKey']}",
+        ))
+    assert code == 3
+    assert "bucket 'locked' in region 'us-east-1'" in err
+    assert "refused the write check PutObject of 'out/mParticle_Bucket_Verification_" in err
+    assert "AccessDenied" in err
+    assert key["SecretAccessKey"] not in err + out
