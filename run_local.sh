@@ -76,6 +76,7 @@ bootstrap
 case "${1:-}" in
   test)
     shift
+    "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest tests "$@"
     ;;
   *)

@@ -43,6 +43,31 @@ def user_policy(bucket: str) -> dict:
     }
 
 
-def policy_text(kind: str, bucket: str, role_arn: str | None = None) -> str:
-    policy = bucket_policy(bucket, role_arn) if kind == "role" else user_policy(bucket)
+def kms_statement(kms_key_id: str) -> dict:
+    """What SSE-KMS needs besides S3: a data key per object from the bucket's key."""
+    key_arn = kms_key_id if kms_key_id.startswith("arn:") else (
+        f"arn:aws:kms:<REGION>:<ACCOUNT_ID>:key/{kms_key_id}"
+    )
+    return {
+        "Sid": "MParticleS3ForwarderKms",
+        "Effect": "Allow",
+        "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+        "Resource": key_arn,
+    }
+
+
+def policy_text(
+    kind: str, bucket: str, role_arn: str | None = None, kms_key_id: str | None = None
+) -> str:
+    """The policy as JSON: `role` (bucket policy) or `user` (IAM user policy).
+
+    With a KMS key, the user policy also grants its use; for role-based auth the
+    role's own policy (or the key policy) must grant it, as the README says.
+    """
+    if kind == "role":
+        policy = bucket_policy(bucket, role_arn)
+    else:
+        policy = user_policy(bucket)
+        if kms_key_id:
+            policy["Statement"].append(kms_statement(kms_key_id))
     return json.dumps(policy, indent=2)

@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         values, beam_args, print_policy = merged_values(argv)
         if print_policy:
             bucket = validate_bucket_name(values["s3_bucket_name"])
-            print(iam.policy_text(print_policy, bucket, values["aws_role_arn"]))
+            print(iam.policy_text(
+                print_policy, bucket, values["aws_role_arn"], values["kms_key_id"]
+            ))
             return 0
         config = config_from_values(values)
         check_inputs_exist(config.inputs, config.connection)

@@ -128,3 +128,11 @@ def test_iam_policy_printed_for_a_bucket(kind, needle):
     policy = json.loads(out)
     assert code == 0 and needle in out
     assert "arn:aws:s3:::acme-events/*" in policy["Statement"][0]["Resource"]
+
+
+def test_user_policy_with_a_kms_key_grants_its_use():
+    code, out, _ = run_main(["--s3_bucket_name=acme-events", "--print_iam_policy=user",
+                             "--kms_key_id=arn:aws:kms:us-east-1:1:key/k"])
+    kms = json.loads(out)["Statement"][1]
+    assert code == 0 and kms["Resource"] == "arn:aws:kms:us-east-1:1:key/k"
+    assert "kms:GenerateDataKey" in kms["Action"]
