@@ -3,14 +3,20 @@
 #
 #   ./run_local.sh [pipeline flags...]   bootstrap, start the embedded S3 server, run the
 #                                        pipeline on sample data, show what it wrote
+#   ./run_local.sh stream [flags...]     bootstrap, start the embedded S3 and Pub/Sub servers,
+#                                        publish a live stream, show files as windows close
 #   ./run_local.sh test [pytest args]    bootstrap, then the whole test suite
 #
-# The virtualenv lives in .venv and is reused while setup.py is unchanged.
+# The virtualenv lives in .venv and is reused while setup.py is unchanged; the local
+# Pub/Sub server (Google's pstest, tools/pstest) is built with `go build` into .local/bin.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
 VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
+
+PSTEST="$ROOT/.local/bin/pstest"
+export PSTEST
 
 bootstrap() {
   local stamp="$VENV/.installed-$(sha256sum setup.py | cut -c1-16)"
@@ -21,6 +27,15 @@ bootstrap() {
     "$VENV/bin/pip" install --quiet -e ".[test]"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
+  fi
+  local go_stamp
+  go_stamp="$ROOT/.local/pstest-$(cat tools/pstest/go.mod tools/pstest/go.sum tools/pstest/main.go | sha256sum | cut -c1-16)"
+  if [ ! -x "$PSTEST" ] || [ ! -f "$go_stamp" ]; then
+    echo "== building the local Pub/Sub server (pstest) with go build"
+    mkdir -p "$ROOT/.local/bin"
+    (cd tools/pstest && go build -o "$PSTEST" .)
+    rm -f "$ROOT"/.local/pstest-*
+    touch "$go_stamp"
   fi
 }
 
@@ -45,8 +60,29 @@ start_s3() {
   exit 1
 }
 
+start_pubsub() {
+  local port
+  port=$(free_port)
+  "$PSTEST" -port "$port" >"$WORK/pstest.log" 2>&1 &
+  PUBSUB_PID=$!
+  for _ in $(seq 1 100); do
+    if grep -q "listening on" "$WORK/pstest.log" 2>/dev/null; then
+      export PUBSUB_EMULATOR_HOST="127.0.0.1:$port"
+      echo "== local Pub/Sub (pstest) on $PUBSUB_EMULATOR_HOST"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "the local Pub/Sub server did not start; its log:" >&2
+  cat "$WORK/pstest.log" >&2
+  exit 1
+}
+
 cleanup() {
-  [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null || true
+  for pid in ${PIPELINE_PID:-} ${PUBLISHER_PID:-} ${PUBSUB_PID:-} ${S3_PID:-}; do
+    kill "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
   [ -n "${WORK:-}" ] && rm -rf "$WORK"
 }
 
@@ -72,8 +108,38 @@ demo() {
   "$VENV/bin/python" -m pipeline.show_output --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT"
 }
 
+stream() {
+  WORK=$(mktemp -d)
+  trap cleanup EXIT
+  trap 'echo; echo "== stopping"; exit 0' INT TERM
+  start_s3
+  start_pubsub
+  export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
+  local bucket=mparticle-live topic=projects/local-project/topics/mparticle
+  "$VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$S3_ENDPOINT').create_bucket(Bucket='$bucket')"
+  "$VENV/bin/python" -c "from pipeline.publish_sample import create_topic_and_subscription as c; c('$topic')"
+  echo "== forwarding projects/local-project/subscriptions/mparticle live (10-second windows for the demo)"
+  "$VENV/bin/python" -m pipeline \
+    --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT" \
+    --input_subscription=projects/local-project/subscriptions/mparticle \
+    --folder_name=mparticle --store_data_in_folders_by_date=true \
+    --window_size_s=10 --dead_letter_flush_s=10 "$@" >"$WORK/pipeline.log" 2>&1 &
+  PIPELINE_PID=$!
+  echo "== publishing 20 batches a second from 200 devices for 10 minutes (pipeline log: $WORK/pipeline.log)"
+  "$VENV/bin/python" -m pipeline.publish_sample --topic="$topic" --per_second=20 --seconds=600 \
+    >"$WORK/publisher.log" 2>&1 &
+  PUBLISHER_PID=$!
+  echo "== files as windows close (Ctrl-C stops everything)"
+  "$VENV/bin/python" -m pipeline.show_output --s3_bucket_name="$bucket" \
+    --s3_endpoint_url="$S3_ENDPOINT" --watch=2
+}
+
 bootstrap
 case "${1:-}" in
+  stream)
+    shift
+    stream "$@"
+    ;;
   test)
     shift
     "$VENV/bin/ruff" check .

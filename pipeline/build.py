@@ -1,8 +1,12 @@
 """The graph builder: one function that reads like the pipeline diagram.
 
-    ReadBatches → ParseBatches → ApplySettings → StampArrival → BatchPerDevice
+    ReadBatches (files) | ReadPubSubRecords (live)
+      → ParseBatches → ApplySettings → StampArrival → BatchPerDevice
       → WriteBatchFiles                       (forwarded files in the bucket)
-    ParseBatches' dead letters → WriteDeadLetters
+    dead letters of reading and parsing → WriteDeadLetters
+
+Files and Pub/Sub share everything after the source; only the time domain
+differs (arrival time from the batch, or the publish time).
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import apache_beam as beam
 
 from pipeline.config import ForwarderConfig
 from transforms.apply_settings import ApplySettings
-from transforms.batching import BatchPerDevice, StampArrival
+from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
 from transforms.parse import ParseBatches
+from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches
 from transforms.write import WriteBatchFiles, WriteDeadLetters
 
@@ -24,17 +29,16 @@ class Outputs(NamedTuple):
     dead_letter_files: beam.PCollection  # FileWritten per dead-letter file
 
 
-# In streaming, dead letters are written this often rather than at the end.
-DEAD_LETTER_FLUSH_S = 30
-
-
 def forward(
     records: beam.PCollection,
     config: ForwarderConfig,
     read_dead_letters: beam.PCollection | None = None,
-    streaming: bool = False,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters."""
+    # In streaming, one-event batches go out within seconds rather than at the
+    # window's end, and dead letters at an interval rather than at the end.
+    per_event = config.batching is BatchingMode.PER_EVENT
+    early_firing_s = config.per_event_flush_s if config.streaming and per_event else 0
     parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
     dead_letters = [parsed["dead_letters"]]
     if read_dead_letters is not None:
@@ -57,6 +61,7 @@ def forward(
             max_batches_per_file=config.max_batches_per_file,
             max_file_bytes=config.max_file_bytes,
             file_shards=config.file_shards,
+            early_firing_s=early_firing_s,
         )
     )
     dead_letter_files = (
@@ -64,12 +69,17 @@ def forward(
     ) | "WriteDeadLetters" >> WriteDeadLetters(
         config.dead_letter_location,
         config.connection,
-        flush_after_s=DEAD_LETTER_FLUSH_S if streaming else None,
+        flush_after_s=config.dead_letter_flush_s if config.streaming else None,
     )
     return Outputs(files, dead_letter_files)
 
 
 def build(pipeline: beam.Pipeline, config: ForwarderConfig) -> Outputs:
-    """The whole bulk pipeline from `--input` files."""
+    """The whole pipeline: live from Pub/Sub, or bulk from `--input` files."""
+    if config.streaming:
+        records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
+            config.input_subscription, config.input_topic
+        )
+        return forward(records, config)
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     return forward(read["records"], config, read["dead_letters"])

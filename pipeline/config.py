@@ -36,6 +36,8 @@ class ForwarderConfig:
     connection: S3Connection
     settings: ForwardingSettings
     inputs: tuple[str, ...]
+    input_subscription: str | None
+    input_topic: str | None
     dead_letter_location: str
     app_name: str | None
     batching: BatchingMode
@@ -50,10 +52,17 @@ class ForwarderConfig:
     file_shards: int
     max_batch_bytes: int
     skip_bucket_check: bool
+    per_event_flush_s: int = 5
+    dead_letter_flush_s: int = 30
 
     @property
     def output_location(self) -> str:
         return f"s3://{self.bucket}"
+
+    @property
+    def streaming(self) -> bool:
+        """Live forwarding from Pub/Sub rather than a bounded run over files."""
+        return bool(self.input_subscription or self.input_topic)
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -177,10 +186,22 @@ def _check(values: dict[str, Any]) -> None:
             f"--aws_region_endpoint {values['aws_region_endpoint']!r} is not an AWS region "
             "such as us-east-1."
         )
-    if not values["input"]:
-        raise ConfigError("No input: give --input (files or globs) at least once.")
+    sources = [name for name in ("input", "input_subscription", "input_topic") if values[name]]
+    if not sources:
+        raise ConfigError(
+            "No input: give --input (files or globs), --input_subscription or --input_topic."
+        )
+    if len(sources) > 1:
+        raise ConfigError(
+            f"Give one input source, not {' and '.join('--' + s for s in sources)}."
+        )
+    for name, kind in (("input_subscription", "subscriptions"), ("input_topic", "topics")):
+        if values[name] and not re.fullmatch(rf"projects/[^/]+/{kind}/[^/]+", values[name]):
+            raise ConfigError(
+                f"--{name} {values[name]!r} must look like projects/<project>/{kind}/<name>."
+            )
     for name in ("window_size_s", "session_gap_s", "max_batches_per_file", "max_file_bytes",
-                 "file_shards", "max_batch_bytes"):
+                 "file_shards", "max_batch_bytes", "per_event_flush_s", "dead_letter_flush_s"):
         _as_int(name, values[name], minimum=1)
     if values["folder_name"] and values["folder_name"].strip("/") == "":
         raise ConfigError("--folder_name must hold more than slashes.")
@@ -217,6 +238,8 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         ),
         settings=ForwardingSettings(**{k: v for k, v in values.items() if k in settings_fields}),
         inputs=tuple(values["input"]),
+        input_subscription=values["input_subscription"],
+        input_topic=values["input_topic"],
         dead_letter_location=values["dead_letter_location"]
         or f"s3://{bucket}/{naming.join_key(folder, '_dead_letters')}",
         app_name=naming.safe_app_name(values["app_name"]) if values["app_name"] else None,
@@ -232,4 +255,6 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         file_shards=values["file_shards"],
         max_batch_bytes=values["max_batch_bytes"],
         skip_bucket_check=values["skip_bucket_check"],
+        per_event_flush_s=values["per_event_flush_s"],
+        dead_letter_flush_s=values["dead_letter_flush_s"],
     )

@@ -59,6 +59,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("use_compression", bool, False, "gzip the files (.txt.gz)."),
     # Input and output.
     Option("input", list, [], "Input files: paths or globs, local, s3:// or gs:// (repeatable)."),
+    Option(
+        "input_subscription", str, None,
+        "Pub/Sub subscription projects/<project>/subscriptions/<name> (live forwarding).",
+    ),
+    Option(
+        "input_topic", str, None,
+        "Pub/Sub topic projects/<project>/topics/<name>, read through a temporary subscription.",
+    ),
     Option("s3_endpoint_url", str, None, "S3-compatible endpoint (local server, MinIO)."),
     Option("settings_file", str, None, "JSON or YAML file keyed by these option names."),
     Option("app_name", str, None, "App name in file names; default: application_name."),
@@ -76,6 +84,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_batches_per_file", int, packing.DEFAULT_MAX_BATCHES_PER_FILE, "Batches a file."),
     Option("max_file_bytes", int, packing.DEFAULT_MAX_FILE_BYTES, "Uncompressed bytes a file."),
     Option("file_shards", int, 1, "Files written in parallel per app, date and window."),
+    Option(
+        "per_event_flush_s", int, 5,
+        "Streaming with send_as_batch=false: seconds before arrived events are written.",
+    ),
+    Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
     Option("max_batch_bytes", int, parse.DEFAULT_MAX_BATCH_BYTES, "Larger records: dead letters."),
     Option("skip_bucket_check", bool, False, "Do not write the verification object at start."),
 )

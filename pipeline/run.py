@@ -9,6 +9,7 @@ bucket check failed.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from typing import Sequence
@@ -37,14 +38,26 @@ _RUNNERS = {
 
 
 def make_runner(options: PipelineOptions):
-    """The runner to use: an FnApiRunner instance for the direct runner."""
+    """The runner to use. The direct runner is the FnApiRunner for bounded runs and
+    the BundleBasedDirectRunner for streaming, which the FnApiRunner cannot do."""
     standard = options.view_as(StandardOptions)
     name = _RUNNERS.get((standard.runner or "direct").lower(), standard.runner)
     if name == "FnApiRunner":
+        if standard.streaming:
+            return "BundleBasedDirectRunner"
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return FnApiRunner()
     return name
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops a streaming run the way Ctrl-C does."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def counters_of(result) -> dict[str, int]:
@@ -92,10 +105,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _LOG.info("bucket check: wrote s3://%s/%s", config.bucket, key)
 
     options = PipelineOptions(beam_args)
+    if config.streaming:
+        options.view_as(StandardOptions).streaming = True
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build(pipeline, config)
     result = pipeline.run()
+    if config.streaming:
+        _stop_on_sigterm()
+        source = config.input_subscription or config.input_topic
+        _LOG.info("forwarding %s live; Ctrl-C stops", source)
+        try:
+            result.wait_until_finish()
+        except KeyboardInterrupt:
+            _LOG.info("stopping")
+            result.cancel()
+            return 0
     result.wait_until_finish()
     elapsed = time.monotonic() - started
 

@@ -1,6 +1,9 @@
 """Lists what the forwarder wrote to a bucket: keys, sizes, batches and events.
 
     python -m pipeline.show_output --s3_bucket_name demo --s3_endpoint_url http://127.0.0.1:9000
+
+With --watch N it polls every N seconds and prints each new object as it appears,
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -8,15 +11,18 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import time
 
 from transforms import s3
 
 
-def describe_objects(client, bucket: str, prefix: str = "") -> list[dict]:
+def describe_objects(client, bucket: str, prefix: str = "", skip=frozenset()) -> list[dict]:
     rows = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", ()):
             key = item["Key"]
+            if key in skip:
+                continue
             response = client.get_object(Bucket=bucket, Key=key)
             body = response["Body"].read()
             if key.endswith(".gz"):
@@ -34,21 +40,39 @@ def describe_objects(client, bucket: str, prefix: str = "") -> list[dict]:
     return rows
 
 
+def _row(row: dict) -> str:
+    return f"{row['bytes']:>10,} {row['lines']:>6} {row['events']:>7} {row['sse']:>8}  {row['key']}"
+
+
+def watch(client, bucket: str, prefix: str, every_s: float) -> None:
+    seen: set[str] = set()
+    print(f"{'time':>8} {'bytes':>10} {'lines':>6} {'events':>7} {'SSE':>8}  key", flush=True)
+    try:
+        while True:
+            for row in describe_objects(client, bucket, prefix, frozenset(seen)):
+                seen.add(row["key"])
+                print(f"{time.strftime('%H:%M:%S')} {_row(row)}", flush=True)
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        print(f"{len(seen)} objects seen")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--s3_bucket_name", required=True)
     parser.add_argument("--s3_endpoint_url")
     parser.add_argument("--prefix", default="")
     parser.add_argument("--most", type=int, default=25, help="rows to print")
+    parser.add_argument("--watch", type=float, help="poll every N seconds for new objects")
     args = parser.parse_args()
     client = s3.make_client(s3.S3Connection(endpoint_url=args.s3_endpoint_url))
+    if args.watch:
+        watch(client, args.s3_bucket_name, args.prefix, args.watch)
+        return
     rows = describe_objects(client, args.s3_bucket_name, args.prefix)
     print(f"{'bytes':>10} {'lines':>6} {'events':>7} {'SSE':>8}  key")
     for row in rows[: args.most]:
-        print(
-            f"{row['bytes']:>10,} {row['lines']:>6} {row['events']:>7} {row['sse']:>8}"
-            f"  {row['key']}"
-        )
+        print(_row(row))
     if len(rows) > args.most:
         print(f"... and {len(rows) - args.most} more objects")
     print(f"{sum(r['bytes'] for r in rows):>10,} {sum(r['lines'] for r in rows):>6} "
