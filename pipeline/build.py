@@ -35,10 +35,11 @@ def forward(
     read_dead_letters: beam.PCollection | None = None,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters."""
-    # In streaming, one-event batches go out within seconds rather than at the
-    # window's end, and dead letters at an interval rather than at the end.
-    per_event = config.batching is BatchingMode.PER_EVENT
-    early_firing_s = config.per_event_flush_s if config.streaming and per_event else 0
+    # Files are packed per fixed window. In streaming, one-event batches and
+    # sessions (which end at any time) go out within seconds of being complete
+    # rather than when that packing window closes.
+    not_fixed = config.batching is not BatchingMode.FIXED
+    early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
     parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
     dead_letters = [parsed["dead_letters"]]
     if read_dead_letters is not None:
@@ -70,6 +71,7 @@ def forward(
         config.dead_letter_location,
         config.connection,
         flush_after_s=config.dead_letter_flush_s if config.streaming else None,
+        allowed_lateness_s=config.allowed_lateness_s,
     )
     return Outputs(files, dead_letter_files)
 

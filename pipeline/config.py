@@ -52,7 +52,7 @@ class ForwarderConfig:
     file_shards: int
     max_batch_bytes: int
     skip_bucket_check: bool
-    per_event_flush_s: int = 5
+    file_flush_s: int = 5
     dead_letter_flush_s: int = 30
 
     @property
@@ -201,7 +201,7 @@ def _check(values: dict[str, Any]) -> None:
                 f"--{name} {values[name]!r} must look like projects/<project>/{kind}/<name>."
             )
     for name in ("window_size_s", "session_gap_s", "max_batches_per_file", "max_file_bytes",
-                 "file_shards", "max_batch_bytes", "per_event_flush_s", "dead_letter_flush_s"):
+                 "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s"):
         _as_int(name, values[name], minimum=1)
     if values["folder_name"] and values["folder_name"].strip("/") == "":
         raise ConfigError("--folder_name must hold more than slashes.")
@@ -255,6 +255,6 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         file_shards=values["file_shards"],
         max_batch_bytes=values["max_batch_bytes"],
         skip_bucket_check=values["skip_bucket_check"],
-        per_event_flush_s=values["per_event_flush_s"],
+        file_flush_s=values["file_flush_s"],
         dead_letter_flush_s=values["dead_letter_flush_s"],
     )

@@ -85,8 +85,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_file_bytes", int, packing.DEFAULT_MAX_FILE_BYTES, "Uncompressed bytes a file."),
     Option("file_shards", int, 1, "Files written in parallel per app, date and window."),
     Option(
-        "per_event_flush_s", int, 5,
-        "Streaming with send_as_batch=false: seconds before arrived events are written.",
+        "file_flush_s", int, 5,
+        "Streaming, one-event and session batches: seconds a finished batch may wait "
+        "for its file (fixed windows are written when they close).",
     ),
     Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
     Option("max_batch_bytes", int, parse.DEFAULT_MAX_BATCH_BYTES, "Larger records: dead letters."),

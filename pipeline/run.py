@@ -78,7 +78,10 @@ def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: importing Beam may already have given the root logger a handler.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
     argv = sys.argv[1:] if argv is None else argv
     try:
         values, beam_args, print_policy = merged_values(argv)

@@ -100,3 +100,31 @@ def list_keys(client, bucket: str, prefix: str = "") -> list[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [item["Key"] for item in page.get("Contents", ())]
     return sorted(keys)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pstest_binary() -> str:
+    """Google's Pub/Sub fake, as `./run_local.sh` builds it; built here if missing."""
+    binary = Path(os.environ.get("PSTEST", ROOT / ".local" / "bin" / "pstest"))
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=ROOT / "tools" / "pstest",
+                       check=True)
+    return str(binary)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator():
+    """A pstest server on a free loopback port; yields its host:port."""
+    port = free_port()
+    process = subprocess.Popen([pstest_binary(), "-port", str(port)], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("listening on"), line
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -93,11 +93,25 @@ def test_settings_file_and_flags_override_it(tmp_path, suffix):
         (BASE + ["--window_size_s=ten"], "--window_size_s must be a whole number"),
         (BASE + ["--max_file_bytes=0"], "--max_file_bytes must be a whole number of at least 1"),
         (BASE + ["--settings_file=/nonexistent.yaml"], "cannot be read"),
+        (
+            BASE + ["--input_subscription=projects/p/subscriptions/s"],
+            "Give one input source, not --input and --input_subscription",
+        ),
+        (["--s3_bucket_name=b-ok", "--input_subscription=mysub"],
+         "must look like projects/<project>/subscriptions/<name>"),
+        (["--s3_bucket_name=b-ok", "--input_topic=projects/p/subscriptions/s"],
+         "must look like projects/<project>/topics/<name>"),
     ],
 )
 def test_mistakes_stop_with_one_sentence(flags, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config(flags)
+
+
+def test_pubsub_input_makes_a_streaming_config():
+    config, _ = load_config(["--s3_bucket_name=b-ok", "--input_topic=projects/p/topics/t"])
+    assert config.streaming and config.input_topic == "projects/p/topics/t"
+    assert not load_config(BASE)[0].streaming
 
 
 def test_settings_file_with_unknown_or_bad_content(tmp_path):

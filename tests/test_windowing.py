@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import apache_beam as beam
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
+from pipeline.build import forward
+from pipeline.config import load_config
+from tests.conftest import list_keys
 from tests.pipelines import streaming_pipeline
-from tests.test_transforms import MINUTE_MS, T0, arrived
+from tests.test_transforms import MINUTE_MS, T0, arrived, batch
 from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
+from transforms.read import RawRecord
 
 SECOND_MS = 1000
 
@@ -112,3 +118,48 @@ def test_event_delivered_twice_is_written_once():
     first = arrived("d1", T0, 1, 2)
     redelivered = first._replace(source="message-2", arrival_ms=T0 + 5 * SECOND_MS)
     run_stream(stream(first, redelivered), BatchingMode.FIXED, [("d1", [1, 2], "on_time")])
+
+
+def record(source: str, at_ms: int, *event_ids: int) -> RawRecord:
+    data = json.dumps(batch("d1", at_ms, *event_ids)).encode()
+    return RawRecord(source, data, publish_time_ms=at_ms)
+
+
+def test_late_pane_becomes_a_further_file_and_redelivery_is_written_once(
+    s3_endpoint, s3_client, bucket
+):
+    config, _ = load_config([
+        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}", "--folder_name=live",
+        "--input_subscription=projects/local-project/subscriptions/unused",
+        "--dead_letter_flush_s=60",
+    ])
+    on_time = record("pubsub:1", T0 + MINUTE_MS, 1, 2)
+    redelivered = on_time._replace(source="pubsub:2", publish_time_ms=T0 + 2 * MINUTE_MS)
+    late = record("pubsub:3", T0 + 3 * MINUTE_MS, 3)
+    garbage = RawRecord("pubsub:4", b"not json", publish_time_ms=T0 + 4 * MINUTE_MS)
+    test_stream = (
+        TestStream()
+        .advance_watermark_to(T0 / 1000)
+        .add_elements([window.TimestampedValue(r, r.publish_time_ms / 1000)
+                       for r in (on_time, redelivered, garbage)])
+        .advance_watermark_to((T0 + 11 * MINUTE_MS) / 1000)  # [T0, T0+10m) is written
+        .add_elements([window.TimestampedValue(late, late.publish_time_ms / 1000)])
+        .advance_watermark_to_infinity()
+    )
+    p = streaming_pipeline()
+    outputs = forward(p | test_stream, config)
+    assert_that(outputs.files | beam.Map(lambda w: (w.lines, w.events)),
+                equal_to([(1, 2), (1, 1)]))
+    p.run().wait_until_finish()
+
+    files = {}
+    for key in list_keys(s3_client, bucket, "live/"):
+        files[key] = [json.loads(line) for line in
+                      s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()]
+    dead = [v for k, v in files.items() if "/_dead_letters/" in k]
+    forwarded = sorted(
+        [e["data"]["event_id"] for b in batches for e in b["events"]]
+        for k, batches in files.items() if "/_dead_letters/" not in k
+    )
+    assert forwarded == [[1, 2], [3]]  # on time, then the late pane in a file of its own
+    assert [[d["source"] for d in letters] for letters in dead] == [["pubsub:4"]]

@@ -15,7 +15,7 @@ import zlib
 from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 
 from transforms import batch_json, metrics, naming, packing, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
@@ -214,34 +214,32 @@ class WriteDeadLetters(beam.PTransform):
         connection: s3.S3Connection,
         max_records_per_file: int = packing.DEFAULT_MAX_BATCHES_PER_FILE,
         max_file_bytes: int = packing.DEFAULT_MAX_FILE_BYTES,
-        flush_after_s: float | None = None,
+        flush_after_s: int | None = None,
+        allowed_lateness_s: int = 0,
     ):
-        """`flush_after_s`: in streaming, write what has come after that many seconds."""
+        """`flush_after_s`: in streaming, a file per that many seconds of records."""
         super().__init__()
         self._location = location
         self._connection = connection
         self._max_records = max_records_per_file
         self._max_bytes = max_file_bytes
         self._flush_after_s = flush_after_s
+        self._allowed_lateness_s = allowed_lateness_s
 
-    def _flushing(self) -> dict:
+    def _windowing(self):
         if self._flush_after_s is None:
-            return {}  # bounded input: one pane at the end
-        return {
-            "trigger": trigger.Repeatedly(
-                trigger.AfterAny(
-                    trigger.AfterCount(self._max_records),
-                    trigger.AfterProcessingTime(self._flush_after_s),
-                )
-            ),
-            "accumulation_mode": trigger.AccumulationMode.DISCARDING,
-        }
+            return beam.WindowInto(window.GlobalWindows())  # bounded: one pane at the end
+        # Streaming: windows over the records' own time (the publish time), as for
+        # forwarded files; late records go out in a further file.
+        return late_firing_windowing(
+            window.FixedWindows(self._flush_after_s), allowed_lateness_s=self._allowed_lateness_s
+        )
 
     def expand(self, letters):
         return (
             letters
             | "Encode" >> beam.Map(lambda letter: (("", "", 0), (0, 0, batch_json.encode(letter))))
-            | "WindowForFiles" >> beam.WindowInto(window.GlobalWindows(), **self._flushing())
+            | "WindowForFiles" >> self._windowing()
             | "GroupPerFile" >> beam.GroupByKey()
             | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_records, self._max_bytes))
             | "WriteFiles" >> beam.ParDo(

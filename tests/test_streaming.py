@@ -1,0 +1,232 @@
+"""Live forwarding end to end: a real local Pub/Sub (pstest) and the S3 server.
+
+The pipeline runs as users run it (`python -m pipeline --input_subscription=...`)
+in a subprocess; the test publishes through the standard client and polls the
+bucket with a deadline. Windows are seconds long so they close quickly.
+"""
+
+from __future__ import annotations
+
+import calendar
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.conftest import ROOT, list_keys
+
+PROJECT = "local-project"
+WINDOW_S = 4
+_names = itertools.count()
+
+
+def poll(condition, deadline_s: float, every_s: float = 0.5):
+    """Calls `condition` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+
+
+@pytest.fixture
+def pubsub(pubsub_emulator, monkeypatch):
+    """A new topic and subscription; yields (publisher, topic, subscription)."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
+    from google.cloud import pubsub_v1
+
+    name = f"live-{os.getpid()}-{next(_names)}"
+    topic = f"projects/{PROJECT}/topics/{name}"
+    subscription = f"projects/{PROJECT}/subscriptions/{name}"
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=topic)
+    pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=topic)
+    return publisher, topic, subscription
+
+
+@pytest.fixture
+def live_pipeline(s3_endpoint, bucket, pubsub, tmp_path):
+    """Starts `python -m pipeline` on the subscription; stops it with SIGTERM."""
+    processes = []
+
+    def start(*flags: str) -> None:
+        log = open(tmp_path / "pipeline.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", f"--s3_bucket_name={bucket}",
+             f"--s3_endpoint_url={s3_endpoint}", f"--input_subscription={pubsub[2]}",
+             "--folder_name=live", "--store_data_in_folders_by_date=true",
+             "--dead_letter_flush_s=1", *flags],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
+        )
+        processes.append(process)
+        started = poll(lambda: "live; Ctrl-C stops" in (tmp_path / "pipeline.log").read_text(), 60)
+        assert started, (tmp_path / "pipeline.log").read_text()[-3000:]
+        time.sleep(2)  # the first pull is under way
+
+    yield start
+    for process in processes:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, (tmp_path / "pipeline.log").read_text()[-3000:]
+
+
+def batch(device: int, event_ids: list[int], now_ms: int) -> dict:
+    return {
+        "events": [{"event_type": "custom_event",
+                    "data": {"event_id": i, "timestamp_unixtime_ms": now_ms}} for i in event_ids],
+        "application_info": {"application_name": "Live App"},
+        "mp_deviceid": f"device-{device}",
+        "timestamp_unixtime_ms": now_ms,
+    }
+
+
+def wait_mid_window() -> None:
+    """Sleeps out the last and first 0.3 s of a window, so a batch and its
+    redelivery, published together, land in the same window."""
+    while (time.time() % WINDOW_S) < 0.3 or (time.time() % WINDOW_S) > WINDOW_S - 0.5:
+        time.sleep(0.05)
+
+
+def read_objects(client, bucket, prefix) -> dict[str, list[dict]]:
+    return {
+        key: [json.loads(line) for line in
+              client.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()]
+        for key in list_keys(client, bucket, prefix)
+    }
+
+
+def forwarded_ids(objects) -> list[int]:
+    return [e["data"]["event_id"] for batches in objects.values() for b in batches
+            for e in b["events"]]
+
+
+def test_stream_of_many_devices_forwarded_once_grouped_per_window(
+    s3_client, bucket, pubsub, live_pipeline
+):
+    publisher, topic, _ = pubsub
+    live_pipeline(f"--window_size_s={WINDOW_S}", "--max_batches_per_file=10",
+                  "--max_batch_bytes=2000")
+    first_seen: dict[str, float] = {}
+    publishing = threading.Event()
+    publishing.set()
+
+    def watch_files():  # when each file first shows, to time it against its window's end
+        while publishing.is_set():
+            for key in list_keys(s3_client, bucket, "live/"):
+                first_seen.setdefault(key, time.time())
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_files, daemon=True)
+    watcher.start()
+    event_ids = itertools.count(1)
+    expected, published_at, bad = [], {}, 0
+    started = time.time()
+    messages = 0
+    while time.time() - started < 3 * WINDOW_S:  # three windows of traffic
+        wait_mid_window()
+        for device in range(25):
+            ids = [next(event_ids) for _ in range(1 + device % 3)]
+            data = json.dumps(batch(device, ids, int(time.time() * 1000))).encode()
+            publisher.publish(topic, data).result()
+            messages += 1
+            expected += ids
+            published_at.update((i, time.time()) for i in ids)
+            if device == 7:  # delivered twice: the same batch in one window
+                publisher.publish(topic, data).result()
+                messages += 1
+        for garbage in (b"not json", b"[1, 2]", json.dumps({"events": "x"}).encode(),
+                        json.dumps({"events": [], "padding": "x" * 3000}).encode()):
+            publisher.publish(topic, garbage).result()
+            messages += 1
+            bad += 1
+        time.sleep(0.5)
+
+    def everything_arrived():
+        objects = read_objects(s3_client, bucket, "live/")
+        for key in objects:
+            first_seen.setdefault(key, time.time())
+        dead = sum(len(v) for k, v in objects.items() if "/_dead_letters/" in k)
+        forwarded = {k: v for k, v in objects.items()
+                     if "/_dead_letters/" not in k and "Verification" not in k}
+        return forwarded if (sorted(forwarded_ids(forwarded)) == sorted(expected)
+                             and dead == bad) else None
+
+    forwarded = poll(everything_arrived, deadline_s=90)
+    publishing.clear()
+    watcher.join()
+    if not forwarded:
+        objects = read_objects(s3_client, bucket, "live/")
+        got = forwarded_ids({k: v for k, v in objects.items()
+                             if "/_dead_letters/" not in k and "Verification" not in k})
+        dead = [d for k, v in objects.items() if "/_dead_letters/" in k for d in v]
+        pytest.fail(
+            f"in 90 s: {len(set(got))} of {len(expected)} events ({len(got)} written), "
+            f"{len(dead)} of {bad} dead letters; missing {sorted(set(expected) - set(got))[:20]}"
+        )
+
+    counts = Counter(forwarded_ids(forwarded))
+    assert set(counts.values()) == {1}  # every event exactly once, redelivery included
+    windows_by_device = Counter()
+    delays = []
+    for key, batches in forwarded.items():
+        match = re.fullmatch(r"live/\d{4}-\d{2}-\d{2}/Live_App_(\d{20})_\d{5}\.txt", key)
+        assert match, key
+        assert len(batches) <= 10
+        for out in batches:
+            times = [published_at[e["data"]["event_id"]] for e in out["events"]]
+            assert max(times) - min(times) < WINDOW_S  # one window's events
+            windows_by_device[(out["mp_deviceid"], int(min(times) // WINDOW_S))] += 1
+        newest_s = calendar.timegm(time.strptime(match[1][:14], "%Y%m%d%H%M%S"))
+        window_end = (newest_s // WINDOW_S + 1) * WINDOW_S  # the newest batch's window
+        delays.append(first_seen[key] - window_end)
+    assert set(windows_by_device.values()) == {1}  # one batch per device and window
+    print(f"\nmessages published: {messages}, events forwarded: {len(counts)}, "
+          f"files: {len(forwarded)}, window end to file seen: "
+          f"median {sorted(delays)[len(delays) // 2]:.1f} s, max {max(delays):.1f} s")
+
+
+def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub, live_pipeline):
+    publisher, topic, _ = pubsub
+    # A ten-minute window that never closes during the test: files must come sooner.
+    live_pipeline("--send_as_batch=false", "--window_size_s=600", "--file_flush_s=1")
+    published = time.monotonic()
+    for device in range(3):
+        data = batch(device, [device * 10 + 1, device * 10 + 2], int(time.time() * 1000))
+        publisher.publish(topic, json.dumps(data).encode()).result()
+
+    def all_events():
+        objects = {k: v for k, v in read_objects(s3_client, bucket, "live/").items()
+                   if "Verification" not in k}
+        return objects if len(forwarded_ids(objects)) == 6 else None
+
+    objects = poll(all_events, deadline_s=30, every_s=0.2)
+    assert objects, "one-event batches were not written within 30 s"
+    print(f"\nper-event batches written {time.monotonic() - published:.1f} s after publishing")
+    batches = [b for v in objects.values() for b in v]
+    assert len(batches) == 6 and all(len(b["events"]) == 1 for b in batches)
+
+
+def test_session_is_written_once_the_gap_passes(s3_client, bucket, pubsub, live_pipeline):
+    publisher, topic, _ = pubsub
+    live_pipeline("--wait_for_complete_batch=true", "--session_gap_s=3")
+    for n in range(3):
+        data = batch(1, [n + 1], int(time.time() * 1000))
+        publisher.publish(topic, json.dumps(data).encode()).result()
+        time.sleep(1)
+
+    def session_written():
+        objects = {k: v for k, v in read_objects(s3_client, bucket, "live/").items()
+                   if "Verification" not in k}
+        return objects or None
+
+    objects = poll(session_written, deadline_s=30)
+    assert objects, "the session was not written after its gap"
+    [(key, [session])] = objects.items()
+    assert [e["data"]["event_id"] for e in session["events"]] == [1, 2, 3]
