@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
     )
-    for chatty in ("botocore", "boto3", "urllib3", "smart_open"):
+    for chatty in ("botocore", "boto3", "urllib3", "smart_open", "apache_beam"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
     try:
