@@ -33,8 +33,15 @@ def forward(
     records: beam.PCollection,
     config: ForwarderConfig,
     read_dead_letters: beam.PCollection | None = None,
+    keyed_windows: bool | None = None,
 ) -> Outputs:
-    """Raw records (from files or Pub/Sub) → forwarded files and dead letters."""
+    """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
+
+    `keyed_windows` (default: for bounded input) groups with the window in the
+    key rather than through Beam's triggers; the results are the same.
+    """
+    if keyed_windows is None:
+        keyed_windows = not config.streaming
     # Files are packed per fixed window. In streaming, one-event batches and
     # sessions (which end at any time) go out within seconds of being complete
     # rather than when that packing window closes.
@@ -49,7 +56,11 @@ def forward(
         | "ApplySettings" >> ApplySettings(config.settings, config.send_batches_without_events)
         | "StampArrival" >> StampArrival()
         | "BatchPerDevice" >> BatchPerDevice(
-            config.batching, config.window_size_s, config.session_gap_s, config.allowed_lateness_s
+            config.batching,
+            config.window_size_s,
+            config.session_gap_s,
+            config.allowed_lateness_s,
+            keyed_windows=keyed_windows,
         )
         | "WriteBatchFiles" >> WriteBatchFiles(
             config.output_location,
@@ -63,6 +74,7 @@ def forward(
             max_file_bytes=config.max_file_bytes,
             file_shards=config.file_shards,
             early_firing_s=early_firing_s,
+            keyed_windows=keyed_windows,
         )
     )
     dead_letter_files = (

@@ -146,3 +146,27 @@ def split_per_event(batch: dict) -> list[dict]:
         {key: ([event] if key == "events" else value) for key, value in batch.items()}
         for event in batch.get("events") or ()
     ]
+
+
+def window_start_us(timestamp_us: int, size_us: int) -> int:
+    """Start of the UTC-aligned fixed window holding a time, as Beam's FixedWindows."""
+    return timestamp_us - timestamp_us % size_us
+
+
+def split_sessions(
+    arrived: Iterable[ArrivedBatch], gap_ms: int
+) -> list[tuple[list[ArrivedBatch], int]]:
+    """One device's batches → sessions, each with its end (last arrival + gap), in ms.
+
+    As Beam's Sessions: a batch covers [arrival, arrival + gap) and overlapping
+    spans merge, so a batch exactly `gap` after the last one starts a new session.
+    """
+    sessions: list[tuple[list[ArrivedBatch], int]] = []
+    for item in sorted(arrived, key=lambda a: (a.arrival_ms, a.source)):
+        if sessions and item.arrival_ms < sessions[-1][1]:
+            batches, end_ms = sessions[-1]
+            batches.append(item)
+            sessions[-1] = (batches, max(end_ms, item.arrival_ms + gap_ms))
+        else:
+            sessions.append(([item], item.arrival_ms + gap_ms))
+    return sessions

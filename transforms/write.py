@@ -19,7 +19,7 @@ from apache_beam.transforms import window
 
 from transforms import batch_json, metrics, naming, packing, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
-from transforms.grouping import first_event_time_ms
+from transforms.grouping import first_event_time_ms, window_start_us
 
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
 
@@ -81,14 +81,15 @@ def _entry_bytes(entry: tuple[int, int, str]) -> int:
 
 
 class PackFilesFn(beam.DoFn):
-    """((app, date, shard), [(arrival_ms, events, line)]) → FileContent, in a stable order."""
+    """((app, date, shard[, window]), [(arrival_ms, events, line)]) → FileContent,
+    in a stable order."""
 
     def __init__(self, max_batches: int, max_bytes: int):
         self._max_batches = max_batches
         self._max_bytes = max_bytes
 
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[FileContent]:
-        (app_name, date_folder, _shard), values = element
+        (app_name, date_folder, *_), values = element
         for entries in packing.pack(
             sorted(values), _entry_bytes, self._max_batches, self._max_bytes
         ):
@@ -147,6 +148,15 @@ _DEAD_LETTER_COUNTERS = {
 }
 
 
+def _file_entry_in_window(
+    forwarded: ForwardedBatch, by_date: bool, shards: int, size_us: int,
+    timestamp=beam.DoFn.TimestampParam,
+):
+    """As `_file_entry`, with the fixed window of the element's time in the key."""
+    group, value = _file_entry(forwarded, by_date, shards)
+    return (*group, window_start_us(timestamp.micros, size_us)), value
+
+
 def _file_entry(forwarded: ForwardedBatch, by_date: bool, shards: int):
     folder = ""
     if by_date:
@@ -175,7 +185,10 @@ class WriteBatchFiles(beam.PTransform):
         max_file_bytes: int = packing.DEFAULT_MAX_FILE_BYTES,
         file_shards: int = 1,
         early_firing_s: float = 0,
+        keyed_windows: bool = False,
     ):
+        """`keyed_windows`: bounded input only; the file's window goes into the key
+        and the grouping is in the global window (see `transforms.batching`)."""
         super().__init__()
         self._output = output
         self._connection = connection
@@ -187,8 +200,14 @@ class WriteBatchFiles(beam.PTransform):
         self._max_bytes = max_file_bytes
         self._shards = file_shards
         self._early_firing_s = early_firing_s
+        self._keyed_windows = keyed_windows
 
-    def expand(self, forwarded):
+    def _grouped(self, forwarded):
+        if self._keyed_windows:
+            size_us = self._window_size_s * 1_000_000
+            return forwarded | "KeyByFileWindow" >> beam.Map(
+                _file_entry_in_window, self._store_by_date, self._shards, size_us
+            ) | "GroupPerFile" >> beam.GroupByKey()
         return (
             forwarded
             | "KeyByFile" >> beam.Map(_file_entry, self._store_by_date, self._shards)
@@ -198,6 +217,11 @@ class WriteBatchFiles(beam.PTransform):
                 self._early_firing_s,
             )
             | "GroupPerFile" >> beam.GroupByKey()
+        )
+
+    def expand(self, forwarded):
+        return (
+            self._grouped(forwarded)
             | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_batches, self._max_bytes))
             | "WriteFiles" >> beam.ParDo(
                 WriteFilesFn(self._output, self._connection, self._namer, _BATCH_FILE_COUNTERS)
