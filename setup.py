@@ -22,6 +22,7 @@ setuptools.setup(
             "pytest-timeout==2.4.0",
             "moto[server]==5.2.5",
             "ruff==0.17.6",
+            "psutil==7.2.2",  # the benchmark's peak-memory sampling
         ],
     },
 )

@@ -1,0 +1,94 @@
+"""The yardstick: the forwarder's bulk job in plain, single-process Python.
+
+    python -m benchmarks.yardstick --input 'in/*.ndjson' --s3_bucket_name B \\
+        --s3_endpoint_url URL [--use_compression]
+
+Default settings, 10-minute windows per device, the same pure rules, names,
+NDJSON, gzip and write-once uploads through boto3 as the pipeline, with no
+Beam: a dict of lists in memory and a loop. What the pipeline costs beyond this
+is the price of Beam; it must earn it with parallelism and bounded memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import time
+from collections import defaultdict
+
+from transforms import batch_json, packing, read, s3, stores
+from transforms.batching import DEFAULT_WINDOW_SIZE_S
+from transforms.grouping import merge_batches, window_start_us
+from transforms.parse import DEFAULT_MAX_BATCH_BYTES, parse_batch
+from transforms.settings import ForwardingSettings, apply_settings
+from transforms.write import GZIP_LEVEL, BatchFileNamer, FileContent
+
+
+def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> dict:
+    connection = s3.S3Connection(endpoint_url=endpoint_url)
+    settings = ForwardingSettings()
+    size_us = DEFAULT_WINDOW_SIZE_S * 1_000_000
+    events_read = 0
+
+    windows = defaultdict(list)  # (device, window start) → that device's batches
+    for pattern in patterns:
+        for path in read.expand_pattern(pattern):
+            with read.open_input(path) as stream:
+                for record in read.read_records(path, stream):
+                    arrived, _, count = parse_batch(record, DEFAULT_MAX_BATCH_BYTES, None)
+                    events_read += count
+                    if arrived is None:
+                        continue
+                    batch, _ = apply_settings(arrived.batch, settings)
+                    if batch["events"]:
+                        start = window_start_us(arrived.arrival_ms * 1000, size_us)
+                        windows[(arrived.device, start)].append(arrived._replace(batch=batch))
+
+    files = defaultdict(list)  # (app, window start) → (arrival, events, line)
+    for (_, start), batches in windows.items():
+        merged, _ = merge_batches(batches)
+        latest = max(batches, key=lambda a: (a.arrival_ms, a.source))
+        files[(latest.app_name, start)].append(
+            (latest.arrival_ms, len(merged["events"]), batch_json.encode(merged))
+        )
+
+    store = stores.S3Store(connection, bucket)
+    namer = BatchFileNamer(None, compress)
+    written = {"files": 0, "bytes": 0, "events": 0}
+    for (app_name, _), entries in files.items():
+        for chunk in packing.pack(
+            sorted(entries), lambda e: packing.line_bytes(e[2]),
+            packing.DEFAULT_MAX_BATCHES_PER_FILE, packing.DEFAULT_MAX_FILE_BYTES,
+        ):
+            content = FileContent(app_name, "", [line for _, _, line in chunk],
+                                  max(a for a, _, _ in chunk), sum(n for _, n, _ in chunk))
+            body = "".join(line + "\n" for line in content.lines).encode("utf-8")
+            if compress:
+                body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+            sha = hashlib.sha256(body).hexdigest()
+            stores.write_once(
+                store, lambda a, c=content, h=sha: namer.key(c, h, a), body, sha
+            )
+            written["files"] += 1
+            written["bytes"] += len(body)
+            written["events"] += content.event_count
+    return {"events_read": events_read, **written}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", action="append", required=True)
+    parser.add_argument("--s3_bucket_name", required=True)
+    parser.add_argument("--s3_endpoint_url")
+    parser.add_argument("--use_compression", action="store_true")
+    args = parser.parse_args()
+    started = time.monotonic()
+    result = run(args.input, args.s3_bucket_name, args.s3_endpoint_url, args.use_compression)
+    result["seconds"] = round(time.monotonic() - started, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
