@@ -87,3 +87,4 @@ def test_failed_multipart_upload_is_aborted_and_leaves_no_partial_object(s3_endp
     with pytest.raises(botocore.exceptions.ClientError):
         stores.S3Store(connection, "no-such-bucket-x").put_new("k.txt", b"x", sha(b"x"))
     assert list_keys(store.client, bucket) == ["big.txt"]
+

@@ -88,6 +88,7 @@ class ParseBatchFn(beam.DoFn):
         self._app_name = app_name
 
     def setup(self):
+        self._records_read = metrics.counter(metrics.RECORDS_READ)
         self._batches_read = metrics.counter(metrics.BATCHES_READ)
         self._events_read = metrics.counter(metrics.EVENTS_READ)
         self._records_dead = metrics.counter(metrics.RECORDS_DEAD_LETTERED)
@@ -95,6 +96,7 @@ class ParseBatchFn(beam.DoFn):
 
     def process(self, record: RawRecord) -> Iterator:
         arrived, dead, events_read = parse_batch(record, self._max_batch_bytes, self._app_name)
+        self._records_read.inc()
         self._events_read.inc(events_read)
         if arrived is None:
             self._records_dead.inc()

@@ -160,6 +160,8 @@ class ReadRecordsFn(beam.DoFn):
 
     def setup(self):
         self._client = s3.make_client(self._connection)
+        # Records are counted where they are parsed; a file that breaks off
+        # counts as one more record, dead-lettered here.
         self._records_read = metrics.counter(metrics.RECORDS_READ)
         self._records_dead = metrics.counter(metrics.RECORDS_DEAD_LETTERED)
 
@@ -170,7 +172,6 @@ class ReadRecordsFn(beam.DoFn):
             with open_input(path, self._client) as stream:
                 for record in read_records(path, stream):
                     count += 1
-                    self._records_read.inc()
                     yield record
                     if time.monotonic() - last_report > PROGRESS_EVERY_S:
                         last_report = time.monotonic()

@@ -54,7 +54,8 @@ class S3Connection:
 
 
 def _assumed_role_session(base: boto3.Session, connection: S3Connection) -> boto3.Session:
-    sts = base.client("sts", region_name=connection.region)
+    # An S3-compatible store (MinIO, the local server) serves STS at its own endpoint.
+    sts = base.client("sts", region_name=connection.region, endpoint_url=connection.endpoint_url)
 
     def refresh() -> dict[str, Any]:
         credentials = sts.assume_role(
@@ -68,7 +69,9 @@ def _assumed_role_session(base: boto3.Session, connection: S3Connection) -> boto
         }
 
     botocore_session = botocore.session.get_session()
-    botocore_session._credentials = (  # the documented way botocore has no setter for
+    # botocore has no public setter for a session's credentials; this private
+    # attribute is the one boto3's own docs and botocore's tests use.
+    botocore_session._credentials = (
         botocore.credentials.RefreshableCredentials.create_from_metadata(
             metadata=refresh(), refresh_using=refresh, method="sts-assume-role"
         )
