@@ -20,6 +20,7 @@ the last microsecond of its window, which is what packing into files uses.
 from __future__ import annotations
 
 import enum
+import logging
 from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -36,6 +37,7 @@ from transforms.grouping import (
     window_start_us,
 )
 
+_LOG = logging.getLogger(__name__)
 DEFAULT_WINDOW_SIZE_S = 600
 DEFAULT_SESSION_GAP_S = 1800
 # How long after a window closes its late data still goes out as a further
@@ -104,6 +106,9 @@ class MergeBatchFn(beam.DoFn):
         if pane.timing == PaneInfoTiming.LATE:
             self._late_batches.inc()
             self._late_events.inc(event_count)
+            # Also logged: late data is rare, and the DirectRunner under-reports
+            # streaming counters (see README, Runners).
+            _LOG.info("late data for %s: %d events in a further batch", device, event_count)
         latest = max(arrived, key=lambda a: (a.arrival_ms, a.source))
         yield ForwardedBatch(merged, latest.app_name, device, latest.arrival_ms, event_count)
 

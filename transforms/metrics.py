@@ -33,6 +33,7 @@ FILES_ALREADY_PRESENT = "files_already_present"
 BYTES_WRITTEN = "bytes_written"
 DEAD_LETTER_RECORDS = "dead_letter_records_written"
 DEAD_LETTER_FILES = "dead_letter_files_written"
+DEAD_LETTER_BYTES = "dead_letter_bytes_written"
 
 
 def counter(name: str):

@@ -143,7 +143,7 @@ _BATCH_FILE_COUNTERS = {
 }
 _DEAD_LETTER_COUNTERS = {
     "files": metrics.DEAD_LETTER_FILES,
-    "bytes": metrics.DEAD_LETTER_FILES + ".bytes",
+    "bytes": metrics.DEAD_LETTER_BYTES,
     "lines": metrics.DEAD_LETTER_RECORDS,
 }
 
