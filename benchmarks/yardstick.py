@@ -20,7 +20,7 @@ from collections import defaultdict
 
 from transforms import batch_json, packing, read, s3, stores
 from transforms.batching import DEFAULT_WINDOW_SIZE_S
-from transforms.grouping import merge_batches, window_start_us
+from transforms.grouping import latest, merge_batches, window_start_us
 from transforms.parse import DEFAULT_MAX_BATCH_BYTES, parse_batch
 from transforms.settings import ForwardingSettings, apply_settings
 from transforms.write import GZIP_LEVEL, BatchFileNamer, FileContent
@@ -49,9 +49,9 @@ def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> 
     files = defaultdict(list)  # (app, window start) → (arrival, events, line)
     for (_, start), batches in windows.items():
         merged, _ = merge_batches(batches)
-        latest = max(batches, key=lambda a: (a.arrival_ms, a.source))
-        files[(latest.app_name, start)].append(
-            (latest.arrival_ms, len(merged["events"]), batch_json.encode(merged))
+        newest = latest(batches)
+        files[(newest.app_name, start)].append(
+            (newest.arrival_ms, len(merged["events"]), batch_json.encode(merged))
         )
 
     store = stores.S3Store(connection, bucket)

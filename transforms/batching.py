@@ -31,6 +31,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from transforms import metrics
 from transforms.grouping import (
     ArrivedBatch,
+    latest,
     merge_batches,
     split_per_event,
     split_sessions,
@@ -109,8 +110,8 @@ class MergeBatchFn(beam.DoFn):
             # Also logged: late data is rare, and the DirectRunner under-reports
             # streaming counters (see README, Runners).
             _LOG.info("late data for %s: %d events in a further batch", device, event_count)
-        latest = max(arrived, key=lambda a: (a.arrival_ms, a.source))
-        yield ForwardedBatch(merged, latest.app_name, device, latest.arrival_ms, event_count)
+        newest = latest(arrived)
+        yield ForwardedBatch(merged, newest.app_name, device, newest.arrival_ms, event_count)
 
 
 def _per_event(keyed: tuple[str, ArrivedBatch]) -> Iterator[ForwardedBatch]:

@@ -100,6 +100,11 @@ def _event_identities(event: dict) -> tuple[Any, Any]:
     return (event_id if number is None else number), data.get("source_message_id")
 
 
+def latest(arrived: Iterable[ArrivedBatch]) -> ArrivedBatch:
+    """The batch that arrived last (then by source, so input order does not matter)."""
+    return max(arrived, key=lambda a: (a.arrival_ms, a.source))
+
+
 def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
     """One outbound batch from one device's batches in one window.
 
@@ -134,8 +139,8 @@ def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
             seen_message_ids.add(message_id)
         events.append(event)
 
-    latest = arrived[-1].batch
-    merged = {key: (events if key == "events" else value) for key, value in latest.items()}
+    fields = arrived[-1].batch  # sorted by arrival and source: the latest
+    merged = {key: (events if key == "events" else value) for key, value in fields.items()}
     merged.setdefault("events", events)
     return merged, len(timed_events) - len(events)
 

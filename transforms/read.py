@@ -38,12 +38,15 @@ class RawRecord(NamedTuple):
     publish_time_ms: int | None = None  # Pub/Sub only
 
 
-def _is_json(data: bytes) -> bool:
+_NOT_JSON = object()
+
+
+def _decoded(data: bytes) -> Any:
+    """The JSON value of `data`, or _NOT_JSON."""
     try:
-        batch_json.decode(data)
+        return batch_json.decode(data)
     except batch_json.BadRecord:
-        return False
-    return True
+        return _NOT_JSON
 
 
 def read_records(path: str, stream: IO[bytes]) -> Iterator[RawRecord]:
@@ -55,11 +58,12 @@ def read_records(path: str, stream: IO[bytes]) -> Iterator[RawRecord]:
         first = stream.readline()
     if not first:
         return
-    if not _is_json(first) or first.lstrip().startswith(b"["):
+    if first.lstrip().startswith(b"[") or _decoded(first) is _NOT_JSON:
         rest = stream.read(MAX_DOCUMENT_BYTES)
         document = first + rest
-        if len(rest) < MAX_DOCUMENT_BYTES and _is_json(document):
-            yield from _document_records(path, batch_json.decode(document), document)
+        value = _decoded(document) if len(rest) < MAX_DOCUMENT_BYTES else _NOT_JSON
+        if value is not _NOT_JSON:
+            yield from _document_records(path, value, document)
             return
         stream = io.BufferedReader(_Chain(document, stream))
         first = stream.readline()
