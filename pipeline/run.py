@@ -15,6 +15,7 @@ import time
 from typing import Sequence
 
 import apache_beam as beam
+import botocore.exceptions
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -71,9 +72,17 @@ def counters_of(result) -> dict[str, int]:
 
 
 def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> None:
+    """Every --input names at least one file it can list, or one sentence says why."""
     client = s3.make_client(connection) if any(p.startswith("s3://") for p in patterns) else None
     for pattern in patterns:
-        if not read.expand_pattern(pattern, client):
+        try:
+            paths = read.expand_pattern(pattern, client)
+        except botocore.exceptions.ClientError as err:
+            code = s3.error_code(err)
+            raise ConfigError(f"--input {pattern!r} cannot be listed: {code}.") from None
+        except (ValueError, OSError, botocore.exceptions.BotoCoreError) as err:
+            raise ConfigError(f"--input {pattern!r} cannot be listed: {err}") from None
+        if not paths:
             raise ConfigError(f"--input {pattern!r} matches no file.")
 
 

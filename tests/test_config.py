@@ -136,6 +136,18 @@ def test_input_that_matches_nothing_is_a_clear_error(tmp_path):
     assert code == 2 and "matches no file" in err
 
 
+def test_input_that_cannot_be_listed_is_a_clear_error(s3_endpoint):
+    code, _, err = run_main([
+        "--s3_bucket_name=b-ok", f"--s3_endpoint_url={s3_endpoint}",
+        "--input=s3://no-such-input-bucket/day/*.ndjson",
+    ])
+    assert code == 2 and err.strip() == (
+        "error: --input 's3://no-such-input-bucket/day/*.ndjson' cannot be listed: NoSuchBucket."
+    )
+    code, _, err = run_main(["--s3_bucket_name=b-ok", "--input=hdfs://nn/day/*.ndjson"])
+    assert code == 2 and "cannot be listed" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("kind, needle", [("role", '"Principal"'), ("user", '"s3:PutObject"')])
 def test_iam_policy_printed_for_a_bucket(kind, needle):
     code, out, _ = run_main(["--s3_bucket_name=acme-events", f"--print_iam_policy={kind}"])
