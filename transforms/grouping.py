@@ -100,9 +100,14 @@ def _event_identities(event: dict) -> tuple[Any, Any]:
     return (event_id if number is None else number), data.get("source_message_id")
 
 
+def arrival_order(arrived: ArrivedBatch) -> tuple[int, str]:
+    """Sort key: by arrival, then by source, so input order never matters."""
+    return arrived.arrival_ms, arrived.source
+
+
 def latest(arrived: Iterable[ArrivedBatch]) -> ArrivedBatch:
-    """The batch that arrived last (then by source, so input order does not matter)."""
-    return max(arrived, key=lambda a: (a.arrival_ms, a.source))
+    """The batch that arrived last."""
+    return max(arrived, key=arrival_order)
 
 
 def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
@@ -114,7 +119,7 @@ def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
     `source_message_id` was already seen left out. Returns the batch and the
     number of duplicate events removed.
     """
-    arrived = sorted(arrived, key=lambda a: (a.arrival_ms, a.source))
+    arrived = sorted(arrived, key=arrival_order)
     if not arrived:
         raise ValueError("merge_batches needs at least one batch")
     timed_events = []
@@ -167,7 +172,7 @@ def split_sessions(
     spans merge, so a batch exactly `gap` after the last one starts a new session.
     """
     sessions: list[tuple[list[ArrivedBatch], int]] = []
-    for item in sorted(arrived, key=lambda a: (a.arrival_ms, a.source)):
+    for item in sorted(arrived, key=arrival_order):
         if sessions and item.arrival_ms < sessions[-1][1]:
             batches, end_ms = sessions[-1]
             batches.append(item)
