@@ -13,6 +13,8 @@ setuptools.setup(
         "boto3==1.44.8",
         "smart-open[s3]==9.0.2",
         "PyYAML==6.0.4",
+        # JSON in and out of every batch: several times the standard library's speed.
+        "orjson==3.13.0",
         # Live forwarding: Beam's ReadFromPubSub uses the standard client.
         "google-cloud-pubsub==2.44.0",
     ],

@@ -12,7 +12,6 @@ is the price of Beam; it must earn it with parallelism and bounded memory.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import time
@@ -23,7 +22,7 @@ from transforms.batching import DEFAULT_WINDOW_SIZE_S
 from transforms.grouping import latest, merge_batches, window_start_us
 from transforms.parse import DEFAULT_MAX_BATCH_BYTES, parse_batch
 from transforms.settings import ForwardingSettings, apply_settings
-from transforms.write import GZIP_LEVEL, BatchFileNamer, FileContent
+from transforms.write import BatchFileNamer, FileContent, file_body
 
 
 def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> dict:
@@ -64,9 +63,7 @@ def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> 
         ):
             content = FileContent(app_name, "", [line for _, _, line in chunk],
                                   max(a for a, _, _ in chunk), sum(n for _, n, _ in chunk))
-            body = "".join(line + "\n" for line in content.lines).encode("utf-8")
-            if compress:
-                body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+            body = file_body(content.lines, compress)
             sha = hashlib.sha256(body).hexdigest()
             stores.write_once(
                 store, lambda a, c=content, h=sha: namer.key(c, h, a), body, sha

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -17,13 +18,42 @@ def test_int64_numbers_and_strings_round_trip_exactly():
     raw = f'{{"mpid":{BIG},"batch_id":-{BIG},"events":[{{"data":{{"event_id":"{BIG}"}}}}]}}'
     batch = batch_json.decode(raw)
     assert batch["mpid"] == BIG and isinstance(batch["mpid"], int)
-    assert batch_json.encode(batch) == raw
+    assert batch_json.encode(batch) == raw.encode()
+
+
+@pytest.mark.parametrize("number", [2**64 - 1, -(2**63), 2**64, -(2**63) - 1, 10**30, -(10**25)])
+def test_integers_beyond_64_bits_stay_exact(number):
+    # At the edges of 64 bits and beyond them (which orjson would read as floats).
+    raw = f'{{"custom_attributes":{{"n":{number}}},"events":[]}}'
+    batch = batch_json.decode(raw)
+    assert batch["custom_attributes"]["n"] == number and isinstance(number, int)
+    assert batch_json.encode(batch) == raw.encode()
+
+
+def test_every_integer_near_and_beyond_64_bits_reads_as_the_standard_library_reads_it():
+    edges = [2**63, 2**64, 10**19, 10**20]
+    numbers = {sign * (edge + delta) for edge in edges for delta in (-2, -1, 0, 1)
+               for sign in (1, -1)}
+    rng = random.Random(7)
+    numbers |= {rng.randrange(-(10**22), 10**22) for _ in range(2000)}
+    for number in sorted(numbers):
+        for raw in (f'{{"n":{number},"s":"{number}"}}', f'[1,"-9",{number}.5,{number}]'):
+            decoded = batch_json.decode(raw)
+            expected = json.loads(raw)
+            assert decoded == expected and [type(v) for v in _values(decoded)] == [
+                type(v) for v in _values(expected)
+            ], raw
+
+
+def _values(document):
+    return list(document.values()) if isinstance(document, dict) else document
 
 
 def test_untouched_batch_keeps_key_order_and_values():
     text = SAMPLE_BATCH.read_text()
     batch = batch_json.decode(text)
-    assert batch_json.encode(batch) == json.dumps(json.loads(text), separators=(",", ":"))
+    expected = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    assert batch_json.encode(batch) == expected.encode()
     assert list(batch) == list(json.loads(text))
 
 
@@ -33,6 +63,12 @@ def test_untouched_batch_keeps_key_order_and_values():
         ("not json", "not JSON"),
         (b"\xff\xfe{}", "not UTF-8"),
         ('{"a": 1} trailing', "not JSON"),
+        # Each would be written back as invalid JSON or fail to encode as UTF-8.
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": 1e400}', "number out of range"),
+        ('{"a": "\\ud800"}', "lone surrogate"),
+        ('{"a": "\\ud800", "n": 123456789012345678901234}', "lone surrogate"),
     ],
 )
 def test_decode_errors_say_why(raw, reason):
@@ -186,4 +222,4 @@ def test_unique_id_is_added_last_at_top_level():
 def test_forwarded_example_passes_through_unchanged():
     for line in FORWARDED_EXAMPLE.read_text().splitlines():
         forwarded, filtered = apply_settings(batch_json.decode(line), ForwardingSettings())
-        assert batch_json.encode(forwarded) == line and not filtered
+        assert batch_json.encode(forwarded) == line.encode() and not filtered

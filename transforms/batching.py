@@ -37,6 +37,7 @@ from transforms.grouping import (
     split_sessions,
     window_start_us,
 )
+from transforms.shuffled import ShuffledBatch
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_WINDOW_SIZE_S = 600
@@ -87,7 +88,7 @@ class StampArrival(beam.PTransform):
 
 
 class MergeBatchFn(beam.DoFn):
-    """(device, [ArrivedBatch]) → ForwardedBatch; counts duplicates and late panes."""
+    """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes."""
 
     def setup(self):
         self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
@@ -96,11 +97,11 @@ class MergeBatchFn(beam.DoFn):
 
     def process(
         self,
-        element: tuple[str, Iterable[ArrivedBatch]],
+        element: tuple[str, Iterable[ShuffledBatch]],
         pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[ForwardedBatch]:
-        device, arrived = element
-        arrived = list(arrived)
+        device, shuffled = element
+        arrived = [item.arrived(device) for item in shuffled]
         merged, duplicates = merge_batches(arrived)
         self._duplicates.inc(duplicates)
         event_count = len(merged.get("events") or ())
@@ -122,19 +123,24 @@ def _per_event(keyed: tuple[str, ArrivedBatch]) -> Iterator[ForwardedBatch]:
         )
 
 
-def _fixed_window_key(keyed: tuple[str, ArrivedBatch], size_us: int):
+def _shuffled(keyed: tuple[str, ArrivedBatch]) -> tuple[str, ShuffledBatch]:
     device, arrived = keyed
-    return (device, window_start_us(arrived.arrival_ms * 1000, size_us)), arrived
+    return device, ShuffledBatch.of(arrived)
+
+
+def _fixed_window_key(keyed: tuple[str, ShuffledBatch], size_us: int):
+    device, shuffled = keyed
+    return (device, window_start_us(shuffled.arrival_ms * 1000, size_us)), shuffled
 
 
 def _stamped_fixed_window(element, size_us: int):
-    (device, start_us), arrived = element
-    return window.TimestampedValue((device, arrived), Timestamp(micros=start_us + size_us - 1))
+    (device, start_us), shuffled = element
+    return window.TimestampedValue((device, shuffled), Timestamp(micros=start_us + size_us - 1))
 
 
 def _stamped_sessions(element, gap_ms: int):
-    device, arrived = element
-    for batches, end_ms in split_sessions(arrived, gap_ms):
+    device, shuffled = element
+    for batches, end_ms in split_sessions(shuffled, gap_ms):
         yield window.TimestampedValue((device, batches), Timestamp(micros=end_ms * 1000 - 1))
 
 
@@ -162,10 +168,13 @@ class BatchPerDevice(beam.PTransform):
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:
             return keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event)
+        shuffled = keyed | "ToShuffledBatch" >> beam.Map(_shuffled).with_output_types(
+            tuple[str, ShuffledBatch]
+        )
         if self._keyed_windows:
-            grouped = self._group_keyed(keyed)
+            grouped = self._group_keyed(shuffled)
         else:
-            grouped = self._group_windowed(keyed)
+            grouped = self._group_windowed(shuffled)
         return grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn())
 
     def _group_windowed(self, keyed):
@@ -189,7 +198,9 @@ class BatchPerDevice(beam.PTransform):
         size_us = self._window_size_s * 1_000_000
         return (
             keyed
-            | "KeyByWindow" >> beam.Map(_fixed_window_key, size_us)
+            | "KeyByWindow" >> beam.Map(_fixed_window_key, size_us).with_output_types(
+                tuple[tuple[str, int], ShuffledBatch]
+            )
             | "GroupPerDeviceWindow" >> beam.GroupByKey()
             | "StampWindowEnd" >> beam.Map(_stamped_fixed_window, size_us)
         )

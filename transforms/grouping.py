@@ -8,7 +8,7 @@ out as its own batch (`split_per_event`).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Protocol, TypeVar
 
 from transforms.batch_json import as_int
 
@@ -100,7 +100,20 @@ def _event_identities(event: dict) -> tuple[Any, Any]:
     return (event_id if number is None else number), data.get("source_message_id")
 
 
-def arrival_order(arrived: ArrivedBatch) -> tuple[int, str]:
+class Arrival(Protocol):
+    """Anything that arrived: an ArrivedBatch, or one as it crosses a shuffle."""
+
+    @property
+    def arrival_ms(self) -> int: ...
+
+    @property
+    def source(self) -> str: ...
+
+
+A = TypeVar("A", bound=Arrival)
+
+
+def arrival_order(arrived: Arrival) -> tuple[int, str]:
     """Sort key: by arrival, then by source, so input order never matters."""
     return arrived.arrival_ms, arrived.source
 
@@ -163,15 +176,13 @@ def window_start_us(timestamp_us: int, size_us: int) -> int:
     return timestamp_us - timestamp_us % size_us
 
 
-def split_sessions(
-    arrived: Iterable[ArrivedBatch], gap_ms: int
-) -> list[tuple[list[ArrivedBatch], int]]:
+def split_sessions(arrived: Iterable[A], gap_ms: int) -> list[tuple[list[A], int]]:
     """One device's batches → sessions, each with its end (last arrival + gap), in ms.
 
     As Beam's Sessions: a batch covers [arrival, arrival + gap) and overlapping
     spans merge, so a batch exactly `gap` after the last one starts a new session.
     """
-    sessions: list[tuple[list[ArrivedBatch], int]] = []
+    sessions: list[tuple[list[A], int]] = []
     for item in sorted(arrived, key=arrival_order):
         if sessions and item.arrival_ms < sessions[-1][1]:
             batches, end_ms = sessions[-1]

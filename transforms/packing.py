@@ -17,9 +17,9 @@ DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
 
 
-def line_bytes(line: str) -> int:
-    """Bytes a line takes in a file: UTF-8 and its newline."""
-    return len(line.encode("utf-8")) + 1
+def line_bytes(line: bytes) -> int:
+    """Bytes a line takes in a file: the line and its newline."""
+    return len(line) + 1
 
 
 def pack(
@@ -27,8 +27,8 @@ def pack(
 ) -> Iterator[list[T]]:
     """Groups items into files in order, each within both bounds where it can be.
 
-    >>> list(pack(["a", "bb", "c"], line_bytes, max_items=2, max_bytes=100))
-    [['a', 'bb'], ['c']]
+    >>> list(pack([b"a", b"bb", b"c"], line_bytes, max_items=2, max_bytes=100))
+    [[b'a', b'bb'], [b'c']]
     """
     current: list[T] = []
     current_bytes = 0

@@ -79,7 +79,7 @@ def read_records(path: str, stream: IO[bytes]) -> Iterator[RawRecord]:
 def _document_records(path: str, value: Any, document: bytes) -> Iterator[RawRecord]:
     if isinstance(value, list):
         for index, item in enumerate(value):
-            yield RawRecord(f"{path}#{index}", batch_json.encode(item).encode("utf-8"))
+            yield RawRecord(f"{path}#{index}", batch_json.encode(item))
     else:
         yield RawRecord(path, document.strip())
 

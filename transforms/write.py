@@ -29,7 +29,7 @@ class FileContent(NamedTuple):
 
     app_name: str
     date_folder: str  # "" when date folders are off
-    lines: list[str]
+    lines: list[bytes]  # JSON, UTF-8
     newest_arrival_ms: int
     event_count: int
 
@@ -76,6 +76,13 @@ class DeadLetterNamer:
         return naming.join_key(self.prefix, f"dead_letters_{sha256[:20]}{suffix}.ndjson")
 
 
+def file_body(lines: list[bytes], compress: bool) -> bytes:
+    """NDJSON: each line and a newline; gzip with no timestamp, so the same lines
+    give the same bytes (and the same name) on every run."""
+    body = b"\n".join(lines) + b"\n"
+    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if compress else body
+
+
 def _entry_bytes(entry: tuple[int, int, str]) -> int:
     return packing.line_bytes(entry[2])
 
@@ -117,9 +124,7 @@ class WriteFilesFn(beam.DoFn):
         self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
 
     def process(self, content: FileContent) -> Iterator[FileWritten]:
-        body = "".join(line + "\n" for line in content.lines).encode("utf-8")
-        if self._namer.compress:
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        body = file_body(content.lines, self._namer.compress)
         sha256 = hashlib.sha256(body).hexdigest()
         def key_for_attempt(attempt: int) -> str:
             return naming.join_key(self._prefix, self._namer.key(content, sha256, attempt))
