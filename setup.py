@@ -15,6 +15,8 @@ setuptools.setup(
         "PyYAML==6.0.4",
         # JSON in and out of every batch: several times the standard library's speed.
         "orjson==3.13.0",
+        # What crosses a shuffle is compressed (Beam itself depends on it too).
+        "zstandard==0.25.0",
         # Live forwarding: Beam's ReadFromPubSub uses the standard client.
         "google-cloud-pubsub==2.44.0",
     ],

@@ -25,8 +25,8 @@ def test_coder_round_trip_keeps_every_field_and_the_exact_json():
     decoded = coder.decode(encoded)
     assert type(decoded) is ShuffledBatch and decoded == shuffled
     assert decoded.arrived("mpid:-8") == arrived
-    # About the JSON's own size: no pickled dict, no type names.
-    assert len(encoded) < len(shuffled.batch_json) + 40
+    # The compressed JSON and a few bytes: no pickled dict, no type names.
+    assert len(encoded) < len(shuffled.batch_zstd) + 40
 
 
 class _GroupInputs(PipelineVisitor):

@@ -1,13 +1,14 @@
 """S3 access: the connection settings, a client, the start-up write check.
 
 `S3Connection` is a picklable value that workers turn into a boto3 client in
-`DoFn.setup`. Its secret never shows in `repr`, logs or display data.
+`DoFn.setup` (one per process). Its secret never shows in `repr`, logs or display data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from typing import Any
 
 import boto3
@@ -79,8 +80,14 @@ def _assumed_role_session(base: boto3.Session, connection: S3Connection) -> boto
     return boto3.Session(botocore_session=botocore_session, region_name=connection.region)
 
 
+@functools.cache
 def make_client(connection: S3Connection) -> Any:
-    """A boto3 S3 client for the connection (path-style for a custom endpoint)."""
+    """A boto3 S3 client for the connection (path-style for a custom endpoint).
+
+    One per connection and process: boto3 clients are thread-safe, and making
+    one reads botocore's service models from disk, which every DoFn's setup
+    would otherwise repeat.
+    """
     session = boto3.Session(
         aws_access_key_id=connection.access_key_id or None,
         aws_secret_access_key=connection.secret_access_key or None,

@@ -20,6 +20,7 @@ from apache_beam.transforms import window
 from transforms import batch_json, metrics, naming, packing, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
 from transforms.grouping import first_event_time_ms, window_start_us
+from transforms.shuffled import compressed, decompressed
 
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
 
@@ -87,9 +88,13 @@ def _entry_bytes(entry: tuple[int, int, str]) -> int:
     return packing.line_bytes(entry[2])
 
 
+def file_entry(arrival_ms: int, events: int, line: bytes) -> tuple[int, int, bytes]:
+    """One line of a file as it crosses the shuffle to PackFilesFn (compressed)."""
+    return arrival_ms, events, compressed(line)
+
+
 class PackFilesFn(beam.DoFn):
-    """((app, date, shard[, window]), [(arrival_ms, events, line)]) → FileContent,
-    in a stable order."""
+    """((app, date, shard[, window]), [file_entry]) → FileContent, in a stable order."""
 
     def __init__(self, max_batches: int, max_bytes: int):
         self._max_batches = max_batches
@@ -97,9 +102,8 @@ class PackFilesFn(beam.DoFn):
 
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[FileContent]:
         (app_name, date_folder, *_), values = element
-        for entries in packing.pack(
-            sorted(values), _entry_bytes, self._max_batches, self._max_bytes
-        ):
+        lines = sorted((arrival, events, decompressed(line)) for arrival, events, line in values)
+        for entries in packing.pack(lines, _entry_bytes, self._max_batches, self._max_bytes):
             yield FileContent(
                 app_name,
                 date_folder,
@@ -170,7 +174,7 @@ def _file_entry(forwarded: ForwardedBatch, by_date: bool, shards: int):
         )
     group = (forwarded.app_name, folder, stable_shard(forwarded.device, shards))
     line = batch_json.encode(forwarded.batch)
-    return group, (forwarded.newest_arrival_ms, forwarded.event_count, line)
+    return group, file_entry(forwarded.newest_arrival_ms, forwarded.event_count, line)
 
 
 class WriteBatchFiles(beam.PTransform):
@@ -267,7 +271,9 @@ class WriteDeadLetters(beam.PTransform):
     def expand(self, letters):
         return (
             letters
-            | "Encode" >> beam.Map(lambda letter: (("", "", 0), (0, 0, batch_json.encode(letter))))
+            | "Encode" >> beam.Map(
+                lambda letter: (("", "", 0), file_entry(0, 0, batch_json.encode(letter)))
+            )
             | "WindowForFiles" >> self._windowing()
             | "GroupPerFile" >> beam.GroupByKey()
             | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_records, self._max_bytes))
