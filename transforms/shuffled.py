@@ -9,7 +9,7 @@ copy of about a third of its JSON size; compressing and decompressing it again
 parallel. Only the DoFn that merges a device's batches decodes them again.
 
 The coder is registered for the type, so a step that declares
-`Tuple[key, ShuffledBatch]` as its output gets it on every runner.
+`tuple[key, ShuffledBatch]` as its output gets it on every runner.
 """
 
 from __future__ import annotations
