@@ -28,5 +28,7 @@ setuptools.setup(
             "ruff==0.17.6",
             "psutil==7.2.2",  # the benchmark's peak-memory sampling
         ],
+        # Profiling a run (README, Performance); not needed to run or test.
+        "profile": ["py-spy==0.4.3"],
     },
 )
