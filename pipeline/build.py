@@ -16,11 +16,13 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipeline.config import ForwarderConfig
+from transforms import s3
 from transforms.apply_settings import ApplySettings
 from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
-from transforms.read import ReadBatches
+from transforms.read import ReadBatches, sample_records
+from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.write import WriteBatchFiles, WriteDeadLetters
 
 
@@ -34,11 +36,13 @@ def forward(
     config: ForwarderConfig,
     read_dead_letters: beam.PCollection | None = None,
     keyed_windows: bool | None = None,
+    codec: ShuffleCodec = NO_DICTIONARY,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
 
     `keyed_windows` (default: for bounded input) groups with the window in the
     key rather than through Beam's triggers; the results are the same.
+    `codec` compresses what crosses the shuffles (see `transforms.shuffled`).
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
@@ -61,6 +65,7 @@ def forward(
             config.session_gap_s,
             config.allowed_lateness_s,
             keyed_windows=keyed_windows,
+            codec=codec,
         )
         | "WriteBatchFiles" >> WriteBatchFiles(
             config.output_location,
@@ -75,6 +80,7 @@ def forward(
             file_shards=config.file_shards,
             early_firing_s=early_firing_s,
             keyed_windows=keyed_windows,
+            codec=codec,
         )
     )
     dead_letter_files = (
@@ -96,4 +102,15 @@ def build(pipeline: beam.Pipeline, config: ForwarderConfig) -> Outputs:
         )
         return forward(records, config)
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
-    return forward(read["records"], config, read["dead_letters"])
+    return forward(read["records"], config, read["dead_letters"], codec=trained_codec(config))
+
+
+def trained_codec(config: ForwarderConfig) -> ShuffleCodec:
+    """A shuffle codec with a dictionary trained on the first records of the input.
+
+    Live input has no sample to train on before it starts, and goes without.
+    """
+    client = s3.make_client(config.connection) if any(
+        pattern.startswith("s3://") for pattern in config.inputs
+    ) else None
+    return ShuffleCodec.trained_on(list(sample_records(list(config.inputs), client)))

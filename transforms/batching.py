@@ -37,7 +37,7 @@ from transforms.grouping import (
     split_sessions,
     window_start_us,
 )
-from transforms.shuffled import ShuffledBatch
+from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_WINDOW_SIZE_S = 600
@@ -90,6 +90,9 @@ class StampArrival(beam.PTransform):
 class MergeBatchFn(beam.DoFn):
     """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes."""
 
+    def __init__(self, codec: ShuffleCodec):
+        self._codec = codec
+
     def setup(self):
         self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
         self._late_batches = metrics.counter(metrics.LATE_BATCHES)
@@ -101,7 +104,7 @@ class MergeBatchFn(beam.DoFn):
         pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[ForwardedBatch]:
         device, shuffled = element
-        arrived = [item.arrived(device) for item in shuffled]
+        arrived = [item.arrived(device, self._codec) for item in shuffled]
         merged, duplicates = merge_batches(arrived)
         self._duplicates.inc(duplicates)
         event_count = len(merged.get("events") or ())
@@ -123,9 +126,9 @@ def _per_event(keyed: tuple[str, ArrivedBatch]) -> Iterator[ForwardedBatch]:
         )
 
 
-def _shuffled(keyed: tuple[str, ArrivedBatch]) -> tuple[str, ShuffledBatch]:
+def _shuffled(keyed: tuple[str, ArrivedBatch], codec: ShuffleCodec) -> tuple[str, ShuffledBatch]:
     device, arrived = keyed
-    return device, ShuffledBatch.of(arrived)
+    return device, ShuffledBatch.of(arrived, codec)
 
 
 def _fixed_window_key(keyed: tuple[str, ShuffledBatch], size_us: int):
@@ -148,6 +151,7 @@ class BatchPerDevice(beam.PTransform):
     """(device, ArrivedBatch) → ForwardedBatch, grouped as `mode` says.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
+    `codec`: how batches are compressed on their way through the shuffle.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class BatchPerDevice(beam.PTransform):
         session_gap_s: int = DEFAULT_SESSION_GAP_S,
         allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
         keyed_windows: bool = False,
+        codec: ShuffleCodec = NO_DICTIONARY,
     ):
         super().__init__()
         self._mode = mode
@@ -164,18 +169,19 @@ class BatchPerDevice(beam.PTransform):
         self._session_gap_s = session_gap_s
         self._allowed_lateness_s = allowed_lateness_s
         self._keyed_windows = keyed_windows
+        self._codec = codec
 
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:
             return keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event)
-        shuffled = keyed | "ToShuffledBatch" >> beam.Map(_shuffled).with_output_types(
+        shuffled = keyed | "ToShuffledBatch" >> beam.Map(_shuffled, self._codec).with_output_types(
             tuple[str, ShuffledBatch]
         )
         if self._keyed_windows:
             grouped = self._group_keyed(shuffled)
         else:
             grouped = self._group_windowed(shuffled)
-        return grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn())
+        return grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn(self._codec))
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:

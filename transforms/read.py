@@ -84,6 +84,27 @@ def _document_records(path: str, value: Any, document: bytes) -> Iterator[RawRec
         yield RawRecord(path, document.strip())
 
 
+def sample_records(
+    patterns: list[str], client: Any = None, max_records: int = 1000
+) -> Iterator[bytes]:
+    """Up to `max_records` raw records from the first files the patterns name.
+
+    For training the shuffle's compression dictionary, so a file that cannot be
+    read is passed over here: the pipeline itself reports it.
+    """
+    for pattern in patterns:
+        for path in expand_pattern(pattern, client):
+            try:
+                with open_input(path, client) as stream:
+                    for record in read_records(path, stream):
+                        yield record.data
+                        max_records -= 1
+                        if max_records <= 0:
+                            return
+            except (OSError, EOFError, zlib.error) as err:
+                _LOG.info("%s: not sampled for the shuffle's dictionary: %s", path, err)
+
+
 class _Chain(io.RawIOBase):
     """Bytes already read, then the rest of the stream."""
 

@@ -20,7 +20,7 @@ from apache_beam.transforms import window
 from transforms import batch_json, metrics, naming, packing, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
 from transforms.grouping import first_event_time_ms, window_start_us
-from transforms.shuffled import compressed, decompressed
+from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
 
@@ -88,21 +88,25 @@ def _entry_bytes(entry: tuple[int, int, str]) -> int:
     return packing.line_bytes(entry[2])
 
 
-def file_entry(arrival_ms: int, events: int, line: bytes) -> tuple[int, int, bytes]:
+def file_entry(
+    arrival_ms: int, events: int, line: bytes, codec: ShuffleCodec
+) -> tuple[int, int, bytes]:
     """One line of a file as it crosses the shuffle to PackFilesFn (compressed)."""
-    return arrival_ms, events, compressed(line)
+    return arrival_ms, events, codec.compress(line)
 
 
 class PackFilesFn(beam.DoFn):
     """((app, date, shard[, window]), [file_entry]) → FileContent, in a stable order."""
 
-    def __init__(self, max_batches: int, max_bytes: int):
+    def __init__(self, max_batches: int, max_bytes: int, codec: ShuffleCodec):
         self._max_batches = max_batches
         self._max_bytes = max_bytes
+        self._codec = codec
 
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[FileContent]:
         (app_name, date_folder, *_), values = element
-        lines = sorted((arrival, events, decompressed(line)) for arrival, events, line in values)
+        decompress = self._codec.decompress
+        lines = sorted((arrival, events, decompress(line)) for arrival, events, line in values)
         for entries in packing.pack(lines, _entry_bytes, self._max_batches, self._max_bytes):
             yield FileContent(
                 app_name,
@@ -158,15 +162,15 @@ _DEAD_LETTER_COUNTERS = {
 
 
 def _file_entry_in_window(
-    forwarded: ForwardedBatch, by_date: bool, shards: int, size_us: int,
+    forwarded: ForwardedBatch, by_date: bool, shards: int, codec: ShuffleCodec, size_us: int,
     timestamp=beam.DoFn.TimestampParam,
 ):
     """As `_file_entry`, with the fixed window of the element's time in the key."""
-    group, value = _file_entry(forwarded, by_date, shards)
+    group, value = _file_entry(forwarded, by_date, shards, codec)
     return (*group, window_start_us(timestamp.micros, size_us)), value
 
 
-def _file_entry(forwarded: ForwardedBatch, by_date: bool, shards: int):
+def _file_entry(forwarded: ForwardedBatch, by_date: bool, shards: int, codec: ShuffleCodec):
     folder = ""
     if by_date:
         folder = naming.date_folder(
@@ -174,7 +178,7 @@ def _file_entry(forwarded: ForwardedBatch, by_date: bool, shards: int):
         )
     group = (forwarded.app_name, folder, stable_shard(forwarded.device, shards))
     line = batch_json.encode(forwarded.batch)
-    return group, file_entry(forwarded.newest_arrival_ms, forwarded.event_count, line)
+    return group, file_entry(forwarded.newest_arrival_ms, forwarded.event_count, line, codec)
 
 
 class WriteBatchFiles(beam.PTransform):
@@ -195,9 +199,11 @@ class WriteBatchFiles(beam.PTransform):
         file_shards: int = 1,
         early_firing_s: float = 0,
         keyed_windows: bool = False,
+        codec: ShuffleCodec = NO_DICTIONARY,
     ):
         """`keyed_windows`: bounded input only; the file's window goes into the key
-        and the grouping is in the global window (see `transforms.batching`)."""
+        and the grouping is in the global window (see `transforms.batching`).
+        `codec`: how lines are compressed on their way through the shuffle."""
         super().__init__()
         self._output = output
         self._connection = connection
@@ -210,16 +216,17 @@ class WriteBatchFiles(beam.PTransform):
         self._shards = file_shards
         self._early_firing_s = early_firing_s
         self._keyed_windows = keyed_windows
+        self._codec = codec
 
     def _grouped(self, forwarded):
         if self._keyed_windows:
             size_us = self._window_size_s * 1_000_000
             return forwarded | "KeyByFileWindow" >> beam.Map(
-                _file_entry_in_window, self._store_by_date, self._shards, size_us
+                _file_entry_in_window, self._store_by_date, self._shards, self._codec, size_us
             ) | "GroupPerFile" >> beam.GroupByKey()
         return (
             forwarded
-            | "KeyByFile" >> beam.Map(_file_entry, self._store_by_date, self._shards)
+            | "KeyByFile" >> beam.Map(_file_entry, self._store_by_date, self._shards, self._codec)
             | "WindowForFiles" >> late_firing_windowing(
                 window.FixedWindows(self._window_size_s),
                 self._allowed_lateness_s,
@@ -231,7 +238,9 @@ class WriteBatchFiles(beam.PTransform):
     def expand(self, forwarded):
         return (
             self._grouped(forwarded)
-            | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_batches, self._max_bytes))
+            | "PackFiles" >> beam.ParDo(
+                PackFilesFn(self._max_batches, self._max_bytes, self._codec)
+            )
             | "WriteFiles" >> beam.ParDo(
                 WriteFilesFn(self._output, self._connection, self._namer, _BATCH_FILE_COUNTERS)
             )
@@ -269,14 +278,15 @@ class WriteDeadLetters(beam.PTransform):
         )
 
     def expand(self, letters):
+        codec = NO_DICTIONARY  # dead letters are few and unlike each other
         return (
             letters
             | "Encode" >> beam.Map(
-                lambda letter: (("", "", 0), file_entry(0, 0, batch_json.encode(letter)))
+                lambda letter: (("", "", 0), file_entry(0, 0, batch_json.encode(letter), codec))
             )
             | "WindowForFiles" >> self._windowing()
             | "GroupPerFile" >> beam.GroupByKey()
-            | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_records, self._max_bytes))
+            | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_records, self._max_bytes, codec))
             | "WriteFiles" >> beam.ParDo(
                 WriteFilesFn(
                     self._location, self._connection, DeadLetterNamer(""), _DEAD_LETTER_COUNTERS
