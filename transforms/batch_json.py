@@ -7,8 +7,10 @@ strings ("1595542763908") stay strings; `as_int` reads both forms.
 
 orjson reads an integer beyond 64 bits (below -2**63 or above 2**64 - 1) as a
 float, so a document holding one is read by the standard library's decoder
-instead, which keeps every integer exact (and is about twice as slow). Both reject what cannot
-be written back as valid JSON in UTF-8: NaN and Infinity, and lone surrogates.
+instead, which keeps every integer exact (and is about twice as slow). Either
+way, what cannot be written back as valid JSON in UTF-8 is rejected: NaN,
+Infinity, numbers beyond a double, lone surrogates. Floats are written in their
+shortest round-trip form (1e-7, where the standard library wrote 1e-07).
 """
 
 from __future__ import annotations

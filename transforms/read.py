@@ -17,6 +17,7 @@ import zlib
 from typing import IO, Any, Iterator, NamedTuple
 
 import apache_beam as beam
+import botocore.exceptions
 import smart_open
 from apache_beam import pvalue
 
@@ -101,7 +102,8 @@ def sample_records(
                         max_records -= 1
                         if max_records <= 0:
                             return
-            except (OSError, EOFError, zlib.error) as err:
+            except (OSError, EOFError, zlib.error, botocore.exceptions.BotoCoreError,
+                    botocore.exceptions.ClientError) as err:
                 _LOG.info("%s: not sampled for the shuffle's dictionary: %s", path, err)
 
 

@@ -84,7 +84,7 @@ def file_body(lines: list[bytes], compress: bool) -> bytes:
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if compress else body
 
 
-def _entry_bytes(entry: tuple[int, int, str]) -> int:
+def _entry_bytes(entry: tuple[int, int, bytes]) -> int:
     return packing.line_bytes(entry[2])
 
 
