@@ -12,7 +12,6 @@ is the price of Beam; it must earn it with parallelism and bounded memory.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from collections import defaultdict
@@ -22,7 +21,7 @@ from transforms.batching import DEFAULT_WINDOW_SIZE_S
 from transforms.grouping import latest, merge_batches, window_start_us
 from transforms.parse import DEFAULT_MAX_BATCH_BYTES, parse_batch
 from transforms.settings import ForwardingSettings, apply_settings
-from transforms.write import BatchFileNamer, FileContent, file_body
+from transforms.write import BatchFileNamer, file_contents, write_file
 
 
 def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> dict:
@@ -57,19 +56,13 @@ def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> 
     namer = BatchFileNamer(None, compress)
     written = {"files": 0, "bytes": 0, "events": 0}
     for (app_name, _), entries in files.items():
-        for chunk in packing.pack(
-            sorted(entries), lambda e: packing.line_bytes(e[2]),
+        for content in file_contents(
+            app_name, "", entries,
             packing.DEFAULT_MAX_BATCHES_PER_FILE, packing.DEFAULT_MAX_FILE_BYTES,
         ):
-            content = FileContent(app_name, "", [line for _, _, line in chunk],
-                                  max(a for a, _, _ in chunk), sum(n for _, n, _ in chunk))
-            body = file_body(content.lines, compress)
-            sha = hashlib.sha256(body).hexdigest()
-            stores.write_once(
-                store, lambda a, c=content, h=sha: namer.key(c, h, a), body, sha
-            )
+            _, _, size = write_file(store, "", namer, content)
             written["files"] += 1
-            written["bytes"] += len(body)
+            written["bytes"] += size
             written["events"] += content.event_count
     return {"events_read": events_read, **written}
 

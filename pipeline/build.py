@@ -16,12 +16,11 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipeline.config import ForwarderConfig
-from transforms import s3
 from transforms.apply_settings import ApplySettings
 from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
-from transforms.read import ReadBatches, sample_records
+from transforms.read import ReadBatches, input_client, sample_records
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.write import WriteBatchFiles, WriteDeadLetters
 
@@ -110,7 +109,5 @@ def trained_codec(config: ForwarderConfig) -> ShuffleCodec:
 
     Live input has no sample to train on before it starts, and goes without.
     """
-    client = s3.make_client(config.connection) if any(
-        pattern.startswith("s3://") for pattern in config.inputs
-    ) else None
+    client = input_client(config.inputs, config.connection)
     return ShuffleCodec.trained_on(list(sample_records(list(config.inputs), client)))

@@ -73,7 +73,7 @@ def counters_of(result) -> dict[str, int]:
 
 def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> None:
     """Every --input names at least one file it can list, or one sentence says why."""
-    client = s3.make_client(connection) if any(p.startswith("s3://") for p in patterns) else None
+    client = read.input_client(patterns, connection)
     for pattern in patterns:
         try:
             paths = read.expand_pattern(pattern, client)

@@ -26,7 +26,8 @@ def test_integers_beyond_64_bits_stay_exact(number):
     # At the edges of 64 bits and beyond them (which orjson would read as floats).
     raw = f'{{"custom_attributes":{{"n":{number}}},"events":[]}}'
     batch = batch_json.decode(raw)
-    assert batch["custom_attributes"]["n"] == number and isinstance(number, int)
+    read = batch["custom_attributes"]["n"]
+    assert read == number and isinstance(read, int)
     assert batch_json.encode(batch) == raw.encode()
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import zlib
-from typing import IO, Any, Iterator, NamedTuple
+from typing import IO, Any, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 import botocore.exceptions
@@ -132,6 +132,11 @@ def _glob_s3(client: Any, pattern: str) -> list[str]:
             if fnmatch.fnmatchcase(item["Key"], key_pattern):
                 matched.append(f"s3://{bucket}/{item['Key']}")
     return matched
+
+
+def input_client(patterns: Iterable[str], connection: s3.S3Connection) -> Any:
+    """The S3 client that reading these patterns needs, or None if none is on S3."""
+    return s3.make_client(connection) if any(p.startswith("s3://") for p in patterns) else None
 
 
 def expand_pattern(pattern: str, client: Any = None) -> list[str]:

@@ -95,6 +95,36 @@ def file_entry(
     return arrival_ms, events, codec.compress(line)
 
 
+def file_contents(
+    app_name: str, date_folder: str, entries: Iterable[tuple[int, int, bytes]],
+    max_batches: int, max_bytes: int,
+) -> Iterator[FileContent]:
+    """(arrival_ms, events, line) entries of one file group → its files, within the
+    bounds, in a stable order (sorted, so input order never matters)."""
+    for chunk in packing.pack(sorted(entries), _entry_bytes, max_batches, max_bytes):
+        yield FileContent(
+            app_name,
+            date_folder,
+            [line for _, _, line in chunk],
+            max(arrival for arrival, _, _ in chunk),
+            sum(events for _, events, _ in chunk),
+        )
+
+
+def write_file(
+    store: stores.ObjectStore, prefix: str, namer, content: FileContent
+) -> tuple[str, stores.Outcome, int]:
+    """One file, written once under the name its content gives: (key, outcome, bytes)."""
+    body = file_body(content.lines, namer.compress)
+    sha256 = hashlib.sha256(body).hexdigest()
+
+    def key_for_attempt(attempt: int) -> str:
+        return naming.join_key(prefix, namer.key(content, sha256, attempt))
+
+    key, outcome = stores.write_once(store, key_for_attempt, body, sha256)
+    return key, outcome, len(body)
+
+
 class PackFilesFn(beam.DoFn):
     """((app, date, shard[, window]), [file_entry]) → FileContent, in a stable order."""
 
@@ -106,15 +136,10 @@ class PackFilesFn(beam.DoFn):
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[FileContent]:
         (app_name, date_folder, *_), values = element
         decompress = self._codec.decompress
-        lines = sorted((arrival, events, decompress(line)) for arrival, events, line in values)
-        for entries in packing.pack(lines, _entry_bytes, self._max_batches, self._max_bytes):
-            yield FileContent(
-                app_name,
-                date_folder,
-                [line for _, _, line in entries],
-                max(arrival for arrival, _, _ in entries),
-                sum(events for _, events, _ in entries),
-            )
+        entries = [(arrival, events, decompress(line)) for arrival, events, line in values]
+        yield from file_contents(
+            app_name, date_folder, entries, self._max_batches, self._max_bytes
+        )
 
 
 class WriteFilesFn(beam.DoFn):
@@ -132,20 +157,15 @@ class WriteFilesFn(beam.DoFn):
         self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
 
     def process(self, content: FileContent) -> Iterator[FileWritten]:
-        body = file_body(content.lines, self._namer.compress)
-        sha256 = hashlib.sha256(body).hexdigest()
-        def key_for_attempt(attempt: int) -> str:
-            return naming.join_key(self._prefix, self._namer.key(content, sha256, attempt))
-
-        key, outcome = stores.write_once(self._store, key_for_attempt, body, sha256)
+        key, outcome, size = write_file(self._store, self._prefix, self._namer, content)
         if outcome is stores.Outcome.ALREADY_PRESENT:
             self._present.inc()
         self._counters["files"].inc()
-        self._counters["bytes"].inc(len(body))
+        self._counters["bytes"].inc(size)
         self._counters["lines"].inc(len(content.lines))
         if "events" in self._counters:
             self._counters["events"].inc(content.event_count)
-        yield FileWritten(key, outcome.value, len(content.lines), content.event_count, len(body))
+        yield FileWritten(key, outcome.value, len(content.lines), content.event_count, size)
 
 
 _BATCH_FILE_COUNTERS = {
