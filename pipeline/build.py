@@ -51,12 +51,11 @@ def forward(
     not_fixed = config.batching is not BatchingMode.FIXED
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
     parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
-    dead_letters = [parsed["dead_letters"]]
-    if read_dead_letters is not None:
-        dead_letters.append(read_dead_letters)
-    files = (
-        parsed["batches"]
-        | "ApplySettings" >> ApplySettings(config.settings, config.send_batches_without_events)
+    applied = parsed["batches"] | "ApplySettings" >> ApplySettings(
+        config.settings, config.send_batches_without_events
+    )
+    batched = (
+        applied["batches"]
         | "StampArrival" >> StampArrival()
         | "BatchPerDevice" >> BatchPerDevice(
             config.batching,
@@ -66,22 +65,25 @@ def forward(
             keyed_windows=keyed_windows,
             codec=codec,
         )
-        | "WriteBatchFiles" >> WriteBatchFiles(
-            config.output_location,
-            config.connection,
-            folder=config.folder,
-            compress=config.compress,
-            store_by_date=config.store_by_date,
-            window_size_s=config.window_size_s,
-            allowed_lateness_s=config.allowed_lateness_s,
-            max_batches_per_file=config.max_batches_per_file,
-            max_file_bytes=config.max_file_bytes,
-            file_shards=config.file_shards,
-            early_firing_s=early_firing_s,
-            keyed_windows=keyed_windows,
-            codec=codec,
-        )
     )
+    files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
+        config.output_location,
+        config.connection,
+        folder=config.folder,
+        compress=config.compress,
+        store_by_date=config.store_by_date,
+        window_size_s=config.window_size_s,
+        allowed_lateness_s=config.allowed_lateness_s,
+        max_batches_per_file=config.max_batches_per_file,
+        max_file_bytes=config.max_file_bytes,
+        file_shards=config.file_shards,
+        early_firing_s=early_firing_s,
+        keyed_windows=keyed_windows,
+        codec=codec,
+    )
+    dead_letters = [parsed["dead_letters"], applied["dead_letters"], batched["dead_letters"]]
+    if read_dead_letters is not None:
+        dead_letters.append(read_dead_letters)
     dead_letter_files = (
         dead_letters | "AllDeadLetters" >> beam.Flatten()
     ) | "WriteDeadLetters" >> WriteDeadLetters(

@@ -31,16 +31,32 @@ def test_device_key(batch, expected):
     assert grouping.device_key(batch) == expected
 
 
+T = 1_595_542_763_908  # 2020-07-23T22:19:23.908Z
+
+
 @pytest.mark.parametrize(
     "batch, expected",
     [
-        ({"timestamp_unixtime_ms": 1000, "events": []}, 1000),
-        ({"timestamp_unixtime_ms": "1000"}, 1000),
-        ({"events": [{"data": {"timestamp_unixtime_ms": "2000"}}]}, 2000),
-        ({"timestamp_unixtime_ms": "soon", "events": [{"data": {"timestamp_unixtime_ms": 3}}]}, 3),
-        ({"events": [{"data": {}}, {"data": {"timestamp_unixtime_ms": 4}}]}, None),
+        ({"timestamp_unixtime_ms": T, "events": []}, T),
+        ({"timestamp_unixtime_ms": str(T)}, T),
+        ({"events": [{"data": {"timestamp_unixtime_ms": str(T + 1)}}]}, T + 1),
+        ({"timestamp_unixtime_ms": "soon", "events": [{"data": {"timestamp_unixtime_ms": T}}]}, T),
+        ({"events": [{"data": {}}, {"data": {"timestamp_unixtime_ms": T}}]}, None),
         ({"timestamp_unixtime_ms": 0}, None),
         ({}, None),
+        # Seconds, microseconds, nanoseconds, absurd numbers: not times in milliseconds.
+        ({"timestamp_unixtime_ms": T // 1000}, None),
+        ({"timestamp_unixtime_ms": T * 1000, "events": [{"data": {"timestamp_unixtime_ms": T}}]},
+         T),
+        ({"timestamp_unixtime_ms": T * 1_000_000}, None),
+        ({"timestamp_unixtime_ms": 1.5e300}, None),
+        ({"timestamp_unixtime_ms": 2**70}, None),
+        ({"timestamp_unixtime_ms": -T}, None),
+        ({"timestamp_unixtime_ms": "9" * 5000}, None),
+        ({"timestamp_unixtime_ms": grouping.EARLIEST_TIME_MS}, grouping.EARLIEST_TIME_MS),
+        ({"timestamp_unixtime_ms": grouping.EARLIEST_TIME_MS - 1}, None),
+        ({"timestamp_unixtime_ms": grouping.LATEST_TIME_MS - 1}, grouping.LATEST_TIME_MS - 1),
+        ({"timestamp_unixtime_ms": grouping.LATEST_TIME_MS}, None),
     ],
 )
 def test_arrival_time(batch, expected):
@@ -48,14 +64,16 @@ def test_arrival_time(batch, expected):
 
 
 def _event(event_id, at, message_id=None):
-    data = {"event_id": event_id, "timestamp_unixtime_ms": at}
+    """An event `at` ms after T."""
+    data = {"event_id": event_id, "timestamp_unixtime_ms": T + at}
     if message_id:
         data["source_message_id"] = message_id
     return {"event_type": "custom_event", "data": data}
 
 
 def _arrived(arrival, events, source, **fields):
-    return ArrivedBatch({"events": events, **fields}, source, arrival, "d", "app")
+    """A batch that arrived `arrival` ms after T."""
+    return ArrivedBatch({"events": events, **fields}, source, T + arrival, "d", "app")
 
 
 def test_merge_takes_latest_batch_fields_and_orders_events_by_time():

@@ -116,17 +116,15 @@ def test_apply_settings_filters_and_drops_emptied_batches():
     emptied.batch["events"][0]["event_type"] = "user_attribute_change"
     with batch_pipeline() as p:
         out = p | beam.Create([kept, emptied]) | ApplySettings(ForwardingSettings(unique_id="u"))
-        assert_that(out | beam.Map(lambda a: (a.device, a.batch["unique_id"])),
+        assert_that(out["batches"] | beam.Map(lambda a: (a.device, a.batch["unique_id"])),
                     equal_to([("mp_deviceid:d1", "u")]))
 
 
 def device_batches(p, mode: BatchingMode, items: list[ArrivedBatch], **kwargs):
     """(device suffix, event ids) per outbound batch."""
+    batched = p | beam.Create(items) | StampArrival() | BatchPerDevice(mode, **kwargs)
     return (
-        p
-        | beam.Create(items)
-        | StampArrival()
-        | BatchPerDevice(mode, **kwargs)
+        batched["batches"]
         | beam.Map(lambda f: (f.device[-2:], [e["data"]["event_id"] for e in f.batch["events"]]))
     )
 
@@ -168,11 +166,9 @@ def test_write_batch_files_packs_by_bounds_and_writes_to_s3(s3_endpoint, s3_clie
     connection = s3.S3Connection(endpoint_url=s3_endpoint)
     items = [arrived(f"d{n}", T0 + n * 1000, n) for n in range(5)]
     with batch_pipeline() as p:
+        batched = p | beam.Create(items) | StampArrival() | BatchPerDevice(BatchingMode.FIXED)
         written = (
-            p
-            | beam.Create(items)
-            | StampArrival()
-            | BatchPerDevice(BatchingMode.FIXED)
+            batched["batches"]
             | WriteBatchFiles(f"s3://{bucket}", connection, folder="out", compress=False,
                               store_by_date=True, window_size_s=600, allowed_lateness_s=0,
                               max_batches_per_file=2)

@@ -44,13 +44,8 @@ class _Describe(beam.DoFn):
 def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kwargs) -> None:
     """Runs the stream through BatchPerDevice; asserts (device, event ids, pane timing)."""
     p = streaming_pipeline()
-    out = (
-        p
-        | test_stream
-        | StampArrival()
-        | BatchPerDevice(mode, **kwargs)
-        | beam.ParDo(_Describe())
-    )
+    batched = p | test_stream | StampArrival() | BatchPerDevice(mode, **kwargs)
+    out = batched["batches"] | beam.ParDo(_Describe())
     assert_that(out, equal_to(expected))
     p.run().wait_until_finish()
     # Counters are not checked here: Beam 2.77's BundleBasedDirectRunner keeps

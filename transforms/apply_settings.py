@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Iterator
 
 import apache_beam as beam
+from apache_beam import pvalue
 
-from transforms import metrics
+from transforms import batch_json, metrics
+from transforms.dead_letters import DEAD_LETTERS, dead_letter, unexpected
 from transforms.grouping import ArrivedBatch
 from transforms.settings import ForwardingSettings, apply_settings
+
+STAGE = "apply_settings"
 
 
 class ApplySettingsFn(beam.DoFn):
@@ -23,6 +27,7 @@ class ApplySettingsFn(beam.DoFn):
 
     def setup(self):
         self._empty_batches = metrics.counter(metrics.BATCHES_WITHOUT_EVENTS)
+        self._events_dead = metrics.counter(metrics.EVENTS_DEAD_LETTERED)
         self._filtered = {}
 
     def _count_filtered(self, reason: str, count: int) -> None:
@@ -30,8 +35,16 @@ class ApplySettingsFn(beam.DoFn):
             self._filtered[reason] = metrics.filtered_counter(reason)
         self._filtered[reason].inc(count)
 
-    def process(self, arrived: ArrivedBatch) -> Iterator[ArrivedBatch]:
-        forwarded, filtered = apply_settings(arrived.batch, self._settings)
+    def process(self, arrived: ArrivedBatch) -> Iterator:
+        try:
+            forwarded, filtered = apply_settings(arrived.batch, self._settings)
+        except Exception as err:  # no record may stop the run: a dead letter says why
+            self._events_dead.inc(len(arrived.batch.get("events") or ()))
+            raw = batch_json.encode(arrived.batch)
+            yield pvalue.TaggedOutput(
+                DEAD_LETTERS, dead_letter(arrived.source, STAGE, unexpected(err), raw)
+            )
+            return
         for reason, count in filtered.items():
             self._count_filtered(reason, count)
         if not forwarded.get("events") and not self._send_empty:
@@ -41,9 +54,14 @@ class ApplySettingsFn(beam.DoFn):
 
 
 class ApplySettings(beam.PTransform):
+    """ArrivedBatch → {"batches": ArrivedBatch, "dead_letters": dict}."""
+
     def __init__(self, settings: ForwardingSettings, send_batches_without_events: bool = False):
         super().__init__()
         self._fn = ApplySettingsFn(settings, send_batches_without_events)
 
     def expand(self, batches):
-        return batches | "ApplySettings" >> beam.ParDo(self._fn)
+        applied = batches | "ApplySettings" >> beam.ParDo(self._fn).with_outputs(
+            DEAD_LETTERS, main="batches"
+        )
+        return {"batches": applied.batches, "dead_letters": applied[DEAD_LETTERS]}

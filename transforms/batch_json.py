@@ -9,8 +9,9 @@ orjson reads an integer beyond 64 bits (below -2**63 or above 2**64 - 1) as a
 float, so a document holding one is read by the standard library's decoder
 instead, which keeps every integer exact (and is about twice as slow). Either
 way, what cannot be written back as valid JSON in UTF-8 is rejected: NaN,
-Infinity, numbers beyond a double, lone surrogates. Floats are written in their
-shortest round-trip form (1e-7, where the standard library wrote 1e-07).
+Infinity, numbers beyond a double, lone surrogates, and values nested deeper than
+`MAX_NESTING_DEPTH`. Floats are written in their shortest round-trip form (1e-7,
+where the standard library wrote 1e-07).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ _ALL_DIGITS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TWENTY_DIGITS = b"0" * 20
 _NINETEEN_DIGITS = b"0" * 19
 _DIGIT_RUN = re.compile(rb"-?[0-9]+")
+# Real batches nest about six levels (batch, events, event, data, attributes).
+# orjson writes at most 254 levels and Python's decoders and pickling recurse
+# about 1,000 deep; 100 is far above real data and well inside all of them.
+MAX_NESTING_DEPTH = 100
+# An integer this long cannot be an int64; reading it as a number is pointless
+# (and Python refuses to read one of over 4,300 digits).
+_MAX_INTEGER_DIGITS = 24
 _EXACT_DECODER = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
 _EXACT_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -51,12 +59,36 @@ def decode(raw: str | bytes) -> Any:
     """Parses one JSON document; raises BadRecord saying why it cannot be read."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", errors="surrogatepass")
+    value = _NOT_READ
     if not _has_wide_integer(raw):
         try:
-            return orjson.loads(raw)
+            value = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # the exact decoder below says why, in the same words as for any record
-    return _decode_exact(raw)
+    if value is _NOT_READ:
+        value = _decode_exact(raw)
+    if raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH:  # else it cannot nest deeper
+        depth = nesting_depth(value)
+        if depth > MAX_NESTING_DEPTH:
+            raise BadRecord(f"nested {depth} levels deep, over the limit of {MAX_NESTING_DEPTH}")
+    return value
+
+
+_NOT_READ = object()
+
+
+def nesting_depth(value: Any) -> int:
+    """How many arrays and objects deep a decoded value goes (a scalar is 0)."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in children
+                           if isinstance(child, (dict, list)))
+    return deepest
 
 
 def _has_wide_integer(raw: bytes) -> bool:
@@ -65,7 +97,8 @@ def _has_wide_integer(raw: bytes) -> bool:
     for start in _long_digit_runs(raw, zeroed):
         if start and raw[start - 1] == ord("-"):
             start -= 1
-        if int(_DIGIT_RUN.match(raw, start).group()) not in _ORJSON_INTEGERS:
+        digits = _DIGIT_RUN.match(raw, start).group()
+        if len(digits) > _MAX_INTEGER_DIGITS or int(digits) not in _ORJSON_INTEGERS:
             return True
     return False
 
@@ -90,14 +123,18 @@ def _decode_exact(raw: bytes) -> Any:
         raise BadRecord(f"not UTF-8 text: {err}") from err
     try:
         value = _EXACT_DECODER.decode(text.strip())
-    except ValueError as err:
+    except ValueError as err:  # also an integer of over 4,300 digits
         raise BadRecord(f"not JSON: {err}") from err
+    except RecursionError:
+        raise BadRecord(f"nested over the limit of {MAX_NESTING_DEPTH} levels") from None
     try:
         _EXACT_ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError as err:
         raise BadRecord(f"not valid Unicode: a string holds a lone surrogate ({err})") from err
     except ValueError as err:  # 1e400 reads as infinity, which JSON cannot hold
         raise BadRecord(f"not JSON: a number out of range ({err})") from err
+    except RecursionError:
+        raise BadRecord(f"nested over the limit of {MAX_NESTING_DEPTH} levels") from None
     return value
 
 
@@ -121,7 +158,7 @@ def as_int(value: Any) -> int | None:
             digits = text[1:]
         else:
             digits = text
-        if digits.isdigit() and digits.isascii():
+        if digits.isdigit() and digits.isascii() and len(digits) <= _MAX_INTEGER_DIGITS:
             return int(text)
         return None
     if isinstance(value, float) and value.is_integer():

@@ -24,11 +24,13 @@ import logging
 from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
+from apache_beam import pvalue
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms import metrics
+from transforms import batch_json, metrics
+from transforms.dead_letters import DEAD_LETTERS, dead_letter, unexpected
 from transforms.grouping import (
     ArrivedBatch,
     latest,
@@ -88,7 +90,12 @@ class StampArrival(beam.PTransform):
 
 
 class MergeBatchFn(beam.DoFn):
-    """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes."""
+    """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes.
+
+    A group that cannot be merged sends each of its batches to DEAD_LETTERS.
+    """
+
+    STAGE = "merge"
 
     def __init__(self, codec: ShuffleCodec):
         self._codec = codec
@@ -97,13 +104,32 @@ class MergeBatchFn(beam.DoFn):
         self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
         self._late_batches = metrics.counter(metrics.LATE_BATCHES)
         self._late_events = metrics.counter(metrics.LATE_EVENTS)
+        self._events_dead = metrics.counter(metrics.EVENTS_DEAD_LETTERED)
 
     def process(
         self,
         element: tuple[str, Iterable[ShuffledBatch]],
         pane=beam.DoFn.PaneInfoParam,
-    ) -> Iterator[ForwardedBatch]:
+    ) -> Iterator:
         device, shuffled = element
+        shuffled = list(shuffled)
+        try:
+            forwarded = self._merged(device, shuffled, pane)
+        except Exception as err:  # no record may stop the run: dead letters say why
+            for item in shuffled:
+                yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead_letter(item, err))
+            return
+        yield forwarded
+
+    def _dead_letter(self, item: ShuffledBatch, err: Exception) -> dict:
+        raw = self._codec.decompress(item.batch_zstd)
+        try:
+            self._events_dead.inc(len(batch_json.decode(raw).get("events") or ()))
+        except (batch_json.BadRecord, AttributeError):
+            pass  # not a batch: no events to account for
+        return dead_letter(item.source, self.STAGE, unexpected(err), raw)
+
+    def _merged(self, device: str, shuffled: list[ShuffledBatch], pane) -> ForwardedBatch:
         arrived = [item.arrived(device, self._codec) for item in shuffled]
         merged, duplicates = merge_batches(arrived)
         self._duplicates.inc(duplicates)
@@ -115,7 +141,7 @@ class MergeBatchFn(beam.DoFn):
             # streaming counters (see README, Runners).
             _LOG.info("late data for %s: %d events in a further batch", device, event_count)
         newest = latest(arrived)
-        yield ForwardedBatch(merged, newest.app_name, device, newest.arrival_ms, event_count)
+        return ForwardedBatch(merged, newest.app_name, device, newest.arrival_ms, event_count)
 
 
 def _per_event(keyed: tuple[str, ArrivedBatch]) -> Iterator[ForwardedBatch]:
@@ -148,7 +174,8 @@ def _stamped_sessions(element, gap_ms: int):
 
 
 class BatchPerDevice(beam.PTransform):
-    """(device, ArrivedBatch) → ForwardedBatch, grouped as `mode` says.
+    """(device, ArrivedBatch) → {"batches": ForwardedBatch, "dead_letters": dict}, grouped
+    as `mode` says. Dead letters (groups that could not be merged) are in the global window.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
     `codec`: how batches are compressed on their way through the shuffle.
@@ -173,7 +200,9 @@ class BatchPerDevice(beam.PTransform):
 
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:
-            return keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event)
+            batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event)
+            return {"batches": batches, "dead_letters": keyed.pipeline | "NoDeadLetters" >> (
+                beam.Create([]))}
         shuffled = keyed | "ToShuffledBatch" >> beam.Map(_shuffled, self._codec).with_output_types(
             tuple[str, ShuffledBatch]
         )
@@ -181,7 +210,13 @@ class BatchPerDevice(beam.PTransform):
             grouped = self._group_keyed(shuffled)
         else:
             grouped = self._group_windowed(shuffled)
-        return grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn(self._codec))
+        merged = grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn(self._codec)).with_outputs(
+            DEAD_LETTERS, main="batches"
+        )
+        dead_letters = merged[DEAD_LETTERS] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
+            window.GlobalWindows()
+        )
+        return {"batches": merged.batches, "dead_letters": dead_letters}
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:

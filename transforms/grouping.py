@@ -23,6 +23,13 @@ DEVICE_INFO_IDENTIFIERS = (
     "microsoft_advertising_id",
     "amp_id",
 )
+# Times in milliseconds are plausible from 2000-01-01 to 2100-01-01 (UTC). Below
+# that lie seconds sent as milliseconds and unset device clocks (1970); above it,
+# micro- and nanoseconds. Inside it every time is a valid Beam timestamp, date
+# folder and file name; outside, a time is not used (see `plausible_time_ms`).
+EARLIEST_TIME_MS = 946_684_800_000
+LATEST_TIME_MS = 4_102_444_800_000
+PLAUSIBLE_TIMES = "a time in milliseconds between 2000-01-01 and 2100-01-01 (UTC)"
 # An advertising id of all zeros means "limit ad tracking": shared by many devices.
 _ZERO_ID = "00000000-0000-0000-0000-000000000000"
 
@@ -58,25 +65,30 @@ def device_key(batch: dict) -> str | None:
     return None
 
 
+def plausible_time_ms(value: Any) -> int | None:
+    """A timestamp field as milliseconds, or None unless it is one of PLAUSIBLE_TIMES."""
+    unix_ms = as_int(value)
+    if unix_ms is not None and EARLIEST_TIME_MS <= unix_ms < LATEST_TIME_MS:
+        return unix_ms
+    return None
+
+
 def event_time_ms(event: Any) -> int | None:
-    """An event's `data.timestamp_unixtime_ms`, or None where it is missing."""
+    """An event's `data.timestamp_unixtime_ms`, or None where it is missing or implausible."""
     if isinstance(event, dict):
         data = event.get("data")
         if isinstance(data, dict):
-            return as_int(data.get("timestamp_unixtime_ms"))
+            return plausible_time_ms(data.get("timestamp_unixtime_ms"))
     return None
 
 
 def arrival_time_ms(batch: dict) -> int | None:
     """When mParticle received a batch: its own timestamp, else its first event's."""
-    received = as_int(batch.get("timestamp_unixtime_ms"))
-    if received is not None and received > 0:
+    received = plausible_time_ms(batch.get("timestamp_unixtime_ms"))
+    if received is not None:
         return received
     for event in batch.get("events") or ():
-        first = event_time_ms(event)
-        if first is not None and first > 0:
-            return first
-        break
+        return event_time_ms(event)
     return None
 
 
@@ -84,9 +96,7 @@ def first_event_time_ms(batch: dict, default_ms: int) -> int:
     """The time of a batch's first event (for date folders), else `default_ms`."""
     for event in batch.get("events") or ():
         first = event_time_ms(event)
-        if first is not None and first > 0:
-            return first
-        break
+        return default_ms if first is None else first
     return default_ms
 
 

@@ -12,10 +12,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import batch_json, grouping, metrics, naming
-from transforms.dead_letters import dead_letter
+from transforms.dead_letters import DEAD_LETTERS, dead_letter, unexpected
 from transforms.read import RawRecord
 
-DEAD_LETTERS = "dead_letters"
 STAGE = "parse"
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
 
@@ -55,7 +54,7 @@ def parse_batch(
     if arrival_ms is None:
         reason = (
             "no usable arrival time: neither timestamp_unixtime_ms nor the first "
-            "event's data.timestamp_unixtime_ms is a positive integer"
+            f"event's data.timestamp_unixtime_ms is {grouping.PLAUSIBLE_TIMES}"
         )
         return None, [dead_letter(record.source, STAGE, reason, record.data)], len(events)
     device = grouping.device_key(batch) or f"no_device:{record.source}"
@@ -75,8 +74,14 @@ def _event_problem(event: object) -> str | None:
     if not isinstance(event.get("event_type"), str):
         return "event has no event_type string"
     data = event.get("data")
-    if data is not None and not isinstance(data, dict):
+    if data is None:
+        return None
+    if not isinstance(data, dict):
         return f"event data is a JSON {type(data).__name__}, not an object"
+    timestamp = data.get("timestamp_unixtime_ms")
+    if timestamp is not None and grouping.event_time_ms(event) is None:
+        shown = repr(timestamp) if len(repr(timestamp)) <= 40 else repr(timestamp)[:40] + "..."
+        return f"event data.timestamp_unixtime_ms {shown} is not {grouping.PLAUSIBLE_TIMES}"
     return None
 
 
@@ -95,7 +100,14 @@ class ParseBatchFn(beam.DoFn):
         self._events_dead = metrics.counter(metrics.EVENTS_DEAD_LETTERED)
 
     def process(self, record: RawRecord) -> Iterator:
-        arrived, dead, events_read = parse_batch(record, self._max_batch_bytes, self._app_name)
+        try:
+            arrived, dead, events_read = parse_batch(
+                record, self._max_batch_bytes, self._app_name
+            )
+        except Exception as err:  # no record may stop the run: a dead letter says why
+            arrived, dead, events_read = None, [
+                dead_letter(record.source, STAGE, unexpected(err), record.data)
+            ], 0
         self._records_read.inc()
         self._events_read.inc(events_read)
         if arrived is None:

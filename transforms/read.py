@@ -7,6 +7,7 @@ its source, `path:line` or `path#index`, for dead letters.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import glob
 import io
@@ -22,14 +23,13 @@ import smart_open
 from apache_beam import pvalue
 
 from transforms import batch_json, metrics, s3
-from transforms.dead_letters import dead_letter
+from transforms.dead_letters import DEAD_LETTERS, dead_letter
 
 _LOG = logging.getLogger(__name__)
 # A file whose first line is not a whole JSON value is read as one document
 # only up to this size; past it, it is read line by line.
 MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 PROGRESS_EVERY_S = 10.0
-DEAD_LETTERS = "dead_letters"
 STAGE = "read"
 
 
@@ -51,9 +51,13 @@ def _decoded(data: bytes) -> Any:
 
 
 def read_records(path: str, stream: IO[bytes]) -> Iterator[RawRecord]:
-    """Splits one decompressed file into records; blank lines are skipped."""
+    """Splits one decompressed file into records; blank lines are skipped.
+
+    A UTF-8 byte-order mark (which some Windows tools write) at the start of the
+    file is not part of the first record.
+    """
     skipped = 0
-    first = stream.readline()
+    first = stream.readline().removeprefix(codecs.BOM_UTF8)
     while first and not first.strip():
         skipped += 1
         first = stream.readline()
