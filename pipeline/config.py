@@ -8,12 +8,15 @@ allowed; the entry point prints it without a stack trace.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import re
+import urllib.parse
 from typing import Any, Sequence
 
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
 from transforms import naming
@@ -144,9 +147,9 @@ def merged_values(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], Any]:
     return values, beam_args, print_policy
 
 
-def validate_bucket_name(name: str | None) -> str:
+def validate_bucket_name(name: str | None, option: str = "s3_bucket_name") -> str:
     if not name:
-        raise ConfigError("--s3_bucket_name is required.")
+        raise ConfigError(f"--{option} is required.")
     problem = None
     if not _BUCKET_NAME.match(name):
         problem = (
@@ -164,7 +167,7 @@ def validate_bucket_name(name: str | None) -> str:
         except ValueError:
             pass
     if problem:
-        raise ConfigError(f"--s3_bucket_name {name!r} is not a valid bucket name: {problem}.")
+        raise ConfigError(f"--{option} {name!r} is not a valid bucket name: {problem}.")
     return name
 
 
@@ -203,13 +206,68 @@ def _check(values: dict[str, Any]) -> None:
     for name in ("window_size_s", "session_gap_s", "max_batches_per_file", "max_file_bytes",
                  "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s"):
         _as_int(name, values[name], minimum=1)
+    for name in ("s3_connect_timeout_s", "s3_read_timeout_s", "s3_write_deadline_s"):
+        _as_int(name, values[name], minimum=1)
     if values["folder_name"] and values["folder_name"].strip("/") == "":
         raise ConfigError("--folder_name must hold more than slashes.")
+    if values["s3_endpoint_url"]:
+        _check_endpoint_url(values["s3_endpoint_url"])
+    if values["dead_letter_location"]:
+        _check_dead_letter_location(values["dead_letter_location"])
+
+
+def _check_endpoint_url(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(
+            f"--s3_endpoint_url {url!r} must be an http:// or https:// URL with a host, "
+            "such as http://127.0.0.1:9000."
+        )
+
+
+def _check_dead_letter_location(location: str) -> None:
+    if location.startswith("s3://"):
+        bucket = location[len("s3://"):].partition("/")[0]
+        if not bucket:
+            raise ConfigError(f"--dead_letter_location {location!r} names no bucket.")
+        validate_bucket_name(bucket, option="dead_letter_location")
+    elif "://" in location:
+        raise ConfigError(
+            f"--dead_letter_location {location!r} must be s3://bucket/prefix or a local directory."
+        )
+
+
+def check_beam_args(beam_args: Sequence[str]) -> None:
+    """Refuses what neither the forwarder nor Beam knows, suggesting the closest flag.
+
+    Beam itself only warns about an unknown flag and runs on, so a misspelt
+    --use_compresion=true would silently write uncompressed files.
+    """
+    parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        options_class._add_argparse_args(parser)  # as PipelineOptions.get_all_options does
+    _, unknown = parser.parse_known_args(list(beam_args))
+    if not unknown:
+        return
+    flag = unknown[0].split("=", 1)[0]
+    if not flag.startswith("-"):
+        raise ConfigError(f"Unexpected argument {unknown[0]!r}: every option is a --flag.")
+    known = [f"--{option.name}" for option in OPTIONS] + [
+        string for string in parser._option_string_actions if string.startswith("--")
+    ]
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; python -m pipeline --help lists them."
+    raise ConfigError(f"Unknown option {flag}{hint}")
 
 
 def load_config(argv: Sequence[str]) -> tuple[ForwarderConfig, list[str]]:
     """Validated config and the arguments left for Beam's PipelineOptions."""
     values, beam_args, _ = merged_values(argv)
+    check_beam_args(beam_args)
     return config_from_values(values), beam_args
 
 
@@ -235,6 +293,9 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
             role_arn=values["aws_role_arn"],
             sse_method=values["server_side_encryption_method"],
             kms_key_id=values["kms_key_id"],
+            connect_timeout_s=values["s3_connect_timeout_s"],
+            read_timeout_s=values["s3_read_timeout_s"],
+            retry_deadline_s=values["s3_write_deadline_s"],
         ),
         settings=ForwardingSettings(**{k: v for k, v in values.items() if k in settings_fields}),
         inputs=tuple(values["input"]),

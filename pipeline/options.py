@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from transforms import batching, packing, parse
+from transforms import batching, packing, parse, retries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,23 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
     Option("max_batch_bytes", int, parse.DEFAULT_MAX_BATCH_BYTES, "Larger records: dead letters."),
-    Option("skip_bucket_check", bool, False, "Do not write the verification object at start."),
+    Option(
+        "skip_bucket_check", bool, False,
+        "Do not write the verification objects (bucket, dead-letter location) at start.",
+    ),
+    # S3 faults.
+    Option(
+        "s3_connect_timeout_s", int, retries.DEFAULT_CONNECT_TIMEOUT_S,
+        "Seconds to wait for a connection to S3.",
+    ),
+    Option(
+        "s3_read_timeout_s", int, retries.DEFAULT_READ_TIMEOUT_S,
+        "Seconds to wait for S3 to answer; start-up checks give up after three.",
+    ),
+    Option(
+        "s3_write_deadline_s", int, retries.DEFAULT_DEADLINE_S,
+        "Seconds one S3 call keeps retrying transient errors before the run fails.",
+    ),
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -105,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline",
         description="Forward mParticle event batches to S3 as the Amazon S3 integration does.",
         argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,  # a misspelt flag is refused, never taken for another
     )
     for option in OPTIONS:
         flag = f"--{option.name}"

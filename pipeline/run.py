@@ -1,55 +1,48 @@
 """Entry point: `python -m pipeline --s3_bucket_name=... --input=...`.
 
-Validates the options, proves the bucket is writable, runs the pipeline on the
-chosen runner and prints a summary whose event counts reconcile. Exit codes:
-0 done, 1 the run failed or did not reconcile, 2 an option is wrong, 3 the
-bucket check failed.
+Checks every option and proves the bucket and dead-letter location writable
+before anything is read, runs the pipeline on the chosen runner and prints a
+summary whose counts reconcile. Exit codes:
+
+    0   done, and the counts reconcile
+    1   the run failed, or its counts do not reconcile
+    2   an option is wrong (value, unknown flag, runner, input that matches nothing)
+    3   the bucket or the dead-letter location cannot be written (missing, denied,
+        unreachable)
+    4   S3 kept failing one write past --s3_write_deadline_s
+    130 interrupted (Ctrl-C) during a bounded run
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
 import time
 from typing import Sequence
 
 import apache_beam as beam
-import botocore.exceptions
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import iam
 from pipeline.build import build
-from pipeline.config import ConfigError, config_from_values, merged_values, validate_bucket_name
-from transforms import metrics, read, s3
+from pipeline.checks import check_inputs_exist, check_output_writable
+from pipeline.config import (
+    ConfigError,
+    check_beam_args,
+    config_from_values,
+    merged_values,
+    validate_bucket_name,
+)
+from pipeline.runners import make_runner
+from transforms import lifeline, metrics, s3
 
 _LOG = logging.getLogger("pipeline")
-# Runner names users type → what Beam knows. The DirectRunner name maps to the
-# FnApiRunner itself: Beam's DirectRunner would first try to download Prism.
-_RUNNERS = {
-    "direct": "FnApiRunner",
-    "directrunner": "FnApiRunner",
-    "fnapirunner": "FnApiRunner",
-    "flink": "FlinkRunner",
-    "flinkrunner": "FlinkRunner",
-    "spark": "SparkRunner",
-    "sparkrunner": "SparkRunner",
-}
-
-
-def make_runner(options: PipelineOptions):
-    """The runner to use. The direct runner is the FnApiRunner for bounded runs and
-    the BundleBasedDirectRunner for streaming, which the FnApiRunner cannot do."""
-    standard = options.view_as(StandardOptions)
-    name = _RUNNERS.get((standard.runner or "direct").lower(), standard.runner)
-    if name == "FnApiRunner":
-        if standard.streaming:
-            return "BundleBasedDirectRunner"
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return FnApiRunner()
-    return name
+EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+_GAVE_UP = re.compile(re.escape(s3.WriteGaveUp.PREFIX) + r"s3://[^\n]*")
 
 
 def _stop_on_sigterm() -> None:
@@ -71,21 +64,6 @@ def counters_of(result) -> dict[str, int]:
     return totals
 
 
-def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> None:
-    """Every --input names at least one file it can list, or one sentence says why."""
-    client = read.input_client(patterns, connection)
-    for pattern in patterns:
-        try:
-            paths = read.expand_pattern(pattern, client)
-        except botocore.exceptions.ClientError as err:
-            code = s3.error_code(err)
-            raise ConfigError(f"--input {pattern!r} cannot be listed: {code}.") from None
-        except (ValueError, OSError, botocore.exceptions.BotoCoreError) as err:
-            raise ConfigError(f"--input {pattern!r} cannot be listed: {err}") from None
-        if not paths:
-            raise ConfigError(f"--input {pattern!r} matches no file.")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     # force: importing Beam may already have given the root logger a handler.
     logging.basicConfig(
@@ -103,44 +81,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             ))
             return 0
         config = config_from_values(values)
+        check_beam_args(beam_args)
+        options = PipelineOptions(beam_args)
+        if config.streaming:
+            options.view_as(StandardOptions).streaming = True
+        runner = make_runner(options)
         check_inputs_exist(config.inputs, config.connection)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
 
     if not config.skip_bucket_check:
         try:
-            key = s3.check_bucket_writable(
-                s3.make_client(config.connection), config.connection, config.bucket, config.folder
-            )
+            for where in check_output_writable(config):
+                _LOG.info("write check: %s", where)
         except s3.BucketCheckError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 3
-        _LOG.info("bucket check: wrote s3://%s/%s", config.bucket, key)
+            return EXIT_CHECK
+    return _run(config, runner, options)
 
-    options = PipelineOptions(beam_args)
-    if config.streaming:
-        options.view_as(StandardOptions).streaming = True
+
+def _run(config, runner, options: PipelineOptions) -> int:
+    """Runs the pipeline; a failure ends in one sentence and its exit code."""
+    os.environ[lifeline.LAUNCHER_PID] = str(os.getpid())  # workers end with this process
     started = time.monotonic()
-    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
-    build(pipeline, config)
-    result = pipeline.run()
-    if config.streaming:
-        _stop_on_sigterm()
-        source = config.input_subscription or config.input_topic
-        _LOG.info("forwarding %s live; Ctrl-C stops", source)
-        try:
-            result.wait_until_finish()
-        except KeyboardInterrupt:
-            _LOG.info("stopping")
-            result.cancel()
-            return 0
-    result.wait_until_finish()
+    try:
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        build(pipeline, config)
+        result = pipeline.run()
+        if config.streaming:
+            return _run_live(config, result)
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing written so far is lost, and a rerun writes the "
+              "same keys.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # the runner's own wrapping of a worker's error
+        gave_up = _GAVE_UP.search(str(err))
+        if gave_up:
+            print(f"error: {gave_up.group().strip()}", file=sys.stderr)
+            return EXIT_S3_GAVE_UP
+        _LOG.exception("the run failed")
+        first_line = (str(err).splitlines() or [""])[0][:500]
+        print(f"error: the run failed: {type(err).__name__}: {first_line}",
+              file=sys.stderr)
+        return EXIT_FAILED
     elapsed = time.monotonic() - started
 
     counters = counters_of(result)
     print(metrics.format_summary(counters))
     print(f"  seconds: {elapsed:.1f}")
     if metrics.unaccounted_events(counters) or metrics.unaccounted_records(counters):
-        return 1
+        return EXIT_FAILED
+    return 0
+
+
+def _run_live(config, result) -> int:
+    _stop_on_sigterm()
+    source = config.input_subscription or config.input_topic
+    _LOG.info("forwarding %s live; Ctrl-C stops", source)
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        _LOG.info("stopping")
+        result.cancel()
     return 0

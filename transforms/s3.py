@@ -17,13 +17,13 @@ import botocore.credentials
 import botocore.exceptions
 import botocore.session
 
-from transforms import naming
+from transforms import naming, retries
 
 SSE_METHODS = ("None", "AES256", "aws:kms")
 ROLE_SESSION_NAME = "mparticle-s3-forwarder"
-# Retries with exponential backoff inside botocore before an error reaches
-# the runner, which then retries the whole bundle.
-_RETRY_CONFIG = {"max_attempts": 8, "mode": "standard"}
+# Start-up checks give up after this many read timeouts (60 s by default), so an
+# endpoint that accepts connections but never answers fails the run within a minute.
+CHECK_TIMEOUTS = 3
 
 
 class BucketCheckError(RuntimeError):
@@ -41,6 +41,20 @@ class S3Connection:
     role_arn: str | None = None
     sse_method: str = "None"
     kms_key_id: str | None = None
+    connect_timeout_s: float = retries.DEFAULT_CONNECT_TIMEOUT_S
+    read_timeout_s: float = retries.DEFAULT_READ_TIMEOUT_S
+    retry_deadline_s: float = retries.DEFAULT_DEADLINE_S
+
+    def for_checks(self) -> S3Connection:
+        """The same connection with the start-up checks' shorter retry deadline."""
+        deadline_s = CHECK_TIMEOUTS * max(self.read_timeout_s, self.connect_timeout_s)
+        return dataclasses.replace(self, retry_deadline_s=min(self.retry_deadline_s, deadline_s))
+
+    @property
+    def where(self) -> str:
+        """The region, and the endpoint if not AWS's, for messages."""
+        where = f"region {self.region!r}"
+        return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
 
     def put_arguments(self) -> dict[str, str]:
         """The server-side-encryption arguments of every PutObject."""
@@ -96,27 +110,46 @@ def make_client(connection: S3Connection) -> Any:
     if connection.role_arn:
         session = _assumed_role_session(session, connection)
     config = botocore.config.Config(
-        retries=_RETRY_CONFIG,
+        retries={"mode": "standard", "total_max_attempts": 1},  # see transforms.retries
+        connect_timeout=connection.connect_timeout_s,
+        read_timeout=connection.read_timeout_s,
         s3={"addressing_style": "path"} if connection.endpoint_url else None,
     )
-    return session.client("s3", endpoint_url=connection.endpoint_url, config=config)
+    client = session.client("s3", endpoint_url=connection.endpoint_url, config=config)
+    return retries.install(client, retries.RetryPolicy(deadline_s=connection.retry_deadline_s))
 
 
 def error_code(err: botocore.exceptions.ClientError) -> str:
     return str(err.response.get("Error", {}).get("Code", ""))
 
 
-def check_bucket_writable(
-    client: Any, connection: S3Connection, bucket: str, folder: str | None
-) -> str:
+class WriteGaveUp(RuntimeError):
+    """S3 kept failing one write past the retry deadline; the message is one sentence."""
+
+    PREFIX = "Gave up writing "
+
+
+def gave_up(bucket: str, key: str, connection: S3Connection, elapsed_s: float,
+            err: Exception) -> WriteGaveUp:
+    """The error for a write that failed after all its retries, naming the key."""
+    detail = f"{error_code(err)} {err}" if isinstance(
+        err, botocore.exceptions.ClientError) else f"{type(err).__name__}: {err}"
+    return WriteGaveUp(
+        f"{WriteGaveUp.PREFIX}s3://{bucket}/{key} after {elapsed_s:.0f} s of S3 errors "
+        f"(--s3_write_deadline_s={connection.retry_deadline_s:g}): {detail}"
+    )
+
+
+def check_bucket_writable(connection: S3Connection, bucket: str, folder: str | None) -> str:
     """Writes mParticle's verification object (`{}`); returns its key.
 
     Raises BucketCheckError naming the bucket, the region and what was denied.
+    Transient errors are retried for the start-up checks' shorter deadline.
     """
+    connection = connection.for_checks()
+    client = make_client(connection)
     key = naming.verification_key(folder, datetime.datetime.now(datetime.timezone.utc))
-    where = f"bucket {bucket!r} in region {connection.region!r}"
-    if connection.endpoint_url:
-        where += f" at {connection.endpoint_url}"
+    where = f"bucket {bucket!r} in {connection.where}"
     try:
         client.put_object(
             Bucket=bucket, Key=key, Body=b"{}", ContentType="text/plain",
@@ -136,5 +169,9 @@ def check_bucket_writable(
             "--secret_access_key, or give the default credential chain a role."
         ) from None
     except botocore.exceptions.BotoCoreError as err:
-        raise BucketCheckError(f"Cannot reach S3 {where}: {err}") from None
+        raise BucketCheckError(
+            f"Cannot reach S3 {where} (connect timeout {connection.connect_timeout_s:g} s, "
+            f"read timeout {connection.read_timeout_s:g} s, gave up after "
+            f"{connection.retry_deadline_s:g} s): {err}"
+        ) from None
     return key

@@ -13,11 +13,12 @@ from __future__ import annotations
 import enum
 import os
 import tempfile
+import time
 from typing import Any, Callable, Protocol
 
 import botocore.exceptions
 
-from transforms import s3
+from transforms import retries, s3
 
 # Largest body sent as one PutObject; above it the upload is multipart. S3
 # takes 5 GiB in one PUT; a smaller bound keeps a retried request cheap.
@@ -65,17 +66,26 @@ class S3Store:
             "ContentType": "text/plain",
             "Metadata": {CONTENT_HASH_METADATA: content_sha256},
         }
+        started = time.monotonic()
         try:
-            if len(body) <= self.single_put_max_bytes:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **arguments
-                )
-            else:
-                self._put_multipart(key, body, arguments)
-        except botocore.exceptions.ClientError as err:
-            if s3.error_code(err) not in ("PreconditionFailed", "412"):
-                raise
-            return self._compare(key, content_sha256)
+            try:
+                if len(body) <= self.single_put_max_bytes:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **arguments
+                    )
+                else:
+                    self._put_multipart(key, body, arguments)
+            except botocore.exceptions.ClientError as err:
+                if s3.error_code(err) not in ("PreconditionFailed", "412"):
+                    raise
+                return self._compare(key, content_sha256)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
+            if not retries.is_transient(err):
+                raise  # denied, no such bucket, ...: retrying would not help
+            # The client retried it until its deadline (transforms.retries).
+            raise s3.gave_up(
+                self.bucket, key, self.connection, time.monotonic() - started, err
+            ) from err
         return Outcome.WRITTEN
 
     def _put_multipart(self, key: str, body: bytes, arguments: dict) -> None:

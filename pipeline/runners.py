@@ -1,0 +1,77 @@
+"""Which engine runs the pipeline: the `--runner` names users type → a Beam runner.
+
+The DirectRunner name maps to Beam's FnApiRunner for bounded runs and to the
+BundleBasedDirectRunner for live ones (Beam's DirectRunner would first try to
+download Prism). Prism runs the binary that `./run_local.sh` builds with
+`go install` into the virtualenv (or one on PATH, or `--prism_location`), and
+never downloads one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    PrismRunnerOptions,
+    StandardOptions,
+)
+
+from pipeline.config import ConfigError
+
+# What a user may type (any case, with or without "Runner") → the runner.
+_RUNNERS = {
+    "direct": "DirectRunner",
+    "fnapi": "DirectRunner",
+    "bundlebaseddirect": "BundleBasedDirectRunner",
+    "prism": "PrismRunner",
+    "flink": "FlinkRunner",
+    "spark": "SparkRunner",
+    "dataflow": "DataflowRunner",
+    "portable": "PortableRunner",
+}
+KNOWN = "DirectRunner, PrismRunner, FlinkRunner, SparkRunner, DataflowRunner or PortableRunner"
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """The runner `--runner` names; ConfigError (one sentence) for one it does not."""
+    given = options.view_as(StandardOptions).runner or "DirectRunner"
+    word = given.lower().removesuffix("runner")
+    if word not in _RUNNERS:
+        raise ConfigError(f"--runner {given!r} is not a runner this forwarder runs on: "
+                          f"use {KNOWN}.")
+    return _RUNNERS[word]
+
+
+def prism_binary(options: PipelineOptions) -> str:
+    """`--prism_location`, else the virtualenv's `prism`, else one on PATH."""
+    given = options.view_as(PrismRunnerOptions).prism_location
+    if given:
+        if not os.access(given, os.X_OK):
+            raise ConfigError(f"--prism_location {given!r} is not an executable file.")
+        return given
+    beside_python = os.path.join(os.path.dirname(sys.executable), "prism")
+    found = beside_python if os.access(beside_python, os.X_OK) else shutil.which("prism")
+    if not found:
+        raise ConfigError(
+            "--runner=PrismRunner needs the prism binary: ./run_local.sh builds it into "
+            ".venv/bin with go install, or pass --prism_location=PATH."
+        )
+    return found
+
+
+def make_runner(options: PipelineOptions):
+    """The runner to use; fills in Prism's binary so that Beam never downloads one."""
+    name = runner_name(options)
+    standard = options.view_as(StandardOptions)
+    if name == "DirectRunner":
+        if standard.streaming:
+            return "BundleBasedDirectRunner"
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    if name == "PrismRunner":
+        options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)
+    return name
