@@ -69,8 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
     )
-    for chatty in ("botocore", "boto3", "urllib3", "smart_open", "apache_beam"):
+    for chatty in ("botocore", "boto3", "urllib3", "smart_open"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # A failed run is reported once, by this entry point (one sentence, or the
+    # traceback of an unforeseen error), not again by the runner's own logs.
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     argv = sys.argv[1:] if argv is None else argv
     try:
         values, beam_args, print_policy = merged_values(argv)
