@@ -27,6 +27,7 @@ setuptools.setup(
             "moto[server]==5.2.5",
             "ruff==0.17.6",
             "psutil==7.2.2",  # the benchmark's peak-memory sampling
+            "hypothesis==6.170.17",  # property-based fuzzing of the input
         ],
         # Profiling a run (README, Performance); not needed to run or test.
         "profile": ["py-spy==0.4.3"],
