@@ -16,7 +16,6 @@ summary whose counts reconcile. Exit codes:
 from __future__ import annotations
 
 import logging
-import os
 import re
 import signal
 import sys
@@ -38,7 +37,7 @@ from pipeline.config import (
     validate_bucket_name,
 )
 from pipeline.runners import make_runner
-from transforms import lifeline, metrics, s3
+from transforms import metrics, s3
 
 _LOG = logging.getLogger("pipeline")
 EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -52,6 +51,19 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def _note_interrupts() -> list[int]:
+    """Ctrl-C as usual (KeyboardInterrupt), and noted: the runner may wrap the
+    KeyboardInterrupt in an error of its own. The list is non-empty once it came."""
+    seen: list[int] = []
+
+    def interrupt(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    return seen
 
 
 def counters_of(result) -> dict[str, int]:
@@ -106,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(config, runner, options: PipelineOptions) -> int:
     """Runs the pipeline; a failure ends in one sentence and its exit code."""
-    os.environ[lifeline.LAUNCHER_PID] = str(os.getpid())  # workers end with this process
+    interrupted = _note_interrupts()
     started = time.monotonic()
     try:
         pipeline = beam.Pipeline(runner=runner, options=options)
@@ -115,11 +127,11 @@ def _run(config, runner, options: PipelineOptions) -> int:
         if config.streaming:
             return _run_live(config, result)
         result.wait_until_finish()
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing written so far is lost, and a rerun writes the "
-              "same keys.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as err:  # the runner's own wrapping of a worker's error
+    except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
+        if interrupted:
+            print("error: interrupted; nothing written so far is lost, and a rerun writes the "
+                  "same keys.", file=sys.stderr)
+            return EXIT_INTERRUPTED
         gave_up = _GAVE_UP.search(str(err))
         if gave_up:
             print(f"error: {gave_up.group().strip()}", file=sys.stderr)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.options import OPTIONS
-from tests.conftest import run_main
+from tests.conftest import SAMPLE_BATCH, run_main
 from transforms.batching import BatchingMode
 
 BASE = ["--s3_bucket_name=my-bucket", "--input=in/*.ndjson"]
@@ -162,3 +162,97 @@ def test_user_policy_with_a_kms_key_grants_its_use():
     kms = json.loads(out)["Statement"][1]
     assert code == 0 and kms["Resource"] == "arn:aws:kms:us-east-1:1:key/k"
     assert "kms:GenerateDataKey" in kms["Action"]
+
+
+def _error(argv: list[str]) -> tuple[int, str]:
+    code, out, err = run_main(argv)
+    assert "Traceback" not in err and out == ""
+    return code, err.strip()
+
+
+@pytest.mark.parametrize("flags, sentence", [
+    (["--use_compresion=true"],
+     "error: Unknown option --use_compresion; did you mean --use_compression?"),
+    (["--runer=DirectRunner"], "error: Unknown option --runer; did you mean --runner?"),
+    (["--use_compres=true"],  # never taken as an abbreviation of --use_compression
+     "error: Unknown option --use_compres; did you mean --use_compression?"),
+    (["--zzz_qqq=1"], "error: Unknown option --zzz_qqq; python -m pipeline --help lists them."),
+    (["stray"], "error: Unexpected argument 'stray': every option is a --flag."),
+    (["--runner=BogusRunner"],
+     "error: --runner 'BogusRunner' is not a runner this forwarder runs on: use DirectRunner, "
+     "PrismRunner, FlinkRunner, SparkRunner, DataflowRunner or PortableRunner."),
+    (["--s3_endpoint_url=not-a-url"],
+     "error: --s3_endpoint_url 'not-a-url' must be an http:// or https:// URL with a host, "
+     "such as http://127.0.0.1:9000."),
+    (["--s3_endpoint_url=ftp://127.0.0.1:21"],
+     "error: --s3_endpoint_url 'ftp://127.0.0.1:21' must be an http:// or https:// URL with a "
+     "host, such as http://127.0.0.1:9000."),
+    (["--s3_endpoint_url=http://127.0.0.1:port"],
+     "error: --s3_endpoint_url 'http://127.0.0.1:port' must be an http:// or https:// URL with "
+     "a host, such as http://127.0.0.1:9000."),
+    (["--dead_letter_location=s3://"], "error: --dead_letter_location 's3://' names no bucket."),
+    (["--dead_letter_location=s3://Bad_Bucket/dl"],
+     "error: --dead_letter_location 'Bad_Bucket' is not a valid bucket name: 3 to 63 lowercase "
+     "letters, digits, dots and hyphens, starting and ending with a letter or digit."),
+    (["--dead_letter_location=gs://b/dl"],
+     "error: --dead_letter_location 'gs://b/dl' must be s3://bucket/prefix or a local "
+     "directory."),
+    (["--s3_read_timeout_s=0"],
+     "error: --s3_read_timeout_s must be a whole number of at least 1, not 0."),
+    (["--s3_write_deadline_s=soon"], "error: --s3_write_deadline_s must be a whole number, "
+     "not 'soon'."),
+])
+def test_every_setting_is_checked_before_anything_is_read(flags, sentence):
+    code, err = _error(BASE + flags)
+    assert (code, err) == (2, sentence)
+
+
+def test_prism_without_a_binary_is_one_sentence(tmp_path):
+    code, err = _error(BASE + ["--runner=PrismRunner", f"--prism_location={tmp_path}/none"])
+    assert (code, err) == (2, f"error: --prism_location '{tmp_path}/none' is not an executable "
+                              "file.")
+
+
+def _sample_input(tmp_path) -> str:
+    (tmp_path / "in.ndjson").write_text(SAMPLE_BATCH.read_text().replace("\n", " ") + "\n")
+    return f"--input={tmp_path}/in.ndjson"
+
+
+def test_a_dead_letter_bucket_that_does_not_exist_stops_the_start(s3_endpoint, bucket, tmp_path):
+    code, err = _error_with_log([
+        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}", _sample_input(tmp_path),
+        "--dead_letter_location=s3://missing-dead-letters/dl",
+    ])
+    assert (code, err) == (3, "error: --dead_letter_location: S3 bucket 'missing-dead-letters' "
+                              f"in region 'us-east-1' at {s3_endpoint} does not exist.")
+
+
+def test_a_dead_letter_directory_that_cannot_be_made_stops_the_start(
+    s3_endpoint, bucket, tmp_path
+):
+    target = "/proc/forwarder-dead-letters"  # no one can make a directory there, root included
+    code, err = _error_with_log([
+        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
+        _sample_input(tmp_path), f"--dead_letter_location={target}",
+    ])
+    assert (code, err) == (3, f"error: --dead_letter_location '{target}' cannot be written: "
+                              "No such file or directory.")
+
+
+def test_a_dead_letter_path_under_a_file_stops_the_start(s3_endpoint, bucket, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    target = tmp_path / "a-file" / "dl"
+    code, err = _error_with_log([
+        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
+        _sample_input(tmp_path), f"--dead_letter_location={target}",
+    ])
+    assert (code, err) == (3, f"error: --dead_letter_location '{target}' cannot be written: "
+                              "Not a directory.")
+
+
+def _error_with_log(argv: list[str]) -> tuple[int, str]:
+    """(exit code, the one error line): a run that got past the option checks logs too."""
+    code, out, err = run_main(argv)
+    assert "Traceback" not in err and out == ""
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    return code, line

@@ -82,3 +82,17 @@ def test_s3_globs_and_gzip_read_through_the_s3_server(s3_endpoint, s3_client, bu
 @pytest.mark.parametrize("data", [b"", b"\n\n  \n"])
 def test_empty_files_have_no_records(data):
     assert records("e", data) == []
+
+
+@pytest.mark.parametrize("data", [
+    b'\xef\xbb\xbf{"a":1}\n{"a":2}\n',
+    b"\xef\xbb\xbf\n\n" + b'{"a":1}\n{"a":2}\n',
+])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(data):
+    got = records("bom.ndjson", data)
+    assert [d for _, d in got] == [b'{"a":1}', b'{"a":2}']
+
+
+def test_a_byte_order_mark_before_a_whole_document():
+    data = b"\xef\xbb\xbf" + json.dumps({"a": 1}, indent=2).encode()
+    assert [json.loads(d) for _, d in records("doc.json", data)] == [{"a": 1}]

@@ -22,7 +22,7 @@ import botocore.exceptions
 import smart_open
 from apache_beam import pvalue
 
-from transforms import batch_json, lifeline, metrics, s3
+from transforms import batch_json, metrics, s3
 from transforms.dead_letters import DEAD_LETTERS, dead_letter
 
 _LOG = logging.getLogger(__name__)
@@ -195,7 +195,6 @@ class ReadRecordsFn(beam.DoFn):
         self._connection = connection
 
     def setup(self):
-        lifeline.exit_with_launcher()
         self._client = s3.make_client(self._connection)
         # Records are counted where they are parsed; a file that breaks off
         # counts as one more record, dead-lettered here.

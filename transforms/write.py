@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, NamedTuple
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from transforms import batch_json, lifeline, metrics, naming, packing, s3, stores
+from transforms import batch_json, metrics, naming, packing, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
 from transforms.grouping import first_event_time_ms, window_start_us
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
@@ -152,7 +152,6 @@ class WriteFilesFn(beam.DoFn):
         self._counter_names = counter_names
 
     def setup(self):
-        lifeline.exit_with_launcher()
         self._store, self._prefix = stores.open_store(self._location, self._connection)
         self._counters = {k: metrics.counter(v) for k, v in self._counter_names.items()}
         self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
