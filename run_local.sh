@@ -8,7 +8,9 @@
 #   ./run_local.sh test [pytest args]    bootstrap, then the whole test suite
 #
 # The virtualenv lives in .venv and is reused while setup.py is unchanged; the local
-# Pub/Sub server (Google's pstest, tools/pstest) is built with `go build` into .local/bin.
+# Pub/Sub server (Google's pstest, tools/pstest) is built with `go build` into .local/bin,
+# and Prism (Beam's portable runner, at the pinned apache-beam's version) with
+# `go install` into .venv/bin.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -30,6 +32,14 @@ bootstrap() {
   fi
   local go_stamp
   go_stamp="$ROOT/.local/pstest-$(cat tools/pstest/go.mod tools/pstest/go.sum tools/pstest/main.go | sha256sum | cut -c1-16)"
+  local beam_version
+  beam_version=$(sed -n 's/.*"apache-beam==\([0-9.]*\)".*/\1/p' setup.py)
+  if [ ! -x "$VENV/bin/prism" ] || [ ! -f "$VENV/.prism-$beam_version" ]; then
+    echo "== building Prism $beam_version (Beam's portable runner) with go install"
+    GOBIN="$VENV/bin" go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$beam_version"
+    rm -f "$VENV"/.prism-*
+    touch "$VENV/.prism-$beam_version"
+  fi
   if [ ! -x "$PSTEST" ] || [ ! -f "$go_stamp" ]; then
     echo "== building the local Pub/Sub server (pstest) with go build"
     mkdir -p "$ROOT/.local/bin"
@@ -99,7 +109,11 @@ demo() {
     || cp tests/data/eventsapi.sample.json "$WORK/input/"
   "$VENV/bin/python" -m pipeline.sample_data --batches 5000 --devices 300 --out "$WORK/input/generated.ndjson.gz"
   printf 'this line is not JSON\n{"events": "not a list"}\n' >"$WORK/input/bad.ndjson"
-  echo "== running the pipeline (DirectRunner)"
+  local runner=DirectRunner arg
+  for arg in "$@"; do
+    case "$arg" in --runner=*) runner=${arg#--runner=} ;; esac
+  done
+  echo "== running the pipeline ($runner)"
   "$VENV/bin/python" -m pipeline \
     --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT" \
     --input="$WORK/input/*" --folder_name=mparticle --store_data_in_folders_by_date=true \

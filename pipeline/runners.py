@@ -4,7 +4,9 @@ The DirectRunner name maps to Beam's FnApiRunner for bounded runs and to the
 BundleBasedDirectRunner for live ones (Beam's DirectRunner would first try to
 download Prism). Prism runs the binary that `./run_local.sh` builds with
 `go install` into the virtualenv (or one on PATH, or `--prism_location`), and
-never downloads one.
+never downloads one. As on Flink and Spark, the Python code then runs in an SDK
+harness process of its own, which Prism starts through a loopback worker pool
+(unless `--environment_type` says otherwise).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import shutil
 import sys
 
 from apache_beam.options.pipeline_options import (
+    DebugOptions,
     PipelineOptions,
+    PortableOptions,
     PrismRunnerOptions,
     StandardOptions,
 )
@@ -74,4 +78,16 @@ def make_runner(options: PipelineOptions):
         return FnApiRunner()
     if name == "PrismRunner":
         options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)
+        if not options.view_as(PortableOptions).environment_type:
+            _sdk_harness_in_its_own_process(options)
     return name
+
+
+def _sdk_harness_in_its_own_process(options: PipelineOptions) -> None:
+    """Prism's loopback workers run in the launcher unless this experiment asks for a
+    process; Beam starts it as `python` from PATH, which must be this Python."""
+    options.view_as(DebugOptions).add_experiment("use_loopback_process_worker")
+    here = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != here:
+        os.environ["PATH"] = here + os.pathsep + path

@@ -128,3 +128,33 @@ def pubsub_emulator():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def beam_version() -> str:
+    import apache_beam
+
+    return apache_beam.__version__
+
+
+@pytest.fixture(scope="session")
+def prism() -> str:
+    """Prism, as `./run_local.sh` builds it into the virtualenv; built here if missing."""
+    binary = Path(sys.executable).with_name("prism")
+    if not binary.exists():
+        subprocess.run(
+            ["go", "install", f"github.com/apache/beam/sdks/v2/go/cmd/prism@v{beam_version()}"],
+            env={**os.environ, "GOBIN": str(binary.parent)}, check=True,
+        )
+    return str(binary)
+
+
+# The bounded end-to-end tests run on both engines: the FnApiRunner (what
+# `--runner=DirectRunner` runs) and Prism, Beam's portable runner.
+RUNNERS = {"DirectRunner": [], "PrismRunner": ["--runner=PrismRunner"]}
+
+
+@pytest.fixture(params=list(RUNNERS))
+def runner_flags(request) -> list[str]:
+    if request.param == "PrismRunner":
+        request.getfixturevalue("prism")
+    return RUNNERS[request.param]

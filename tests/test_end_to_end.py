@@ -69,10 +69,10 @@ def event_ids(batches) -> list[int]:
 
 
 def test_every_event_forwarded_exactly_once_in_named_dated_files(
-    s3_endpoint, s3_client, bucket, inputs
+    s3_endpoint, s3_client, bucket, inputs, runner_flags
 ):
     code, out, err = run_main(
-        argv(s3_endpoint, bucket, inputs, "--store_data_in_folders_by_date=true")
+        argv(s3_endpoint, bucket, inputs, "--store_data_in_folders_by_date=true", *runner_flags)
     )
     assert code == 0, err
     assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
@@ -103,12 +103,14 @@ def test_every_event_forwarded_exactly_once_in_named_dated_files(
     assert s3_client.get_object(Bucket=bucket, Key=verification[0])["Body"].read() == b"{}"
 
 
-def test_int64_values_and_untouched_fields_pass_through(s3_endpoint, s3_client, bucket, tmp_path):
+def test_int64_values_and_untouched_fields_pass_through(
+    s3_endpoint, s3_client, bucket, tmp_path, runner_flags
+):
     line = ('{"events":[{"data":{"event_id":"9223372036854775807","timestamp_unixtime_ms":'
             '"1595542763908","custom_attributes":{"z":1,"a":1.5}},"event_type":"custom_event"}],'
             '"mpid":-9223372036854775808,"zeta":null,"alpha":[1,"2"]}')
     (tmp_path / "in.ndjson").write_text(line + "\n")
-    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path))
+    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path, *runner_flags))
     assert code == 0, err
     [(key, [batch])] = forwarded_objects(s3_client, bucket).items()
     body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
@@ -118,14 +120,14 @@ def test_int64_values_and_untouched_fields_pass_through(s3_endpoint, s3_client, 
 
 @pytest.mark.parametrize("method", ["AES256", "aws:kms"])
 def test_gzip_and_server_side_encryption_as_the_server_reports(
-    s3_endpoint, s3_client, bucket, inputs, method
+    s3_endpoint, s3_client, bucket, inputs, method, runner_flags
 ):
     flags = ["--use_compression=true", f"--server_side_encryption_method={method}"]
     if method == "aws:kms":
         kms = boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1")
         key_id = kms.create_key()["KeyMetadata"]["KeyId"]
         flags.append(f"--kms_key_id={key_id}")
-    code, _, err = run_main(argv(s3_endpoint, bucket, inputs, *flags))
+    code, _, err = run_main(argv(s3_endpoint, bucket, inputs, *flags, *runner_flags))
     assert code == 0, err
     keys = list(forwarded_objects(s3_client, bucket))  # decompresses every .gz
     assert keys and all(key.endswith(".txt.gz") for key in keys)
@@ -168,10 +170,10 @@ def _sample_events(batches) -> list[str]:
     ],
 )
 def test_real_sample_under_settings_combinations(
-    s3_endpoint, s3_client, bucket, tmp_path, flags, check
+    s3_endpoint, s3_client, bucket, tmp_path, flags, check, runner_flags
 ):
     shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
-    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path, *flags))
+    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path, *flags, *runner_flags))
     assert code == 0, err
     objects = forwarded_objects(s3_client, bucket)
     batches = [b for batches in objects.values() for b in batches]
@@ -180,8 +182,10 @@ def test_real_sample_under_settings_combinations(
         assert all(key.startswith("out/My_App_") for key in objects)
 
 
-def test_rerun_writes_the_same_keys_and_no_second_copy(s3_endpoint, s3_client, bucket, inputs):
-    flags = ["--skip_bucket_check=true", "--max_batches_per_file=5"]
+def test_rerun_writes_the_same_keys_and_no_second_copy(
+    s3_endpoint, s3_client, bucket, inputs, runner_flags
+):
+    flags = ["--skip_bucket_check=true", "--max_batches_per_file=5", *runner_flags]
     code, first_out, _ = run_main(argv(s3_endpoint, bucket, inputs, *flags))
     first = list_keys(s3_client, bucket)
     code2, second_out, _ = run_main(argv(s3_endpoint, bucket, inputs, *flags))
@@ -193,7 +197,7 @@ def test_rerun_writes_the_same_keys_and_no_second_copy(s3_endpoint, s3_client, b
 
 
 def test_bad_input_goes_to_dead_letters_while_the_rest_is_forwarded(
-    s3_endpoint, s3_client, bucket, tmp_path
+    s3_endpoint, s3_client, bucket, tmp_path, runner_flags
 ):
     good = json.loads(SAMPLE_BATCH.read_text())
     (tmp_path / "mixed.ndjson").write_text(
@@ -204,7 +208,7 @@ def test_bad_input_goes_to_dead_letters_while_the_rest_is_forwarded(
     whole = "".join(json.dumps(b) + "\n" for b in generate(200, 5, seed=99)).encode()
     compressed = gzip.compress(whole)
     (tmp_path / "corrupt.ndjson.gz").write_bytes(compressed[: len(compressed) // 2])
-    code, out, err = run_main(argv(s3_endpoint, bucket, tmp_path))
+    code, out, err = run_main(argv(s3_endpoint, bucket, tmp_path, *runner_flags))
     assert code == 0, err
     objects = forwarded_objects(s3_client, bucket)
     forwarded_ids = event_ids(b for batches in objects.values() for b in batches)
@@ -294,3 +298,25 @@ def test_denied_bucket_stops_with_what_was_denied(tmp_path):
     assert "refused the write check PutObject of 'out/mParticle_Bucket_Verification_" in err
     assert "AccessDenied" in err
     assert key["SecretAccessKey"] not in err + out
+
+
+def test_direct_runner_and_prism_write_byte_identical_objects_under_identical_keys(
+    s3_endpoint, s3_client, inputs, prism
+):
+    """The same input and settings on both engines: the same keys, the same bytes."""
+    written = {}
+    for runner in ("DirectRunner", "PrismRunner"):
+        bucket = f"same-on-{runner.lower()}"
+        s3_client.create_bucket(Bucket=bucket)
+        code, out, err = run_main(argv(
+            s3_endpoint, bucket, inputs, f"--runner={runner}", "--use_compression=true",
+            "--store_data_in_folders_by_date=true", "--max_batches_per_file=7",
+        ))
+        assert code == 0, err
+        assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
+        written[runner] = {
+            key: s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            for key in list_keys(s3_client, bucket) if "Bucket_Verification" not in key
+        }
+    assert len(written["DirectRunner"]) > 20
+    assert written["PrismRunner"] == written["DirectRunner"]
