@@ -9,6 +9,9 @@ default file bounds, each into its own bucket:
   1. the yardstick (benchmarks/yardstick.py), one process;
   2. the pipeline on the DirectRunner in-process;
   3. the pipeline on the DirectRunner with 2 worker processes;
+  4. the pipeline on Prism (Beam's portable runner, built by ./run_local.sh), whose
+     Go process does the shuffles while the Python code runs in an SDK harness
+     process of its own (Prism starts one per environment);
 then measures the S3 server's ceiling (a raw boto3 PUT loop with the same object
 sizes, at concurrency 1 and 2) and prints one table: events/s, batches, files,
 bytes, peak RSS of the whole process tree, speed against the yardstick, and the
@@ -122,6 +125,7 @@ def main() -> None:
             "pipeline, DirectRunner in-process": pipeline,
             "pipeline, DirectRunner 2 workers": pipeline + [
                 "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+            "pipeline, Prism (SDK harness process)": pipeline + ["--runner=PrismRunner"],
         }
         rows = []
         for number, (name, command) in enumerate(runs.items()):
@@ -143,15 +147,15 @@ def main() -> None:
         print(f"input: {args.batches:,} batches, {total_events:,} events forwarded, "
               f"{input_bytes / 2**20:,.1f} MiB NDJSON in {INPUT_FILES} files; "
               f"{os.cpu_count()} cores")
-        header = (f"{'run':<36} {'s':>7} {'events/s':>10} {'batches':>9} {'files':>6} "
+        header = (f"{'run':<38} {'s':>7} {'events/s':>10} {'batches':>9} {'files':>6} "
                   f"{'MiB out':>8} {'peak RSS MiB':>12} {'RSS/input':>9} {'vs yardstick':>12} "
                   f"{'S3 ceiling share':>16}")
         print(header)
         print("-" * len(header))
-        for row, concurrency in zip(rows, (1, 1, 2), strict=True):
+        for row, concurrency in zip(rows, (1, 1, 2, 2), strict=True):
             out_bytes = sum(len(b) for b in row["objects"].values())
             share = ceiling[concurrency] / row["seconds"]
-            print(f"{row['name']:<36} {row['seconds']:>7.1f} "
+            print(f"{row['name']:<38} {row['seconds']:>7.1f} "
                   f"{total_events / row['seconds']:>10,.0f} {row['batches']:>9,} "
                   f"{len(row['objects']):>6,} {out_bytes / 2**20:>8.1f} "
                   f"{row['peak'] / 2**20:>12,.0f} {row['peak'] / input_bytes:>9.2f} "

@@ -241,27 +241,38 @@ def _check_dead_letter_location(location: str) -> None:
         )
 
 
+# Runners whose job server (Java) reads options Python does not declare, such as
+# Flink's --checkpointing_interval: flags unknown here are passed on to them.
+_JAVA_JOB_SERVER_RUNNERS = frozenset({"flink", "spark", "portable", "dataflow"})
+
+
 def check_beam_args(beam_args: Sequence[str]) -> None:
     """Refuses what neither the forwarder nor Beam knows, suggesting the closest flag.
 
     Beam itself only warns about an unknown flag and runs on, so a misspelt
-    --use_compresion=true would silently write uncompressed files.
+    --use_compresion=true would silently write uncompressed files. For runners
+    with a Java job server, a flag Python does not know goes on to the job server,
+    unless it looks like a misspelt forwarder option.
     """
     parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
     for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         options_class._add_argparse_args(parser)  # as PipelineOptions.get_all_options does
-    _, unknown = parser.parse_known_args(list(beam_args))
-    if not unknown:
-        return
-    flag = unknown[0].split("=", 1)[0]
-    if not flag.startswith("-"):
-        raise ConfigError(f"Unexpected argument {unknown[0]!r}: every option is a --flag.")
-    known = [f"--{option.name}" for option in OPTIONS] + [
-        string for string in parser._option_string_actions if string.startswith("--")
-    ]
-    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "; python -m pipeline --help lists them."
-    raise ConfigError(f"Unknown option {flag}{hint}")
+    known, unknown = parser.parse_known_args(list(beam_args))
+    runner = (getattr(known, "runner", None) or "direct").lower().removesuffix("runner")
+    ours = [f"--{option.name}" for option in OPTIONS]
+    beams = [string for string in parser._option_string_actions if string.startswith("--")]
+    for argument in unknown:
+        flag = argument.split("=", 1)[0]
+        if not flag.startswith("-"):
+            if runner in _JAVA_JOB_SERVER_RUNNERS:
+                continue  # the value of a job-server option given as "--flag value"
+            raise ConfigError(f"Unexpected argument {argument!r}: every option is a --flag.")
+        close_to_ours = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
+        if runner in _JAVA_JOB_SERVER_RUNNERS and not close_to_ours:
+            continue
+        close = close_to_ours or difflib.get_close_matches(flag, ours + beams, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; python -m pipeline --help lists them."
+        raise ConfigError(f"Unknown option {flag}{hint}")
 
 
 def load_config(argv: Sequence[str]) -> tuple[ForwarderConfig, list[str]]:

@@ -16,4 +16,5 @@ def test_benchmark_command_smoke_run():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "same forwarded events (counts by event id) in every run: True" in result.stdout
     assert "byte-identical objects under identical keys: True" in result.stdout
-    assert result.stdout.count("x ") >= 3  # a row per run with its ratio
+    assert result.stdout.count("x ") >= 4  # a row per run with its ratio
+    assert "pipeline, Prism" in result.stdout

@@ -256,3 +256,11 @@ def _error_with_log(argv: list[str]) -> tuple[int, str]:
     assert "Traceback" not in err and out == ""
     [line] = [line for line in err.splitlines() if line.startswith("error:")]
     return code, line
+
+
+def test_options_of_a_java_job_server_pass_on_but_misspelt_forwarder_options_do_not():
+    flink = ["--runner=FlinkRunner", "--flink_master=jobmanager:8081"]
+    _, beam_args = load_config(BASE + flink + ["--checkpointing_interval=60000"])
+    assert "--checkpointing_interval=60000" in beam_args
+    with pytest.raises(ConfigError, match="did you mean --use_compression"):
+        load_config(BASE + flink + ["--use_compresion=true"])
