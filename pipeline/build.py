@@ -71,7 +71,7 @@ def forward(
         config.connection,
         folder=config.folder,
         compress=config.compress,
-        store_by_date=config.store_by_date,
+        date_folders=config.date_folders,
         window_size_s=config.window_size_s,
         allowed_lateness_s=config.allowed_lateness_s,
         max_batches_per_file=config.max_batches_per_file,

@@ -21,8 +21,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
 from transforms import naming
 from transforms.batching import BatchingMode
+from transforms.naming import DateFolders
 from transforms.s3 import SSE_METHODS, S3Connection
-from transforms.settings import ForwardingSettings
+from transforms.settings import EXCLUDABLE_METADATA_FIELDS, ForwardingSettings
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -45,7 +46,7 @@ class ForwarderConfig:
     app_name: str | None
     batching: BatchingMode
     send_batches_without_events: bool
-    store_by_date: bool
+    date_folders: DateFolders
     compress: bool
     window_size_s: int
     session_gap_s: int
@@ -93,6 +94,36 @@ def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [str(item) for item in value or ()]
+
+
+def _date_folders(value: Any) -> DateFolders:
+    """mParticle's four choices, and true/false as the setting once was."""
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return DateFolders.EVENT_TIME
+    if word in FALSE_WORDS:
+        return DateFolders.NONE
+    try:
+        return DateFolders(word)
+    except ValueError:
+        choices = ", ".join(mode.value for mode in DateFolders)
+        raise ConfigError(
+            f"--store_data_in_folders_by_date must be one of {choices} (or true, false), "
+            f"not {value!r}."
+        ) from None
+
+
+def _metadata_field_exclusion(values: list[str]) -> tuple[str, ...]:
+    """Comma-separated or repeated names → the fields, each one known."""
+    names = [name.strip().lower() for value in values for name in str(value).split(",")]
+    names = [name for name in names if name]
+    for name in names:
+        if name not in EXCLUDABLE_METADATA_FIELDS:
+            raise ConfigError(
+                f"--metadata_field_exclusion {name!r} is not a metadata field the forwarder can "
+                f"drop: use {', '.join(EXCLUDABLE_METADATA_FIELDS)}."
+            )
+    return tuple(dict.fromkeys(names))
 
 
 def _coerce(option_name: str, value: Any) -> Any:
@@ -293,6 +324,10 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
     else:
         mode = BatchingMode.PER_EVENT
     settings_fields = {f.name for f in dataclasses.fields(ForwardingSettings)}
+    settings = {k: v for k, v in values.items() if k in settings_fields}
+    settings["metadata_field_exclusion"] = _metadata_field_exclusion(
+        values["metadata_field_exclusion"]
+    )
     return ForwarderConfig(
         bucket=bucket,
         folder=folder,
@@ -308,7 +343,7 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
             read_timeout_s=values["s3_read_timeout_s"],
             retry_deadline_s=values["s3_write_deadline_s"],
         ),
-        settings=ForwardingSettings(**{k: v for k, v in values.items() if k in settings_fields}),
+        settings=ForwardingSettings(**settings),
         inputs=tuple(values["input"]),
         input_subscription=values["input_subscription"],
         input_topic=values["input_topic"],
@@ -317,7 +352,7 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         app_name=naming.safe_app_name(values["app_name"]) if values["app_name"] else None,
         batching=mode,
         send_batches_without_events=values["send_batches_without_events"],
-        store_by_date=values["store_data_in_folders_by_date"],
+        date_folders=_date_folders(values["store_data_in_folders_by_date"] or "none"),
         compress=values["use_compression"],
         window_size_s=values["window_size_s"],
         session_gap_s=values["session_gap_s"],

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from transforms import batching, packing, parse, retries
+from transforms import batching, packing, parse, retries, settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("server_side_encryption_method", str, "None", "None, AES256 or aws:kms."),
     Option("kms_key_id", str, None, "KMS key id or ARN for aws:kms."),
     Option("unique_id", str, None, "Added to every forwarded batch as unique_id."),
+    Option(
+        "metadata_field_exclusion", list, [],
+        "Single metadata fields to drop, comma-separated (repeatable): "
+        + ", ".join(settings.EXCLUDABLE_METADATA_FIELDS) + ".",
+    ),
     _setting("send_lifecycle_events", True, "session_start/end, state transitions, first_run"),
     _setting("send_screen_views", True, "screen_view events"),
     _setting("send_crash_events", True, "crash_report events"),
@@ -47,7 +52,8 @@ OPTIONS: tuple[Option, ...] = (
     _setting("send_commerce_events", True, "commerce_event events"),
     _setting("include_user_attribute_change_events", False, "user_attribute_change events"),
     _setting("include_user_identity_change_events", False, "user_identity_change events"),
-    _setting("include_location_information", True, "data.location and context.location"),
+    _setting("include_location_information", True, "each event's data.location"),
+    _setting("include_event_batch_location", False, "the batch's context.location"),
     _setting("include_user_identities", True, "user_identities"),
     _setting("include_metadata", True, "application_info, device_info, source_info"),
     _setting("include_consent_state", True, "consent_state"),
@@ -55,7 +61,11 @@ OPTIONS: tuple[Option, ...] = (
     _setting("send_batches_without_events", False, "batches whose events were all filtered"),
     Option("send_as_batch", bool, True, "Batch per device and window; false: one per event."),
     Option("wait_for_complete_batch", bool, False, "One batch per device session."),
-    Option("store_data_in_folders_by_date", bool, False, "YYYY-MM-DD folder per file."),
+    Option(
+        "store_data_in_folders_by_date", str, "none",
+        "YYYY-MM-DD folder per file: none, event_time, upload_time or "
+        "event_time_or_upload_time (true: event_time, false: none).",
+    ),
     Option("use_compression", bool, False, "gzip the files (.txt.gz)."),
     # Input and output.
     Option("input", list, [], "Input files: paths or globs, local, s3:// or gs:// (repeatable)."),
@@ -126,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         flag = f"--{option.name}"
         if option.kind is list:
-            parser.add_argument(flag, action="append", metavar="PATH", help=option.help)
+            metavar = "PATH" if option.name == "input" else "NAMES"
+            parser.add_argument(flag, action="append", metavar=metavar, help=option.help)
         elif option.kind is bool:
             parser.add_argument(
                 flag, nargs="?", const="true", metavar="true|false", help=option.help

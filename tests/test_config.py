@@ -10,6 +10,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.options import OPTIONS
 from tests.conftest import SAMPLE_BATCH, run_main
 from transforms.batching import BatchingMode
+from transforms.naming import DateFolders
 
 BASE = ["--s3_bucket_name=my-bucket", "--input=in/*.ndjson"]
 
@@ -20,7 +21,7 @@ def test_defaults_are_the_integrations():
     assert config.connection.region == "us-east-1"
     assert config.connection.sse_method == "None"
     assert config.batching is BatchingMode.FIXED
-    assert not config.store_by_date and not config.compress
+    assert config.date_folders is DateFolders.NONE and not config.compress
     assert config.settings.send_custom_events
     assert not config.settings.include_user_attribute_change_events
     assert config.dead_letter_location == "s3://my-bucket/_dead_letters"
@@ -264,3 +265,43 @@ def test_options_of_a_java_job_server_pass_on_but_misspelt_forwarder_options_do_
     assert "--checkpointing_interval=60000" in beam_args
     with pytest.raises(ConfigError, match="did you mean --use_compression"):
         load_config(BASE + flink + ["--use_compresion=true"])
+
+
+@pytest.mark.parametrize("value, mode", [
+    ("true", DateFolders.EVENT_TIME), ("false", DateFolders.NONE), ("none", DateFolders.NONE),
+    ("event_time", DateFolders.EVENT_TIME), ("upload_time", DateFolders.UPLOAD_TIME),
+    ("Event_Time_Or_Upload_Time", DateFolders.EVENT_TIME_OR_UPLOAD_TIME),
+])
+def test_store_data_in_folders_by_date_takes_the_four_choices_and_true_false(value, mode):
+    config, _ = load_config(BASE + [f"--store_data_in_folders_by_date={value}"])
+    assert config.date_folders is mode
+
+
+def test_store_data_in_folders_by_date_refuses_other_values():
+    with pytest.raises(ConfigError, match=r"must be one of none, event_time, upload_time, "
+                                          r"event_time_or_upload_time \(or true, false\), "
+                                          r"not 'daily'"):
+        load_config(BASE + ["--store_data_in_folders_by_date=daily"])
+
+
+def test_metadata_field_exclusion_from_flags_and_settings_file(tmp_path):
+    config, _ = load_config(BASE + ["--metadata_field_exclusion=device_name, IP",
+                                    "--metadata_field_exclusion=ip,push_token"])
+    assert config.settings.metadata_field_exclusion == ("device_name", "ip", "push_token")
+    settings = tmp_path / "s.yaml"
+    settings.write_text("metadata_field_exclusion: [device_name, user_agent]\n"
+                        "include_event_batch_location: true\n")
+    config, _ = load_config(BASE + [f"--settings_file={settings}"])
+    assert config.settings.metadata_field_exclusion == ("device_name", "user_agent")
+    assert config.settings.include_event_batch_location
+    assert not load_config(BASE)[0].settings.include_event_batch_location  # the default
+
+
+def test_metadata_field_exclusion_refuses_an_unknown_name():
+    with pytest.raises(ConfigError) as err:
+        load_config(BASE + ["--metadata_field_exclusion=device_name,email"])
+    assert str(err.value) == (
+        "--metadata_field_exclusion 'email' is not a metadata field the forwarder can drop: "
+        "use device_name, ip, device_model, user_agent, push_token, network_carrier, "
+        "advertising_ids, build_identifier."
+    )

@@ -6,6 +6,7 @@ server reports it, every forwarded event exactly once, filtered events absent.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import json
 import re
@@ -93,7 +94,7 @@ def test_every_event_forwarded_exactly_once_in_named_dated_files(
         assert {naming.safe_app_name(b.get("application_info", {}).get("application_name"))
                 for b in batches} == {match["app"]}
         first = batches[0]
-        first_event_ms = grouping.first_event_time_ms(first, 0)
+        first_event_ms = grouping.first_event_time_ms(first)
         assert match["date"] == naming.date_folder(first_event_ms) + "/"
         for batch in batches:
             assert isinstance(batch["user_identities"], list)  # outbound form
@@ -167,6 +168,9 @@ def _sample_events(batches) -> list[str]:
         ),
         (["--app_name=My App", "--max_batches_per_file=1"],
          lambda objs: len(objs) == 1),
+        (["--metadata_field_exclusion=device_name,ip"],
+         lambda objs: all("device" not in b["device_info"] and "ip" not in b
+                          and "device_model" in b["device_info"] for b in objs)),
     ],
 )
 def test_real_sample_under_settings_combinations(
@@ -320,3 +324,32 @@ def test_direct_runner_and_prism_write_byte_identical_objects_under_identical_ke
         }
     assert len(written["DirectRunner"]) > 20
     assert written["PrismRunner"] == written["DirectRunner"]
+
+
+@pytest.mark.parametrize("mode, timed_folder, untimed_folder", [
+    ("none", "", ""),
+    ("event_time", "2023-11-14/", ""),
+    ("upload_time", "TODAY/", "TODAY/"),
+    ("event_time_or_upload_time", "2023-11-14/", "TODAY/"),
+])
+def test_date_folders_by_event_time_upload_time_or_both(
+    s3_endpoint, s3_client, bucket, tmp_path, mode, timed_folder, untimed_folder
+):
+    """One batch whose events have times, one whose events have none."""
+    at = 1_700_000_000_000  # 2023-11-14
+    timed = {"mpid": 1, "timestamp_unixtime_ms": at, "application_info": {
+        "application_name": "Timed"}, "events": [
+        {"event_type": "custom_event", "data": {"event_id": 1, "timestamp_unixtime_ms": at}}]}
+    untimed = {"mpid": 2, "timestamp_unixtime_ms": at, "application_info": {
+        "application_name": "Untimed"}, "events": [
+        {"event_type": "custom_event", "data": {"event_id": 2}}]}
+    (tmp_path / "in.ndjson").write_text(json.dumps(timed) + "\n" + json.dumps(untimed) + "\n")
+    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path,
+                                 f"--store_data_in_folders_by_date={mode}"))
+    assert code == 0, err
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    keys = [k for k in list_keys(s3_client, bucket, "out/") if "Verification" not in k]
+    folders = {k.split("/")[-1].split("_")[0]: k[len("out/"):-len(k.split("/")[-1])]
+               for k in keys}
+    assert folders == {"Timed": timed_folder.replace("TODAY", today),
+                       "Untimed": untimed_folder.replace("TODAY", today)}

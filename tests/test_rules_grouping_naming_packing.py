@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
@@ -170,3 +171,24 @@ def test_pack_bounds_files_by_count_and_bytes_never_splitting_a_batch(
     lines, max_items, max_bytes, expected
 ):
     assert list(packing.pack(lines, packing.line_bytes, max_items, max_bytes)) == expected
+
+
+@pytest.mark.parametrize("first_event_ms, mode, expected", [
+    (T, naming.DateFolders.NONE, ""),
+    (T, naming.DateFolders.EVENT_TIME, "2020-07-23"),
+    (None, naming.DateFolders.EVENT_TIME, ""),
+    (T, naming.DateFolders.UPLOAD_TIME, naming.UPLOAD_DAY),
+    (T, naming.DateFolders.EVENT_TIME_OR_UPLOAD_TIME, "2020-07-23"),
+    (None, naming.DateFolders.EVENT_TIME_OR_UPLOAD_TIME, naming.UPLOAD_DAY),
+])
+def test_batch_date_folder(first_event_ms, mode, expected):
+    assert naming.batch_date_folder(first_event_ms, mode) == expected
+
+
+def test_upload_day_is_the_day_the_file_is_written():
+    def now(tz):
+        return datetime.datetime(2026, 1, 2, 23, 59, tzinfo=tz)
+
+    assert naming.resolve_upload_day(naming.UPLOAD_DAY, now) == "2026-01-02"
+    assert naming.resolve_upload_day("2020-07-23", now) == "2020-07-23"
+    assert naming.resolve_upload_day("", now) == ""

@@ -165,7 +165,9 @@ BATCH_WITH_EVERYTHING = {
         {"event_type": "custom_event", "data": {"event_id": 1, "location": {"latitude": 1}}},
         {"event_type": "screen_view", "data": {"event_id": 2}},
     ],
-    "device_info": {"platform": "iOS"},
+    "device_info": {"platform": "iOS", "device": "Jane's iPad", "ios_advertising_id": "a",
+                    "android_advertising_id": "b"},
+    "ip": "100.38.5.94",
     "application_info": {"application_name": "A"},
     "source_info": {"channel": "native"},
     "user_identities": {"customer_id": "c"},
@@ -202,15 +204,42 @@ def test_stripping_settings(settings, absent, present):
     assert forwarded["mpid"] == BIG
 
 
-def test_location_off_removes_event_and_context_location_only():
-    forwarded, _ = apply_settings(
-        BATCH_WITH_EVERYTHING, ForwardingSettings(include_location_information=False)
-    )
-    assert all("location" not in e["data"] for e in forwarded["events"])
-    assert forwarded["context"] == {"data_plan": {"plan_id": "p"}}
+@pytest.mark.parametrize("event_location, batch_location", [
+    (True, False), (False, False), (True, True), (False, True),
+])
+def test_event_location_and_batch_location_are_separate_settings(event_location, batch_location):
+    forwarded, _ = apply_settings(BATCH_WITH_EVERYTHING, ForwardingSettings(
+        include_location_information=event_location,
+        include_event_batch_location=batch_location,
+    ))
+    assert ("location" in forwarded["events"][0]["data"]) == event_location
+    assert all("location" not in e["data"] for e in forwarded["events"][1:])
+    assert ("location" in forwarded["context"]) == batch_location
+    assert forwarded["context"]["data_plan"] == {"plan_id": "p"}
     assert BATCH_WITH_EVERYTHING["events"][0]["data"]["location"] == {"latitude": 1}  # not mutated
-    kept, _ = apply_settings(BATCH_WITH_EVERYTHING, ForwardingSettings())
-    assert kept["events"][0]["data"]["location"] == {"latitude": 1}
+    assert "location" in BATCH_WITH_EVERYTHING["context"]
+
+
+@pytest.mark.parametrize("names, gone, kept", [
+    (("device_name",), [("device_info", "device")], [("device_info", "platform"), (None, "ip")]),
+    (("ip",), [(None, "ip")], [("device_info", "device")]),
+    (("device_name", "ip", "advertising_ids"),
+     [("device_info", "device"), (None, "ip"), ("device_info", "ios_advertising_id"),
+      ("device_info", "android_advertising_id")],
+     [("device_info", "platform"), (None, "mpid")]),
+    ((), [], [("device_info", "device"), (None, "ip")]),
+])
+def test_metadata_field_exclusion_drops_single_fields(names, gone, kept):
+    forwarded, _ = apply_settings(
+        BATCH_WITH_EVERYTHING, ForwardingSettings(metadata_field_exclusion=names)
+    )
+
+    def holds(parent, field):
+        return field in (forwarded if parent is None else forwarded[parent])
+
+    assert not any(holds(*path) for path in gone)
+    assert all(holds(*path) for path in kept)
+    assert "device" in BATCH_WITH_EVERYTHING["device_info"]  # the input is not changed
 
 
 def test_unique_id_is_added_last_at_top_level():

@@ -13,6 +13,7 @@ from transforms import s3
 from transforms.apply_settings import ApplySettings
 from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
 from transforms.grouping import ArrivedBatch
+from transforms.naming import DateFolders
 from transforms.parse import ParseBatches
 from transforms.read import RawRecord, ReadBatches
 from transforms.settings import ForwardingSettings
@@ -170,8 +171,8 @@ def test_write_batch_files_packs_by_bounds_and_writes_to_s3(s3_endpoint, s3_clie
         written = (
             batched["batches"]
             | WriteBatchFiles(f"s3://{bucket}", connection, folder="out", compress=False,
-                              store_by_date=True, window_size_s=600, allowed_lateness_s=0,
-                              max_batches_per_file=2)
+                              date_folders=DateFolders.EVENT_TIME, window_size_s=600,
+                              allowed_lateness_s=0, max_batches_per_file=2)
         )
         assert_that(written | beam.Map(lambda w: (w.lines, w.outcome)),
                     equal_to([(2, "written"), (2, "written"), (1, "written")]))

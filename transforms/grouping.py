@@ -92,12 +92,11 @@ def arrival_time_ms(batch: dict) -> int | None:
     return None
 
 
-def first_event_time_ms(batch: dict, default_ms: int) -> int:
-    """The time of a batch's first event (for date folders), else `default_ms`."""
+def first_event_time_ms(batch: dict) -> int | None:
+    """The time of a batch's first event (for date folders), None if it has none."""
     for event in batch.get("events") or ():
-        first = event_time_ms(event)
-        return default_ms if first is None else first
-    return default_ms
+        return event_time_ms(event)
+    return None
 
 
 def _event_identities(event: dict) -> tuple[Any, Any]:

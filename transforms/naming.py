@@ -11,7 +11,9 @@ re-run write produces the same key for the same content.
 from __future__ import annotations
 
 import datetime
+import enum
 import re
+from typing import Callable
 
 FILE_DIGITS = 100_000  # five digits
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -40,6 +42,40 @@ def utc_datetime(unix_ms: int) -> datetime.datetime:
 def date_folder(unix_ms: int) -> str:
     """The `YYYY-MM-DD` folder (UTC) of a time in milliseconds since the epoch."""
     return utc_datetime(unix_ms).strftime("%Y-%m-%d")
+
+
+class DateFolders(enum.Enum):
+    """Store Data In Folders By Date: which day names a file's `YYYY-MM-DD/` folder."""
+
+    NONE = "none"
+    EVENT_TIME = "event_time"  # the first event's; none for a batch without event times
+    UPLOAD_TIME = "upload_time"  # the day (UTC) the file is written
+    EVENT_TIME_OR_UPLOAD_TIME = "event_time_or_upload_time"
+
+
+# The folder of a file whose day is the day it is written: known only then.
+UPLOAD_DAY = "{upload day}"
+
+
+def batch_date_folder(first_event_ms: int | None, mode: DateFolders) -> str:
+    """The date folder a batch's file goes to: "YYYY-MM-DD", "" (none) or UPLOAD_DAY.
+
+    `first_event_ms` is the batch's first event time, None if it has none.
+    """
+    if mode is DateFolders.NONE:
+        return ""
+    if mode is DateFolders.UPLOAD_TIME:
+        return UPLOAD_DAY
+    if first_event_ms is not None:
+        return date_folder(first_event_ms)
+    return UPLOAD_DAY if mode is DateFolders.EVENT_TIME_OR_UPLOAD_TIME else ""
+
+
+def resolve_upload_day(
+    folder: str, now: Callable[[], datetime.datetime] = datetime.datetime.now
+) -> str:
+    """UPLOAD_DAY as today's date (UTC); any other folder as it is."""
+    return now(datetime.timezone.utc).strftime("%Y-%m-%d") if folder == UPLOAD_DAY else folder
 
 
 def file_timestamp(unix_ms: int) -> str:

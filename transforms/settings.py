@@ -38,6 +38,22 @@ _SETTING_BY_EVENT_TYPE = {
 
 METADATA_FIELDS = ("application_info", "device_info", "source_info")
 
+# Metadata Field Exclusion: the single metadata fields a user may drop, by the
+# name the option takes → where the field is in a batch (parent object, field).
+EXCLUDABLE_METADATA_FIELDS: dict[str, tuple[str | None, str]] = {
+    "device_name": ("device_info", "device"),  # "iPad Pro (12.9-inch)", a person's own name
+    "ip": (None, "ip"),
+    "device_model": ("device_info", "device_model"),
+    "user_agent": ("device_info", "http_header_user_agent"),
+    "push_token": ("device_info", "push_token"),
+    "network_carrier": ("device_info", "network_carrier"),
+    "advertising_ids": ("device_info", "ios_advertising_id"),
+    "build_identifier": ("device_info", "build_identifier"),
+}
+# advertising_ids covers every platform's advertising id, not only iOS's.
+_ADVERTISING_IDS = ("ios_advertising_id", "android_advertising_id", "fire_advertising_id",
+                    "roku_advertising_id", "microsoft_advertising_id")
+
 
 @dataclasses.dataclass(frozen=True)
 class ForwardingSettings:
@@ -54,11 +70,13 @@ class ForwardingSettings:
     include_user_attribute_change_events: bool = False
     include_user_identity_change_events: bool = False
     include_location_information: bool = True
+    include_event_batch_location: bool = False
     include_user_identities: bool = True
     include_metadata: bool = True
     include_consent_state: bool = True
     include_mp_deviceid: bool = True
     unique_id: str | None = None
+    metadata_field_exclusion: tuple[str, ...] = ()
 
     def filtering_setting(self, event_type: Any) -> str | None:
         """The setting that filters this event type out, or None if it is forwarded."""
@@ -95,6 +113,22 @@ def _without_location(event: dict) -> dict:
     return event
 
 
+def _excluded_fields(names: tuple[str, ...]) -> dict[str | None, set[str]]:
+    """Parent object (None: the batch) → fields to drop, for Metadata Field Exclusion."""
+    excluded: dict[str | None, set[str]] = {}
+    for name in names:
+        parent, field = EXCLUDABLE_METADATA_FIELDS[name]
+        fields = _ADVERTISING_IDS if name == "advertising_ids" else (field,)
+        excluded.setdefault(parent, set()).update(fields)
+    return excluded
+
+
+def _without(value: Any, fields: set[str]) -> Any:
+    if isinstance(value, dict) and not fields.isdisjoint(value):
+        return {key: item for key, item in value.items() if key not in fields}
+    return value
+
+
 def apply_settings(
     batch: dict, settings: ForwardingSettings
 ) -> tuple[dict, Counter[str]]:
@@ -114,7 +148,8 @@ def apply_settings(
             event = _without_location(event)
         events.append(event)
 
-    removed = set()
+    excluded = _excluded_fields(settings.metadata_field_exclusion)
+    removed = set(excluded.get(None, ()))
     if not settings.include_user_identities:
         removed.add("user_identities")
     if not settings.include_metadata:
@@ -132,9 +167,10 @@ def apply_settings(
             value = events
         elif key == "user_identities":
             value = outbound_identities(value)
-        elif key == "context" and not settings.include_location_information:
-            if isinstance(value, dict) and "location" in value:
-                value = {k: v for k, v in value.items() if k != "location"}
+        elif key == "context" and not settings.include_event_batch_location:
+            value = _without(value, {"location"})
+        elif key in excluded:
+            value = _without(value, excluded[key])
         forwarded[key] = value
     if settings.unique_id is not None:
         forwarded["unique_id"] = settings.unique_id

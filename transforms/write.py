@@ -20,6 +20,7 @@ from apache_beam.transforms import window
 from transforms import batch_json, metrics, naming, packing, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
 from transforms.grouping import first_event_time_ms, window_start_us
+from transforms.naming import DateFolders
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
@@ -29,7 +30,7 @@ class FileContent(NamedTuple):
     """The lines of one file and what its name is made of."""
 
     app_name: str
-    date_folder: str  # "" when date folders are off
+    date_folder: str  # "" for none; naming.UPLOAD_DAY for the day it is written
     lines: list[bytes]  # JSON, UTF-8
     newest_arrival_ms: int
     event_count: int
@@ -62,7 +63,7 @@ class BatchFileNamer:
             naming.file_digits(sha256, attempt),
             self.compress,
         )
-        return naming.join_key(self.folder, content.date_folder, name)
+        return naming.join_key(self.folder, naming.resolve_upload_day(content.date_folder), name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,20 +183,18 @@ _DEAD_LETTER_COUNTERS = {
 
 
 def _file_entry_in_window(
-    forwarded: ForwardedBatch, by_date: bool, shards: int, codec: ShuffleCodec, size_us: int,
-    timestamp=beam.DoFn.TimestampParam,
+    forwarded: ForwardedBatch, date_folders: DateFolders, shards: int, codec: ShuffleCodec,
+    size_us: int, timestamp=beam.DoFn.TimestampParam,
 ):
     """As `_file_entry`, with the fixed window of the element's time in the key."""
-    group, value = _file_entry(forwarded, by_date, shards, codec)
+    group, value = _file_entry(forwarded, date_folders, shards, codec)
     return (*group, window_start_us(timestamp.micros, size_us)), value
 
 
-def _file_entry(forwarded: ForwardedBatch, by_date: bool, shards: int, codec: ShuffleCodec):
-    folder = ""
-    if by_date:
-        folder = naming.date_folder(
-            first_event_time_ms(forwarded.batch, forwarded.newest_arrival_ms)
-        )
+def _file_entry(
+    forwarded: ForwardedBatch, date_folders: DateFolders, shards: int, codec: ShuffleCodec
+):
+    folder = naming.batch_date_folder(first_event_time_ms(forwarded.batch), date_folders)
     group = (forwarded.app_name, folder, stable_shard(forwarded.device, shards))
     line = batch_json.encode(forwarded.batch)
     return group, file_entry(forwarded.newest_arrival_ms, forwarded.event_count, line, codec)
@@ -211,7 +210,7 @@ class WriteBatchFiles(beam.PTransform):
         *,
         folder: str | None,
         compress: bool,
-        store_by_date: bool,
+        date_folders: DateFolders,
         window_size_s: int,
         allowed_lateness_s: int,
         max_batches_per_file: int = packing.DEFAULT_MAX_BATCHES_PER_FILE,
@@ -228,7 +227,7 @@ class WriteBatchFiles(beam.PTransform):
         self._output = output
         self._connection = connection
         self._namer = BatchFileNamer(folder, compress)
-        self._store_by_date = store_by_date
+        self._date_folders = date_folders
         self._window_size_s = window_size_s
         self._allowed_lateness_s = allowed_lateness_s
         self._max_batches = max_batches_per_file
@@ -242,11 +241,11 @@ class WriteBatchFiles(beam.PTransform):
         if self._keyed_windows:
             size_us = self._window_size_s * 1_000_000
             return forwarded | "KeyByFileWindow" >> beam.Map(
-                _file_entry_in_window, self._store_by_date, self._shards, self._codec, size_us
+                _file_entry_in_window, self._date_folders, self._shards, self._codec, size_us
             ) | "GroupPerFile" >> beam.GroupByKey()
         return (
             forwarded
-            | "KeyByFile" >> beam.Map(_file_entry, self._store_by_date, self._shards, self._codec)
+            | "KeyByFile" >> beam.Map(_file_entry, self._date_folders, self._shards, self._codec)
             | "WindowForFiles" >> late_firing_windowing(
                 window.FixedWindows(self._window_size_s),
                 self._allowed_lateness_s,
