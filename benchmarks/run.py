@@ -57,22 +57,25 @@ def make_input(folder: Path, batches: int, devices: int) -> int:
 def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
     """Runs a command; returns (seconds, peak RSS of its process tree, stdout)."""
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    peak = 0
-    tree = psutil.Process(process.pid)
-    while process.poll() is None:
-        try:
-            rss = tree.memory_info().rss + sum(
-                child.memory_info().rss for child in tree.children(recursive=True)
-            )
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out = process.stdout.read()
-    if process.returncode != 0:
-        raise RuntimeError(f"{command} failed ({process.returncode}):\n{out[-3000:]}")
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=log, text=True)
+        peak = 0
+        tree = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                rss = tree.memory_info().rss + sum(
+                    child.memory_info().rss for child in tree.children(recursive=True)
+                )
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        out = process.stdout.read()
+        if process.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"{command} failed ({process.returncode}):\n{out[-3000:]}"
+                               f"\n{log.read()[-5000:]}")
     return time.monotonic() - started, peak, out
 
 
