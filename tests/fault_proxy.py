@@ -6,6 +6,9 @@ meets a fault instead:
 
     500          an InternalError answer; the request never reaches the server
     503          a SlowDown answer (throttling); never reaches the server
+    409          a ConditionalRequestConflict answer, as S3 gives a conditional write
+                 that races another writer to the same key (writes only; a read
+                 drawing it gets a 500)
     reset_before the connection is reset before the request is forwarded
     reset_after  the request is forwarded (the server did the write), then the
                  connection is reset before any answer
@@ -27,7 +30,7 @@ import urllib.parse
 from collections import Counter
 from typing import Callable
 
-FAULTS = ("500", "503", "reset_before", "reset_after", "slow")
+FAULTS = ("500", "503", "409", "reset_before", "reset_after", "slow")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 _ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
@@ -46,15 +49,18 @@ class FaultProxy:
         faults: tuple[str, ...] = FAULTS,
         slow_s: float = 0.2,
         fault_first: Callable[[str, str], bool] | None = None,
+        fault_always: Callable[[str, str], bool] | None = None,
     ):
         """`fault_first(method, path)`: requests for which the first attempt always
-        meets a fault (so that a rare kind of call is surely tested)."""
+        meets a fault (so that a rare kind of call is surely tested);
+        `fault_always(method, path with query)`: requests that always do."""
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname, parsed.port)
         self.fault_rate = fault_rate
         self.faults = faults
         self.slow_s = slow_s
         self.fault_first = fault_first
+        self.fault_always = fault_always
         self.injected: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()  # by method
         self.attempts: Counter[tuple[str, str]] = Counter()  # (method, path)
@@ -89,7 +95,8 @@ class FaultProxy:
         return sum(1 for (method, _), n in self.attempts.items()
                    if n > 1 and method in ("PUT", "POST"))
 
-    def _decide(self, method: str, path: str) -> str | None:
+    def _decide(self, method: str, target: str) -> str | None:
+        path = urllib.parse.urlsplit(target).path
         with self._lock:
             key = (method, path)
             now = time.monotonic()
@@ -97,9 +104,12 @@ class FaultProxy:
             self.attempts[key] += 1
             self.first_seen.setdefault(key, now)
             self.last_seen[key] = now
-            forced = self.attempts[key] == 1 and self.fault_first and self.fault_first(*key)
+            forced = (self.attempts[key] == 1 and self.fault_first and self.fault_first(*key)
+                      or self.fault_always and self.fault_always(method, target))
             if forced or self._rng.random() < self.fault_rate:
                 fault = self._rng.choice(self.faults)
+                if fault == "409" and method not in ("PUT", "POST"):
+                    fault = "500"
                 self.injected[fault] += 1
                 return fault
             return None
@@ -158,9 +168,12 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                fault = proxy._decide(self.command, urllib.parse.urlsplit(self.path).path)
+                fault = proxy._decide(self.command, self.path)
                 if fault == "500":
                     return self._error(500, "InternalError", "injected fault")
+                if fault == "409":
+                    return self._error(409, "ConditionalRequestConflict",
+                                       "A conflicting operation occurred.")
                 if fault == "503":
                     return self._error(503, "SlowDown", "Please reduce your request rate.")
                 if fault == "reset_before":

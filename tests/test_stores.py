@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 
+import boto3
 import botocore.exceptions
 import pytest
 
 from tests.conftest import list_keys
+from tests.fault_proxy import FaultProxy
 from transforms import s3, stores
 from transforms.stores import Outcome
 
@@ -88,3 +90,48 @@ def test_failed_multipart_upload_is_aborted_and_leaves_no_partial_object(s3_endp
         stores.S3Store(connection, "no-such-bucket-x").put_new("k.txt", b"x", sha(b"x"))
     assert list_keys(store.client, bucket) == ["big.txt"]
 
+
+
+@pytest.mark.parametrize("method", ["AES256", "aws:kms"])
+def test_every_object_is_encrypted_single_put_and_multipart(s3_endpoint, bucket, method):
+    key_id = None
+    if method == "aws:kms":
+        kms = boto3.client("kms", endpoint_url=s3_endpoint, region_name="us-east-1")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    connection = s3.S3Connection(endpoint_url=s3_endpoint, sse_method=method, kms_key_id=key_id)
+    store = stores.S3Store(connection, bucket, single_put_max_bytes=MIB, part_bytes=5 * MIB)
+    for key, body in (("small.txt", b"{}\n"), ("big.txt", b"y" * (6 * MIB))):
+        assert store.put_new(key, body, sha(body)) is Outcome.WRITTEN
+        head = store.client.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == method
+        assert head["Metadata"][stores.CONTENT_HASH_METADATA] == sha(body)
+        if key_id:
+            assert key_id in head["SSEKMSKeyId"]
+    assert s3.check_bucket_writable(connection, bucket, "f").startswith("f/mParticle_Bucket_")
+
+
+def test_conditional_write_conflicts_are_retried_then_compared(s3_endpoint, bucket):
+    """S3 answers 409 ConditionalRequestConflict to a conditional write racing another."""
+    with FaultProxy(s3_endpoint, fault_rate=0.5, faults=("409",), seed=4) as proxy:
+        store = stores.S3Store(s3.S3Connection(endpoint_url=proxy.endpoint), bucket,
+                               single_put_max_bytes=MIB, part_bytes=5 * MIB)
+        bodies = {f"k/{n}.txt": f"{n}\n".encode() for n in range(40)}
+        bodies["k/big.txt"] = b"z" * (6 * MIB)
+        for key, body in bodies.items():
+            assert store.put_new(key, body, sha(body)) is Outcome.WRITTEN
+        for key, body in bodies.items():  # a rerun: conflicts, then its own content
+            assert store.put_new(key, body, sha(body)) is Outcome.ALREADY_PRESENT
+    assert proxy.injected["409"] > 20
+    assert {key: read_back(store, key) for key in bodies} == bodies
+
+
+def test_a_multipart_upload_that_keeps_failing_leaves_nothing(s3_endpoint, bucket):
+    with FaultProxy(s3_endpoint, fault_rate=0.0, faults=("500",),
+                    fault_always=lambda method, target: "partNumber=2" in target) as proxy:
+        connection = s3.S3Connection(endpoint_url=proxy.endpoint, retry_deadline_s=2)
+        store = stores.S3Store(connection, bucket, single_put_max_bytes=MIB, part_bytes=5 * MIB)
+        body = b"x" * (11 * MIB)
+        with pytest.raises(s3.WriteGaveUp, match=f"s3://{bucket}/big.txt after"):
+            store.put_new("big.txt", body, sha(body))
+    assert store.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert list_keys(store.client, bucket) == []

@@ -11,6 +11,9 @@ starts from a longer backoff: the store asked to be slowed down for, and
 the call keeps waiting rather than failing.
 
 Installed on a client by `install(client, policy)` (see `transforms.s3`).
+smart_open's own retry loop around some calls (its documented `RETRY` knob) is
+emptied here: it would sleep 10 s between tries of calls the client has already
+retried until their deadline, and hide their errors behind its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from typing import Any
 
 import botocore.exceptions
+import smart_open.s3
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_DEADLINE_S = 900  # rides out a regional S3 incident of several minutes
@@ -47,6 +51,8 @@ _TRANSIENT_EXCEPTIONS = (
     botocore.exceptions.ResponseStreamingError,
 )
 _STARTED = "mparticle_s3_first_attempt_at"
+smart_open.s3.RETRY.exceptions = []
+smart_open.s3.RETRY.client_error_codes = []
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import botocore.config
 import botocore.credentials
 import botocore.exceptions
 import botocore.session
+import smart_open
 
 from transforms import naming, retries
 
@@ -123,6 +124,15 @@ def error_code(err: botocore.exceptions.ClientError) -> str:
     return str(err.response.get("Error", {}).get("Code", ""))
 
 
+def client_error_in(err: BaseException) -> botocore.exceptions.ClientError | None:
+    """The ClientError an error is or was caused by (smart_open wraps them)."""
+    while err is not None:
+        if isinstance(err, botocore.exceptions.ClientError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class WriteGaveUp(RuntimeError):
     """S3 kept failing one write past the retry deadline; the message is one sentence."""
 
@@ -151,10 +161,16 @@ def check_bucket_writable(connection: S3Connection, bucket: str, folder: str | N
     key = naming.verification_key(folder, datetime.datetime.now(datetime.timezone.utc))
     where = f"bucket {bucket!r} in {connection.where}"
     try:
-        client.put_object(
-            Bucket=bucket, Key=key, Body=b"{}", ContentType="text/plain",
-            **connection.put_arguments(),
-        )
+        try:
+            with smart_open.open(
+                f"s3://{bucket}/{key}", "wb", compression="disable",
+                transport_params={"client": client, "multipart_upload": False, "client_kwargs": {
+                    "S3.Client.put_object": {"ContentType": "text/plain",
+                                             **connection.put_arguments()}}},
+            ) as stream:
+                stream.write(b"{}")
+        except ValueError as wrapped:  # smart_open's wrapping of a ClientError
+            raise client_error_in(wrapped) or wrapped from None
     except botocore.exceptions.ClientError as err:
         code = error_code(err)
         message = err.response.get("Error", {}).get("Message", "")

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Protocol
 
 import botocore.exceptions
+import smart_open
 
 from transforms import retries, s3
 
@@ -25,6 +26,9 @@ from transforms import retries, s3
 SINGLE_PUT_MAX_BYTES = 128 * 1024 * 1024
 MULTIPART_PART_BYTES = 64 * 1024 * 1024
 CONTENT_HASH_METADATA = "content-sha256"
+# The key holds an object already: 412 to If-None-Match, or NoSuchUpload when a
+# completion that had succeeded is retried after its answer was lost.
+_KEY_EXISTS = ("PreconditionFailed", "412", "NoSuchUpload")
 MAX_KEY_ATTEMPTS = 100
 
 
@@ -39,11 +43,12 @@ class ObjectStore(Protocol):
 
 
 class S3Store:
-    """Objects under s3://bucket/, with server-side encryption on every PUT.
+    """Objects under s3://bucket/, written through smart_open, with server-side
+    encryption, the content hash and `If-None-Match: *` on every write.
 
-    A body up to `single_put_max_bytes` goes up in one PutObject; a larger one
-    in a multipart upload that is aborted if any step fails, so it never
-    leaves a partial object or orphaned parts behind.
+    A body up to `single_put_max_bytes` goes up in one PutObject (atomic); a
+    larger one in a multipart upload that is aborted if any step fails, the
+    completion included, so it never leaves a partial object or orphaned parts.
     """
 
     def __init__(
@@ -68,44 +73,41 @@ class S3Store:
         }
         started = time.monotonic()
         try:
-            try:
-                if len(body) <= self.single_put_max_bytes:
-                    self.client.put_object(
-                        Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*", **arguments
-                    )
-                else:
-                    self._put_multipart(key, body, arguments)
-            except botocore.exceptions.ClientError as err:
-                if s3.error_code(err) not in ("PreconditionFailed", "412"):
-                    raise
+            self._upload(key, body, arguments)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, ValueError,
+                OSError) as err:
+            # smart_open raises a ClientError as the cause of a ValueError.
+            client_error = s3.client_error_in(err)
+            if client_error is not None and s3.error_code(client_error) in _KEY_EXISTS:
                 return self._compare(key, content_sha256)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as err:
-            if not retries.is_transient(err):
-                raise  # denied, no such bucket, ...: retrying would not help
+            cause = client_error or err
+            if not retries.is_transient(cause):
+                raise cause from None  # denied, no such bucket: retrying would not help
             # The client retried it until its deadline (transforms.retries).
             raise s3.gave_up(
-                self.bucket, key, self.connection, time.monotonic() - started, err
+                self.bucket, key, self.connection, time.monotonic() - started, cause
             ) from err
         return Outcome.WRITTEN
 
-    def _put_multipart(self, key: str, body: bytes, arguments: dict) -> None:
-        upload_id = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=key, **arguments
-        )["UploadId"]
+    def _upload(self, key: str, body: bytes, arguments: dict) -> None:
+        single = len(body) <= self.single_put_max_bytes
+        if single:
+            client_kwargs = {"S3.Client.put_object": {**arguments, "IfNoneMatch": "*"}}
+        else:
+            client_kwargs = {
+                "S3.Client.create_multipart_upload": arguments,
+                "S3.Client.complete_multipart_upload": {"IfNoneMatch": "*"},
+            }
+        writer = smart_open.open(
+            f"s3://{self.bucket}/{key}", "wb", compression="disable",
+            transport_params={"client": self.client, "client_kwargs": client_kwargs,
+                              "multipart_upload": not single, "min_part_size": self.part_bytes},
+        )
         try:
-            parts = []
-            for number, start in enumerate(range(0, len(body), self.part_bytes), start=1):
-                response = self.client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                    Body=body[start:start + self.part_bytes],
-                )
-                parts.append({"PartNumber": number, "ETag": response["ETag"]})
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": parts}, IfNoneMatch="*",
-            )
+            writer.write(body)
+            writer.close()
         except BaseException:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            writer.terminate()  # a multipart upload is aborted: no orphaned parts
             raise
 
     def _compare(self, key: str, content_sha256: str) -> Outcome:
