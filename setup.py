@@ -28,6 +28,7 @@ setuptools.setup(
             "ruff==0.17.6",
             "psutil==7.2.2",  # the benchmark's peak-memory sampling
             "hypothesis==6.170.17",  # property-based fuzzing of the input
+            "duckdb==2.0.1",  # reads the written NDJSON with the Athena DDL's types
         ],
         # Profiling a run (README, Performance); not needed to run or test.
         "profile": ["py-spy==0.4.3"],

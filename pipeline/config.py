@@ -96,7 +96,7 @@ def _as_list(value: Any) -> list[str]:
     return [str(item) for item in value or ()]
 
 
-def _date_folders(value: Any) -> DateFolders:
+def date_folders_of(value: Any) -> DateFolders:
     """mParticle's four choices, and true/false as the setting once was."""
     word = str(value).strip().lower()
     if word in TRUE_WORDS:
@@ -162,12 +162,13 @@ def read_settings_file(path: str) -> dict[str, Any]:
     return loaded
 
 
-def merged_values(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], Any]:
-    """(option values after precedence, Beam's args, --print_iam_policy)."""
+def merged_values(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """(option values after precedence, Beam's args, the print-and-exit flags given)."""
     parser = build_parser()
     given, beam_args = parser.parse_known_args(list(argv))
     given = vars(given)
-    print_policy = given.pop("print_iam_policy", None)
+    prints = {name: given.pop(name) for name in ("print_iam_policy", "print_athena_ddl")
+              if name in given}
     values = {option.name: option.default for option in OPTIONS}
     settings_file = given.get("settings_file")
     if settings_file:
@@ -175,7 +176,7 @@ def merged_values(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], Any]:
             values[name] = _coerce(name, value)
     for name, value in given.items():
         values[name] = _coerce(name, value)
-    return values, beam_args, print_policy
+    return values, beam_args, prints
 
 
 def validate_bucket_name(name: str | None, option: str = "s3_bucket_name") -> str:
@@ -352,7 +353,7 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         app_name=naming.safe_app_name(values["app_name"]) if values["app_name"] else None,
         batching=mode,
         send_batches_without_events=values["send_batches_without_events"],
-        date_folders=_date_folders(values["store_data_in_folders_by_date"] or "none"),
+        date_folders=date_folders_of(values["store_data_in_folders_by_date"] or "none"),
         compress=values["use_compression"],
         window_size_s=values["window_size_s"],
         session_gap_s=values["session_gap_s"],

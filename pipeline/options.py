@@ -148,4 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--print_iam_policy", choices=("role", "user"),
         help="Print the IAM policy for --s3_bucket_name and exit.",
     )
+    parser.add_argument(
+        "--print_athena_ddl", action="store_true",
+        help="Print an Athena CREATE EXTERNAL TABLE for the bucket and folder, and exit.",
+    )
     return parser

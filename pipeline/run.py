@@ -26,13 +26,14 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import iam
+from pipeline import athena, iam
 from pipeline.build import build
 from pipeline.checks import check_inputs_exist, check_output_writable
 from pipeline.config import (
     ConfigError,
     check_beam_args,
     config_from_values,
+    date_folders_of,
     merged_values,
     validate_bucket_name,
 )
@@ -88,12 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        values, beam_args, print_policy = merged_values(argv)
-        if print_policy:
-            bucket = validate_bucket_name(values["s3_bucket_name"])
-            print(iam.policy_text(
-                print_policy, bucket, values["aws_role_arn"], values["kms_key_id"]
-            ))
+        values, beam_args, prints = merged_values(argv)
+        if prints:
+            print(_printed(values, prints))
             return 0
         config = config_from_values(values)
         check_beam_args(beam_args)
@@ -114,6 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_CHECK
     return _run(config, runner, options)
+
+
+def _printed(values: dict, prints: dict) -> str:
+    """What --print_iam_policy or --print_athena_ddl asks for, for --s3_bucket_name."""
+    bucket = validate_bucket_name(values["s3_bucket_name"])
+    if prints.get("print_iam_policy"):
+        return iam.policy_text(
+            prints["print_iam_policy"], bucket, values["aws_role_arn"], values["kms_key_id"]
+        )
+    folder = (values["folder_name"] or "").strip("/") or None
+    return athena.ddl_text(
+        bucket, folder, date_folders_of(values["store_data_in_folders_by_date"] or "none")
+    )
 
 
 def _run(config, runner, options: PipelineOptions) -> int:
