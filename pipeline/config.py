@@ -58,6 +58,7 @@ class ForwarderConfig:
     skip_bucket_check: bool
     file_flush_s: int = 5
     dead_letter_flush_s: int = 30
+    progress_every_s: int = 10
 
     @property
     def output_location(self) -> str:
@@ -365,4 +366,5 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         skip_bucket_check=values["skip_bucket_check"],
         file_flush_s=values["file_flush_s"],
         dead_letter_flush_s=values["dead_letter_flush_s"],
+        progress_every_s=values["progress_every_s"],
     )

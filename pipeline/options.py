@@ -100,6 +100,10 @@ OPTIONS: tuple[Option, ...] = (
         "for its file (fixed windows are written when they close).",
     ),
     Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
+    Option(
+        "progress_every_s", int, 10,
+        "Bounded runs: seconds between progress lines on this machine (0: none).",
+    ),
     Option("max_batch_bytes", int, parse.DEFAULT_MAX_BATCH_BYTES, "Larger records: dead letters."),
     Option(
         "skip_bucket_check", bool, False,

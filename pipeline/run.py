@@ -15,6 +15,7 @@ summary whose counts reconcile. Exit codes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import signal
@@ -37,8 +38,9 @@ from pipeline.config import (
     merged_values,
     validate_bucket_name,
 )
+from pipeline.progress import ProgressReporter
 from pipeline.runners import make_runner
-from transforms import metrics, s3
+from transforms import metrics, read, s3
 
 _LOG = logging.getLogger("pipeline")
 EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -134,10 +136,11 @@ def _run(config, runner, options: PipelineOptions) -> int:
     try:
         pipeline = beam.Pipeline(runner=runner, options=options)
         build(pipeline, config)
-        result = pipeline.run()
         if config.streaming:
-            return _run_live(config, result)
-        result.wait_until_finish()
+            return _run_live(config, pipeline.run())
+        with _progress(config):
+            result = pipeline.run()
+            result.wait_until_finish()
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
         if interrupted:
             print("error: interrupted; nothing written so far is lost, and a rerun writes the "
@@ -160,6 +163,14 @@ def _run(config, runner, options: PipelineOptions) -> int:
     if metrics.unaccounted_events(counters) or metrics.unaccounted_records(counters):
         return EXIT_FAILED
     return 0
+
+
+def _progress(config) -> contextlib.AbstractContextManager:
+    """Progress lines while a bounded run reads and writes, unless turned off."""
+    if not config.progress_every_s:
+        return contextlib.nullcontext()
+    client = read.input_client(config.inputs, config.connection)
+    return ProgressReporter(read.total_input_bytes(config.inputs, client), config.progress_every_s)
 
 
 def _run_live(config, result) -> int:

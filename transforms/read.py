@@ -20,16 +20,18 @@ from typing import IO, Any, Iterable, Iterator, NamedTuple
 import apache_beam as beam
 import botocore.exceptions
 import smart_open
+import smart_open.compression
 from apache_beam import pvalue
 
-from transforms import batch_json, metrics, s3
+from transforms import batch_json, metrics, progress, s3
 from transforms.dead_letters import DEAD_LETTERS, dead_letter
 
 _LOG = logging.getLogger(__name__)
 # A file whose first line is not a whole JSON value is read as one document
 # only up to this size; past it, it is read line by line.
 MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
-PROGRESS_EVERY_S = 10.0
+READ_BUFFER_BYTES = 1024 * 1024
+RECORDS_PER_REPORT = 10_000
 STAGE = "read"
 
 
@@ -157,14 +159,59 @@ def expand_pattern(pattern: str, client: Any = None) -> list[str]:
 
 
 def open_input(path: str, client: Any = None) -> IO[bytes]:
-    """A decompressing binary stream (gzip and others by extension)."""
+    """A decompressing binary stream (gzip and others by extension) that reports the
+    bytes it reads from the file as stored (`transforms.progress`)."""
     if path.startswith("s3://"):
-        return smart_open.open(path, "rb", transport_params={"client": client})
-    if "://" in path:
+        raw = smart_open.open(
+            path, "rb", compression="disable", transport_params={"client": client}
+        )
+    elif "://" in path:
         from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
-        return FileSystems.open(path, compression_type=CompressionTypes.AUTO)
-    return smart_open.open(path, "rb")
+        raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - closed with the stream that wraps it
+    counted = io.BufferedReader(_Counted(raw), buffer_size=READ_BUFFER_BYTES)
+    return smart_open.compression.compression_wrapper(
+        counted, "rb", smart_open.compression.INFER_FROM_EXTENSION, filename=path
+    )
+
+
+class _Counted(io.RawIOBase):
+    """A file as stored, reporting how many of its bytes have been read."""
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._raw.read(len(buffer))
+        buffer[: len(data)] = data
+        progress.report(bytes=len(data))
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def total_input_bytes(patterns: Iterable[str], client: Any = None) -> int:
+    """The size of every input file as stored, for progress."""
+    total = 0
+    for pattern in patterns:
+        for path in expand_pattern(pattern, client):
+            if path.startswith("s3://"):
+                bucket, _, key = path[len("s3://"):].partition("/")
+                total += client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+            elif "://" in path:
+                from apache_beam.io.filesystems import FileSystems
+
+                total += FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            else:
+                total += os.path.getsize(path)
+    return total
 
 
 class ExpandPatternFn(beam.DoFn):
@@ -202,16 +249,15 @@ class ReadRecordsFn(beam.DoFn):
         self._records_dead = metrics.counter(metrics.RECORDS_DEAD_LETTERED)
 
     def process(self, path: str) -> Iterator[RawRecord]:
-        started = last_report = time.monotonic()
+        started = time.monotonic()
         count = 0
         try:
             with open_input(path, self._client) as stream:
                 for record in read_records(path, stream):
                     count += 1
                     yield record
-                    if time.monotonic() - last_report > PROGRESS_EVERY_S:
-                        last_report = time.monotonic()
-                        _LOG.info("%s: %d records read so far", path, count)
+                    if count % RECORDS_PER_REPORT == 0:
+                        progress.report(records=RECORDS_PER_REPORT)
         except (OSError, EOFError, zlib.error) as err:
             reason = f"file unreadable after {count} records: {type(err).__name__}: {err}"
             _LOG.warning("%s: %s", path, reason)
@@ -219,7 +265,12 @@ class ReadRecordsFn(beam.DoFn):
             self._records_dead.inc()
             yield pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(path, STAGE, reason, ""))
             return
+        finally:
+            progress.report(records=count % RECORDS_PER_REPORT)
         _LOG.info("%s: %d records in %.1f s", path, count, time.monotonic() - started)
+
+    def finish_bundle(self):
+        progress.flush()
 
 
 class ReadBatches(beam.PTransform):

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, NamedTuple
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from transforms import batch_json, metrics, naming, packing, s3, stores
+from transforms import batch_json, metrics, naming, packing, progress, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
 from transforms.grouping import first_event_time_ms, window_start_us
 from transforms.naming import DateFolders
@@ -166,7 +166,11 @@ class WriteFilesFn(beam.DoFn):
         self._counters["lines"].inc(len(content.lines))
         if "events" in self._counters:
             self._counters["events"].inc(content.event_count)
+            progress.report(events=content.event_count, files=1)
         yield FileWritten(key, outcome.value, len(content.lines), content.event_count, size)
+
+    def finish_bundle(self):
+        progress.flush()
 
 
 _BATCH_FILE_COUNTERS = {
