@@ -109,11 +109,7 @@ demo() {
     || cp tests/data/eventsapi.sample.json "$WORK/input/"
   "$VENV/bin/python" -m pipeline.sample_data --batches 5000 --devices 300 --out "$WORK/input/generated.ndjson.gz"
   printf 'this line is not JSON\n{"events": "not a list"}\n' >"$WORK/input/bad.ndjson"
-  local runner=DirectRunner arg
-  for arg in "$@"; do
-    case "$arg" in --runner=*) runner=${arg#--runner=} ;; esac
-  done
-  echo "== running the pipeline ($runner)"
+  echo "== running the pipeline (its log names the engine that runs it)"
   "$VENV/bin/python" -m pipeline \
     --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT" \
     --input="$WORK/input/*" --folder_name=mparticle --store_data_in_folders_by_date=true \

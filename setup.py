@@ -7,6 +7,9 @@ setuptools.setup(
     version="0.1.0",
     description="Forward mParticle event batches to Amazon S3 as mParticle's S3 integration does.",
     packages=["pipeline", "transforms"],
+    # The packages sit at the top: editable installs then take a plain .pth path
+    # (no import hook, and no setuptools warning at every bootstrap).
+    package_dir={"": "."},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",

@@ -39,7 +39,7 @@ from pipeline.config import (
     validate_bucket_name,
 )
 from pipeline.progress import ProgressReporter
-from pipeline.runners import make_runner
+from pipeline.runners import engine_name, make_runner
 from transforms import metrics, read, s3
 
 _LOG = logging.getLogger("pipeline")
@@ -132,6 +132,7 @@ def _printed(values: dict, prints: dict) -> str:
 def _run(config, runner, options: PipelineOptions) -> int:
     """Runs the pipeline; a failure ends in one sentence and its exit code."""
     interrupted = _note_interrupts()
+    _LOG.info("running on %s", engine_name(runner))
     started = time.monotonic()
     try:
         pipeline = beam.Pipeline(runner=runner, options=options)

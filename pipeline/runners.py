@@ -66,6 +66,16 @@ def prism_binary(options: PipelineOptions) -> str:
     return found
 
 
+def engine_name(runner) -> str:
+    """What actually runs: the FnApiRunner, not "DirectRunner", for a bounded direct run."""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    if name == "FnApiRunner":
+        return "FnApiRunner (what --runner=DirectRunner runs for bounded input)"
+    if name == "BundleBasedDirectRunner":
+        return "BundleBasedDirectRunner (what --runner=DirectRunner runs for live input)"
+    return name
+
+
 def make_runner(options: PipelineOptions):
     """The runner to use; fills in Prism's binary so that Beam never downloads one."""
     name = runner_name(options)
