@@ -99,30 +99,21 @@ def test_a_run_at_20_percent_faults_writes_what_a_fault_free_run_writes(
 
 
 def test_throttling_is_waited_out_not_failed(s3_endpoint, s3_client, bucket, tmp_path):
-    """Every request is throttled (503 SlowDown) for three seconds, then none."""
+    """The first five requests are throttled (503 SlowDown) in a row; the run waits."""
     (tmp_path / "in.ndjson").write_text(
         "".join(json.dumps(b) + "\n" for b in generate(30, 30, seed=6))
     )
-    with FaultProxy(s3_endpoint, fault_rate=1.0, faults=("503",)) as proxy:
-        threading_timer = _after(3.0, lambda: setattr(proxy, "fault_rate", 0.0))
+    with FaultProxy(s3_endpoint, fault_rate=0.0, faults=("503",)) as proxy:
+        proxy.fault_always = lambda method, target: proxy.injected["503"] < 5
         code, out, err = forward(proxy.endpoint, bucket, str(tmp_path / "*"))
-        threading_timer.join()
     assert code == 0, err
-    assert proxy.injected["503"] >= 5
+    assert proxy.injected["503"] == 5
     assert events_by_id(written(s3_client, bucket))
 
 
 def error_lines(stderr: str) -> list[str]:
     """What the user is told (the rest of stderr is the run's log)."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def _after(seconds: float, action):
-    import threading
-
-    timer = threading.Timer(seconds, action)
-    timer.start()
-    return timer
 
 
 def test_a_write_that_keeps_failing_stops_the_run_naming_the_key(
