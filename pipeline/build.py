@@ -95,11 +95,15 @@ def forward(
     return Outputs(files, dead_letter_files)
 
 
-def build(pipeline: beam.Pipeline, config: ForwarderConfig) -> Outputs:
-    """The whole pipeline: live from Pub/Sub, or bulk from `--input` files."""
+def build(pipeline: beam.Pipeline, config: ForwarderConfig, portable: bool = False) -> Outputs:
+    """The whole pipeline: live from Pub/Sub, or bulk from `--input` files.
+
+    `portable`: a portable runner (Prism, Flink, Spark) runs it, which reads Pub/Sub
+    through the forwarder's own source (see `transforms.pubsub`).
+    """
     if config.streaming:
         records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
-            config.input_subscription, config.input_topic
+            config.input_subscription, config.input_topic, portable=portable
         )
         return forward(records, config)
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)

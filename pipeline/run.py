@@ -39,8 +39,15 @@ from pipeline.config import (
     validate_bucket_name,
 )
 from pipeline.progress import ProgressReporter
-from pipeline.runners import engine_name, make_runner
+from pipeline.runners import (
+    PORTABLE,
+    check_mode_runs_on,
+    engine_name,
+    make_runner,
+    runner_name,
+)
 from transforms import metrics, read, s3
+from transforms.batching import BatchingMode
 
 _LOG = logging.getLogger("pipeline")
 EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -101,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.streaming:
             options.view_as(StandardOptions).streaming = True
         runner = make_runner(options)
+        check_mode_runs_on(runner_name(options), config.streaming,
+                           config.batching is BatchingMode.SESSIONS)
         check_inputs_exist(config.inputs, config.connection)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -136,7 +145,7 @@ def _run(config, runner, options: PipelineOptions) -> int:
     started = time.monotonic()
     try:
         pipeline = beam.Pipeline(runner=runner, options=options)
-        build(pipeline, config)
+        build(pipeline, config, portable=runner_name(options) in PORTABLE)
         if config.streaming:
             return _run_live(config, pipeline.run())
         with _progress(config):

@@ -66,6 +66,10 @@ def prism_binary(options: PipelineOptions) -> str:
     return found
 
 
+# Runners that run the pipeline through a job server (Job API and Fn API).
+PORTABLE = frozenset({"PrismRunner", "FlinkRunner", "SparkRunner", "PortableRunner"})
+
+
 def engine_name(runner) -> str:
     """What actually runs: the FnApiRunner, not "DirectRunner", for a bounded direct run."""
     name = runner if isinstance(runner, str) else type(runner).__name__
@@ -74,6 +78,16 @@ def engine_name(runner) -> str:
     if name == "BundleBasedDirectRunner":
         return "BundleBasedDirectRunner (what --runner=DirectRunner runs for live input)"
     return name
+
+
+def check_mode_runs_on(name: str, streaming: bool, sessions: bool) -> None:
+    """Refuses, in one sentence, a mode the runner is known to get wrong."""
+    if name == "PrismRunner" and streaming and sessions:
+        raise ConfigError(
+            "--wait_for_complete_batch=true cannot run live on Prism: Prism (Beam 2.77) does "
+            "not merge the session windows of a live source (tools/prism_repro/sessions_live.py "
+            "shows it); run live sessions on the DirectRunner or Flink."
+        )
 
 
 def make_runner(options: PipelineOptions):

@@ -20,7 +20,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, list_keys
+from tests.conftest import ROOT, list_keys, run_main
 
 PROJECT = "local-project"
 WINDOW_S = 4
@@ -53,8 +53,9 @@ def pubsub(pubsub_emulator, monkeypatch):
 
 
 @pytest.fixture
-def live_pipeline(s3_endpoint, bucket, pubsub, tmp_path):
-    """Starts `python -m pipeline` on the subscription; stops it with SIGTERM."""
+def live_pipeline(s3_endpoint, bucket, pubsub, tmp_path, runner_flags):
+    """Starts `python -m pipeline` on the subscription, on the DirectRunner (Beam's
+    ReadFromPubSub) or on Prism (the forwarder's PubSubSource); stops it with SIGTERM."""
     processes = []
 
     def start(*flags: str) -> None:
@@ -63,7 +64,7 @@ def live_pipeline(s3_endpoint, bucket, pubsub, tmp_path):
             [sys.executable, "-m", "pipeline", f"--s3_bucket_name={bucket}",
              f"--s3_endpoint_url={s3_endpoint}", f"--input_subscription={pubsub[2]}",
              "--folder_name=live", "--store_data_in_folders_by_date=true",
-             "--dead_letter_flush_s=1", *flags],
+             "--dead_letter_flush_s=1", *runner_flags, *flags],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ),
         )
         processes.append(process)
@@ -213,7 +214,23 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
     assert len(batches) == 6 and all(len(b["events"]) == 1 for b in batches)
 
 
-def test_session_is_written_once_the_gap_passes(s3_client, bucket, pubsub, live_pipeline):
+def test_live_sessions_are_refused_on_prism_which_does_not_merge_them(s3_endpoint, bucket, prism):
+    code, out, err = run_main([
+        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
+        "--input_subscription=projects/p/subscriptions/s", "--wait_for_complete_batch=true",
+        "--runner=PrismRunner",
+    ])
+    assert code == 2 and out == ""
+    assert err.strip().startswith("error: --wait_for_complete_batch=true cannot run live on "
+                                  "Prism: Prism (Beam 2.77) does not merge the session windows")
+
+
+# Live sessions run on the DirectRunner only: Prism does not merge them
+# (tools/prism_repro/sessions_live.py), so they are refused there (tested above).
+@pytest.mark.parametrize("runner_flags", [[]], ids=["DirectRunner"])
+def test_session_is_written_once_the_gap_passes(
+    s3_client, bucket, pubsub, live_pipeline, runner_flags
+):
     publisher, topic, _ = pubsub
     live_pipeline("--wait_for_complete_batch=true", "--session_gap_s=3")
     for n in range(3):
@@ -228,5 +245,6 @@ def test_session_is_written_once_the_gap_passes(s3_client, bucket, pubsub, live_
 
     objects = poll(session_written, deadline_s=30)
     assert objects, "the session was not written after its gap"
+    assert len(objects) == 1 and len(next(iter(objects.values()))) == 1, objects
     [(key, [session])] = objects.items()
     assert [e["data"]["event_id"] for e in session["events"]] == [1, 2, 3]

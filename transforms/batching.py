@@ -70,11 +70,20 @@ def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: flo
 
     `early_firing_s` > 0 also fires that many seconds (processing time) after
     the first element of a pane, for output "within seconds" in streaming.
+    Without early firings this is Beam's default trigger (once at the watermark,
+    then once per late element), which Prism also runs on merging windows
+    (sessions); it does not run an AfterWatermark with late firings on them
+    (https://github.com/apache/beam/issues/31438).
     """
-    early = trigger.AfterProcessingTime(early_firing_s) if early_firing_s else None
+    if early_firing_s:
+        fires = trigger.AfterWatermark(
+            early=trigger.AfterProcessingTime(early_firing_s), late=trigger.AfterCount(1)
+        )
+    else:
+        fires = trigger.DefaultTrigger()
     return beam.WindowInto(
         windowfn,
-        trigger=trigger.AfterWatermark(early=early, late=trigger.AfterCount(1)),
+        trigger=fires,
         accumulation_mode=trigger.AccumulationMode.DISCARDING,
         allowed_lateness=Duration(seconds=allowed_lateness_s),
     )
