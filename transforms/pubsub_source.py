@@ -36,8 +36,9 @@ from transforms.read import RawRecord
 _LOG = logging.getLogger(__name__)
 MAX_MESSAGES_PER_PULL = 1000
 QUEUE_MESSAGES = 20_000  # pulled and not yet emitted, per reader
-ACK_DEADLINE_S = 60
-EXTEND_EVERY_S = 15
+# A held message's lease: what a crash leaves unacknowledged comes again this soon.
+ACK_DEADLINE_S = 30
+EXTEND_EVERY_S = 10
 ACK_CHUNK = 1000  # ids per Acknowledge / ModifyAckDeadline request
 IDLE_WATERMARK_LAG_S = 1.0  # how far behind the clock the watermark of an idle reader is
 PULL_TIMEOUT_S = 5.0
@@ -179,6 +180,8 @@ class PubSubReader(UnboundedReader):
         now = time.monotonic()
         with _HELD_LOCK:
             _HELD.update((message.ack_id, now) for message in received)
+        # The subscription's own deadline may be as short as 10 s: lease them now.
+        self._extend([message.ack_id for message in received])
         for message in received:
             published = message.message.publish_time
             publish_ms = int(published.timestamp() * 1000)
@@ -192,7 +195,10 @@ class PubSubReader(UnboundedReader):
             for ack_id in [a for a, at in _HELD.items() if now - at > MAX_HOLD_S]:
                 del _HELD[ack_id]
             held = list(_HELD)
-        for chunk in _in_chunks(held):
+        self._extend(held)
+
+    def _extend(self, ack_ids: list[str]) -> None:
+        for chunk in _in_chunks(ack_ids):
             try:
                 self._client.modify_ack_deadline(request={
                     "subscription": self._subscription, "ack_ids": chunk,
