@@ -232,10 +232,8 @@ def _check(values: dict[str, Any]) -> None:
             f"Give one input source, not {' and '.join('--' + s for s in sources)}."
         )
     for name, kind in (("input_subscription", "subscriptions"), ("input_topic", "topics")):
-        if values[name] and not re.fullmatch(rf"projects/[^/]+/{kind}/[^/]+", values[name]):
-            raise ConfigError(
-                f"--{name} {values[name]!r} must look like projects/<project>/{kind}/<name>."
-            )
+        if values[name]:
+            _check_pubsub_name(name, kind, values[name])
     for name in ("window_size_s", "session_gap_s", "max_batches_per_file", "max_file_bytes",
                  "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s"):
         _as_int(name, values[name], minimum=1)
@@ -247,6 +245,18 @@ def _check(values: dict[str, Any]) -> None:
         _check_endpoint_url(values["s3_endpoint_url"])
     if values["dead_letter_location"]:
         _check_dead_letter_location(values["dead_letter_location"])
+
+
+def _check_pubsub_name(option: str, kind: str, path: str) -> None:
+    """projects/<project>/<kind>/<name>, each part as Pub/Sub (and Beam's reader) allow."""
+    if not re.fullmatch(rf"projects/[^/]+/{kind}/[^/]+", path):
+        raise ConfigError(f"--{option} {path!r} must look like projects/<project>/{kind}/<name>.")
+    from apache_beam.io.gcp.pubsub import parse_subscription, parse_topic
+
+    try:
+        (parse_subscription if kind == "subscriptions" else parse_topic)(path)
+    except ValueError as err:
+        raise ConfigError(f"--{option} {path!r}: {err}") from None
 
 
 def _check_endpoint_url(url: str) -> None:

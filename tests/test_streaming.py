@@ -217,7 +217,8 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
 def test_live_sessions_are_refused_on_prism_which_does_not_merge_them(s3_endpoint, bucket, prism):
     code, out, err = run_main([
         f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
-        "--input_subscription=projects/p/subscriptions/s", "--wait_for_complete_batch=true",
+        "--input_subscription=projects/local-project/subscriptions/sessions",
+        "--wait_for_complete_batch=true",
         "--runner=PrismRunner",
     ])
     assert code == 2 and out == ""
