@@ -129,14 +129,14 @@ class _Chain(io.RawIOBase):
         return len(data)
 
 
-def _glob_s3(client: Any, pattern: str) -> list[str]:
+def _glob_s3(client: Any, pattern: str) -> list[tuple[str, int]]:
     bucket, _, key_pattern = pattern[len("s3://"):].partition("/")
     prefix = key_pattern.split("*")[0].split("?")[0].split("[")[0]
     matched = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", ()):
             if fnmatch.fnmatchcase(item["Key"], key_pattern):
-                matched.append(f"s3://{bucket}/{item['Key']}")
+                matched.append((f"s3://{bucket}/{item['Key']}", item["Size"]))
     return matched
 
 
@@ -145,17 +145,25 @@ def input_client(patterns: Iterable[str], connection: s3.S3Connection) -> Any:
     return s3.make_client(connection) if any(p.startswith("s3://") for p in patterns) else None
 
 
-def expand_pattern(pattern: str, client: Any = None) -> list[str]:
-    """The files a path or glob names, sorted; local, s3:// or any Beam filesystem."""
+def matched_files(pattern: str, client: Any = None) -> list[tuple[str, int]]:
+    """(path, size as stored) of the files a path or glob names, sorted by path;
+    local, s3:// or any Beam filesystem."""
     if pattern.startswith("s3://"):
         return sorted(_glob_s3(client, pattern))
     if "://" in pattern:
         from apache_beam.io.filesystems import FileSystems
 
-        return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+        return sorted((m.path, m.size_in_bytes)
+                      for r in FileSystems.match([pattern]) for m in r.metadata_list)
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "*")
-    return sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+    return sorted((path, os.path.getsize(path)) for path in glob.glob(pattern)
+                  if os.path.isfile(path))
+
+
+def expand_pattern(pattern: str, client: Any = None) -> list[str]:
+    """The files a path or glob names, sorted."""
+    return [path for path, _ in matched_files(pattern, client)]
 
 
 def open_input(path: str, client: Any = None) -> IO[bytes]:
@@ -199,19 +207,7 @@ class _Counted(io.RawIOBase):
 
 def total_input_bytes(patterns: Iterable[str], client: Any = None) -> int:
     """The size of every input file as stored, for progress."""
-    total = 0
-    for pattern in patterns:
-        for path in expand_pattern(pattern, client):
-            if path.startswith("s3://"):
-                bucket, _, key = path[len("s3://"):].partition("/")
-                total += client.head_object(Bucket=bucket, Key=key)["ContentLength"]
-            elif "://" in path:
-                from apache_beam.io.filesystems import FileSystems
-
-                total += FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-            else:
-                total += os.path.getsize(path)
-    return total
+    return sum(size for pattern in patterns for _, size in matched_files(pattern, client))
 
 
 class ExpandPatternFn(beam.DoFn):
