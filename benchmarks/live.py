@@ -207,11 +207,12 @@ def main() -> None:
                 print(f"{runner}: {args.rate:,} batches/s for {args.seconds} s ...", flush=True)
                 result = steady(runner, endpoint, s3, publisher, subscriber, args.rate,
                                 args.seconds, Path(tmp))
+                lags = (f"window end to file: median {result['lag_p50']:.1f} s, p95 "
+                        f"{result['lag_p95']:.1f} s, max {result['lag_max']:.1f} s, within "
+                        f"10 s: {result['within_10s']:.0%}") if result["files"] else "no file"
                 print(f"  steady: published {result['published_per_s']:,.0f} batches/s, "
-                      f"{result['files']:,} files, window end to file: median "
-                      f"{result['lag_p50']:.1f} s, p95 {result['lag_p95']:.1f} s, max "
-                      f"{result['lag_max']:.1f} s, within 10 s: {result['within_10s']:.0%}; "
-                      f"every event in S3: {result['complete']}", flush=True)
+                      f"{result['files']:,} files, {lags}; every event in S3: "
+                      f"{result['complete']}", flush=True)
     finally:
         pstest.terminate()
 
