@@ -110,9 +110,23 @@ def test_mistakes_stop_with_one_sentence(flags, message):
 
 
 def test_pubsub_input_makes_a_streaming_config():
-    config, _ = load_config(["--s3_bucket_name=b-ok", "--input_topic=projects/p/topics/t"])
-    assert config.streaming and config.input_topic == "projects/p/topics/t"
+    topic = "projects/acme-prod/topics/mparticle"
+    config, _ = load_config(["--s3_bucket_name=b-ok", f"--input_topic={topic}"])
+    assert config.streaming and config.input_topic == topic
     assert not load_config(BASE)[0].streaming
+
+
+@pytest.mark.parametrize("flag, reason", [
+    ("--input_topic=projects/p/topics/t", "Invalid PubSub project name: 'p'."),
+    ("--input_subscription=projects/Acme/subscriptions/mparticle",
+     "Invalid PubSub project name: 'Acme'."),
+    ("--input_subscription=projects/acme-prod/topics/t", "must look like projects/<project>/"
+     "subscriptions/<name>."),
+])
+def test_pubsub_names_are_checked_as_pubsub_checks_them(flag, reason):
+    with pytest.raises(ConfigError) as err:
+        load_config(["--s3_bucket_name=b-ok", flag])
+    assert reason in str(err.value)
 
 
 def test_settings_file_with_unknown_or_bad_content(tmp_path):
