@@ -228,7 +228,7 @@ class ExpandPatternFn(beam.DoFn):
 
 
 class ReadRecordsFn(beam.DoFn):
-    """A file → its raw records, logging progress on long files.
+    """A file → its raw records, its bytes and records reported as progress.
 
     A file that cannot be read to its end (corrupt gzip, a read error) keeps
     the records before the damage and sends a dead letter for the rest.
