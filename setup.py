@@ -10,6 +10,7 @@ setuptools.setup(
     # The packages sit at the top: editable installs then take a plain .pth path
     # (no import hook, and no setuptools warning at every bootstrap).
     package_dir={"": "."},
+    package_data={"transforms": ["worker_site/sitecustomize.py"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",

@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+import transforms
 from pipeline.config import ConfigError
 
 # What a user may type (any case, with or without "Runner") → the runner.
@@ -109,9 +110,14 @@ def make_runner(options: PipelineOptions):
 
 def _sdk_harness_in_its_own_process(options: PipelineOptions) -> None:
     """Prism's loopback workers run in the launcher unless this experiment asks for a
-    process; Beam starts it as `python` from PATH, which must be this Python."""
+    process; Beam starts it as `python` from PATH, which must be this Python, and
+    it starts quietly with `transforms/worker_site` on its path."""
     options.view_as(DebugOptions).add_experiment("use_loopback_process_worker")
-    here = os.path.dirname(sys.executable)
-    path = os.environ.get("PATH", "")
-    if path.split(os.pathsep)[0] != here:
-        os.environ["PATH"] = here + os.pathsep + path
+    _prepend("PATH", os.path.dirname(sys.executable))
+    _prepend("PYTHONPATH", os.path.join(os.path.dirname(transforms.__file__), "worker_site"))
+
+
+def _prepend(variable: str, directory: str) -> None:
+    entries = os.environ.get(variable, "")
+    if entries.split(os.pathsep)[0] != directory:
+        os.environ[variable] = directory + (os.pathsep + entries if entries else "")
