@@ -95,6 +95,8 @@ def make_runner(options: PipelineOptions):
     """The runner to use; fills in Prism's binary so that Beam never downloads one."""
     name = runner_name(options)
     standard = options.view_as(StandardOptions)
+    # Worker processes started here import the package before Beam, as the launcher does.
+    _prepend("PYTHONPATH", os.path.join(os.path.dirname(transforms.__file__), "worker_site"))
     if name == "DirectRunner":
         if standard.streaming:
             return "BundleBasedDirectRunner"
@@ -110,11 +112,9 @@ def make_runner(options: PipelineOptions):
 
 def _sdk_harness_in_its_own_process(options: PipelineOptions) -> None:
     """Prism's loopback workers run in the launcher unless this experiment asks for a
-    process; Beam starts it as `python` from PATH, which must be this Python, and
-    it starts quietly with `transforms/worker_site` on its path."""
+    process; Beam starts it as `python` from PATH, which must be this Python."""
     options.view_as(DebugOptions).add_experiment("use_loopback_process_worker")
     _prepend("PATH", os.path.dirname(sys.executable))
-    _prepend("PYTHONPATH", os.path.join(os.path.dirname(transforms.__file__), "worker_site"))
 
 
 def _prepend(variable: str, directory: str) -> None:
