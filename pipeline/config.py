@@ -235,9 +235,8 @@ def _check(values: dict[str, Any]) -> None:
         if values[name]:
             _check_pubsub_name(name, kind, values[name])
     for name in ("window_size_s", "session_gap_s", "max_batches_per_file", "max_file_bytes",
-                 "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s"):
-        _as_int(name, values[name], minimum=1)
-    for name in ("s3_connect_timeout_s", "s3_read_timeout_s", "s3_write_deadline_s"):
+                 "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s",
+                 "s3_connect_timeout_s", "s3_read_timeout_s", "s3_write_deadline_s"):
         _as_int(name, values[name], minimum=1)
     if values["folder_name"] and values["folder_name"].strip("/") == "":
         raise ConfigError("--folder_name must hold more than slashes.")
