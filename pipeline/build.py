@@ -7,6 +7,11 @@
 
 Files and Pub/Sub share everything after the source; only the time domain
 differs (arrival time from the batch, or the publish time).
+
+A sliced bounded run (`pipeline.sliced`, on runners of this machine) cuts the
+same graph at StampArrival: one pipeline writes the keyed batches to local
+spill files per slice of arrival time (`build_spill`), then one per slice, in
+time order, groups and writes them (`build_slice`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipeline.config import ForwarderConfig
+from transforms import spill
 from transforms.apply_settings import ApplySettings
-from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
+from transforms.batching import CARRIED, BatchingMode, BatchPerDevice, StampArrival
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches, input_client, sample_records
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
+from transforms.spill import ReadSpill, SpillToSlices
 from transforms.write import WriteBatchFiles, WriteDeadLetters
 
 
@@ -45,26 +52,49 @@ def forward(
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
+    keyed, dead_letters = arrive(records, config, codec)
+    if read_dead_letters is not None:
+        dead_letters.append(read_dead_letters)
+    files, more_dead_letters, _ = batch_and_write(keyed, config, codec, keyed_windows)
+    return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config))
+
+
+def arrive(
+    records: beam.PCollection, config: ForwarderConfig, codec: ShuffleCodec
+) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    """Raw records → (device, ShuffledBatch) at arrival time, and the dead letters."""
+    parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
+    applied = parsed["batches"] | "ApplySettings" >> ApplySettings(
+        config.settings, config.send_batches_without_events
+    )
+    keyed = applied["batches"] | "StampArrival" >> StampArrival(codec)
+    return keyed, [parsed["dead_letters"], applied["dead_letters"]]
+
+
+def batch_and_write(
+    keyed: beam.PCollection,
+    config: ForwarderConfig,
+    codec: ShuffleCodec,
+    keyed_windows: bool,
+    open_after_ms: int | None = None,
+) -> tuple[beam.PCollection, list[beam.PCollection], beam.PCollection]:
+    """(device, ShuffledBatch) → (files written, [dead letters], batches carried over).
+
+    `open_after_ms`: a sliced run's slice end (see `transforms.spill`).
+    """
     # Files are packed per fixed window. In streaming, one-event batches and
     # sessions (which end at any time) go out within seconds of being complete
     # rather than when that packing window closes.
     not_fixed = config.batching is not BatchingMode.FIXED
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
-    parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
-    applied = parsed["batches"] | "ApplySettings" >> ApplySettings(
-        config.settings, config.send_batches_without_events
-    )
-    batched = (
-        applied["batches"]
-        | "StampArrival" >> StampArrival()
-        | "BatchPerDevice" >> BatchPerDevice(
-            config.batching,
-            config.window_size_s,
-            config.session_gap_s,
-            config.allowed_lateness_s,
-            keyed_windows=keyed_windows,
-            codec=codec,
-        )
+    batched = keyed | "BatchPerDevice" >> BatchPerDevice(
+        config.batching,
+        config.window_size_s,
+        config.session_gap_s,
+        config.allowed_lateness_s,
+        keyed_windows=keyed_windows,
+        codec=codec,
+        open_after_ms=open_after_ms,
     )
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
@@ -81,25 +111,65 @@ def forward(
         keyed_windows=keyed_windows,
         codec=codec,
     )
-    dead_letters = [parsed["dead_letters"], applied["dead_letters"], batched["dead_letters"]]
-    if read_dead_letters is not None:
-        dead_letters.append(read_dead_letters)
-    dead_letter_files = (
-        dead_letters | "AllDeadLetters" >> beam.Flatten()
-    ) | "WriteDeadLetters" >> WriteDeadLetters(
-        config.dead_letter_location,
-        config.connection,
-        flush_after_s=config.dead_letter_flush_s if config.streaming else None,
-        allowed_lateness_s=config.allowed_lateness_s,
+    return files, [batched["dead_letters"]], batched[CARRIED]
+
+
+def write_dead_letters(
+    dead_letters: list[beam.PCollection], config: ForwarderConfig
+) -> beam.PCollection:
+    return (dead_letters | "AllDeadLetters" >> beam.Flatten()) | "WriteDeadLetters" >> (
+        WriteDeadLetters(
+            config.dead_letter_location,
+            config.connection,
+            flush_after_s=config.dead_letter_flush_s if config.streaming else None,
+            allowed_lateness_s=config.allowed_lateness_s,
+        )
     )
-    return Outputs(files, dead_letter_files)
 
 
-def build(pipeline: beam.Pipeline, config: ForwarderConfig, portable: bool = False) -> Outputs:
+def build_spill(
+    pipeline: beam.Pipeline, config: ForwarderConfig, codec: ShuffleCodec, spill_dir: str
+) -> beam.PCollection:
+    """A sliced run's first pass: the input → spill files per arrival slice; dead letters."""
+    read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
+    keyed, dead_letters = arrive(read["records"], config, codec)
+    _ = keyed | "SpillToSlices" >> beam.ParDo(SpillToSlices(spill_dir, config.arrival_slice_s))
+    return write_dead_letters(dead_letters + [read["dead_letters"]], config)
+
+
+def build_slice(
+    pipeline: beam.Pipeline,
+    config: ForwarderConfig,
+    codec: ShuffleCodec,
+    spill_dir: str,
+    slice_start_s: int,
+    last: bool,
+) -> Outputs:
+    """One slice of a sliced run: its spill files → forwarded files; sessions still
+    open at its end (unless it is the `last`) into the next slice's files."""
+    slice_end_s = slice_start_s + config.arrival_slice_s
+    keyed = pipeline | "ReadSpill" >> ReadSpill(spill.slice_files(spill_dir, slice_start_s))
+    files, dead_letters, carried = batch_and_write(
+        keyed, config, codec, keyed_windows=True,
+        open_after_ms=None if last else slice_end_s * 1000,
+    )
+    _ = carried | "CarryOpenSessions" >> beam.ParDo(
+        SpillToSlices(spill_dir, config.arrival_slice_s, floor_s=slice_end_s)
+    )
+    return Outputs(files, write_dead_letters(dead_letters, config))
+
+
+def build(
+    pipeline: beam.Pipeline,
+    config: ForwarderConfig,
+    portable: bool = False,
+    codec: ShuffleCodec | None = None,
+) -> Outputs:
     """The whole pipeline: live from Pub/Sub, or bulk from `--input` files.
 
     `portable`: a portable runner (Prism, Flink, Spark) runs it, which reads Pub/Sub
-    through the forwarder's own source (see `transforms.pubsub`).
+    through the forwarder's own source (see `transforms.pubsub`). `codec`: for
+    bounded input, the shuffle codec (default: one trained on the input).
     """
     if config.streaming:
         records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
@@ -107,7 +177,9 @@ def build(pipeline: beam.Pipeline, config: ForwarderConfig, portable: bool = Fal
         )
         return forward(records, config)
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
-    return forward(read["records"], config, read["dead_letters"], codec=trained_codec(config))
+    if codec is None:
+        codec = trained_codec(config)
+    return forward(read["records"], config, read["dead_letters"], codec=codec)
 
 
 def trained_codec(config: ForwarderConfig) -> ShuffleCodec:

@@ -59,6 +59,8 @@ class ForwarderConfig:
     file_flush_s: int = 5
     dead_letter_flush_s: int = 30
     progress_every_s: int = 10
+    arrival_slice_s: int = 0  # 0: unsliced (see pipeline.sliced)
+    spill_dir: str | None = None
 
     @property
     def output_location(self) -> str:
@@ -238,12 +240,28 @@ def _check(values: dict[str, Any]) -> None:
                  "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s",
                  "s3_connect_timeout_s", "s3_read_timeout_s", "s3_write_deadline_s"):
         _as_int(name, values[name], minimum=1)
+    _check_slices(values)
     if values["folder_name"] and values["folder_name"].strip("/") == "":
         raise ConfigError("--folder_name must hold more than slashes.")
     if values["s3_endpoint_url"]:
         _check_endpoint_url(values["s3_endpoint_url"])
     if values["dead_letter_location"]:
         _check_dead_letter_location(values["dead_letter_location"])
+
+
+def _check_slices(values: dict[str, Any]) -> None:
+    """A slice holds whole fixed windows (and file windows), UTC-aligned as they are."""
+    _as_int("arrival_slice_s", values["arrival_slice_s"], minimum=0)
+    slice_s, window_s = values["arrival_slice_s"], values["window_size_s"]
+    if slice_s and slice_s % window_s:
+        raise ConfigError(
+            f"--arrival_slice_s={slice_s} must be a multiple of --window_size_s={window_s}, "
+            f"so that no window spans two slices (such as {max(slice_s // window_s, 1) * window_s}"
+            ")."
+        )
+    spill_dir = values["spill_dir"]
+    if spill_dir and "://" in spill_dir:
+        raise ConfigError(f"--spill_dir {spill_dir!r} must be a local directory.")
 
 
 def _check_pubsub_name(option: str, kind: str, path: str) -> None:
@@ -376,4 +394,6 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         file_flush_s=values["file_flush_s"],
         dead_letter_flush_s=values["dead_letter_flush_s"],
         progress_every_s=values["progress_every_s"],
+        arrival_slice_s=values["arrival_slice_s"],
+        spill_dir=values["spill_dir"],
     )

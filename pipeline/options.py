@@ -91,6 +91,16 @@ OPTIONS: tuple[Option, ...] = (
         "allowed_lateness_s", int, batching.DEFAULT_ALLOWED_LATENESS_S,
         "How late data may come and still go out in a further batch (streaming).",
     ),
+    Option(
+        "arrival_slice_s", int, 86400,
+        "Bounded runs on this machine: seconds of arrival time grouped at once, which "
+        "bounds memory (a multiple of window_size_s; 0: the whole input at once).",
+    ),
+    Option(
+        "spill_dir", str, None,
+        "Bounded runs: local directory for the slices' spill files (default: the system's "
+        "temporary directory); removed at the end.",
+    ),
     Option("max_batches_per_file", int, packing.DEFAULT_MAX_BATCHES_PER_FILE, "Batches a file."),
     Option("max_file_bytes", int, packing.DEFAULT_MAX_FILE_BYTES, "Uncompressed bytes a file."),
     Option("file_shards", int, 1, "Files written in parallel per app, date and window."),

@@ -27,8 +27,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import athena, iam
-from pipeline.build import build
+from pipeline import athena, iam, sliced
+from pipeline.build import build, trained_codec
 from pipeline.checks import check_inputs_exist, check_output_writable
 from pipeline.config import (
     ConfigError,
@@ -144,13 +144,12 @@ def _run(config, runner, options: PipelineOptions) -> int:
     _LOG.info("running on %s", engine_name(runner))
     started = time.monotonic()
     try:
-        pipeline = beam.Pipeline(runner=runner, options=options)
-        build(pipeline, config, portable=runner_name(options) in PORTABLE)
         if config.streaming:
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            build(pipeline, config, portable=runner_name(options) in PORTABLE)
             return _run_live(config, pipeline.run())
         with _progress(config):
-            result = pipeline.run()
-            result.wait_until_finish()
+            counters = _run_bounded(config, options)
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
         if interrupted:
             print("error: interrupted; nothing written so far is lost, and a rerun writes the "
@@ -167,12 +166,32 @@ def _run(config, runner, options: PipelineOptions) -> int:
         return EXIT_FAILED
     elapsed = time.monotonic() - started
 
-    counters = counters_of(result)
     print(metrics.format_summary(counters))
     print(f"  seconds: {elapsed:.1f}")
     if metrics.unaccounted_events(counters) or metrics.unaccounted_records(counters):
         return EXIT_FAILED
     return 0
+
+
+def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
+    """Runs a bounded run, sliced where the runner needs it; returns its counters."""
+
+    def run_graph(build_graph) -> dict[str, int]:
+        pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+        build_graph(pipeline)
+        result = pipeline.run()
+        result.wait_until_finish()
+        return counters_of(result)
+
+    codec = trained_codec(config)
+    name = runner_name(options)
+    if sliced.applies(config, name):
+        client = read.input_client(config.inputs, config.connection)
+        files = [each for pattern in config.inputs for each in read.matched_files(pattern, client)]
+        return sliced.run_sliced(config, codec, run_graph, sliced.spill_bytes_needed(files))
+    if not config.streaming and config.arrival_slice_s and name not in sliced.SLICING_RUNNERS:
+        _LOG.info("not sliced: %s spills what it groups to disk itself", name)
+    return run_graph(lambda pipeline: build(pipeline, config, codec=codec))
 
 
 def _progress(config) -> contextlib.AbstractContextManager:

@@ -49,6 +49,9 @@ DEFAULT_SESSION_GAP_S = 1800
 DEFAULT_ALLOWED_LATENESS_S = 24 * 3600
 
 
+CARRIED = "carried"  # batches of sessions open at a slice's end (see transforms.spill)
+
+
 class BatchingMode(enum.Enum):
     FIXED = "fixed"
     SESSIONS = "sessions"
@@ -90,12 +93,27 @@ def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: flo
 
 
 class StampArrival(beam.PTransform):
-    """ArrivedBatch → (device, ArrivedBatch) timestamped at its arrival time."""
+    """ArrivedBatch → (device, ShuffledBatch) timestamped at its arrival time.
+
+    From here on a batch is compressed JSON (see `transforms.shuffled`) until
+    its device's batches are merged; `codec` must be BatchPerDevice's.
+    """
+
+    def __init__(self, codec: ShuffleCodec = NO_DICTIONARY):
+        super().__init__()
+        self._codec = codec
 
     def expand(self, batches):
-        return batches | "KeyAndStamp" >> beam.Map(
-            lambda a: window.TimestampedValue((a.device, a), Timestamp(micros=a.arrival_ms * 1000))
+        return batches | "KeyAndStamp" >> beam.Map(_stamped, self._codec).with_output_types(
+            tuple[str, ShuffledBatch]
         )
+
+
+def _stamped(arrived: ArrivedBatch, codec: ShuffleCodec) -> window.TimestampedValue:
+    return window.TimestampedValue(
+        (arrived.device, ShuffledBatch.of(arrived, codec)),
+        Timestamp(micros=arrived.arrival_ms * 1000),
+    )
 
 
 class MergeBatchFn(beam.DoFn):
@@ -153,17 +171,13 @@ class MergeBatchFn(beam.DoFn):
         return ForwardedBatch(merged, newest.app_name, device, newest.arrival_ms, event_count)
 
 
-def _per_event(keyed: tuple[str, ArrivedBatch]) -> Iterator[ForwardedBatch]:
-    device, arrived = keyed
+def _per_event(keyed: tuple[str, ShuffledBatch], codec: ShuffleCodec) -> Iterator[ForwardedBatch]:
+    device, shuffled = keyed
+    arrived = shuffled.arrived(device, codec)
     for batch in split_per_event(arrived.batch) or [arrived.batch]:
         yield ForwardedBatch(
             batch, arrived.app_name, device, arrived.arrival_ms, len(batch.get("events") or ())
         )
-
-
-def _shuffled(keyed: tuple[str, ArrivedBatch], codec: ShuffleCodec) -> tuple[str, ShuffledBatch]:
-    device, arrived = keyed
-    return device, ShuffledBatch.of(arrived, codec)
 
 
 def _fixed_window_key(keyed: tuple[str, ShuffledBatch], size_us: int):
@@ -176,18 +190,27 @@ def _stamped_fixed_window(element, size_us: int):
     return window.TimestampedValue((device, shuffled), Timestamp(micros=start_us + size_us - 1))
 
 
-def _stamped_sessions(element, gap_ms: int):
+def _stamped_sessions(element, gap_ms: int, open_after_ms: int | None):
+    """A device's sessions, each at its end; with `open_after_ms` (a slice's end), the
+    batches of a session still open then go to CARRIED instead, for the next slice."""
     device, shuffled = element
     for batches, end_ms in split_sessions(shuffled, gap_ms):
-        yield window.TimestampedValue((device, batches), Timestamp(micros=end_ms * 1000 - 1))
+        if open_after_ms is not None and end_ms > open_after_ms:
+            for item in batches:
+                yield pvalue.TaggedOutput(CARRIED, (device, item))
+        else:
+            yield window.TimestampedValue((device, batches), Timestamp(micros=end_ms * 1000 - 1))
 
 
 class BatchPerDevice(beam.PTransform):
-    """(device, ArrivedBatch) → {"batches": ForwardedBatch, "dead_letters": dict}, grouped
+    """(device, ShuffledBatch) → {"batches": ForwardedBatch, "dead_letters": dict, CARRIED}, grouped
     as `mode` says. Dead letters (groups that could not be merged) are in the global window.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
     `codec`: how batches are compressed on their way through the shuffle.
+    `open_after_ms`: the end of the slice a sliced run is on (sessions): a session
+    still open then is not merged but its batches go to the CARRIED output, as
+    (device, ShuffledBatch), for the next slice.
     """
 
     def __init__(
@@ -198,8 +221,12 @@ class BatchPerDevice(beam.PTransform):
         allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
+        open_after_ms: int | None = None,
     ):
         super().__init__()
+        if open_after_ms is not None and not keyed_windows:
+            raise ValueError("open_after_ms (slices) needs keyed_windows (bounded input)")
+        self._open_after_ms = open_after_ms
         self._mode = mode
         self._window_size_s = window_size_s
         self._session_gap_s = session_gap_s
@@ -208,24 +235,24 @@ class BatchPerDevice(beam.PTransform):
         self._codec = codec
 
     def expand(self, keyed):
+        nothing = keyed.pipeline | "Nothing" >> beam.Create([])
         if self._mode is BatchingMode.PER_EVENT:
-            batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event)
-            return {"batches": batches, "dead_letters": keyed.pipeline | "NoDeadLetters" >> (
-                beam.Create([]))}
-        shuffled = keyed | "ToShuffledBatch" >> beam.Map(_shuffled, self._codec).with_output_types(
-            tuple[str, ShuffledBatch]
-        )
+            batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event, self._codec)
+            return {"batches": batches, "dead_letters": nothing, CARRIED: nothing}
+        carried = nothing
         if self._keyed_windows:
-            grouped = self._group_keyed(shuffled)
+            grouped = self._group_keyed(keyed)
+            if self._mode is BatchingMode.SESSIONS:
+                grouped, carried = grouped.sessions, grouped[CARRIED]
         else:
-            grouped = self._group_windowed(shuffled)
+            grouped = self._group_windowed(keyed)
         merged = grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn(self._codec)).with_outputs(
             DEAD_LETTERS, main="batches"
         )
         dead_letters = merged[DEAD_LETTERS] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
             window.GlobalWindows()
         )
-        return {"batches": merged.batches, "dead_letters": dead_letters}
+        return {"batches": merged.batches, "dead_letters": dead_letters, CARRIED: carried}
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:
@@ -243,7 +270,9 @@ class BatchPerDevice(beam.PTransform):
             return (
                 keyed
                 | "GroupPerDevice" >> beam.GroupByKey()
-                | "SplitSessions" >> beam.FlatMap(_stamped_sessions, self._session_gap_s * 1000)
+                | "SplitSessions" >> beam.FlatMap(
+                    _stamped_sessions, self._session_gap_s * 1000, self._open_after_ms
+                ).with_outputs(CARRIED, main="sessions")
             )
         size_us = self._window_size_s * 1_000_000
         return (
