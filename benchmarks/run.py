@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -39,19 +40,32 @@ import psutil
 from pipeline.sample_data import generate, write_ndjson
 from tests.conftest import moto_server
 from transforms import batch_json
+from transforms.spill import slice_start_s
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUT_FILES = 8  # the input is split so that workers can share it
+# The input spans about 9 hours of arrival time at 1x and 36 at 4x (same devices,
+# four times the batches each): slices of 6 hours make both span several.
+SLICE_S = 6 * 3600
 
 
-def make_input(folder: Path, batches: int, devices: int) -> int:
-    """Writes the batches over INPUT_FILES NDJSON files; returns their bytes."""
+def make_input(folder: Path, batches: int, devices: int) -> tuple[int, int, int]:
+    """Writes the batches over INPUT_FILES NDJSON files; returns their bytes, and the
+    batches and NDJSON bytes of the largest slice of arrival time (SLICE_S)."""
+    folder.mkdir(parents=True, exist_ok=True)
     generated = iter(generate(batches, devices))
     per_file = -(-batches // INPUT_FILES)
+    slices: Counter = Counter()
+    slice_bytes: Counter = Counter()
     for index in range(INPUT_FILES):
         chunk = [b for _, b in zip(range(per_file), generated, strict=False)]
         write_ndjson(str(folder / f"part-{index}.ndjson"), iter(chunk))
-    return sum(path.stat().st_size for path in folder.iterdir())
+        for batch in chunk:
+            start = slice_start_s(int(batch["timestamp_unixtime_ms"]), SLICE_S)
+            slices[start] += 1
+            slice_bytes[start] += len(json.dumps(batch, separators=(",", ":"))) + 1
+    largest = max(slice_bytes, key=slice_bytes.get)
+    return sum(p.stat().st_size for p in folder.iterdir()), slices[largest], slice_bytes[largest]
 
 
 def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
@@ -107,72 +121,119 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=250_000)
     parser.add_argument("--devices", type=int, default=20_000)
+    parser.add_argument("--no-4x", dest="four_x", action="store_false",
+                        help="skip the memory rows at four times the input")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
-        folder = Path(tmp)
-        print(f"generating {args.batches:,} batches from {args.devices:,} devices ...", flush=True)
-        input_bytes = make_input(folder, args.batches, args.devices)
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(ROOT)}
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="local", aws_secret_access_key="local")
-        pattern = str(folder / "*.ndjson")
-        pipeline = [sys.executable, "-m", "pipeline", f"--input={pattern}",
+        inputs = {}
+        for scale in (1, 4) if args.four_x else (1,):
+            print(f"generating {scale}x: {args.batches * scale:,} batches from "
+                  f"{args.devices:,} devices ...", flush=True)
+            folder = Path(tmp) / f"x{scale}"
+            inputs[scale] = (folder, *make_input(folder, args.batches * scale, args.devices))
+
+        def pipeline(scale: int) -> list[str]:
+            return [sys.executable, "-m", "pipeline", f"--input={inputs[scale][0]}/*.ndjson",
                     f"--s3_endpoint_url={endpoint}", "--use_compression=true",
-                    "--skip_bucket_check=true"]
-        runs = {
-            "yardstick (plain Python)": [
-                sys.executable, "-m", "benchmarks.yardstick", f"--input={pattern}",
-                f"--s3_endpoint_url={endpoint}", "--use_compression"],
-            "pipeline, DirectRunner in-process": pipeline,
-            "pipeline, DirectRunner 2 workers": pipeline + [
-                "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-            "pipeline, Prism (SDK harness process)": pipeline + ["--runner=PrismRunner"],
-        }
+                    "--skip_bucket_check=true", f"--arrival_slice_s={SLICE_S}",
+                    f"--spill_dir={tmp}/spill"]
+
+        two_workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+        runs = [
+            ("yardstick (plain Python)", 1, [
+                sys.executable, "-m", "benchmarks.yardstick",
+                f"--input={inputs[1][0]}/*.ndjson", f"--s3_endpoint_url={endpoint}",
+                "--use_compression"]),
+            ("pipeline, DirectRunner in-process", 1, pipeline(1)),
+            ("pipeline, DirectRunner 2 workers", 1, pipeline(1) + two_workers),
+            ("pipeline, Prism (SDK harness process)", 1, pipeline(1) + ["--runner=PrismRunner"]),
+        ]
+        if args.four_x:
+            runs += [("pipeline, DirectRunner in-process", 4, pipeline(4)),
+                     ("pipeline, DirectRunner 2 workers", 4, pipeline(4) + two_workers)]
         rows = []
-        for number, (name, command) in enumerate(runs.items()):
+        for number, (name, scale, command) in enumerate(runs):
             bucket = f"bench-{number}"
             client.create_bucket(Bucket=bucket)
-            print(f"running: {name} ...", flush=True)
+            print(f"running: {name} at {scale}x ...", flush=True)
             seconds, peak, _ = run_measured(command + [f"--s3_bucket_name={bucket}"], env)
             events, objects, batches = read_back(client, bucket)
-            rows.append({"name": name, "seconds": seconds, "peak": peak, "events": events,
-                         "objects": objects, "batches": batches})
+            rows.append({"name": name, "scale": scale, "seconds": seconds, "peak": peak,
+                         "events": events, "objects": objects, "batches": batches})
+            if scale != 1:
+                # Free what was read back: only the counts are compared at 4x.
+                rows[-1]["objects"] = {k: hashlib.sha256(v).digest() for k, v in objects.items()}
 
-        sizes = [len(body) for body in rows[0]["objects"].values()]
+        one_x = [row for row in rows if row["scale"] == 1]
+        sizes = [len(body) for body in one_x[0]["objects"].values()]
         client.create_bucket(Bucket="bench-ceiling")
         ceiling = {c: put_ceiling(client, "bench-ceiling", sizes, c) for c in (1, 2)}
-
-        yard = rows[0]
-        total_events = sum(yard["events"].values())
-        print()
-        print(f"input: {args.batches:,} batches, {total_events:,} events forwarded, "
-              f"{input_bytes / 2**20:,.1f} MiB NDJSON in {INPUT_FILES} files; "
-              f"{os.cpu_count()} cores")
-        header = (f"{'run':<38} {'s':>7} {'events/s':>10} {'batches':>9} {'files':>6} "
-                  f"{'MiB out':>8} {'peak RSS MiB':>12} {'RSS/input':>9} {'vs yardstick':>12} "
-                  f"{'S3 ceiling share':>16}")
-        print(header)
-        print("-" * len(header))
-        for row, concurrency in zip(rows, (1, 1, 2, 2), strict=True):
-            out_bytes = sum(len(b) for b in row["objects"].values())
-            share = ceiling[concurrency] / row["seconds"]
-            print(f"{row['name']:<38} {row['seconds']:>7.1f} "
-                  f"{total_events / row['seconds']:>10,.0f} {row['batches']:>9,} "
-                  f"{len(row['objects']):>6,} {out_bytes / 2**20:>8.1f} "
-                  f"{row['peak'] / 2**20:>12,.0f} {row['peak'] / input_bytes:>9.2f} "
-                  f"{yard['seconds'] / row['seconds']:>11.2f}x {share:>15.0%}")
-        print(f"S3 server ceiling for these {len(sizes):,} objects: "
-              f"{ceiling[1]:.2f} s at concurrency 1, {ceiling[2]:.2f} s at 2 "
-              f"({len(sizes) / ceiling[1]:,.0f} and {len(sizes) / ceiling[2]:,.0f} PUT/s). "
-              "Share = that time / the run's time: how much of the run the server bounds.")
-        same_events = all(row["events"] == yard["events"] for row in rows)
-        same_objects = all(row["objects"] == yard["objects"] for row in rows)
-        print(f"same forwarded events (counts by event id) in every run: {same_events}; "
-              f"byte-identical objects under identical keys: {same_objects}")
-        if not same_events:
+        _print_throughput(one_x, ceiling, sizes, inputs[1][1])
+        if args.four_x:
+            _print_memory(rows, inputs)
+        ok = True
+        for scale in inputs:
+            same = [row for row in rows if row["scale"] == scale]
+            same_events = all(row["events"] == same[0]["events"] for row in same)
+            same_objects = all(row["objects"] == same[0]["objects"] for row in same)
+            ok &= same_events
+            print(f"{scale}x: same forwarded events (counts by event id) in every run: "
+                  f"{same_events}; byte-identical objects under identical keys: {same_objects}")
+        if not ok:
             sys.exit(1)
+
+
+def _print_throughput(rows: list[dict], ceiling: dict, sizes: list[int], input_bytes: int):
+    yard = rows[0]
+    total_events = sum(yard["events"].values())
+    print()
+    print(f"input: {yard['batches']:,} batches forwarded, {total_events:,} events, "
+          f"{input_bytes / 2**20:,.1f} MiB NDJSON in {INPUT_FILES} files; "
+          f"{os.cpu_count()} cores; slices of {SLICE_S // 3600} h")
+    header = (f"{'run':<38} {'s':>7} {'events/s':>10} {'batches':>9} {'files':>6} "
+              f"{'MiB out':>8} {'peak RSS MiB':>12} {'RSS/input':>9} {'vs yardstick':>12} "
+              f"{'S3 ceiling share':>16}")
+    print(header)
+    print("-" * len(header))
+    for row, concurrency in zip(rows, (1, 1, 2, 2), strict=True):
+        out_bytes = sum(len(b) for b in row["objects"].values())
+        share = ceiling[concurrency] / row["seconds"]
+        print(f"{row['name']:<38} {row['seconds']:>7.1f} "
+              f"{total_events / row['seconds']:>10,.0f} {row['batches']:>9,} "
+              f"{len(row['objects']):>6,} {out_bytes / 2**20:>8.1f} "
+              f"{row['peak'] / 2**20:>12,.0f} {row['peak'] / input_bytes:>9.2f} "
+              f"{yard['seconds'] / row['seconds']:>11.2f}x {share:>15.0%}")
+    print(f"S3 server ceiling for these {len(sizes):,} objects: "
+          f"{ceiling[1]:.2f} s at concurrency 1, {ceiling[2]:.2f} s at 2 "
+          f"({len(sizes) / ceiling[1]:,.0f} and {len(sizes) / ceiling[2]:,.0f} PUT/s). "
+          "Share = that time / the run's time: how much of the run the server bounds.")
+
+
+def _print_memory(rows: list[dict], inputs: dict):
+    print()
+    print(f"memory at 1x and 4x the input (same devices, four times the days), "
+          f"slices of {SLICE_S // 3600} h:")
+    header = (f"{'run':<38} {'scale':>5} {'input MiB':>9} {'largest slice':>22} {'s':>7} "
+              f"{'events/s':>10} {'peak RSS MiB':>12} {'4x/1x':>6}")
+    print(header)
+    print("-" * len(header))
+    peaks = {}
+    for row in rows:
+        if row["name"].startswith("yardstick") or "Prism" in row["name"]:
+            continue
+        _, input_bytes, slice_batches, slice_bytes = inputs[row["scale"]]
+        peaks[(row["name"], row["scale"])] = row["peak"]
+        ratio = row["peak"] / peaks[(row["name"], 1)] if row["scale"] != 1 else None
+        largest = f"{slice_batches:,} b, {slice_bytes / 2**20:,.0f} MiB"
+        print(f"{row['name']:<38} {row['scale']:>4}x {input_bytes / 2**20:>9,.0f} "
+              f"{largest:>22} {row['seconds']:>7.1f} "
+              f"{sum(row['events'].values()) / row['seconds']:>10,.0f} "
+              f"{row['peak'] / 2**20:>12,.0f} {f'{ratio:.2f}' if ratio else '':>6}")
 
 
 if __name__ == "__main__":
