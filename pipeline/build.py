@@ -142,19 +142,20 @@ def build_slice(
     config: ForwarderConfig,
     codec: ShuffleCodec,
     spill_dir: str,
-    slice_start_s: int,
+    slice_starts: list[int],
     last: bool,
 ) -> Outputs:
-    """One slice of a sliced run: its spill files → forwarded files; sessions still
-    open at its end (unless it is the `last`) into the next slice's files."""
-    slice_end_s = slice_start_s + config.arrival_slice_s
-    keyed = pipeline | "ReadSpill" >> ReadSpill(spill.slice_files(spill_dir, slice_start_s))
+    """Slices of a sliced run, earliest first: their spill files → forwarded files;
+    sessions still open at the end of the latest (unless it is the `last` of the run)
+    into the next slice's files."""
+    end_s = max(slice_starts) + config.arrival_slice_s
+    paths = [path for start in slice_starts for path in spill.slice_files(spill_dir, start)]
+    keyed = pipeline | "ReadSpill" >> ReadSpill(paths)
     files, dead_letters, carried = batch_and_write(
-        keyed, config, codec, keyed_windows=True,
-        open_after_ms=None if last else slice_end_s * 1000,
+        keyed, config, codec, keyed_windows=True, open_after_ms=None if last else end_s * 1000,
     )
     _ = carried | "CarryOpenSessions" >> beam.ParDo(
-        SpillToSlices(spill_dir, config.arrival_slice_s, floor_s=slice_end_s)
+        SpillToSlices(spill_dir, config.arrival_slice_s, floor_s=end_s)
     )
     return Outputs(files, write_dead_letters(dead_letters, config))
 

@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
     PrismRunnerOptions,
     StandardOptions,
+    WorkerOptions,
 )
 
 import transforms
@@ -95,8 +96,15 @@ def make_runner(options: PipelineOptions):
     """The runner to use; fills in Prism's binary so that Beam never downloads one."""
     name = runner_name(options)
     standard = options.view_as(StandardOptions)
-    # Worker processes started here import the package before Beam, as the launcher does.
+    # Worker processes started here import the package before Beam, as the launcher does,
+    # and log as it does: the forwarder's lines, and only Beam's warnings.
     _prepend("PYTHONPATH", os.path.join(os.path.dirname(transforms.__file__), "worker_site"))
+    worker = options.view_as(WorkerOptions)
+    if worker.default_sdk_harness_log_level is None:
+        worker.default_sdk_harness_log_level = "WARNING"
+        worker.sdk_harness_log_level_overrides = {
+            "transforms": "INFO", **(worker.sdk_harness_log_level_overrides or {})
+        }
     if name == "DirectRunner":
         if standard.streaming:
             return "BundleBasedDirectRunner"

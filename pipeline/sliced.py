@@ -9,7 +9,10 @@ month of archives at once needs the month in memory. A sliced run instead:
    of arrival time (`--arrival_slice_s`, a day by default; see `transforms.spill`);
 2. runs the grouping, merging and writing once per slice, earliest first, each
    slice's files deleted once it is written. A session still open at a slice's
-   end is carried into the next slice, so it comes out whole.
+   end is carried into the next slice, so it comes out whole. Consecutive slices
+   that together spilled no more than the largest one run together: memory stays
+   that of the largest slice, and small slices do not each pay a pipeline's
+   start-up (about 0.5 s in-process, 3 s with worker processes or Prism).
 
 Fixed windows and file windows never span slices (the slice length is a
 multiple of the window size, and both are UTC-aligned), and every file window
@@ -77,22 +80,42 @@ def run_sliced(
         _LOG.info("input in %d slice(s) of %s in %.1f s, %.1f MiB spilled", len(pending),
                   _duration(config.arrival_slice_s), time.monotonic() - started,
                   _bytes_under(spill_dir) / MIB)
+        largest = 0
         done = 0
         while pending:
-            start = pending[0]
-            last = len(pending) == 1
-            spilled = sum(os.path.getsize(p) for p in spill.slice_files(spill_dir, start))
+            sizes = {start: _spilled(spill_dir, start) for start in pending}
+            largest = max(largest, *sizes.values())
+            run = _next_run(pending, sizes, largest)
+            last = len(run) == len(pending)
             started = time.monotonic()
             totals.update(run_graph(
-                lambda p, start=start, last=last: build_slice(
-                    p, config, codec, spill_dir, start, last)
+                lambda p, run=run, last=last: build_slice(p, config, codec, spill_dir, run, last)
             ))
-            done += 1
-            _LOG.info("slice %d from %s: %.1f MiB spilled, written in %.1f s", done,
-                      _utc(start), spilled / MIB, time.monotonic() - started)
-            shutil.rmtree(spill.slice_folder(spill_dir, start))
+            done += len(run)
+            _LOG.info("slice(s) %d-%d of %d, from %s: %.1f MiB spilled, written in %.1f s",
+                      done - len(run) + 1, done, done + len(pending) - len(run), _utc(run[0]),
+                      sum(sizes[start] for start in run) / MIB, time.monotonic() - started)
+            for start in run:
+                shutil.rmtree(spill.slice_folder(spill_dir, start))
             pending = spill.pending_slices(spill_dir)  # sessions carried on may add one
     return dict(totals)
+
+
+def _next_run(pending: list[int], sizes: dict[int, int], largest: int) -> list[int]:
+    """The slices to run next, earliest first: the earliest, and after it as many as fit
+    together in the spill bytes of the largest slice (so memory stays that of the
+    largest slice, and small slices do not each pay a pipeline's start-up)."""
+    run, total = [pending[0]], sizes[pending[0]]
+    for start in pending[1:]:
+        if total + sizes[start] > largest:
+            break
+        run.append(start)
+        total += sizes[start]
+    return run
+
+
+def _spilled(spill_dir: str, start: int) -> int:
+    return sum(os.path.getsize(path) for path in spill.slice_files(spill_dir, start))
 
 
 @contextlib.contextmanager
