@@ -1,11 +1,13 @@
-"""Throughput benchmark: the pipeline against a plain-Python yardstick, one input.
+"""Throughput and memory benchmark: the pipeline against a plain-Python yardstick.
 
     .venv/bin/python -m benchmarks.run                      # 1,000,000 events (≈250,000 batches)
     .venv/bin/python -m benchmarks.run --batches 2000       # a smoke run
+    .venv/bin/python -m benchmarks.run --no-4x              # without the memory rows at 4x
 
 Generates deterministic batches (`pipeline.sample_data`: 20,000 devices, 1-8
 events a batch), starts the embedded S3 server, and runs on that input, gzip on,
-default file bounds, each into its own bucket:
+default file bounds, slices of SLICE_S, each into its own bucket, every run timed
+as a whole process from start to exit:
   1. the yardstick (benchmarks/yardstick.py), one process;
   2. the pipeline on the DirectRunner in-process;
   3. the pipeline on the DirectRunner with 2 worker processes;
@@ -15,8 +17,11 @@ default file bounds, each into its own bucket:
 then measures the S3 server's ceiling (a raw boto3 PUT loop with the same object
 sizes, at concurrency 1 and 2) and prints one table: events/s, batches, files,
 bytes, peak RSS of the whole process tree, speed against the yardstick, and the
-uploads as a fraction of the ceiling. It checks that every run forwarded the
-same events (counts by event id) and reports whether the objects are identical.
+uploads as a fraction of the ceiling. Then, at four times the input (the same
+devices over four times the days), runs 2 and 3 again and prints their peak RSS
+beside the 1x figure and the size of the largest slice. It checks that every run
+at one size forwarded the same events (counts by event id) and reports whether
+the objects are identical.
 """
 
 from __future__ import annotations

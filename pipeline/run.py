@@ -150,6 +150,9 @@ def _run(config, runner, options: PipelineOptions) -> int:
             return _run_live(config, pipeline.run())
         with _progress(config):
             counters = _run_bounded(config, options)
+    except ConfigError as err:  # found only once the run starts (the spill's disk)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
         if interrupted:
             print("error: interrupted; nothing written so far is lost, and a rerun writes the "

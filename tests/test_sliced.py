@@ -177,3 +177,13 @@ def test_a_slice_must_hold_whole_windows(s3_endpoint, sliced_input):
     ])
     assert code == 2
     assert "--arrival_slice_s=1000 must be a multiple of --window_size_s=600" in err
+
+
+def test_a_spill_without_the_disk_it_needs_is_refused(tmp_path):
+    from pipeline.config import ConfigError
+    from pipeline.sliced import spill_directory
+
+    with pytest.raises(ConfigError, match="Give a --spill_dir with more space"):
+        with spill_directory(str(tmp_path), needed_bytes=1 << 60):
+            pass
+    assert os.listdir(tmp_path) == []
