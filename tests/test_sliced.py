@@ -133,9 +133,10 @@ def test_sessions_across_slices_on_every_engine(
     if engine == "PrismRunner":
         request.getfixturevalue("prism")
     flags = ["--wait_for_complete_batch=true", *ENGINES[engine]]
-    whole = run_into(s3_endpoint, s3_client, "whole-engine", sliced_input,
+    name = engine.lower()
+    whole = run_into(s3_endpoint, s3_client, f"whole-{name}", sliced_input,
                      "--arrival_slice_s=0", *flags)
-    sliced = run_into(s3_endpoint, s3_client, "sliced-engine", sliced_input,
+    sliced = run_into(s3_endpoint, s3_client, f"sliced-{name}", sliced_input,
                       "--arrival_slice_s=21600", *flags)
     assert sliced == whole
 

@@ -13,7 +13,7 @@ import dataclasses
 import gzip
 import hashlib
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.pool import AsyncResult, ThreadPool
 from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -166,7 +166,9 @@ class WriteFilesFn(beam.DoFn):
         self._store, self._prefix = stores.open_store(self._location, self._connection)
         self._counters = {k: metrics.counter(v) for k, v in self._counter_names.items()}
         self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
-        self._pool = ThreadPoolExecutor(self.UPLOADS_IN_FLIGHT, thread_name_prefix="upload")
+        # Daemon threads (multiprocessing's ThreadPool): a worker whose runner is gone
+        # exits, rather than wait for uploads that retry until their deadline.
+        self._pool = ThreadPool(self.UPLOADS_IN_FLIGHT)
 
     def start_bundle(self):
         self._in_flight: collections.deque = collections.deque()
@@ -175,7 +177,9 @@ class WriteFilesFn(beam.DoFn):
         self, content: FileContent, window=beam.DoFn.WindowParam,
         timestamp=beam.DoFn.TimestampParam,
     ) -> Iterator[WindowedValue]:
-        upload = self._pool.submit(write_file, self._store, self._prefix, self._namer, content)
+        upload = self._pool.apply_async(
+            write_file, (self._store, self._prefix, self._namer, content)
+        )
         self._in_flight.append((upload, content, window, timestamp))
         while len(self._in_flight) > self.UPLOADS_IN_FLIGHT:
             yield self._written(*self._in_flight.popleft())
@@ -186,12 +190,14 @@ class WriteFilesFn(beam.DoFn):
         progress.flush()
 
     def teardown(self):
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.terminate()
 
-    def _written(self, upload: Future, content: FileContent, window, timestamp) -> WindowedValue:
+    def _written(
+        self, upload: AsyncResult, content: FileContent, window, timestamp
+    ) -> WindowedValue:
         """Waits for one upload (its error fails the bundle) and counts it, in the
         bundle's thread, where Beam's counters count."""
-        key, outcome, size = upload.result()
+        key, outcome, size = upload.get()
         if outcome is stores.Outcome.ALREADY_PRESENT:
             self._present.inc()
         self._counters["files"].inc()
