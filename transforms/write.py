@@ -8,17 +8,14 @@ finds its own file instead of adding a second copy.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import gzip
 import hashlib
 import zlib
-from multiprocessing.pool import AsyncResult, ThreadPool
 from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms import window
-from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import batch_json, metrics, naming, packing, progress, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
@@ -147,14 +144,7 @@ class PackFilesFn(beam.DoFn):
 
 
 class WriteFilesFn(beam.DoFn):
-    """FileContent → FileWritten: one write-once object per file, counted.
-
-    Up to UPLOADS_IN_FLIGHT files of a bundle are gzipped and uploaded at once, in
-    threads (zlib and the network let go of the GIL), while the bundle goes on;
-    each FileWritten keeps its file's window and time.
-    """
-
-    UPLOADS_IN_FLIGHT = 8  # within boto3's default pool of 10 connections
+    """FileContent → FileWritten: one write-once object per file, counted."""
 
     def __init__(self, location: str, connection: s3.S3Connection, namer, counter_names: dict):
         self._location = location
@@ -166,38 +156,9 @@ class WriteFilesFn(beam.DoFn):
         self._store, self._prefix = stores.open_store(self._location, self._connection)
         self._counters = {k: metrics.counter(v) for k, v in self._counter_names.items()}
         self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
-        # Daemon threads (multiprocessing's ThreadPool): a worker whose runner is gone
-        # exits, rather than wait for uploads that retry until their deadline.
-        self._pool = ThreadPool(self.UPLOADS_IN_FLIGHT)
 
-    def start_bundle(self):
-        self._in_flight: collections.deque = collections.deque()
-
-    def process(
-        self, content: FileContent, window=beam.DoFn.WindowParam,
-        timestamp=beam.DoFn.TimestampParam,
-    ) -> Iterator[WindowedValue]:
-        upload = self._pool.apply_async(
-            write_file, (self._store, self._prefix, self._namer, content)
-        )
-        self._in_flight.append((upload, content, window, timestamp))
-        while len(self._in_flight) > self.UPLOADS_IN_FLIGHT:
-            yield self._written(*self._in_flight.popleft())
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        while self._in_flight:
-            yield self._written(*self._in_flight.popleft())
-        progress.flush()
-
-    def teardown(self):
-        self._pool.terminate()
-
-    def _written(
-        self, upload: AsyncResult, content: FileContent, window, timestamp
-    ) -> WindowedValue:
-        """Waits for one upload (its error fails the bundle) and counts it, in the
-        bundle's thread, where Beam's counters count."""
-        key, outcome, size = upload.get()
+    def process(self, content: FileContent) -> Iterator[FileWritten]:
+        key, outcome, size = write_file(self._store, self._prefix, self._namer, content)
         if outcome is stores.Outcome.ALREADY_PRESENT:
             self._present.inc()
         self._counters["files"].inc()
@@ -206,8 +167,10 @@ class WriteFilesFn(beam.DoFn):
         if "events" in self._counters:
             self._counters["events"].inc(content.event_count)
             progress.report(events=content.event_count, files=1)
-        written = FileWritten(key, outcome.value, len(content.lines), content.event_count, size)
-        return WindowedValue(written, timestamp, [window])
+        yield FileWritten(key, outcome.value, len(content.lines), content.event_count, size)
+
+    def finish_bundle(self):
+        progress.flush()
 
 
 _BATCH_FILE_COUNTERS = {
