@@ -192,7 +192,7 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
         client = read.input_client(config.inputs, config.connection)
         files = [each for pattern in config.inputs for each in read.matched_files(pattern, client)]
         return sliced.run_sliced(config, codec, run_graph, sliced.spill_bytes_needed(files))
-    if not config.streaming and config.arrival_slice_s and name not in sliced.SLICING_RUNNERS:
+    if config.arrival_slice_s and name not in sliced.SLICING_RUNNERS:
         _LOG.info("not sliced: %s spills what it groups to disk itself", name)
     return run_graph(lambda pipeline: build(pipeline, config, codec=codec))
 

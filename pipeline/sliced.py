@@ -80,7 +80,7 @@ def run_sliced(
         pending = spill.pending_slices(spill_dir)
         _LOG.info("input in %d slice(s) of %s in %.1f s, %.1f MiB spilled", len(pending),
                   _duration(config.arrival_slice_s), time.monotonic() - started,
-                  _bytes_under(spill_dir) / MIB)
+                  sum(_spilled(spill_dir, start) for start in pending) / MIB)
         largest = 0
         done = 0
         while pending:
@@ -165,11 +165,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
-
-
-def _bytes_under(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(here, name))
-               for here, _, names in os.walk(folder) for name in names)
 
 
 def _utc(start_s: int) -> str:
