@@ -28,7 +28,6 @@ from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches, input_client, sample_records
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
-from transforms.spill import ReadSpill, SpillToSlices
 from transforms.write import WriteBatchFiles, WriteDeadLetters
 
 
@@ -133,7 +132,9 @@ def build_spill(
     """A sliced run's first pass: the input → spill files per arrival slice; dead letters."""
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     keyed, dead_letters = arrive(read["records"], config, codec)
-    _ = keyed | "SpillToSlices" >> beam.ParDo(SpillToSlices(spill_dir, config.arrival_slice_s))
+    _ = keyed | "SpillToSlices" >> beam.ParDo(
+        spill.SpillToSlices(spill_dir, config.arrival_slice_s)
+    )
     return write_dead_letters(dead_letters + [read["dead_letters"]], config)
 
 
@@ -150,12 +151,12 @@ def build_slice(
     into the next slice's files."""
     end_s = max(slice_starts) + config.arrival_slice_s
     paths = [path for start in slice_starts for path in spill.slice_files(spill_dir, start)]
-    keyed = pipeline | "ReadSpill" >> ReadSpill(paths)
+    keyed = pipeline | "ReadSpill" >> spill.ReadSpill(paths)
     files, dead_letters, carried = batch_and_write(
         keyed, config, codec, keyed_windows=True, open_after_ms=None if last else end_s * 1000,
     )
     _ = carried | "CarryOpenSessions" >> beam.ParDo(
-        SpillToSlices(spill_dir, config.arrival_slice_s, floor_s=end_s)
+        spill.SpillToSlices(spill_dir, config.arrival_slice_s, floor_s=end_s)
     )
     return Outputs(files, write_dead_letters(dead_letters, config))
 
