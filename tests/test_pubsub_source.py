@@ -99,3 +99,48 @@ def test_a_reader_extends_the_leases_of_what_it_holds(subscription):
     holder.get_checkpoint_mark().finalize_checkpoint()
     holder.close()
     other.close()
+
+
+def test_readers_in_one_process_share_what_is_pulled(subscription):
+    """A reader the runner stopped driving (parked in a cache it will not be taken
+    from again) holds nothing back from the reader that replaced it."""
+    parked = PubSubReader(subscription)
+    first = [parked.get_current().data] if parked.start() else []
+    time.sleep(1)  # its process is pulling
+    replacement = PubSubReader(subscription)
+    rest = read_all(replacement, 20 - len(first), deadline_s=10)
+    assert sorted(first + rest) == sorted(f"batch {n}".encode() for n in range(20))
+    for reader in (parked, replacement):
+        reader.get_checkpoint_mark().finalize_checkpoint()
+        reader.close()
+
+
+OTHER_PROCESS = """
+import sys, time
+from transforms.pubsub_source import PubSubReader
+reader = PubSubReader(sys.argv[1])
+got, has, deadline = [], reader.start(), time.monotonic() + float(sys.argv[3])
+while len(got) < int(sys.argv[2]) and time.monotonic() < deadline:
+    if has:
+        got.append(reader.get_current().data.decode())
+    else:
+        time.sleep(0.05)
+    has = reader.advance()
+reader.get_checkpoint_mark().finalize_checkpoint()
+reader.close()
+print(len(got), flush=True)
+"""
+
+
+def test_what_no_reader_asks_for_goes_back_to_pubsub(subscription, monkeypatch):
+    """Messages queued in a process whose readers stopped asking go to another process."""
+    monkeypatch.setattr(pubsub_source, "UNDRAINED_S", 2.0)
+    abandoned = PubSubReader(subscription)
+    emitted = 1 if abandoned.start() else 0
+    time.sleep(1)  # its puller has taken the backlog
+    other = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, subscription, str(20 - emitted), "20"],
+        cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert other.stdout.strip() == str(20 - emitted), other.stderr[-2000:]
+    abandoned.get_checkpoint_mark().finalize_checkpoint()
+    abandoned.close()

@@ -4,19 +4,26 @@ Read with `beam.io.Read(PubSubSource(subscription))`, which every portable runne
 executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
 `ReadFromPubSub`, which only the DirectRunner and Dataflow run natively.
 
-- Each reader pulls in a thread of its own into a bounded queue, so `advance()`
-  never waits on the network, and keeps extending the ack deadline of every
-  message it holds until that message is acknowledged.
+- One thread per process and subscription pulls into a bounded queue that every
+  reader of that subscription in the process drains, so `advance()` never waits
+  on the network, and no reader holds messages only it can emit: Beam parks a
+  reader between bundles in a cache of the DoFn instance that ran it, and when
+  the runner resumes the split on another instance a new reader is made while
+  the parked one lives on until the cache evicts it (seen on Prism under load).
+- Every message pulled has its ack deadline extended until the checkpoint that
+  covers it is finalized; what is queued while no reader asks for
+  `UNDRAINED_S` is handed back to Pub/Sub, for another process to take.
 - A message is acknowledged only when the checkpoint that covers it is
   finalized: a runner finalizes a bundle only after it has committed its output
   (Flink when a checkpoint completes, Dataflow after its durable commit). So a
   crash before that leaves the message unacknowledged, and Pub/Sub delivers it
   again.
-- The watermark is the oldest publish time among messages pulled and not yet
-  emitted; when the subscription is idle it follows the clock, so windows of
-  quiet devices close.
-- `split(n)` gives n readers of the same subscription; Pub/Sub shares the
-  messages out between them.
+- The watermark is the oldest publish time among messages queued; when the
+  subscription is idle it is the start of the last pull that found nothing (less
+  a second), so windows of quiet devices close, and a message published during
+  a slow pull is not behind it.
+- `split(n)` gives n readers of the same subscription: in one process they share
+  the queue; in several, Pub/Sub shares the messages out between them.
 """
 
 from __future__ import annotations
@@ -35,13 +42,16 @@ from transforms.read import RawRecord
 
 _LOG = logging.getLogger(__name__)
 MAX_MESSAGES_PER_PULL = 1000
-QUEUE_MESSAGES = 20_000  # pulled and not yet emitted, per reader
+QUEUE_MESSAGES = 20_000  # pulled and not yet emitted, per process and subscription
 # A held message's lease: what a crash leaves unacknowledged comes again this soon.
 ACK_DEADLINE_S = 30
 EXTEND_EVERY_S = 10
 ACK_CHUNK = 1000  # ids per Acknowledge / ModifyAckDeadline request
-IDLE_WATERMARK_LAG_S = 1.0  # how far behind the clock the watermark of an idle reader is
+IDLE_WATERMARK_LAG_S = 1.0  # how far behind an empty pull's start the idle watermark is
 PULL_TIMEOUT_S = 5.0
+# Queued messages no reader asked for in this long go back to Pub/Sub, and
+# pulling pauses until a reader asks again.
+UNDRAINED_S = 15.0
 # ack id → when it was pulled: what this process holds unacknowledged, so that
 # its deadline keeps being extended until the checkpoint covering it is finalized.
 _HELD: dict[str, float] = {}
@@ -60,6 +70,12 @@ def _in_chunks(ids: list[str]):
         yield ids[start:start + ACK_CHUNK]
 
 
+def _release(ack_ids: list[str]) -> None:
+    with _HELD_LOCK:
+        for ack_id in ack_ids:
+            _HELD.pop(ack_id, None)
+
+
 class PubSubCheckpoint(CheckpointMark):
     """The messages one bundle emitted; finalizing it acknowledges them."""
 
@@ -73,82 +89,79 @@ class PubSubCheckpoint(CheckpointMark):
         client = _subscriber()
         for chunk in _in_chunks(self.ack_ids):
             client.acknowledge(request={"subscription": self.subscription, "ack_ids": chunk})
-        with _HELD_LOCK:
-            for ack_id in self.ack_ids:
-                _HELD.pop(ack_id, None)
+        _release(self.ack_ids)
 
 
-class PubSubReader(UnboundedReader):
-    """Pulls in a background thread; emits RawRecords stamped with their publish time."""
+class _Puller:
+    """A subscription's messages, pulled in a background thread into one queue
+    that every reader of the subscription in this process drains.
+
+    Readers `join` and `leave`; the last to leave stops the thread and hands the
+    queue back to Pub/Sub.
+    """
+
+    _running: dict[str, _Puller] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def join(cls, subscription: str) -> _Puller:
+        with cls._lock:
+            puller = cls._running.get(subscription)
+            if puller is None:
+                puller = cls._running[subscription] = _Puller(subscription)
+                puller._thread.start()
+            puller._readers += 1
+            return puller
+
+    def leave(self) -> None:
+        with _Puller._lock:
+            self._readers -= 1
+            if self._readers:
+                return
+            del _Puller._running[self._subscription]
+        self._stop.set()
+        self._thread.join(timeout=PULL_TIMEOUT_S + 1)
+        self._hand_back()
 
     def __init__(self, subscription: str):
         self._subscription = subscription
         self._client = _subscriber()
         self._queue: collections.deque = collections.deque()
-        self._emitted: list[str] = []  # ack ids since the last checkpoint
-        self._current: tuple[RawRecord, Timestamp] | None = None
-        self._watermark = Timestamp(0)
-        self._idle = False
+        self._readers = 0
+        self._asked = time.monotonic()  # when a reader last asked for a message
+        # Wall-clock start of the latest pull that found nothing, while no pull
+        # has found anything since; None while messages are coming.
+        self._empty_since: float | None = None
         self._stop = threading.Event()
-        self._puller = threading.Thread(target=self._pull_forever, daemon=True,
+        self._thread = threading.Thread(target=self._pull_forever, daemon=True,
                                         name="pubsub-pull")
 
-    def start(self) -> bool:
-        self._puller.start()
-        return self.advance()
-
-    def advance(self) -> bool:
+    def take(self) -> tuple[RawRecord, Timestamp, str] | None:
+        self._asked = time.monotonic()
         try:
-            record, timestamp, ack_id = self._queue.popleft()
+            return self._queue.popleft()
         except IndexError:
-            self._current = None
-            return False
-        self._current = (record, timestamp)
-        self._emitted.append(ack_id)
-        return True
+            return None
 
-    def get_current(self) -> RawRecord:
-        return self._current[0]
-
-    def get_current_timestamp(self) -> Timestamp:
-        return self._current[1]
-
-    def get_watermark(self) -> Timestamp:
-        if self._queue:
-            oldest = self._queue[0][1]
-        elif self._idle:
-            oldest = Timestamp.of(time.time() - IDLE_WATERMARK_LAG_S)
-        else:
-            oldest = self._watermark
-        self._watermark = max(self._watermark, oldest)
-        return self._watermark
-
-    def get_checkpoint_mark(self) -> PubSubCheckpoint:
-        mark = PubSubCheckpoint(self._subscription, self._emitted)
-        self._emitted = []
-        return mark
-
-    def close(self) -> None:
-        """Stops pulling and hands back what was pulled but not emitted, at once."""
-        self._stop.set()
-        self._puller.join(timeout=PULL_TIMEOUT_S + 1)
-        unsent = [ack_id for _, _, ack_id in self._queue]
-        self._queue.clear()
-        with _HELD_LOCK:
-            for ack_id in unsent:
-                _HELD.pop(ack_id, None)
-        for chunk in _in_chunks(unsent):
-            try:
-                self._client.modify_ack_deadline(request={
-                    "subscription": self._subscription, "ack_ids": chunk,
-                    "ack_deadline_seconds": 0})
-            except Exception as err:  # noqa: BLE001 - they come again after their deadline
-                _LOG.warning("handing back messages of %s failed: %s", self._subscription, err)
+    def watermark(self) -> Timestamp | None:
+        """The oldest queued publish time; when idle, the start of the last empty
+        pull less IDLE_WATERMARK_LAG_S; None when neither says anything new."""
+        try:
+            return self._queue[0][1]
+        except IndexError:
+            pass
+        empty_since = self._empty_since
+        if empty_since is None:
+            return None
+        return Timestamp.of(empty_since - IDLE_WATERMARK_LAG_S)
 
     def _pull_forever(self) -> None:
         last_extended = time.monotonic()
         while not self._stop.is_set():
-            if len(self._queue) < QUEUE_MESSAGES:
+            if time.monotonic() - self._asked > UNDRAINED_S:
+                self._hand_back()  # no reader here drains it: let another take it
+                time.sleep(0.05)
+            elif len(self._queue) < QUEUE_MESSAGES:
                 self._pull_once()
             else:
                 time.sleep(0.05)
@@ -159,6 +172,7 @@ class PubSubReader(UnboundedReader):
     def _pull_once(self) -> None:
         from google.api_core import exceptions
 
+        started = time.time()
         try:
             response = self._client.pull(
                 request={"subscription": self._subscription,
@@ -166,15 +180,15 @@ class PubSubReader(UnboundedReader):
                 timeout=PULL_TIMEOUT_S,
             )
         except (exceptions.DeadlineExceeded, exceptions.RetryError):
-            self._idle = True
+            self._found_nothing(started)
             return
         except exceptions.GoogleAPICallError as err:  # transient: pull again after a pause
             _LOG.warning("pull from %s failed: %s", self._subscription, err)
             time.sleep(1)
             return
         received = response.received_messages
-        self._idle = not received
         if not received:
+            self._found_nothing(started)
             time.sleep(0.05)  # the service answered at once that nothing is there
             return
         now = time.monotonic()
@@ -188,6 +202,26 @@ class PubSubReader(UnboundedReader):
             record = RawRecord(f"pubsub:{message.message.message_id}", message.message.data,
                                publish_ms)
             self._queue.append((record, Timestamp(micros=publish_ms * 1000), message.ack_id))
+        self._empty_since = None
+
+    def _found_nothing(self, pull_started: float) -> None:
+        if self._empty_since is None:
+            self._empty_since = pull_started
+        else:
+            self._empty_since = max(self._empty_since, pull_started)
+
+    def _hand_back(self) -> None:
+        """Returns every queued message to Pub/Sub at once (deadline 0)."""
+        unsent = []
+        while True:
+            try:
+                unsent.append(self._queue.popleft()[2])
+            except IndexError:
+                break
+        if not unsent:
+            return
+        _release(unsent)
+        self._modify_deadline(unsent, 0, "handing back messages of")
 
     def _extend_leases(self) -> None:
         now = time.monotonic()
@@ -198,13 +232,65 @@ class PubSubReader(UnboundedReader):
         self._extend(held)
 
     def _extend(self, ack_ids: list[str]) -> None:
+        self._modify_deadline(ack_ids, ACK_DEADLINE_S, "extending ack deadlines on")
+
+    def _modify_deadline(self, ack_ids: list[str], seconds: int, doing: str) -> None:
         for chunk in _in_chunks(ack_ids):
             try:
                 self._client.modify_ack_deadline(request={
                     "subscription": self._subscription, "ack_ids": chunk,
-                    "ack_deadline_seconds": ACK_DEADLINE_S})
+                    "ack_deadline_seconds": seconds})
             except Exception as err:  # noqa: BLE001 - a lease lost means a redelivery, no more
-                _LOG.warning("extending ack deadlines on %s failed: %s", self._subscription, err)
+                _LOG.warning("%s %s failed: %s", doing, self._subscription, err)
+
+
+class PubSubReader(UnboundedReader):
+    """Takes from its process's puller of the subscription; emits RawRecords
+    stamped with their publish time."""
+
+    def __init__(self, subscription: str):
+        self._subscription = subscription
+        self._puller: _Puller | None = None
+        self._emitted: list[str] = []  # ack ids since the last checkpoint
+        self._current: tuple[RawRecord, Timestamp] | None = None
+        self._watermark = Timestamp(0)
+
+    def start(self) -> bool:
+        self._puller = _Puller.join(self._subscription)
+        return self.advance()
+
+    def advance(self) -> bool:
+        taken = self._puller.take()
+        if taken is None:
+            self._current = None
+            return False
+        record, timestamp, ack_id = taken
+        self._current = (record, timestamp)
+        self._emitted.append(ack_id)
+        return True
+
+    def get_current(self) -> RawRecord:
+        return self._current[0]
+
+    def get_current_timestamp(self) -> Timestamp:
+        return self._current[1]
+
+    def get_watermark(self) -> Timestamp:
+        if self._puller is not None:
+            self._watermark = max(self._watermark, self._puller.watermark() or self._watermark)
+        return self._watermark
+
+    def get_checkpoint_mark(self) -> PubSubCheckpoint:
+        mark = PubSubCheckpoint(self._subscription, self._emitted)
+        self._emitted = []
+        return mark
+
+    def close(self) -> None:
+        """Leaves the puller; the last reader to leave hands back what was pulled
+        and not emitted, at once."""
+        puller, self._puller = self._puller, None
+        if puller is not None:
+            puller.leave()
 
 
 class PubSubSource(UnboundedSource):
