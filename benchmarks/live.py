@@ -86,7 +86,8 @@ def start_pipeline(runner: str, endpoint: str, bucket: str, subscription: str, l
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline", f"--s3_bucket_name={bucket}",
          f"--s3_endpoint_url={endpoint}", f"--input_subscription={subscription}",
-         f"--window_size_s={WINDOW_S}", "--skip_bucket_check=true", f"--runner={runner}"],
+         f"--window_size_s={WINDOW_S}", "--skip_bucket_check=true", f"--runner={runner}",
+         *os.environ.get("LIVE_FLAGS", "").split()],
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
@@ -162,6 +163,9 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work) ->
         deadline = time.time() + 3 * WINDOW_S + 30
         while watched.events < expected and time.time() < deadline:
             time.sleep(1)
+            if os.environ.get("LIVE_DEBUG"):
+                print(f"    {time.time() - began:.0f} s: {watched.events:,} of {expected:,} "
+                      "events in S3", flush=True)
         done.set()
         watcher.join()
         watched.poll()

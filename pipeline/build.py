@@ -164,18 +164,19 @@ def build_slice(
 def build(
     pipeline: beam.Pipeline,
     config: ForwarderConfig,
-    portable: bool = False,
+    pubsub_readers: int = 0,
     codec: ShuffleCodec | None = None,
 ) -> Outputs:
     """The whole pipeline: live from Pub/Sub, or bulk from `--input` files.
 
-    `portable`: a portable runner (Prism, Flink, Spark) runs it, which reads Pub/Sub
-    through the forwarder's own source (see `transforms.pubsub`). `codec`: for
+    `pubsub_readers`: on a portable runner (Prism, Flink, Spark), how many readers of
+    the forwarder's own source read Pub/Sub; 0: Beam's ReadFromPubSub (see
+    `transforms.pubsub` and `pipeline.runners.pubsub_readers`). `codec`: for
     bounded input, the shuffle codec (default: one trained on the input).
     """
     if config.streaming:
         records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
-            config.input_subscription, config.input_topic, portable=portable
+            config.input_subscription, config.input_topic, readers=pubsub_readers
         )
         return forward(records, config)
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)

@@ -40,10 +40,10 @@ from pipeline.config import (
 )
 from pipeline.progress import ProgressReporter
 from pipeline.runners import (
-    PORTABLE,
     check_mode_runs_on,
     engine_name,
     make_runner,
+    pubsub_readers,
     runner_name,
 )
 from transforms import metrics, read, s3
@@ -146,7 +146,7 @@ def _run(config, runner, options: PipelineOptions) -> int:
     try:
         if config.streaming:
             pipeline = beam.Pipeline(runner=runner, options=options)
-            build(pipeline, config, portable=runner_name(options) in PORTABLE)
+            build(pipeline, config, pubsub_readers=pubsub_readers(runner_name(options)))
             return _run_live(config, pipeline.run())
         with _progress(config):
             counters = _run_bounded(config, options)

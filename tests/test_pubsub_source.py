@@ -50,6 +50,7 @@ def read_all(reader: PubSubReader, expected: int, deadline_s: float) -> list[byt
         else:
             time.sleep(0.05)
         has = reader.advance()
+        reader.get_watermark()  # as the runner asks after each claim
     return got
 
 
@@ -144,3 +145,36 @@ def test_what_no_reader_asks_for_goes_back_to_pubsub(subscription, monkeypatch):
     assert other.stdout.strip() == str(20 - emitted), other.stderr[-2000:]
     abandoned.get_checkpoint_mark().finalize_checkpoint()
     abandoned.close()
+
+
+def test_the_watermark_holds_what_another_reader_is_emitting(subscription):
+    """One reader's watermark never passes a message another reader of the process
+    has taken and not yet emitted; once that is emitted, it moves on."""
+    emitting = PubSubReader(subscription)
+    has = emitting.start()
+    deadline = time.monotonic() + 10
+    while not has and time.monotonic() < deadline:
+        time.sleep(0.05)
+        has = emitting.advance()
+    assert has
+    held = emitting.get_current_timestamp()
+    other = PubSubReader(subscription)
+    assert len(read_all(other, 19, deadline_s=10)) == 19  # the rest, all newer or as new
+    time.sleep(1)  # pulls find nothing more
+    assert other.advance() is False
+    assert other.get_watermark() <= held
+    emitting.advance()  # the runner asks for the next: the held one was emitted
+    moved_on = poll_until(lambda: other.get_watermark() > held, deadline_s=10)
+    assert moved_on, "the watermark did not move past the emitted message"
+    for reader in (emitting, other):
+        reader.get_checkpoint_mark().finalize_checkpoint()
+        reader.close()
+
+
+def poll_until(condition, deadline_s: float) -> bool:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -31,22 +31,24 @@ class ReadPubSubRecords(beam.PTransform):
     """A subscription or a topic (read through a temporary subscription) → RawRecord."""
 
     def __init__(
-        self, subscription: str | None = None, topic: str | None = None, portable: bool = False
+        self, subscription: str | None = None, topic: str | None = None, readers: int = 0
     ):
+        """`readers`: how many PubSubSource readers (portable runners); 0: Beam's
+        ReadFromPubSub."""
         super().__init__()
         if (subscription is None) == (topic is None):
             raise ValueError("ReadPubSubRecords needs a subscription or a topic, not both")
         self._subscription = subscription
         self._topic = topic
-        self._portable = portable
+        self._readers = readers
 
     def expand(self, pbegin):
-        if self._portable:
+        if self._readers:
             from transforms.pubsub_source import PubSubSource
 
             subscription = self._subscription or temporary_subscription(self._topic)
             return pbegin | "ReadPubSubSource" >> beam.io.Read(
-                PubSubSource(subscription)
+                PubSubSource(subscription, self._readers)
             ).with_output_types(RawRecord)
         from apache_beam.io.gcp.pubsub import ReadFromPubSub
 

@@ -18,10 +18,13 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
   (Flink when a checkpoint completes, Dataflow after its durable commit). So a
   crash before that leaves the message unacknowledged, and Pub/Sub delivers it
   again.
-- The watermark is the oldest publish time among messages queued; when the
-  subscription is idle it is the start of the last pull that found nothing (less
-  a second), so windows of quiet devices close, and a message published during
-  a slow pull is not behind it.
+- The watermark is the oldest publish time among the messages the process has
+  pulled and not yet emitted, those a reader is emitting included (so one reader
+  never reports a time past a message another reader is still emitting; on Prism
+  that made a few messages late at every window and stalled the next stage); when
+  none are left it is the start of the last pull that found nothing (less a
+  second), so windows of quiet devices close, and a message published during a
+  slow pull is not behind it.
 - `split(n)` gives n readers of the same subscription: in one process they share
   the queue; in several, Pub/Sub shares the messages out between them.
 """
@@ -29,6 +32,7 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import threading
 import time
@@ -127,6 +131,11 @@ class _Puller:
         self._subscription = subscription
         self._client = _subscriber()
         self._queue: collections.deque = collections.deque()
+        # Publish times (µs) of what was pulled and not yet emitted: a heap, and
+        # how many of each time are done (removed lazily from the heap).
+        self._pending: list[int] = []
+        self._done: collections.Counter = collections.Counter()
+        self._pending_lock = threading.Lock()
         self._readers = 0
         self._asked = time.monotonic()  # when a reader last asked for a message
         # Wall-clock start of the latest pull that found nothing, while no pull
@@ -143,13 +152,21 @@ class _Puller:
         except IndexError:
             return None
 
+    def done(self, timestamp: Timestamp) -> None:
+        """A message taken has been emitted (or handed back)."""
+        with self._pending_lock:
+            self._done[timestamp.micros] += 1
+
     def watermark(self) -> Timestamp | None:
-        """The oldest queued publish time; when idle, the start of the last empty
-        pull less IDLE_WATERMARK_LAG_S; None when neither says anything new."""
-        try:
-            return self._queue[0][1]
-        except IndexError:
-            pass
+        """The oldest publish time pulled and not yet emitted; when there is none,
+        the start of the last empty pull less IDLE_WATERMARK_LAG_S; None when
+        neither says anything new."""
+        with self._pending_lock:
+            pending, done = self._pending, self._done
+            while pending and done[pending[0]]:
+                done[heapq.heappop(pending)] -= 1
+            if pending:
+                return Timestamp(micros=pending[0])
         empty_since = self._empty_since
         if empty_since is None:
             return None
@@ -196,12 +213,17 @@ class _Puller:
             _HELD.update((message.ack_id, now) for message in received)
         # The subscription's own deadline may be as short as 10 s: lease them now.
         self._extend([message.ack_id for message in received])
+        pulled = []
         for message in received:
             published = message.message.publish_time
             publish_ms = int(published.timestamp() * 1000)
             record = RawRecord(f"pubsub:{message.message.message_id}", message.message.data,
                                publish_ms)
-            self._queue.append((record, Timestamp(micros=publish_ms * 1000), message.ack_id))
+            pulled.append((record, Timestamp(micros=publish_ms * 1000), message.ack_id))
+        with self._pending_lock:  # pending before any reader can take them
+            for _, timestamp, _ in pulled:
+                heapq.heappush(self._pending, timestamp.micros)
+        self._queue.extend(pulled)
         self._empty_since = None
 
     def _found_nothing(self, pull_started: float) -> None:
@@ -215,9 +237,11 @@ class _Puller:
         unsent = []
         while True:
             try:
-                unsent.append(self._queue.popleft()[2])
+                _, timestamp, ack_id = self._queue.popleft()
             except IndexError:
                 break
+            unsent.append(ack_id)
+            self.done(timestamp)
         if not unsent:
             return
         _release(unsent)
@@ -260,14 +284,21 @@ class PubSubReader(UnboundedReader):
         return self.advance()
 
     def advance(self) -> bool:
+        self._emitted_current()
         taken = self._puller.take()
         if taken is None:
-            self._current = None
             return False
         record, timestamp, ack_id = taken
         self._current = (record, timestamp)
         self._emitted.append(ack_id)
         return True
+
+    def _emitted_current(self) -> None:
+        """The runner asks for the next message, or a checkpoint, only once it has
+        emitted the current one: the watermark need not hold it any more."""
+        if self._current is not None:
+            self._puller.done(self._current[1])
+            self._current = None
 
     def get_current(self) -> RawRecord:
         return self._current[0]
@@ -281,6 +312,8 @@ class PubSubReader(UnboundedReader):
         return self._watermark
 
     def get_checkpoint_mark(self) -> PubSubCheckpoint:
+        if self._puller is not None:
+            self._emitted_current()
         mark = PubSubCheckpoint(self._subscription, self._emitted)
         self._emitted = []
         return mark
@@ -288,6 +321,8 @@ class PubSubReader(UnboundedReader):
     def close(self) -> None:
         """Leaves the puller; the last reader to leave hands back what was pulled
         and not emitted, at once."""
+        if self._puller is not None:
+            self._emitted_current()
         puller, self._puller = self._puller, None
         if puller is not None:
             puller.leave()
