@@ -9,6 +9,7 @@ import contextlib
 import io
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -158,3 +159,33 @@ def runner_flags(request) -> list[str]:
     if request.param == "PrismRunner":
         request.getfixturevalue("prism")
     return RUNNERS[request.param]
+
+
+_KILLED_READER = """
+import sys, time
+from transforms.pubsub_source import PubSubReader
+reader = PubSubReader(sys.argv[1])
+got, has = 0, reader.start()
+while got < int(sys.argv[2]):
+    if has:
+        got += 1
+    else:
+        time.sleep(0.05)
+    has = reader.advance()
+reader.get_checkpoint_mark()  # cut, never finalized: the bundle did not commit
+print("read", got, flush=True)
+time.sleep(600)
+"""
+
+
+def read_and_die(subscription: str, count: int) -> None:
+    """Reads `count` messages with the forwarder's PubSubReader in a process of its
+    own, cuts their checkpoint, and kills the process (SIGKILL) before the checkpoint
+    is finalized, as a crash between a bundle's reading and its commit would."""
+    killed = subprocess.Popen([sys.executable, "-c", _KILLED_READER, subscription, str(count)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert killed.stdout.readline().strip() == f"read {count}"
+    finally:
+        killed.send_signal(signal.SIGKILL)  # its leases stop being extended
+        killed.wait()

@@ -8,14 +8,13 @@ restart; one whose checkpoint was finalized does not.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_and_die
 from transforms import pubsub_source
 from transforms.pubsub_source import PubSubReader
 
@@ -54,30 +53,8 @@ def read_all(reader: PubSubReader, expected: int, deadline_s: float) -> list[byt
     return got
 
 
-KILLED_READER = """
-import sys, time
-from transforms import pubsub_source
-from transforms.pubsub_source import PubSubReader
-reader = PubSubReader(sys.argv[1])
-got, has = 0, reader.start()
-while got < 20:
-    if has:
-        got += 1
-    else:
-        time.sleep(0.05)
-    has = reader.advance()
-reader.get_checkpoint_mark()  # cut, never finalized: the bundle did not commit
-print("read", got, flush=True)
-time.sleep(600)
-"""
-
-
 def test_messages_come_again_unless_their_checkpoint_is_finalized(subscription):
-    killed = subprocess.Popen([sys.executable, "-c", KILLED_READER, subscription], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True, env=dict(os.environ))
-    assert killed.stdout.readline().strip() == "read 20"
-    killed.send_signal(signal.SIGKILL)  # its leases stop being extended
-    killed.wait()
+    read_and_die(subscription, 20)
 
     reader = PubSubReader(subscription)
     again = read_all(reader, 20, deadline_s=pubsub_source.ACK_DEADLINE_S + 15)

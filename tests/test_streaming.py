@@ -20,7 +20,8 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, list_keys, run_main
+from tests.conftest import ROOT, RUNNERS, list_keys, read_and_die, run_main
+from transforms import pubsub_source
 
 PROJECT = "local-project"
 WINDOW_S = 4
@@ -212,6 +213,33 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
     print(f"\nper-event batches written {time.monotonic() - published:.1f} s after publishing")
     batches = [b for v in objects.values() for b in v]
     assert len(batches) == 6 and all(len(b["events"]) == 1 for b in batches)
+
+
+# The forwarder's own source (Prism's) acknowledges on finalization; Beam's
+# ReadFromPubSub, on the DirectRunner, on pull.
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after_restart(
+    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism
+):
+    publisher, topic, subscription = pubsub
+    now_ms = int(time.time() * 1000)
+    for device in range(10):
+        data = batch(device, [device * 10 + 1, device * 10 + 2], now_ms)
+        publisher.publish(topic, json.dumps(data).encode()).result()
+    read_and_die(subscription, 10)  # read, checkpoint cut, killed before finalizing
+    restarted = time.monotonic()
+    live_pipeline(f"--window_size_s={WINDOW_S}")
+
+    def all_events():
+        objects = {k: v for k, v in read_objects(s3_client, bucket, "live/").items()
+                   if "Verification" not in k}
+        return objects if len(set(forwarded_ids(objects))) == 20 else None
+
+    objects = poll(all_events, deadline_s=pubsub_source.ACK_DEADLINE_S + 45)
+    assert objects, "the messages the killed reader held were not forwarded after a restart"
+    ids = forwarded_ids(objects)
+    assert sorted(ids) == sorted(d * 10 + n for d in range(10) for n in (1, 2))  # once each
+    print(f"\nforwarded {time.monotonic() - restarted:.1f} s after the restart")
 
 
 def test_live_sessions_are_refused_on_prism_which_does_not_merge_them(s3_endpoint, bucket, prism):
