@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, read_and_die
+from tests.tcp_fault_proxy import ConnectionCutter
 from transforms import pubsub_source
 from transforms.pubsub_source import PubSubReader
 
@@ -155,3 +156,31 @@ def poll_until(condition, deadline_s: float) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_an_acknowledgement_that_fails_is_sent_again(
+    subscription, pubsub_emulator, monkeypatch, caplog
+):
+    """Pub/Sub unreachable when a checkpoint is finalized: finalizing does not raise
+    (the runner would not finalize again), the messages stay leased, and their
+    acknowledgement goes once Pub/Sub is back; they do not come again."""
+    monkeypatch.setattr(pubsub_source, "ACK_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(pubsub_source, "ACK_DEADLINE_S", ACK_DEADLINE_S)  # a lost ack shows soon
+    monkeypatch.setattr(pubsub_source, "EXTEND_EVERY_S", 3)
+    with ConnectionCutter(pubsub_emulator, max_life_s=3600, refuse_rate=0.0) as cutter:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", cutter.endpoint)
+        reader = PubSubReader(subscription)
+        assert len(read_all(reader, 20, deadline_s=10)) == 20
+        mark = reader.get_checkpoint_mark()
+        cutter.refuse_rate = 1.0
+        cutter.cut_all()
+        mark.finalize_checkpoint()
+        assert "acknowledging 20 messages" in caplog.text
+        cutter.refuse_rate = 0.0
+        time.sleep(ACK_DEADLINE_S + 2)  # past a lease: unacknowledged, they would be free
+        reader.close()
+    other = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, subscription, "1", str(ACK_DEADLINE_S + 5)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator})
+    assert other.stdout.strip() == "0", other.stderr[-2000:]

@@ -21,6 +21,7 @@ from collections import Counter
 import pytest
 
 from tests.conftest import ROOT, RUNNERS, list_keys, read_and_die, run_main
+from tests.tcp_fault_proxy import ConnectionCutter
 from transforms import pubsub_source
 
 PROJECT = "local-project"
@@ -240,6 +241,43 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
     ids = forwarded_ids(objects)
     assert sorted(ids) == sorted(d * 10 + n for d in range(10) for n in (1, 2))  # once each
     print(f"\nforwarded {time.monotonic() - restarted:.1f} s after the restart")
+
+
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+def test_pubsub_connections_cut_lose_and_repeat_nothing(
+    s3_client, bucket, pubsub, pubsub_emulator, live_pipeline, runner_flags, prism, monkeypatch
+):
+    """The forwarder reaches Pub/Sub through a proxy that resets every connection
+    within 2 s of its opening and refuses a fifth of new ones: pulls, acknowledgements
+    and lease extensions fail in flight. Every event is forwarded, once."""
+    publisher, topic, _ = pubsub  # publishes past the proxy
+    with ConnectionCutter(pubsub_emulator, max_life_s=2.0, refuse_rate=0.2, seed=11) as cutter:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", cutter.endpoint)  # the forwarder's
+        live_pipeline(f"--window_size_s={WINDOW_S}")
+        expected = []
+        event_ids = itertools.count(1)
+        started = time.time()
+        while time.time() - started < 3 * WINDOW_S:
+            wait_mid_window()
+            for device in range(10):
+                ids = [next(event_ids), next(event_ids)]
+                data = batch(device, ids, int(time.time() * 1000))
+                publisher.publish(topic, json.dumps(data).encode()).result()
+                expected += ids
+            time.sleep(1)
+
+        def all_events():
+            objects = {k: v for k, v in read_objects(s3_client, bucket, "live/").items()
+                       if "Verification" not in k}
+            return objects if set(forwarded_ids(objects)) == set(expected) else None
+
+        objects = poll(all_events, deadline_s=90)
+        counts = dict(cutter.counts)
+    got = forwarded_ids(objects or {})
+    assert objects, f"{len(set(got))} of {len(expected)} events in 90 s; proxy: {counts}"
+    assert sorted(got) == sorted(expected)  # none twice
+    assert counts["cut"] >= 5 and counts["refused"] >= 1, counts
+    print(f"\n{len(expected)} events forwarded once; proxy: {counts}")
 
 
 def test_live_sessions_are_refused_on_prism_which_does_not_merge_them(s3_endpoint, bucket, prism):

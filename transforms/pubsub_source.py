@@ -32,8 +32,10 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -51,6 +53,10 @@ QUEUE_MESSAGES = 20_000  # pulled and not yet emitted, per process and subscript
 ACK_DEADLINE_S = 30
 EXTEND_EVERY_S = 10
 ACK_CHUNK = 1000  # ids per Acknowledge / ModifyAckDeadline request
+# How long one call is retried on transient errors (the client's default is 60 s,
+# which would hold the puller, and the leases it extends, through an outage).
+ACK_TIMEOUT_S = 10.0  # then an Acknowledge is left to the puller to send again
+LEASE_CALL_TIMEOUT_S = 5.0
 IDLE_WATERMARK_LAG_S = 1.0  # how far behind an empty pull's start the idle watermark is
 PULL_TIMEOUT_S = 5.0
 # Queued messages no reader asked for in this long go back to Pub/Sub, and
@@ -60,13 +66,36 @@ UNDRAINED_S = 15.0
 # its deadline keeps being extended until the checkpoint covering it is finalized.
 _HELD: dict[str, float] = {}
 _HELD_LOCK = threading.Lock()
+# subscription → ack ids whose Acknowledge failed: the puller sends them again
+# (they stay held, their leases extended, so Pub/Sub does not deliver them again).
+_UNACKED: dict[str, set[str]] = collections.defaultdict(set)
+ACK_RETRY_EVERY_S = 1.0
 MAX_HOLD_S = 30 * 60  # past this a message is left to be redelivered
 
 
 def _subscriber():
+    """One client per process (and Pub/Sub endpoint): its channel is thread-safe."""
+    return _client_for(os.environ.get("PUBSUB_EMULATOR_HOST"))
+
+
+@functools.cache
+def _client_for(emulator_host: str | None):
     from google.cloud import pubsub_v1
 
     return pubsub_v1.SubscriberClient()
+
+
+def _retrying(timeout_s: float):
+    """Retries of transient errors (unreachable, internal, aborted), for `timeout_s`."""
+    from google.api_core import exceptions
+    from google.api_core import retry as retries
+
+    return retries.Retry(
+        predicate=retries.if_exception_type(
+            exceptions.ServiceUnavailable, exceptions.InternalServerError,
+            exceptions.Aborted, exceptions.Unknown, exceptions.TooManyRequests),
+        initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s,
+    )
 
 
 def _in_chunks(ids: list[str]):
@@ -88,12 +117,28 @@ class PubSubCheckpoint(CheckpointMark):
         self.ack_ids = ack_ids
 
     def finalize_checkpoint(self) -> None:
-        if not self.ack_ids:
-            return
-        client = _subscriber()
-        for chunk in _in_chunks(self.ack_ids):
-            client.acknowledge(request={"subscription": self.subscription, "ack_ids": chunk})
-        _release(self.ack_ids)
+        if self.ack_ids:
+            _acknowledge(self.subscription, self.ack_ids)
+
+
+def _acknowledge(subscription: str, ack_ids: list[str]) -> None:
+    """Acknowledges; what fails is left for the puller to send again (never raises:
+    a finalization that failed would not be tried again)."""
+    from google.api_core import exceptions
+
+    client = _subscriber()
+    sent = 0
+    try:
+        for chunk in _in_chunks(ack_ids):
+            client.acknowledge(request={"subscription": subscription, "ack_ids": chunk},
+                               retry=_retrying(ACK_TIMEOUT_S), timeout=ACK_TIMEOUT_S)
+            sent += len(chunk)
+    except exceptions.GoogleAPIError as err:
+        _LOG.warning("acknowledging %d messages of %s failed, sending them again: %s",
+                     len(ack_ids) - sent, subscription, err)
+        with _HELD_LOCK:
+            _UNACKED[subscription].update(ack_ids[sent:])
+    _release(ack_ids[:sent])
 
 
 class _Puller:
@@ -173,8 +218,11 @@ class _Puller:
         return Timestamp.of(empty_since - IDLE_WATERMARK_LAG_S)
 
     def _pull_forever(self) -> None:
-        last_extended = time.monotonic()
+        last_extended = last_acked = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - last_acked > ACK_RETRY_EVERY_S:
+                last_acked = time.monotonic()
+                self._acknowledge_again()
             if time.monotonic() - self._asked > UNDRAINED_S:
                 self._hand_back()  # no reader here drains it: let another take it
                 time.sleep(0.05)
@@ -194,12 +242,15 @@ class _Puller:
             response = self._client.pull(
                 request={"subscription": self._subscription,
                          "max_messages": MAX_MESSAGES_PER_PULL},
-                timeout=PULL_TIMEOUT_S,
+                retry=_retrying(PULL_TIMEOUT_S), timeout=PULL_TIMEOUT_S,
             )
-        except (exceptions.DeadlineExceeded, exceptions.RetryError):
-            self._found_nothing(started)
-            return
-        except exceptions.GoogleAPICallError as err:  # transient: pull again after a pause
+        except exceptions.GoogleAPIError as err:
+            cause = err.cause if isinstance(err, exceptions.RetryError) else err
+            if isinstance(cause, exceptions.DeadlineExceeded):  # waited, nothing came
+                self._found_nothing(started)
+                return
+            # Transient (the service unreachable, say): pull again after a pause. The
+            # pull says nothing of what is there, so the watermark stays.
             _LOG.warning("pull from %s failed: %s", self._subscription, err)
             time.sleep(1)
             return
@@ -247,6 +298,12 @@ class _Puller:
         _release(unsent)
         self._modify_deadline(unsent, 0, "handing back messages of")
 
+    def _acknowledge_again(self) -> None:
+        with _HELD_LOCK:
+            again = list(_UNACKED.pop(self._subscription, ()))
+        if again:
+            _acknowledge(self._subscription, again)
+
     def _extend_leases(self) -> None:
         now = time.monotonic()
         with _HELD_LOCK:
@@ -263,7 +320,8 @@ class _Puller:
             try:
                 self._client.modify_ack_deadline(request={
                     "subscription": self._subscription, "ack_ids": chunk,
-                    "ack_deadline_seconds": seconds})
+                    "ack_deadline_seconds": seconds},
+                    retry=_retrying(LEASE_CALL_TIMEOUT_S), timeout=LEASE_CALL_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001 - a lease lost means a redelivery, no more
                 _LOG.warning("%s %s failed: %s", doing, self._subscription, err)
 
