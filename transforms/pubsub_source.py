@@ -20,8 +20,7 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
   again.
 - The watermark is the oldest publish time among the messages the process has
   pulled and not yet emitted, those a reader is emitting included (so one reader
-  never reports a time past a message another reader is still emitting; on Prism
-  that made a few messages late at every window and stalled the next stage); when
+  never reports a time past a message another reader is still emitting); when
   none are left it is the start of the last pull that found nothing (less a
   second), so windows of quiet devices close, and a message published during a
   slow pull is not behind it.
@@ -62,9 +61,10 @@ PULL_TIMEOUT_S = 5.0
 # Queued messages no reader asked for in this long go back to Pub/Sub, and
 # pulling pauses until a reader asks again.
 UNDRAINED_S = 15.0
-# ack id → when it was pulled: what this process holds unacknowledged, so that
-# its deadline keeps being extended until the checkpoint covering it is finalized.
-_HELD: dict[str, float] = {}
+# ack id → (subscription, when it was pulled): what this process holds
+# unacknowledged, so that its deadline keeps being extended until the checkpoint
+# covering it is finalized.
+_HELD: dict[str, tuple[str, float]] = {}
 _HELD_LOCK = threading.Lock()
 # subscription → ack ids whose Acknowledge failed: the puller sends them again
 # (they stay held, their leases extended, so Pub/Sub does not deliver them again).
@@ -261,7 +261,7 @@ class _Puller:
             return
         now = time.monotonic()
         with _HELD_LOCK:
-            _HELD.update((message.ack_id, now) for message in received)
+            _HELD.update((message.ack_id, (self._subscription, now)) for message in received)
         # The subscription's own deadline may be as short as 10 s: lease them now.
         self._extend([message.ack_id for message in received])
         pulled = []
@@ -307,9 +307,10 @@ class _Puller:
     def _extend_leases(self) -> None:
         now = time.monotonic()
         with _HELD_LOCK:
-            for ack_id in [a for a, at in _HELD.items() if now - at > MAX_HOLD_S]:
+            for ack_id in [a for a, (_, at) in _HELD.items() if now - at > MAX_HOLD_S]:
                 del _HELD[ack_id]
-            held = list(_HELD)
+            held = [a for a, (subscription, _) in _HELD.items()
+                    if subscription == self._subscription]
         self._extend(held)
 
     def _extend(self, ack_ids: list[str]) -> None:
