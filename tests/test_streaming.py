@@ -222,6 +222,8 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
 def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after_restart(
     s3_client, bucket, pubsub, live_pipeline, runner_flags, prism
 ):
+    """They come again when their 30-second lease runs out, long after the restarted
+    forwarder's idle watermark passed their publish time: late data, on Prism."""
     publisher, topic, subscription = pubsub
     now_ms = int(time.time() * 1000)
     for device in range(10):
