@@ -161,29 +161,61 @@ def runner_flags(request) -> list[str]:
     return RUNNERS[request.param]
 
 
-_KILLED_READER = """
+def poll(condition, deadline_s: float, every_s: float = 0.5):
+    """Calls `condition` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
+
+
+# Reads up to `count` messages with the forwarder's PubSubReader (for at most
+# `deadline_s`), cuts their checkpoint and prints how many; then "finalize"s it and
+# ends, or "hold"s it, never finalized, until killed.
+_READER_PROCESS = """
 import sys, time
 from transforms.pubsub_source import PubSubReader
-reader = PubSubReader(sys.argv[1])
-got, has = 0, reader.start()
-while got < int(sys.argv[2]):
+subscription, count, deadline_s, then = sys.argv[1:]
+reader = PubSubReader(subscription)
+got, has, deadline = 0, reader.start(), time.monotonic() + float(deadline_s)
+while got < int(count) and time.monotonic() < deadline:
     if has:
         got += 1
     else:
         time.sleep(0.05)
     has = reader.advance()
-reader.get_checkpoint_mark()  # cut, never finalized: the bundle did not commit
+mark = reader.get_checkpoint_mark()
 print("read", got, flush=True)
-time.sleep(600)
+if then == "finalize":
+    mark.finalize_checkpoint()
+    reader.close()
+else:
+    time.sleep(600)
 """
+
+
+def read_in_another_process(subscription: str, count: int, deadline_s: float,
+                            env: dict | None = None) -> int:
+    """How many messages (up to `count`) a reader in a process of its own gets, and
+    acknowledges, within `deadline_s`."""
+    done = subprocess.run(
+        [sys.executable, "-c", _READER_PROCESS, subscription, str(count), str(deadline_s),
+         "finalize"],
+        cwd=ROOT, capture_output=True, text=True, env=env or dict(os.environ),
+        timeout=deadline_s + 60)
+    assert done.stdout.startswith("read "), done.stderr[-2000:]
+    return int(done.stdout.split()[1])
 
 
 def read_and_die(subscription: str, count: int) -> None:
     """Reads `count` messages with the forwarder's PubSubReader in a process of its
     own, cuts their checkpoint, and kills the process (SIGKILL) before the checkpoint
     is finalized, as a crash between a bundle's reading and its commit would."""
-    killed = subprocess.Popen([sys.executable, "-c", _KILLED_READER, subscription, str(count)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    killed = subprocess.Popen(
+        [sys.executable, "-c", _READER_PROCESS, subscription, str(count), "600", "hold"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         assert killed.stdout.readline().strip() == f"read {count}"
     finally:

@@ -8,13 +8,11 @@ restart; one whose checkpoint was finalized does not.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, read_and_die
+from tests.conftest import poll, read_and_die, read_in_another_process
 from tests.tcp_fault_proxy import ConnectionCutter
 from transforms import pubsub_source
 from transforms.pubsub_source import PubSubReader
@@ -94,33 +92,13 @@ def test_readers_in_one_process_share_what_is_pulled(subscription):
         reader.close()
 
 
-OTHER_PROCESS = """
-import sys, time
-from transforms.pubsub_source import PubSubReader
-reader = PubSubReader(sys.argv[1])
-got, has, deadline = [], reader.start(), time.monotonic() + float(sys.argv[3])
-while len(got) < int(sys.argv[2]) and time.monotonic() < deadline:
-    if has:
-        got.append(reader.get_current().data.decode())
-    else:
-        time.sleep(0.05)
-    has = reader.advance()
-reader.get_checkpoint_mark().finalize_checkpoint()
-reader.close()
-print(len(got), flush=True)
-"""
-
-
 def test_what_no_reader_asks_for_goes_back_to_pubsub(subscription, monkeypatch):
     """Messages queued in a process whose readers stopped asking go to another process."""
     monkeypatch.setattr(pubsub_source, "UNDRAINED_S", 2.0)
     abandoned = PubSubReader(subscription)
     emitted = 1 if abandoned.start() else 0
     time.sleep(1)  # its puller has taken the backlog
-    other = subprocess.run(
-        [sys.executable, "-c", OTHER_PROCESS, subscription, str(20 - emitted), "20"],
-        cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=60)
-    assert other.stdout.strip() == str(20 - emitted), other.stderr[-2000:]
+    assert read_in_another_process(subscription, 20 - emitted, deadline_s=20) == 20 - emitted
     abandoned.get_checkpoint_mark().finalize_checkpoint()
     abandoned.close()
 
@@ -142,20 +120,11 @@ def test_the_watermark_holds_what_another_reader_is_emitting(subscription):
     assert other.advance() is False
     assert other.get_watermark() <= held
     emitting.advance()  # the runner asks for the next: the held one was emitted
-    moved_on = poll_until(lambda: other.get_watermark() > held, deadline_s=10)
+    moved_on = poll(lambda: other.get_watermark() > held, deadline_s=10, every_s=0.1)
     assert moved_on, "the watermark did not move past the emitted message"
     for reader in (emitting, other):
         reader.get_checkpoint_mark().finalize_checkpoint()
         reader.close()
-
-
-def poll_until(condition, deadline_s: float) -> bool:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_an_acknowledgement_that_fails_is_sent_again(
@@ -179,8 +148,6 @@ def test_an_acknowledgement_that_fails_is_sent_again(
         cutter.refuse_rate = 0.0
         time.sleep(ACK_DEADLINE_S + 2)  # past a lease: unacknowledged, they would be free
         reader.close()
-    other = subprocess.run(
-        [sys.executable, "-c", OTHER_PROCESS, subscription, "1", str(ACK_DEADLINE_S + 5)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator})
-    assert other.stdout.strip() == "0", other.stderr[-2000:]
+    again = read_in_another_process(subscription, 1, deadline_s=ACK_DEADLINE_S + 5,
+                                    env={**os.environ, "PUBSUB_EMULATOR_HOST": pubsub_emulator})
+    assert again == 0

@@ -20,23 +20,13 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, RUNNERS, list_keys, read_and_die, run_main
+from tests.conftest import ROOT, RUNNERS, list_keys, poll, read_and_die, run_main
 from tests.tcp_fault_proxy import ConnectionCutter
 from transforms import pubsub_source
 
 PROJECT = "local-project"
 WINDOW_S = 4
 _names = itertools.count()
-
-
-def poll(condition, deadline_s: float, every_s: float = 0.5):
-    """Calls `condition` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every_s)
 
 
 @pytest.fixture
