@@ -80,7 +80,7 @@ def pubsub_readers(name: str) -> int:
     few dozen messages of a window reached the first GroupByKey after it had fired
     that window, in a bundle beside the on-time one, and from then on Prism held
     the next stage's watermark: no more files (its debug log shows it; the steady
-    live benchmark stalled in 10 of 14 runs, in 0 of 4 with one reader). A minimal
+    live benchmark stalled in 10 of 14 runs, in 0 of 5 with one reader). A minimal
     source with two readers did not reproduce it, so the cause is not pinned down.
     """
     if name not in PORTABLE:
