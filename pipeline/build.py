@@ -8,10 +8,9 @@
 Files and Pub/Sub share everything after the source; only the time domain
 differs (arrival time from the batch, or the publish time).
 
-A sliced bounded run (`pipeline.sliced`, on runners of this machine) cuts the
-same graph at StampArrival: one pipeline writes the keyed batches to local
-spill files per slice of arrival time (`build_spill`), then one per slice, in
-time order, groups and writes them (`build_slice`).
+A sliced bounded run (`pipeline.sliced`, on runners of this machine) shares
+the graph up to StampArrival, then groups and packs on local disk in the
+workers, with the same rules (`build_sliced`, `transforms.spill`).
 """
 
 from __future__ import annotations
@@ -23,12 +22,13 @@ import apache_beam as beam
 from pipeline.config import ForwarderConfig
 from transforms import spill
 from transforms.apply_settings import ApplySettings
-from transforms.batching import CARRIED, BatchingMode, BatchPerDevice, StampArrival
+from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
+from transforms.dead_letters import DEAD_LETTERS
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches, input_client, sample_records
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
-from transforms.write import WriteBatchFiles, WriteDeadLetters
+from transforms.write import BatchFileNamer, WriteBatchFiles, WriteDeadLetters
 
 
 class Outputs(NamedTuple):
@@ -54,7 +54,7 @@ def forward(
     keyed, dead_letters = arrive(records, config, codec)
     if read_dead_letters is not None:
         dead_letters.append(read_dead_letters)
-    files, more_dead_letters, _ = batch_and_write(keyed, config, codec, keyed_windows)
+    files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows)
     return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config))
 
 
@@ -75,12 +75,8 @@ def batch_and_write(
     config: ForwarderConfig,
     codec: ShuffleCodec,
     keyed_windows: bool,
-    open_after_ms: int | None = None,
-) -> tuple[beam.PCollection, list[beam.PCollection], beam.PCollection]:
-    """(device, ShuffledBatch) → (files written, [dead letters], batches carried over).
-
-    `open_after_ms`: a sliced run's slice end (see `transforms.spill`).
-    """
+) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    """(device, ShuffledBatch) → (files written, [dead letters])."""
     # Files are packed per fixed window. In streaming, one-event batches and
     # sessions (which end at any time) go out within seconds of being complete
     # rather than when that packing window closes.
@@ -93,7 +89,6 @@ def batch_and_write(
         config.allowed_lateness_s,
         keyed_windows=keyed_windows,
         codec=codec,
-        open_after_ms=open_after_ms,
     )
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
@@ -110,7 +105,7 @@ def batch_and_write(
         keyed_windows=keyed_windows,
         codec=codec,
     )
-    return files, [batched["dead_letters"]], batched[CARRIED]
+    return files, [batched["dead_letters"]]
 
 
 def write_dead_letters(
@@ -126,38 +121,35 @@ def write_dead_letters(
     )
 
 
-def build_spill(
+def build_sliced(
     pipeline: beam.Pipeline, config: ForwarderConfig, codec: ShuffleCodec, spill_dir: str
-) -> beam.PCollection:
-    """A sliced run's first pass: the input → spill files per arrival slice; dead letters."""
+) -> Outputs:
+    """A sliced bounded run: the input → keyed batches spilled per device shard and
+    slice → grouped and merged per shard → file lines spilled per file window →
+    files. Only shard numbers and window starts cross the runner."""
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     keyed, dead_letters = arrive(read["records"], config, codec)
-    _ = keyed | "SpillToSlices" >> beam.ParDo(
-        spill.SpillToSlices(spill_dir, config.arrival_slice_s)
+    shards = keyed | "SpillBatches" >> beam.ParDo(
+        spill.SpillBatches(spill_dir, config.arrival_slice_s)
     )
-    return write_dead_letters(dead_letters + [read["dead_letters"]], config)
-
-
-def build_slice(
-    pipeline: beam.Pipeline,
-    config: ForwarderConfig,
-    codec: ShuffleCodec,
-    spill_dir: str,
-    slice_starts: list[int],
-    last: bool,
-) -> Outputs:
-    """Slices of a sliced run, earliest first: their spill files → forwarded files;
-    sessions still open at the end of the latest (unless it is the `last` of the run)
-    into the next slice's files."""
-    end_s = max(slice_starts) + config.arrival_slice_s
-    paths = [path for start in slice_starts for path in spill.slice_files(spill_dir, start)]
-    keyed = pipeline | "ReadSpill" >> spill.ReadSpill(paths)
-    files, dead_letters, carried = batch_and_write(
-        keyed, config, codec, keyed_windows=True, open_after_ms=None if last else end_s * 1000,
+    grouped = (
+        shards
+        | "EachShardOnce" >> beam.Distinct()
+        | "GroupShards" >> beam.ParDo(spill.GroupShard(
+            spill_dir, config.arrival_slice_s, config.batching, config.window_size_s,
+            config.session_gap_s, codec, config.date_folders, config.file_shards,
+        )).with_outputs(DEAD_LETTERS, main="windows")
     )
-    _ = carried | "CarryOpenSessions" >> beam.ParDo(
-        spill.SpillToSlices(spill_dir, config.arrival_slice_s, floor_s=end_s)
+    files = (
+        grouped.windows
+        | "EachWindowOnce" >> beam.Distinct()
+        | "WriteWindows" >> beam.ParDo(spill.WriteSpilledWindow(
+            spill_dir, config.output_location, config.connection,
+            BatchFileNamer(config.folder, config.compress), config.max_batches_per_file,
+            config.max_file_bytes, codec,
+        ))
     )
+    dead_letters += [read["dead_letters"], grouped[DEAD_LETTERS]]
     return Outputs(files, write_dead_letters(dead_letters, config))
 
 

@@ -1,30 +1,28 @@
-"""Sliced bounded runs: memory for one slice of arrival time, not the whole archive.
+"""Sliced bounded runs: memory for a slice of arrival time, not the whole archive.
 
 The runners of this machine (the FnApiRunner behind the DirectRunner, and Prism)
-hold everything a GroupByKey groups in memory until the run ends, so grouping a
-month of archives at once needs the month in memory. A sliced run instead:
-
-1. reads, parses and filters the whole input once, and writes each batch, keyed
-   and compressed as it would cross the shuffle, to local spill files per slice
-   of arrival time (`--arrival_slice_s`, a day by default; see `transforms.spill`);
-2. runs the grouping, merging and writing once per slice, earliest first, each
-   slice's files deleted once it is written. A session still open at a slice's
-   end is carried into the next slice, so it comes out whole. Consecutive slices
-   that together spilled no more than the largest one run together: memory stays
-   that of the largest slice, and small slices do not each pay a pipeline's
-   start-up (about 0.5 s in-process, 3 s with worker processes or Prism).
+hold everything a GroupByKey groups in memory until the run ends, in their own
+process, so grouping a month of archives at once needs the month in memory
+there. A sliced run is one pipeline that groups on local disk in the workers
+instead (`transforms.spill`): it spills the keyed batches per device shard and
+slice of arrival time (`--arrival_slice_s`, a day by default), groups each
+shard's slices in time order in a worker (a session still open at a slice's
+end is grouped with the next slice, so it comes out whole), spills the file
+lines per file window, and packs and writes each window. The runner only
+hands out shard numbers and window starts.
 
 Fixed windows and file windows never span slices (the slice length is a
-multiple of the window size, and both are UTC-aligned), and every file window
-belongs to exactly one slice's run, so the forwarded objects are byte-identical,
-under identical keys, to an unsliced run's. Cluster runners (Flink, Spark,
-Dataflow) spill their own shuffles to disk and run unsliced.
+multiple of the window size, and both are UTC-aligned), and the grouping,
+merging, packing and naming are the unsliced run's own functions, so the
+forwarded objects are byte-identical, under identical keys, to an unsliced
+run's. Cluster runners (Flink, Spark, Dataflow) spill their own shuffles to
+disk and run unsliced.
 
-The spill needs local disk for the input as compressed batches (measured: 0.22
-of the benchmark's NDJSON bytes); the run checks first that 0.35 of them (2.5 of
-gzip input's bytes) are free. The directory is removed when the run ends,
-failed or not, and one left by a killed run is removed by the next run that uses
-the same spill directory.
+The spill needs local disk for the input as compressed batches and again as
+compressed file lines (measured: SPILL_PER_INPUT_BYTE of the benchmark's NDJSON
+bytes, less the margin); the run checks first that it is free. The directory is
+removed when the run ends, failed or not, and one left by a killed run is
+removed by the next run that uses the same spill directory.
 """
 
 from __future__ import annotations
@@ -35,14 +33,12 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 import apache_beam as beam
 
-from pipeline.build import build_slice, build_spill
+from pipeline.build import build_sliced
 from pipeline.config import ConfigError, ForwarderConfig
 from transforms import spill
 from transforms.shuffled import ShuffleCodec
@@ -67,56 +63,30 @@ def applies(config: ForwarderConfig, runner: str) -> bool:
 def run_sliced(
     config: ForwarderConfig, codec: ShuffleCodec, run_graph: RunGraph, spill_bytes: int
 ) -> dict:
-    """Runs the spill pass, then every slice in time order; returns the summed counters.
+    """Runs the sliced pipeline; returns its counters.
 
     `run_graph(build_graph)` runs one pipeline that `build_graph` builds, to its
     end, and returns its counters. `spill_bytes`: about how much disk the spill takes
     (`spill_bytes_needed`).
     """
-    totals: Counter = Counter()
     with spill_directory(config.spill_dir, spill_bytes) as spill_dir:
-        started = time.monotonic()
-        totals.update(run_graph(lambda p: build_spill(p, config, codec, spill_dir)))
-        pending = spill.pending_slices(spill_dir)
-        _LOG.info("input in %d slice(s) of %s in %.1f s, %.1f MiB spilled", len(pending),
-                  _duration(config.arrival_slice_s), time.monotonic() - started,
-                  sum(_spilled(spill_dir, start) for start in pending) / MIB)
-        largest = 0
-        done = 0
-        while pending:
-            sizes = {start: _spilled(spill_dir, start) for start in pending}
-            largest = max(largest, *sizes.values())
-            run = _next_run(pending, sizes, largest)
-            last = len(run) == len(pending)
-            started = time.monotonic()
-            totals.update(run_graph(
-                lambda p, run=run, last=last: build_slice(p, config, codec, spill_dir, run, last)
-            ))
-            done += len(run)
-            _LOG.info("slice(s) %d-%d of %d, from %s: %.1f MiB spilled, written in %.1f s",
-                      done - len(run) + 1, done, done + len(pending) - len(run), _utc(run[0]),
-                      sum(sizes[start] for start in run) / MIB, time.monotonic() - started)
-            for start in run:
-                shutil.rmtree(spill.slice_folder(spill_dir, start))
-            pending = spill.pending_slices(spill_dir)  # sessions carried on may add one
-    return dict(totals)
+        counters = run_graph(lambda p: build_sliced(p, config, codec, spill_dir))
+        batches, lines, largest = _spilled(spill_dir)
+        _LOG.info("spilled %.1f MiB of batches and %.1f MiB of file lines; the largest slice "
+                  "of a shard %.1f MiB (slices of %s, %d shards)", batches / MIB, lines / MIB,
+                  largest / MIB, _duration(config.arrival_slice_s), spill.BATCH_SHARDS)
+    return counters
 
 
-def _next_run(pending: list[int], sizes: dict[int, int], largest: int) -> list[int]:
-    """The slices to run next, earliest first: the earliest, and after it as many as fit
-    together in the spill bytes of the largest slice (so memory stays that of the
-    largest slice, and small slices do not each pay a pipeline's start-up)."""
-    run, total = [pending[0]], sizes[pending[0]]
-    for start in pending[1:]:
-        if total + sizes[start] > largest:
-            break
-        run.append(start)
-        total += sizes[start]
-    return run
-
-
-def _spilled(spill_dir: str, start: int) -> int:
-    return sum(os.path.getsize(path) for path in spill.slice_files(spill_dir, start))
+def _spilled(spill_dir: str) -> tuple[int, int, int]:
+    """Bytes of spilled batches and lines, and of the largest slice of one shard."""
+    sizes: Counter = Counter()
+    for folder, _, names in os.walk(spill_dir):
+        sizes[folder] = sum(os.path.getsize(os.path.join(folder, name)) for name in names)
+    batches = {folder: size for folder, size in sizes.items()
+               if os.path.relpath(folder, spill_dir).startswith("batches")}
+    return sum(batches.values()), sum(sizes.values()) - sum(batches.values()), max(
+        batches.values(), default=0)
 
 
 @contextlib.contextmanager
@@ -165,10 +135,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
-
-
-def _utc(start_s: int) -> str:
-    return datetime.fromtimestamp(start_s, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _duration(seconds: int) -> str:

@@ -192,23 +192,31 @@ def test_a_spill_without_the_disk_it_needs_is_refused(tmp_path):
 
 def test_spill_frames_read_back_and_a_cut_file_is_an_error(tmp_path):
     from transforms.shuffled import ShuffledBatch
-    from transforms.spill import SUFFIX, SpillToSlices, read_frames, slice_files
+    from transforms.spill import (
+        SUFFIX, SpillBatches, batch_folder, read_frames, shard_slices, spill_files,
+    )
 
     items = [(f"mpid:{n}", ShuffledBatch(BOUNDARY_MS + n * 3_600_000, f"f:{n}", "App", b"\x00" * n))
              for n in range(5)]
-    spill = SpillToSlices(str(tmp_path), SLICE_S)
+    spill = SpillBatches(str(tmp_path), SLICE_S)
     spill.start_bundle()
     for item in items:
         spill.process(item)
-    assert list(tmp_path.iterdir()) == []  # nothing visible before the bundle finishes
-    spill.finish_bundle()
-    starts = sorted(int(p.name) for p in tmp_path.iterdir())
-    assert starts == [1_700_006_400, 1_700_013_600, 1_700_020_800]  # 2-hour slices
-    read = [frame for start in starts for path in slice_files(str(tmp_path), start)
-            for frame in read_frames(path)]
-    assert read == items
-    [path] = slice_files(str(tmp_path), starts[0])
-    assert path.endswith(SUFFIX)
+    assert list(tmp_path.rglob("*" + SUFFIX)) == []  # nothing visible before the bundle finishes
+    shards = [value.value for value in spill.finish_bundle()]
+    assert shards == sorted(set(shards)) and shards
+    read = {}
+    for shard in shards:
+        starts = shard_slices(str(tmp_path), shard)
+        assert starts == sorted(starts)
+        for start in starts:
+            for path in spill_files(batch_folder(str(tmp_path), shard, start)):
+                read.update((frame, start) for frame in read_frames(path))
+    assert sorted(read) == sorted(items)
+    # 2-hour slices, UTC-aligned: 00:00, 00:00, 02:00, 02:00, 04:00.
+    assert [read[item] for item in items] == [1_700_006_400] * 2 + [1_700_013_600] * 2 + [
+        1_700_020_800]
+    path = next(iter(tmp_path.rglob("*" + SUFFIX)))
     with open(path, "r+b") as cut:
         cut.truncate(os.path.getsize(path) - 1)
     with pytest.raises(EOFError, match="spill file ends inside a frame"):

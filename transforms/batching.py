@@ -49,9 +49,6 @@ DEFAULT_SESSION_GAP_S = 1800
 DEFAULT_ALLOWED_LATENESS_S = 24 * 3600
 
 
-CARRIED = "carried"  # batches of sessions open at a slice's end (see transforms.spill)
-
-
 class BatchingMode(enum.Enum):
     FIXED = "fixed"
     SESSIONS = "sessions"
@@ -116,32 +113,28 @@ def _stamped(arrived: ArrivedBatch, codec: ShuffleCodec) -> window.TimestampedVa
     )
 
 
-class MergeBatchFn(beam.DoFn):
-    """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes.
+class Merger:
+    """One device's batches of one window → ForwardedBatch, counted; the rule of
+    MergeBatchFn, shared with the sliced runs' grouping in workers (`transforms.spill`).
 
-    A group that cannot be merged sends each of its batches to DEAD_LETTERS.
+    Counters are made in a DoFn's `setup` (`Merger(codec)` there) and counted in
+    the bundle's thread.
     """
 
     STAGE = "merge"
 
     def __init__(self, codec: ShuffleCodec):
         self._codec = codec
-
-    def setup(self):
         self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
         self._late_batches = metrics.counter(metrics.LATE_BATCHES)
         self._late_events = metrics.counter(metrics.LATE_EVENTS)
         self._events_dead = metrics.counter(metrics.EVENTS_DEAD_LETTERED)
 
-    def process(
-        self,
-        element: tuple[str, Iterable[ShuffledBatch]],
-        pane=beam.DoFn.PaneInfoParam,
-    ) -> Iterator:
-        device, shuffled = element
-        shuffled = list(shuffled)
+    def merged(self, device: str, shuffled: list[ShuffledBatch], late: bool = False) -> Iterator:
+        """The ForwardedBatch; or, for a group that cannot be merged, each of its
+        batches as a dead letter in DEAD_LETTERS."""
         try:
-            forwarded = self._merged(device, shuffled, pane)
+            forwarded = self._merged(device, shuffled, late)
         except Exception as err:  # no record may stop the run: dead letters say why
             for item in shuffled:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, self._dead_letter(item, err))
@@ -156,12 +149,12 @@ class MergeBatchFn(beam.DoFn):
             pass  # not a batch: no events to account for
         return dead_letter(item.source, self.STAGE, unexpected(err), raw)
 
-    def _merged(self, device: str, shuffled: list[ShuffledBatch], pane) -> ForwardedBatch:
+    def _merged(self, device: str, shuffled: list[ShuffledBatch], late: bool) -> ForwardedBatch:
         arrived = [item.arrived(device, self._codec) for item in shuffled]
         merged, duplicates = merge_batches(arrived)
         self._duplicates.inc(duplicates)
         event_count = len(merged.get("events") or ())
-        if pane.timing == PaneInfoTiming.LATE:
+        if late:
             self._late_batches.inc()
             self._late_events.inc(event_count)
             # Also logged: late data is rare, and the DirectRunner under-reports
@@ -171,7 +164,29 @@ class MergeBatchFn(beam.DoFn):
         return ForwardedBatch(merged, newest.app_name, device, newest.arrival_ms, event_count)
 
 
-def _per_event(keyed: tuple[str, ShuffledBatch], codec: ShuffleCodec) -> Iterator[ForwardedBatch]:
+class MergeBatchFn(beam.DoFn):
+    """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes.
+
+    A group that cannot be merged sends each of its batches to DEAD_LETTERS.
+    """
+
+    def __init__(self, codec: ShuffleCodec):
+        self._codec = codec
+
+    def setup(self):
+        self._merger = Merger(self._codec)
+
+    def process(
+        self,
+        element: tuple[str, Iterable[ShuffledBatch]],
+        pane=beam.DoFn.PaneInfoParam,
+    ) -> Iterator:
+        device, shuffled = element
+        yield from self._merger.merged(device, list(shuffled), pane.timing == PaneInfoTiming.LATE)
+
+
+def per_event(keyed: tuple[str, ShuffledBatch], codec: ShuffleCodec) -> Iterator[ForwardedBatch]:
+    """With Send as Batch off: a batch's events, each its own outbound batch."""
     device, shuffled = keyed
     arrived = shuffled.arrived(device, codec)
     for batch in split_per_event(arrived.batch) or [arrived.batch]:
@@ -180,37 +195,42 @@ def _per_event(keyed: tuple[str, ShuffledBatch], codec: ShuffleCodec) -> Iterato
         )
 
 
-def _fixed_window_key(keyed: tuple[str, ShuffledBatch], size_us: int):
+def fixed_window_key(keyed: tuple[str, ShuffledBatch], size_us: int):
+    """((device, window start), batch): the key a batch is grouped under in fixed windows."""
     device, shuffled = keyed
     return (device, window_start_us(shuffled.arrival_ms * 1000, size_us)), shuffled
 
 
+def window_end_us(start_us: int, size_us: int) -> int:
+    """An outbound batch's time: the last microsecond of its window (as Beam's)."""
+    return start_us + size_us - 1
+
+
 def _stamped_fixed_window(element, size_us: int):
     (device, start_us), shuffled = element
-    return window.TimestampedValue((device, shuffled), Timestamp(micros=start_us + size_us - 1))
+    return window.TimestampedValue(
+        (device, shuffled), Timestamp(micros=window_end_us(start_us, size_us))
+    )
 
 
-def _stamped_sessions(element, gap_ms: int, open_after_ms: int | None):
-    """A device's sessions, each at its end; with `open_after_ms` (a slice's end), the
-    batches of a session still open then go to CARRIED instead, for the next slice."""
+def session_end_us(end_ms: int) -> int:
+    """A session's outbound batch's time: the last microsecond of its window."""
+    return end_ms * 1000 - 1
+
+
+def _stamped_sessions(element, gap_ms: int):
+    """A device's sessions, each at its end."""
     device, shuffled = element
     for batches, end_ms in split_sessions(shuffled, gap_ms):
-        if open_after_ms is not None and end_ms > open_after_ms:
-            for item in batches:
-                yield pvalue.TaggedOutput(CARRIED, (device, item))
-        else:
-            yield window.TimestampedValue((device, batches), Timestamp(micros=end_ms * 1000 - 1))
+        yield window.TimestampedValue((device, batches), Timestamp(micros=session_end_us(end_ms)))
 
 
 class BatchPerDevice(beam.PTransform):
-    """(device, ShuffledBatch) → {"batches": ForwardedBatch, "dead_letters": dict, CARRIED}, grouped
+    """(device, ShuffledBatch) → {"batches": ForwardedBatch, "dead_letters": dict}, grouped
     as `mode` says. Dead letters (groups that could not be merged) are in the global window.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
     `codec`: how batches are compressed on their way through the shuffle.
-    `open_after_ms`: the end of the slice a sliced run is on (sessions): a session
-    still open then is not merged but its batches go to the CARRIED output, as
-    (device, ShuffledBatch), for the next slice.
     """
 
     def __init__(
@@ -221,12 +241,8 @@ class BatchPerDevice(beam.PTransform):
         allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
-        open_after_ms: int | None = None,
     ):
         super().__init__()
-        if open_after_ms is not None and not keyed_windows:
-            raise ValueError("open_after_ms (slices) needs keyed_windows (bounded input)")
-        self._open_after_ms = open_after_ms
         self._mode = mode
         self._window_size_s = window_size_s
         self._session_gap_s = session_gap_s
@@ -235,15 +251,12 @@ class BatchPerDevice(beam.PTransform):
         self._codec = codec
 
     def expand(self, keyed):
-        nothing = keyed.pipeline | "Nothing" >> beam.Create([])
         if self._mode is BatchingMode.PER_EVENT:
-            batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(_per_event, self._codec)
-            return {"batches": batches, "dead_letters": nothing, CARRIED: nothing}
-        carried = nothing
+            batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
+            nothing = keyed.pipeline | "NoDeadLetters" >> beam.Create([])
+            return {"batches": batches, "dead_letters": nothing}
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)
-            if self._mode is BatchingMode.SESSIONS:
-                grouped, carried = grouped.sessions, grouped[CARRIED]
         else:
             grouped = self._group_windowed(keyed)
         merged = grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn(self._codec)).with_outputs(
@@ -252,7 +265,7 @@ class BatchPerDevice(beam.PTransform):
         dead_letters = merged[DEAD_LETTERS] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
             window.GlobalWindows()
         )
-        return {"batches": merged.batches, "dead_letters": dead_letters, CARRIED: carried}
+        return {"batches": merged.batches, "dead_letters": dead_letters}
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:
@@ -270,14 +283,12 @@ class BatchPerDevice(beam.PTransform):
             return (
                 keyed
                 | "GroupPerDevice" >> beam.GroupByKey()
-                | "SplitSessions" >> beam.FlatMap(
-                    _stamped_sessions, self._session_gap_s * 1000, self._open_after_ms
-                ).with_outputs(CARRIED, main="sessions")
+                | "SplitSessions" >> beam.FlatMap(_stamped_sessions, self._session_gap_s * 1000)
             )
         size_us = self._window_size_s * 1_000_000
         return (
             keyed
-            | "KeyByWindow" >> beam.Map(_fixed_window_key, size_us).with_output_types(
+            | "KeyByWindow" >> beam.Map(fixed_window_key, size_us).with_output_types(
                 tuple[tuple[str, int], ShuffledBatch]
             )
             | "GroupPerDeviceWindow" >> beam.GroupByKey()

@@ -1,19 +1,35 @@
-"""Arrival-time slices on local disk: how a bounded run keeps memory to one slice.
+"""Sliced bounded runs on local disk: memory for a slice of a device shard.
 
-A local runner (the FnApiRunner, Prism) holds all that it groups in memory, so a
-run over a month of archives would need the month in memory. A sliced run
-(`pipeline.sliced`) first writes every device-keyed batch, as it crosses a
-shuffle (`ShuffledBatch`: zstd-compressed JSON), into a file per slice of
-arrival time and per bundle (`SpillToSlices`); then it runs the grouping and
-writing once per slice, in time order, on that slice's files (`ReadSpill`).
+A local runner (the FnApiRunner, Prism) holds all that it groups in memory
+until the run ends, and does it in its own process, on one core. A sliced run
+(`pipeline.sliced`) groups on local disk instead, in the workers, and gives
+the runner only the names of what to work on next:
 
-    <spill dir>/<slice start, epoch seconds>/<bundle id>.spill
+1. `SpillBatches`: every device-keyed batch, as it would cross a shuffle
+   (`ShuffledBatch`: zstd-compressed JSON), is appended to a file per device
+   shard, slice of arrival time (`--arrival_slice_s`) and bundle; when its
+   bundle finishes, it emits the shards it wrote.
+2. `GroupShard`, once per shard: the shard's slices in time order, each read
+   into memory, grouped per device and window as the unsliced run groups them
+   (`transforms.batching`: the same keys, sessions, merging), and its outbound
+   batches appended as file lines to a file per file window and bundle. A
+   session still open at a slice's end is kept in memory and grouped with the
+   next slice, so it comes out whole. Emits the file windows it wrote.
+3. `WriteSpilledWindow`, once per file window: its lines grouped per file
+   (app, date folder, shard), packed and written as the unsliced run writes
+   them (`transforms.write`), several uploads at once.
 
-A file is a sequence of frames: a 4-byte big-endian length, then the
-(device, ShuffledBatch) pair in Beam's own coders. Slices are UTC-aligned
-multiples of the slice length, so fixed windows (whose size divides it) never
-span two; a session still open at a slice's end is carried into the next
-slice's files (see `BatchPerDevice`), so it comes out whole.
+    <spill dir>/batches/<device shard>/<slice start, epoch s>/<bundle id>.spill
+    <spill dir>/lines/<file window start, epoch µs>/<bundle id>.spill
+
+A file is a sequence of frames: a 4-byte big-endian length, then one element
+in Beam's own coders. Files are named `.part` until their bundle has
+finished, so workers never share a file and a bundle that failed leaves
+nothing a later step reads. Slices are UTC-aligned multiples of the slice
+length, so fixed windows (whose size divides it) never span two.
+
+Memory: one slice of one shard per worker (BATCH_SHARDS shards), and one file
+window's lines. The runner holds only shard numbers and window starts.
 """
 
 from __future__ import annotations
@@ -21,23 +37,41 @@ from __future__ import annotations
 import os
 import struct
 import uuid
-from typing import Iterator
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam import coders
+from apache_beam import coders, pvalue
 from apache_beam.transforms import window
-from apache_beam.utils.timestamp import Timestamp
 
-from transforms.shuffled import ShuffledBatch
+from transforms import batching, progress, s3, write
+from transforms.batching import BatchingMode, ForwardedBatch, Merger
+from transforms.grouping import split_sessions
+from transforms.naming import DateFolders
+from transforms.shuffled import ShuffleCodec, ShuffledBatch
 
 SUFFIX = ".spill"
 _PART = ".part"
 _FRAME = struct.Struct(">I")
-_CODER = coders.TupleCoder([coders.StrUtf8Coder(), coders.registry.get_coder(ShuffledBatch)])
-# A bundle keeps up to this much per slice before appending it to its file, and
-# up to _BUFFERED_BYTES over all slices: memory stays small whatever the input.
+BATCH_CODER = coders.TupleCoder(
+    [coders.StrUtf8Coder(), coders.registry.get_coder(ShuffledBatch)]
+)
+# ((app, date folder, shard, file window start), (newest arrival, events, zstd line))
+LINE_CODER = coders.TupleCoder([
+    coders.TupleCoder([coders.StrUtf8Coder(), coders.StrUtf8Coder(), coders.VarIntCoder(),
+                       coders.VarIntCoder()]),
+    coders.TupleCoder([coders.VarIntCoder(), coders.VarIntCoder(), coders.BytesCoder()]),
+])
+# Devices are spread over this many shards (by a stable hash): a worker groups a
+# slice of one shard at a time, and shards keep two or more workers busy.
+BATCH_SHARDS = 16
+# A bundle keeps up to this much per file before appending it, and up to
+# _BUFFERED_BYTES over all its files: memory stays small whatever the input.
 _FLUSH_BYTES = 1 << 20
 _BUFFERED_BYTES = 32 << 20
+# Files of one window written at once (gzip and the PUT release the GIL).
+UPLOAD_THREADS = 4
 
 
 def slice_start_s(arrival_ms: int, slice_s: int) -> int:
@@ -46,18 +80,39 @@ def slice_start_s(arrival_ms: int, slice_s: int) -> int:
     return arrival_s - arrival_s % slice_s
 
 
-def slice_folder(spill_dir: str, start_s: int) -> str:
-    return os.path.join(spill_dir, str(start_s))
+def batch_folder(spill_dir: str, shard: int, slice_start: int) -> str:
+    return os.path.join(spill_dir, "batches", str(shard), str(slice_start))
 
 
-def frame(keyed: tuple[str, ShuffledBatch]) -> bytes:
-    """One (device, ShuffledBatch) pair as it is stored: its length, then its bytes."""
-    encoded = _CODER.encode(keyed)
+def line_folder(spill_dir: str, window_start_us: int) -> str:
+    return os.path.join(spill_dir, "lines", str(window_start_us))
+
+
+def spill_files(folder: str) -> list[str]:
+    """The finished spill files in a folder."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if name.endswith(SUFFIX))
+
+
+def shard_slices(spill_dir: str, shard: int) -> list[int]:
+    """The starts of a shard's slices that have spill files, earliest first."""
+    folder = os.path.join(spill_dir, "batches", str(shard))
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(name) for name in os.listdir(folder)
+                  if spill_files(batch_folder(spill_dir, shard, int(name))))
+
+
+def frame(element: Any, coder: coders.Coder = BATCH_CODER) -> bytes:
+    """One element as it is stored: its length, then its bytes."""
+    encoded = coder.encode(element)
     return _FRAME.pack(len(encoded)) + encoded
 
 
-def read_frames(path: str) -> Iterator[tuple[str, ShuffledBatch]]:
-    """The (device, ShuffledBatch) pairs of one spill file, in the order written."""
+def read_frames(path: str, coder: coders.Coder = BATCH_CODER) -> Iterator:
+    """The elements of one spill file, in the order written."""
     with open(path, "rb", buffering=1 << 20) as stream:
         while True:
             head = stream.read(_FRAME.size)
@@ -69,97 +124,207 @@ def read_frames(path: str) -> Iterator[tuple[str, ShuffledBatch]]:
             body = stream.read(size)
             if len(body) < size:
                 raise EOFError(f"{path}: spill file ends inside a frame")
-            yield _CODER.decode(body)
+            yield coder.decode(body)
 
 
-class SpillToSlices(beam.DoFn):
-    """(device, ShuffledBatch) → appended to its slice's file of this bundle; emits nothing.
+class BundleFiles:
+    """One bundle's spill files, a file per folder, appended through small buffers;
+    each named `.part` until `commit` (at the bundle's end)."""
 
-    Each bundle writes files of its own, under a name that ends in `.part` until
-    the bundle has finished, so workers never share a file and a bundle that
-    failed leaves nothing a slice would read. `floor_s`: batches carried over
-    from an earlier slice go into the slice starting then, not into their own.
-    """
-
-    def __init__(self, spill_dir: str, slice_s: int, floor_s: int = 0):
-        self._spill_dir = spill_dir
-        self._slice_s = slice_s
-        self._floor_s = floor_s
-
-    def start_bundle(self):
-        self._bundle = uuid.uuid4().hex
-        self._buffers: dict[int, bytearray] = {}
+    def __init__(self, coder: coders.Coder):
+        self._coder = coder
+        self._name = uuid.uuid4().hex + SUFFIX
+        self._buffers: dict[str, bytearray] = {}
         self._buffered = 0
         self._written: set[str] = set()
 
-    def process(self, keyed: tuple[str, ShuffledBatch]) -> Iterator:
-        start = max(slice_start_s(keyed[1].arrival_ms, self._slice_s), self._floor_s)
-        buffer = self._buffers.setdefault(start, bytearray())
-        framed = frame(keyed)
+    def add(self, folder: str, element: Any) -> None:
+        buffer = self._buffers.setdefault(folder, bytearray())
+        framed = frame(element, self._coder)
         buffer += framed
         self._buffered += len(framed)
         if len(buffer) >= _FLUSH_BYTES:
-            self._flush(start)
+            self._flush(folder)
         elif self._buffered >= _BUFFERED_BYTES:
             for each in list(self._buffers):
                 self._flush(each)
+
+    def commit(self) -> list[str]:
+        """Makes the files visible; returns the folders written to."""
+        for folder in list(self._buffers):
+            self._flush(folder)
+        for folder in self._written:
+            path = os.path.join(folder, self._name)
+            os.replace(path + _PART, path)
+        return sorted(self._written)
+
+    def _flush(self, folder: str) -> None:
+        buffer = self._buffers.pop(folder)
+        self._buffered -= len(buffer)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, self._name) + _PART, "ab") as out:
+            out.write(buffer)
+        self._written.add(folder)
+
+
+def _in_global_window(value: Any) -> window.WindowedValue:
+    return window.GlobalWindows.windowed_value(value)
+
+
+class SpillBatches(beam.DoFn):
+    """(device, ShuffledBatch) → appended to its shard's and slice's file of this
+    bundle; emits, once the bundle has finished, each shard it wrote to."""
+
+    def __init__(self, spill_dir: str, slice_s: int):
+        self._spill_dir = spill_dir
+        self._slice_s = slice_s
+
+    def start_bundle(self):
+        self._files = BundleFiles(BATCH_CODER)
+
+    def process(self, keyed: tuple[str, ShuffledBatch]) -> Iterator:
+        shard = write.stable_shard(keyed[0], BATCH_SHARDS)
+        start = slice_start_s(keyed[1].arrival_ms, self._slice_s)
+        self._files.add(batch_folder(self._spill_dir, shard, start), keyed)
         return iter(())
 
     def finish_bundle(self):
-        for start in list(self._buffers):
-            self._flush(start)
-        for path in self._written:
-            os.replace(path + _PART, path)
-
-    def _flush(self, start: int) -> None:
-        buffer = self._buffers.pop(start)
-        self._buffered -= len(buffer)
-        folder = slice_folder(self._spill_dir, start)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, self._bundle + SUFFIX)
-        with open(path + _PART, "ab") as out:
-            out.write(buffer)
-        self._written.add(path)
+        shards = {int(os.path.basename(os.path.dirname(folder))) for folder in self._files.commit()}
+        for shard in sorted(shards):
+            yield _in_global_window(shard)
 
 
-def slice_files(spill_dir: str, start_s: int) -> list[str]:
-    """The finished spill files of one slice."""
-    folder = slice_folder(spill_dir, start_s)
-    if not os.path.isdir(folder):
-        return []
-    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                  if name.endswith(SUFFIX))
+class GroupShard(beam.DoFn):
+    """Device shard → its outbound batches, as file lines spilled per file window;
+    emits, once the bundle has finished, each file window it wrote to. Groups that
+    cannot be merged go to DEAD_LETTERS (see `Merger`)."""
+
+    def __init__(
+        self,
+        spill_dir: str,
+        slice_s: int,
+        mode: BatchingMode,
+        window_size_s: int,
+        session_gap_s: int,
+        codec: ShuffleCodec,
+        date_folders: DateFolders,
+        file_shards: int,
+    ):
+        self._spill_dir = spill_dir
+        self._slice_s = slice_s
+        self._mode = mode
+        self._size_us = window_size_s * 1_000_000
+        self._gap_ms = session_gap_s * 1000
+        self._codec = codec
+        self._date_folders = date_folders
+        self._file_shards = file_shards
+
+    def setup(self):
+        self._merger = Merger(self._codec)
+
+    def start_bundle(self):
+        self._lines = BundleFiles(LINE_CODER)
+
+    def process(self, shard: int) -> Iterator:
+        carried: list[tuple[str, ShuffledBatch]] = []  # sessions open at the last slice's end
+        starts = shard_slices(self._spill_dir, shard)
+        for index, start in enumerate(starts):
+            keyed = carried + [
+                element for path in spill_files(batch_folder(self._spill_dir, shard, start))
+                for element in read_frames(path)
+            ]
+            open_after_ms = (start + self._slice_s) * 1000 if index + 1 < len(starts) else None
+            outbound, carried = self._outbound(keyed, open_after_ms)
+            for forwarded, timestamp_us in outbound:
+                if isinstance(forwarded, pvalue.TaggedOutput):
+                    yield forwarded
+                    continue
+                group, entry = write.file_entry_at(
+                    forwarded, timestamp_us, self._date_folders, self._file_shards,
+                    self._codec, self._size_us,
+                )
+                self._lines.add(line_folder(self._spill_dir, group[-1]), (group, entry))
+
+    def finish_bundle(self):
+        for folder in self._lines.commit():
+            yield _in_global_window(int(os.path.basename(folder)))
+
+    def _outbound(self, keyed: list, open_after_ms: int | None) -> tuple[Iterable, list]:
+        """(outbound batches or dead letters, each with its time in µs; the batches of
+        sessions still open at `open_after_ms`), grouped as the unsliced run groups."""
+        if self._mode is BatchingMode.PER_EVENT:
+            return [(forwarded, element[1].arrival_ms * 1000) for element in keyed
+                    for forwarded in batching.per_event(element, self._codec)], []
+        groups: dict[Any, list[ShuffledBatch]] = defaultdict(list)
+        if self._mode is BatchingMode.FIXED:
+            for element in keyed:
+                key, shuffled = batching.fixed_window_key(element, self._size_us)
+                groups[key].append(shuffled)
+            return [(out, batching.window_end_us(start, self._size_us))
+                    for (device, start), batches in groups.items()
+                    for out in self._merger.merged(device, batches)], []
+        for device, shuffled in keyed:
+            groups[device].append(shuffled)
+        outbound: list[tuple[ForwardedBatch | pvalue.TaggedOutput, int]] = []
+        carried = []
+        for device, batches in groups.items():
+            for session, end_ms in split_sessions(batches, self._gap_ms):
+                if open_after_ms is not None and end_ms > open_after_ms:
+                    carried += [(device, item) for item in session]
+                else:
+                    outbound += [(out, batching.session_end_us(end_ms))
+                                 for out in self._merger.merged(device, session)]
+        return outbound, carried
 
 
-def pending_slices(spill_dir: str) -> list[int]:
-    """The starts of the slices that have spill files, earliest first."""
-    if not os.path.isdir(spill_dir):
-        return []
-    return sorted(int(name) for name in os.listdir(spill_dir) if name.isdigit()
-                  and slice_files(spill_dir, int(name)))
+class WriteSpilledWindow(beam.DoFn):
+    """File window start → its files: the window's spilled lines grouped per file
+    (app, date folder, shard), packed and written, UPLOAD_THREADS at once."""
 
+    def __init__(
+        self,
+        spill_dir: str,
+        location: str,
+        connection: s3.S3Connection,
+        namer: write.BatchFileNamer,
+        max_batches: int,
+        max_bytes: int,
+        codec: ShuffleCodec,
+    ):
+        self._spill_dir = spill_dir
+        self._location = location
+        self._connection = connection
+        self._namer = namer
+        self._max_batches = max_batches
+        self._max_bytes = max_bytes
+        self._codec = codec
 
-def _read_spill_file(path: str) -> Iterator[window.TimestampedValue]:
-    for device, shuffled in read_frames(path):
-        yield window.TimestampedValue(
-            (device, shuffled), Timestamp(micros=shuffled.arrival_ms * 1000)
-        )
+    def setup(self):
+        self._writer = write.FileWriter(self._location, self._connection, self._namer,
+                                        write.BATCH_FILE_COUNTERS)
+        self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
 
-
-class ReadSpill(beam.PTransform):
-    """Spill files → (device, ShuffledBatch) at their arrival time, files spread over
-    workers."""
-
-    def __init__(self, paths: list[str]):
-        super().__init__()
-        self._paths = sorted(paths)
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "SpillFiles" >> beam.Create(self._paths)
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadFrames" >> beam.FlatMap(_read_spill_file).with_output_types(
-                tuple[str, ShuffledBatch]
+    def process(self, window_start_us: int) -> Iterator[write.FileWritten]:
+        groups: dict[tuple, list] = defaultdict(list)
+        for path in spill_files(line_folder(self._spill_dir, window_start_us)):
+            for group, entry in read_frames(path, LINE_CODER):
+                groups[group].append(entry)
+        contents = [
+            content for group in sorted(groups)
+            for content in write.packed_files(
+                (group, groups.pop(group)), self._max_batches, self._max_bytes, self._codec
             )
-        )
+        ]
+        # Uploaded in threads, counted here: Beam's counters belong to the bundle's thread.
+        for content, uploaded in zip(
+            contents, self._uploads.map(self._writer.upload, contents), strict=True
+        ):
+            yield self._writer.count(content, uploaded)
+
+    def finish_bundle(self):
+        progress.flush()
+
+    def teardown(self):
+        uploads = getattr(self, "_uploads", None)
+        if uploads is not None:
+            uploads.shutdown(wait=True)

@@ -135,12 +135,17 @@ class PackFilesFn(beam.DoFn):
         self._codec = codec
 
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[FileContent]:
-        (app_name, date_folder, *_), values = element
-        decompress = self._codec.decompress
-        entries = [(arrival, events, decompress(line)) for arrival, events, line in values]
-        yield from file_contents(
-            app_name, date_folder, entries, self._max_batches, self._max_bytes
-        )
+        yield from packed_files(element, self._max_batches, self._max_bytes, self._codec)
+
+
+def packed_files(
+    element: tuple[tuple, Iterable[tuple]], max_batches: int, max_bytes: int, codec: ShuffleCodec
+) -> Iterator[FileContent]:
+    """One file group ((app, date[, ...]), [file_entry]) → its files."""
+    (app_name, date_folder, *_), values = element
+    decompress = codec.decompress
+    entries = [(arrival, events, decompress(line)) for arrival, events, line in values]
+    yield from file_contents(app_name, date_folder, entries, max_batches, max_bytes)
 
 
 class WriteFilesFn(beam.DoFn):
@@ -153,12 +158,38 @@ class WriteFilesFn(beam.DoFn):
         self._counter_names = counter_names
 
     def setup(self):
-        self._store, self._prefix = stores.open_store(self._location, self._connection)
-        self._counters = {k: metrics.counter(v) for k, v in self._counter_names.items()}
-        self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
+        self._writer = FileWriter(self._location, self._connection, self._namer,
+                                  self._counter_names)
 
     def process(self, content: FileContent) -> Iterator[FileWritten]:
-        key, outcome, size = write_file(self._store, self._prefix, self._namer, content)
+        yield self._writer.write(content)
+
+    def finish_bundle(self):
+        progress.flush()
+
+
+class FileWriter:
+    """Writes files once and counts them; made in a DoFn's `setup`, counted in the
+    bundle's thread (Beam's counters belong to it)."""
+
+    def __init__(self, location: str, connection: s3.S3Connection, namer, counter_names: dict):
+        self._store, self._prefix = stores.open_store(location, connection)
+        self._namer = namer
+        self._counters = {k: metrics.counter(v) for k, v in counter_names.items()}
+        self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
+
+    def write(self, content: FileContent) -> FileWritten:
+        return self.count(content, self.upload(content))
+
+    def upload(self, content: FileContent) -> tuple[str, stores.Outcome, int]:
+        """The upload alone, safe in any thread: (key, outcome, bytes)."""
+        return write_file(self._store, self._prefix, self._namer, content)
+
+    def count(
+        self, content: FileContent, uploaded: tuple[str, stores.Outcome, int]
+    ) -> FileWritten:
+        """Counts an upload, in the bundle's thread."""
+        key, outcome, size = uploaded
         if outcome is stores.Outcome.ALREADY_PRESENT:
             self._present.inc()
         self._counters["files"].inc()
@@ -167,13 +198,10 @@ class WriteFilesFn(beam.DoFn):
         if "events" in self._counters:
             self._counters["events"].inc(content.event_count)
             progress.report(events=content.event_count, files=1)
-        yield FileWritten(key, outcome.value, len(content.lines), content.event_count, size)
-
-    def finish_bundle(self):
-        progress.flush()
+        return FileWritten(key, outcome.value, len(content.lines), content.event_count, size)
 
 
-_BATCH_FILE_COUNTERS = {
+BATCH_FILE_COUNTERS = {
     "files": metrics.FILES_WRITTEN,
     "bytes": metrics.BYTES_WRITTEN,
     "lines": metrics.BATCHES_FORWARDED,
@@ -190,9 +218,17 @@ def _file_entry_in_window(
     forwarded: ForwardedBatch, date_folders: DateFolders, shards: int, codec: ShuffleCodec,
     size_us: int, timestamp=beam.DoFn.TimestampParam,
 ):
-    """As `_file_entry`, with the fixed window of the element's time in the key."""
+    return file_entry_at(forwarded, timestamp.micros, date_folders, shards, codec, size_us)
+
+
+def file_entry_at(
+    forwarded: ForwardedBatch, timestamp_us: int, date_folders: DateFolders, shards: int,
+    codec: ShuffleCodec, size_us: int,
+) -> tuple[tuple, tuple[int, int, bytes]]:
+    """((app, date folder, shard, file window start), file_entry) of an outbound batch
+    at its time (bounded input: the file's window in the key)."""
     group, value = _file_entry(forwarded, date_folders, shards, codec)
-    return (*group, window_start_us(timestamp.micros, size_us)), value
+    return (*group, window_start_us(timestamp_us, size_us)), value
 
 
 def _file_entry(
@@ -265,7 +301,7 @@ class WriteBatchFiles(beam.PTransform):
                 PackFilesFn(self._max_batches, self._max_bytes, self._codec)
             )
             | "WriteFiles" >> beam.ParDo(
-                WriteFilesFn(self._output, self._connection, self._namer, _BATCH_FILE_COUNTERS)
+                WriteFilesFn(self._output, self._connection, self._namer, BATCH_FILE_COUNTERS)
             )
         )
 
