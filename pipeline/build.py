@@ -124,33 +124,41 @@ def write_dead_letters(
 def build_sliced(
     pipeline: beam.Pipeline, config: ForwarderConfig, codec: ShuffleCodec, spill_dir: str
 ) -> Outputs:
-    """A sliced bounded run: the input → keyed batches spilled per device shard and
-    slice → grouped and merged per shard → file lines spilled per file window →
-    files. Only shard numbers and window starts cross the runner."""
+    """A sliced bounded run (`transforms.spill`): the input → keyed batches spilled per
+    file window → merged, packed and written per window. Sessions: spilled per device
+    shard and slice → merged per shard → file lines spilled per window → written per
+    window. Only window starts and shard numbers cross the runner."""
+    grouping = spill.Grouping(
+        config.batching, config.window_size_s, config.session_gap_s, codec,
+        config.date_folders, config.file_shards,
+    )
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     keyed, dead_letters = arrive(read["records"], config, codec)
-    shards = keyed | "SpillBatches" >> beam.ParDo(
-        spill.SpillBatches(spill_dir, config.arrival_slice_s)
+    dead_letters.append(read["dead_letters"])
+    units = keyed | "SpillBatches" >> beam.ParDo(
+        spill.SpillBatches(spill_dir, config.arrival_slice_s, grouping)
     )
-    grouped = (
-        shards
-        | "EachShardOnce" >> beam.Distinct()
-        | "GroupShards" >> beam.ParDo(spill.GroupShard(
-            spill_dir, config.arrival_slice_s, config.batching, config.window_size_s,
-            config.session_gap_s, codec, config.date_folders, config.file_shards,
-        )).with_outputs(DEAD_LETTERS, main="windows")
-    )
-    files = (
-        grouped.windows
+    if grouping.per_device:
+        grouped = (
+            units
+            | "EachShardOnce" >> beam.Distinct()
+            | "GroupShards" >> beam.ParDo(
+                spill.GroupShard(spill_dir, config.arrival_slice_s, grouping)
+            ).with_outputs(DEAD_LETTERS, main="windows")
+        )
+        dead_letters.append(grouped[DEAD_LETTERS])
+        units = grouped.windows
+    written = (
+        units
         | "EachWindowOnce" >> beam.Distinct()
         | "WriteWindows" >> beam.ParDo(spill.WriteSpilledWindow(
-            spill_dir, config.output_location, config.connection,
+            spill_dir, grouping, config.output_location, config.connection,
             BatchFileNamer(config.folder, config.compress), config.max_batches_per_file,
-            config.max_file_bytes, codec,
-        ))
+            config.max_file_bytes,
+        )).with_outputs(DEAD_LETTERS, main="files")
     )
-    dead_letters += [read["dead_letters"], grouped[DEAD_LETTERS]]
-    return Outputs(files, write_dead_letters(dead_letters, config))
+    dead_letters.append(written[DEAD_LETTERS])
+    return Outputs(written.files, write_dead_letters(dead_letters, config))
 
 
 def build(

@@ -186,14 +186,14 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
         result.wait_until_finish()
         return counters_of(result)
 
-    codec = trained_codec(config)
     name = runner_name(options)
     if sliced.applies(config, name):
         client = read.input_client(config.inputs, config.connection)
         files = [each for pattern in config.inputs for each in read.matched_files(pattern, client)]
-        return sliced.run_sliced(config, codec, run_graph, sliced.spill_bytes_needed(files))
+        return sliced.run_sliced(config, run_graph, sliced.spill_bytes_needed(files))
     if config.arrival_slice_s and name not in sliced.SLICING_RUNNERS:
         _LOG.info("not sliced: %s spills what it groups to disk itself", name)
+    codec = trained_codec(config)
     return run_graph(lambda pipeline: build(pipeline, config, codec=codec))
 
 

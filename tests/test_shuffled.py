@@ -10,16 +10,31 @@ import zstandard
 from apache_beam import coders
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.transforms.core import GroupByKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.build import trained_codec
 from pipeline.config import load_config
 from pipeline.sample_data import generate, write_ndjson
 from tests.pipelines import batch_pipeline
 from transforms import batch_json
-from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
-from transforms.grouping import ArrivedBatch
+from transforms.batching import (
+    BatchingMode,
+    BatchPerDevice,
+    ForwardedBatch,
+    Merger,
+    StampArrival,
+    per_event,
+)
+from transforms.grouping import ArrivedBatch, first_event_time_ms, merge_batches, split_per_event
 from transforms.read import sample_records
-from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
+from transforms.shuffled import (
+    NO_DICTIONARY,
+    BatchParts,
+    ShuffleCodec,
+    ShuffledBatch,
+    ShuffledBatchCoder,
+)
 
 BATCH = {"mpid": -8, "events": [{"event_type": "custom_event", "data": {"event_name": "é ✓"}}]}
 
@@ -97,3 +112,78 @@ def test_bounded_runs_train_their_dictionary_on_the_input(tmp_path):
     write_ndjson(str(tmp_path / "in.ndjson"), generate(300, 20))
     config, _ = load_config(["--s3_bucket_name=sampled", f"--input={tmp_path}/in.ndjson"])
     assert trained_codec(config).dictionary
+
+
+# Batches as a sender may shape them: any fields (integers beyond 64 bits too),
+# events with ids and message ids that repeat, as numbers or strings, with or
+# without times; sometimes no `events` at all.
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=6)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+_events = st.builds(
+    lambda event_id, message_id, time, extra: {
+        "event_type": "custom_event",
+        "data": {k: v for k, v in (("event_id", event_id), ("source_message_id", message_id),
+                                   ("timestamp_unixtime_ms", time)) if v is not None},
+        **extra,
+    },
+    st.none() | st.integers(1, 4) | st.sampled_from(["2", "3", 2**65]),
+    st.none() | st.sampled_from(["m1", "m2"]),
+    st.none() | st.integers(1_700_000_000_000, 1_700_000_000_005),
+    st.dictionaries(st.sampled_from(["x", "é"]), _values, max_size=1),
+)
+_batches = st.builds(
+    lambda fields, events, where: (
+        {**dict(fields[:where]), "events": events, **dict(fields[where:])}
+        if events is not None else dict(fields)
+    ),
+    st.lists(st.tuples(st.sampled_from(["mpid", "a", "z", "ü"]), _values), max_size=4,
+             unique_by=lambda item: item[0]),
+    st.none() | st.lists(_events, max_size=4),
+    st.integers(0, 4),
+)
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(st.lists(st.tuples(_batches, st.integers(0, 3)), min_size=1, max_size=4))
+def test_a_merge_in_parts_writes_the_bytes_of_merge_batches(batches):
+    """The pipeline merges batches as parts of JSON (`Merger`, `BatchParts`); the
+    rule, `merge_batches`, over dicts: both give the same line, count and date."""
+    arrived = [ArrivedBatch(batch, f"f:{n}", 1_700_000_000_000 + offset, "d", "App")
+               for n, (batch, offset) in enumerate(batches)]
+    for item in arrived:
+        parts = BatchParts.from_bytes(BatchParts.of(item.batch).to_bytes())
+        assert parts == BatchParts.of(item.batch)
+        assert parts.as_sent() == batch_json.encode(item.batch)
+    merged, duplicates = merge_batches(arrived)
+    shuffled = [ShuffledBatch.of(item, NO_DICTIONARY) for item in reversed(arrived)]
+    forwarded = list(Merger(NO_DICTIONARY).merged("d", shuffled))
+    assert [type(each) for each in forwarded] == [ForwardedBatch]
+    [forwarded] = forwarded
+    assert batch_json.decode(forwarded.line) == batch_json.decode(batch_json.encode(merged))
+    if not any(isinstance(v, int) and not -(2**63) <= v < 2**64 for v in _ints(merged)):
+        assert forwarded.line == batch_json.encode(merged)  # else floats print as orjson's
+    assert forwarded.event_count == len(merged["events"])
+    assert forwarded.first_event_ms == first_event_time_ms(merged)
+
+
+def _ints(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from _ints(item)
+    elif isinstance(value, int):
+        yield value
+
+
+def test_one_batch_per_event_in_parts_writes_the_bytes_of_split_per_event():
+    for batch in [BATCH, {"mpid": 1, "events": [], "z": 2}, {"mpid": 1, "z": 2}, {}]:
+        arrived = ArrivedBatch(batch, "f:1", 1_700_000_000_000, "d", "App")
+        lines = [f.line for f in per_event(("d", ShuffledBatch.of(arrived, NO_DICTIONARY)),
+                                           NO_DICTIONARY)]
+        assert lines == [batch_json.encode(b) for b in split_per_event(batch) or [batch]]

@@ -191,14 +191,23 @@ def test_a_spill_without_the_disk_it_needs_is_refused(tmp_path):
 
 
 def test_spill_frames_read_back_and_a_cut_file_is_an_error(tmp_path):
-    from transforms.shuffled import ShuffledBatch
+    from transforms.batching import BatchingMode
+    from transforms.naming import DateFolders
+    from transforms.shuffled import UNCOMPRESSED, ShuffledBatch
     from transforms.spill import (
-        SUFFIX, SpillBatches, batch_folder, read_frames, shard_slices, spill_files,
+        SUFFIX,
+        Grouping,
+        SpillBatches,
+        batch_folder,
+        read_frames,
+        shard_slices,
+        spill_files,
     )
 
     items = [(f"mpid:{n}", ShuffledBatch(BOUNDARY_MS + n * 3_600_000, f"f:{n}", "App", b"\x00" * n))
              for n in range(5)]
-    spill = SpillBatches(str(tmp_path), SLICE_S)
+    sessions = Grouping(BatchingMode.SESSIONS, 600, 1800, UNCOMPRESSED, DateFolders.NONE, 1)
+    spill = SpillBatches(str(tmp_path), SLICE_S, sessions)
     spill.start_bundle()
     for item in items:
         spill.process(item)
@@ -219,5 +228,5 @@ def test_spill_frames_read_back_and_a_cut_file_is_an_error(tmp_path):
     path = next(iter(tmp_path.rglob("*" + SUFFIX)))
     with open(path, "r+b") as cut:
         cut.truncate(os.path.getsize(path) - 1)
-    with pytest.raises(EOFError, match="spill file ends inside a frame"):
+    with pytest.raises(EOFError, match="spill file ends inside a block"):
         list(read_frames(path))

@@ -33,9 +33,8 @@ from transforms import batch_json, metrics
 from transforms.dead_letters import DEAD_LETTERS, dead_letter, unexpected
 from transforms.grouping import (
     ArrivedBatch,
-    latest,
-    merge_batches,
-    split_per_event,
+    arrival_order,
+    merge_order,
     split_sessions,
     window_start_us,
 )
@@ -58,11 +57,17 @@ class BatchingMode(enum.Enum):
 class ForwardedBatch(NamedTuple):
     """One outbound batch and what packing it into files needs."""
 
-    batch: dict
+    line: bytes  # the batch's JSON
+    first_event_ms: int | None  # its first event's time (`grouping.first_event_time_ms`)
     app_name: str
     device: str
     newest_arrival_ms: int
     event_count: int
+
+    @property
+    def batch(self) -> dict:
+        """The batch itself, decoded again (for tests and tools, not the pipeline)."""
+        return batch_json.decode(self.line)
 
 
 def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: float = 0):
@@ -142,26 +147,34 @@ class Merger:
         yield forwarded
 
     def _dead_letter(self, item: ShuffledBatch, err: Exception) -> dict:
-        raw = self._codec.decompress(item.batch_zstd)
         try:
-            self._events_dead.inc(len(batch_json.decode(raw).get("events") or ()))
-        except (batch_json.BadRecord, AttributeError):
-            pass  # not a batch: no events to account for
-        return dead_letter(item.source, self.STAGE, unexpected(err), raw)
+            parts = item.parts(self._codec)
+        except Exception:  # what crossed cannot be read: send it as it is
+            return dead_letter(item.source, self.STAGE, unexpected(err), item.batch_zstd)
+        self._events_dead.inc(len(parts.events))
+        return dead_letter(item.source, self.STAGE, unexpected(err), parts.as_sent())
 
     def _merged(self, device: str, shuffled: list[ShuffledBatch], late: bool) -> ForwardedBatch:
-        arrived = [item.arrived(device, self._codec) for item in shuffled]
-        merged, duplicates = merge_batches(arrived)
+        ordered = sorted(shuffled, key=arrival_order)
+        parts = [item.parts(self._codec) for item in ordered]
+        chosen, duplicates = merge_order(
+            [(item.arrival_ms, each.keys) for item, each in zip(ordered, parts, strict=True)]
+        )
         self._duplicates.inc(duplicates)
-        event_count = len(merged.get("events") or ())
+        # The latest batch's fields around the chosen events, as `merge_batches` makes it.
+        line = parts[-1].line(parts[order].events[index] for order, index in chosen)
+        first_event_ms = parts[chosen[0][0]].keys[chosen[0][1]][0] if chosen else None
+        event_count = len(chosen)
         if late:
             self._late_batches.inc()
             self._late_events.inc(event_count)
             # Also logged: late data is rare, and the DirectRunner under-reports
             # streaming counters (see README, Runners).
             _LOG.info("late data for %s: %d events in a further batch", device, event_count)
-        newest = latest(arrived)
-        return ForwardedBatch(merged, newest.app_name, device, newest.arrival_ms, event_count)
+        newest = ordered[-1]
+        return ForwardedBatch(
+            line, first_event_ms, newest.app_name, device, newest.arrival_ms, event_count
+        )
 
 
 class MergeBatchFn(beam.DoFn):
@@ -188,11 +201,14 @@ class MergeBatchFn(beam.DoFn):
 def per_event(keyed: tuple[str, ShuffledBatch], codec: ShuffleCodec) -> Iterator[ForwardedBatch]:
     """With Send as Batch off: a batch's events, each its own outbound batch."""
     device, shuffled = keyed
-    arrived = shuffled.arrived(device, codec)
-    for batch in split_per_event(arrived.batch) or [arrived.batch]:
-        yield ForwardedBatch(
-            batch, arrived.app_name, device, arrived.arrival_ms, len(batch.get("events") or ())
-        )
+    parts = shuffled.parts(codec)
+    if not parts.events:  # a batch without events, where those are sent: as it is
+        yield ForwardedBatch(parts.as_sent(), None, shuffled.app_name, device,
+                             shuffled.arrival_ms, 0)
+    # The batch's fields around each event, as `split_per_event` makes it.
+    for event, keys in zip(parts.events, parts.keys, strict=True):
+        yield ForwardedBatch(parts.line([event]), keys[0], shuffled.app_name, device,
+                             shuffled.arrival_ms, 1)
 
 
 def fixed_window_key(keyed: tuple[str, ShuffledBatch], size_us: int):

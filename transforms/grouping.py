@@ -8,7 +8,7 @@ out as its own batch (`split_per_event`).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple, Protocol, TypeVar
+from typing import Any, Iterable, NamedTuple, Protocol, Sequence, TypeVar
 
 from transforms.batch_json import as_int
 
@@ -99,16 +99,6 @@ def first_event_time_ms(batch: dict) -> int | None:
     return None
 
 
-def _event_identities(event: dict) -> tuple[Any, Any]:
-    data = event.get("data")
-    if not isinstance(data, dict):
-        return None, None
-    event_id = data.get("event_id")
-    number = as_int(event_id)
-    # 123 and "123" are the same event id.
-    return (event_id if number is None else number), data.get("source_message_id")
-
-
 class Arrival(Protocol):
     """Anything that arrived: an ArrivedBatch, or one as it crosses a shuffle."""
 
@@ -132,44 +122,70 @@ def latest(arrived: Iterable[ArrivedBatch]) -> ArrivedBatch:
     return max(arrived, key=arrival_order)
 
 
-def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
-    """One outbound batch from one device's batches in one window.
+def event_keys(event: Any) -> list:
+    """What merging needs of one event: [its time (`event_time_ms`), its id's identity
+    (123 and "123" are the same event id), its data.source_message_id]."""
+    data = event.get("data") if isinstance(event, dict) else None
+    if not isinstance(data, dict):
+        return [None, None, None]
+    event_id = data.get("event_id")
+    number = as_int(event_id)
+    return [plausible_time_ms(data.get("timestamp_unixtime_ms")),
+            event_id if number is None else number, data.get("source_message_id")]
 
-    The batch-level fields are those of the latest batch (by arrival, then
-    source, so the result does not depend on input order); its `events` are all
-    the batches' events in event-time order, an event whose `event_id` or
-    `source_message_id` was already seen left out. Returns the batch and the
-    number of duplicate events removed.
+
+def merge_order(
+    batches: Sequence[tuple[int, Sequence[Sequence]]],
+) -> tuple[list[tuple[int, int]], int]:
+    """The rule of merging one device's batches in one window, over their events' keys.
+
+    `batches`: (arrival_ms, `event_keys` of its events) of each batch, sorted by
+    `arrival_order`. Returns which events the outbound batch holds, in order, as
+    (batch index, event index): all the batches' events in event-time order (an
+    event without a time at its batch's arrival), an event whose `event_id` or
+    `source_message_id` was already seen left out; and how many were left out.
     """
-    arrived = sorted(arrived, key=arrival_order)
-    if not arrived:
-        raise ValueError("merge_batches needs at least one batch")
-    timed_events = []
-    for order, item in enumerate(arrived):
-        for index, event in enumerate(item.batch.get("events") or ()):
-            at = event_time_ms(event)
-            timed_events.append(
-                ((at if at is not None else item.arrival_ms), order, index, event)
-            )
-    timed_events.sort(key=lambda timed: timed[:3])
-
+    timed = [
+        ((keys[0] if keys[0] is not None else arrival_ms), order, index, keys[1], keys[2])
+        for order, (arrival_ms, batch_keys) in enumerate(batches)
+        for index, keys in enumerate(batch_keys)
+    ]
+    timed.sort(key=lambda item: item[:3])
     seen_event_ids: set = set()
     seen_message_ids: set = set()
-    events = []
-    for _, _, _, event in timed_events:
-        event_id, message_id = _event_identities(event)
+    chosen = []
+    for _, order, index, event_id, message_id in timed:
         if event_id in seen_event_ids or message_id in seen_message_ids:
             continue
         if event_id is not None:
             seen_event_ids.add(event_id)
         if message_id is not None:
             seen_message_ids.add(message_id)
-        events.append(event)
+        chosen.append((order, index))
+    return chosen, len(timed) - len(chosen)
 
+
+def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
+    """One outbound batch from one device's batches in one window (`merge_order`).
+
+    The batch-level fields are those of the latest batch (by arrival, then
+    source, so the result does not depend on input order), its `events` those
+    `merge_order` picks. Returns the batch and the number of duplicate events
+    removed.
+    """
+    arrived = sorted(arrived, key=arrival_order)
+    if not arrived:
+        raise ValueError("merge_batches needs at least one batch")
+    events_of = [list(item.batch.get("events") or ()) for item in arrived]
+    chosen, duplicates = merge_order([
+        (item.arrival_ms, [event_keys(event) for event in events])
+        for item, events in zip(arrived, events_of, strict=True)
+    ])
+    events = [events_of[order][index] for order, index in chosen]
     fields = arrived[-1].batch  # sorted by arrival and source: the latest
     merged = {key: (events if key == "events" else value) for key, value in fields.items()}
     merged.setdefault("events", events)
-    return merged, len(timed_events) - len(events)
+    return merged, duplicates
 
 
 def split_per_event(batch: dict) -> list[dict]:

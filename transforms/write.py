@@ -19,7 +19,7 @@ from apache_beam.transforms import window
 
 from transforms import batch_json, metrics, naming, packing, progress, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
-from transforms.grouping import first_event_time_ms, window_start_us
+from transforms.grouping import window_start_us
 from transforms.naming import DateFolders
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 
@@ -234,10 +234,11 @@ def file_entry_at(
 def _file_entry(
     forwarded: ForwardedBatch, date_folders: DateFolders, shards: int, codec: ShuffleCodec
 ):
-    folder = naming.batch_date_folder(first_event_time_ms(forwarded.batch), date_folders)
+    folder = naming.batch_date_folder(forwarded.first_event_ms, date_folders)
     group = (forwarded.app_name, folder, stable_shard(forwarded.device, shards))
-    line = batch_json.encode(forwarded.batch)
-    return group, file_entry(forwarded.newest_arrival_ms, forwarded.event_count, line, codec)
+    return group, file_entry(
+        forwarded.newest_arrival_ms, forwarded.event_count, forwarded.line, codec
+    )
 
 
 class WriteBatchFiles(beam.PTransform):
