@@ -19,7 +19,7 @@ sizes, at concurrency 1 and 2) and prints one table: events/s, batches, files,
 bytes, peak RSS of the whole process tree, speed against the yardstick, and the
 uploads as a fraction of the ceiling. Then, at four times the input (the same
 devices over four times the days), runs 2 and 3 again and prints their peak RSS
-beside the 1x figure and the size of the largest slice. It checks that every run
+beside the 1x figure and the sizes of the largest slice and the largest window. It checks that every run
 at one size forwarded the same events (counts by event id) and reports whether
 the objects are identical.
 """
@@ -45,6 +45,7 @@ import psutil
 from pipeline.sample_data import generate, write_ndjson
 from tests.conftest import moto_server
 from transforms import batch_json
+from transforms.batching import DEFAULT_WINDOW_SIZE_S
 from transforms.spill import slice_start_s
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,23 +55,30 @@ INPUT_FILES = 8  # the input is split so that workers can share it
 SLICE_S = 6 * 3600
 
 
-def make_input(folder: Path, batches: int, devices: int) -> tuple[int, int, int]:
-    """Writes the batches over INPUT_FILES NDJSON files; returns their bytes, and the
-    batches and NDJSON bytes of the largest slice of arrival time (SLICE_S)."""
+def make_input(folder: Path, batches: int, devices: int) -> tuple[int, int, int, int]:
+    """Writes the batches over INPUT_FILES NDJSON files; returns their bytes, the
+    batches and NDJSON bytes of the largest slice of arrival time (SLICE_S), and the
+    NDJSON bytes of the largest 10-minute window (what a sliced run of fixed windows
+    groups at once)."""
     folder.mkdir(parents=True, exist_ok=True)
     generated = iter(generate(batches, devices))
     per_file = -(-batches // INPUT_FILES)
     slices: Counter = Counter()
     slice_bytes: Counter = Counter()
+    window_bytes: Counter = Counter()
     for index in range(INPUT_FILES):
         chunk = [b for _, b in zip(range(per_file), generated, strict=False)]
         write_ndjson(str(folder / f"part-{index}.ndjson"), iter(chunk))
         for batch in chunk:
-            start = slice_start_s(int(batch["timestamp_unixtime_ms"]), SLICE_S)
+            arrival_ms = int(batch["timestamp_unixtime_ms"])
+            size = len(json.dumps(batch, separators=(",", ":"))) + 1
+            start = slice_start_s(arrival_ms, SLICE_S)
             slices[start] += 1
-            slice_bytes[start] += len(json.dumps(batch, separators=(",", ":"))) + 1
+            slice_bytes[start] += size
+            window_bytes[slice_start_s(arrival_ms, DEFAULT_WINDOW_SIZE_S)] += size
     largest = max(slice_bytes, key=slice_bytes.get)
-    return sum(p.stat().st_size for p in folder.iterdir()), slices[largest], slice_bytes[largest]
+    return (sum(p.stat().st_size for p in folder.iterdir()), slices[largest],
+            slice_bytes[largest], max(window_bytes.values()))
 
 
 def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
@@ -223,20 +231,21 @@ def _print_memory(rows: list[dict], inputs: dict):
     print()
     print(f"memory at 1x and 4x the input (same devices, four times the days), "
           f"slices of {SLICE_S // 3600} h:")
-    header = (f"{'run':<38} {'scale':>5} {'input MiB':>9} {'largest slice':>22} {'s':>7} "
-              f"{'events/s':>10} {'peak RSS MiB':>12} {'4x/1x':>6}")
+    header = (f"{'run':<38} {'scale':>5} {'input MiB':>9} {'largest slice':>22} "
+              f"{'largest window':>14} {'s':>7} {'events/s':>10} {'peak RSS MiB':>12} "
+              f"{'4x/1x':>6}")
     print(header)
     print("-" * len(header))
     peaks = {}
     for row in rows:
         if row["name"].startswith("yardstick") or "Prism" in row["name"]:
             continue
-        _, input_bytes, slice_batches, slice_bytes = inputs[row["scale"]]
+        _, input_bytes, slice_batches, slice_bytes, window_bytes = inputs[row["scale"]]
         peaks[(row["name"], row["scale"])] = row["peak"]
         ratio = row["peak"] / peaks[(row["name"], 1)] if row["scale"] != 1 else None
         largest = f"{slice_batches:,} b, {slice_bytes / 2**20:,.0f} MiB"
         print(f"{row['name']:<38} {row['scale']:>4}x {input_bytes / 2**20:>9,.0f} "
-              f"{largest:>22} {row['seconds']:>7.1f} "
+              f"{largest:>22} {window_bytes / 2**20:>10,.1f} MiB {row['seconds']:>7.1f} "
               f"{sum(row['events'].values()) / row['seconds']:>10,.0f} "
               f"{row['peak'] / 2**20:>12,.0f} {f'{ratio:.2f}' if ratio else '':>6}")
 

@@ -93,12 +93,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "arrival_slice_s", int, 86400,
-        "Bounded runs on this machine: seconds of arrival time grouped at once, which "
-        "bounds memory (a multiple of window_size_s; 0: the whole input at once).",
+        "Bounded runs on this machine: group on local disk, a window at a time, and for "
+        "sessions this many seconds of arrival time at a time (a multiple of "
+        "window_size_s); 0: group the whole input in memory.",
     ),
     Option(
         "spill_dir", str, None,
-        "Bounded runs: local directory for the slices' spill files (default: the system's "
+        "Bounded runs: local directory for the spill files (default: the system's "
         "temporary directory); removed at the end.",
     ),
     Option("max_batches_per_file", int, packing.DEFAULT_MAX_BATCHES_PER_FILE, "Batches a file."),

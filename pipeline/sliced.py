@@ -20,7 +20,7 @@ run unsliced.
 
 The spill needs local disk for the input as compressed batches (measured on
 the benchmark's NDJSON: 0.19 of its bytes), and for sessions again as compressed
-file lines (0.33 in all); the run checks first that SPILL_PER_INPUT_BYTE of it
+file lines (0.32 in all); the run checks first that SPILL_PER_INPUT_BYTE of it
 is free. The directory is removed when the run ends, failed or not, and one
 left by a killed run is removed by the next run that uses the same spill
 directory.
@@ -46,7 +46,7 @@ from transforms.shuffled import UNCOMPRESSED
 _LOG = logging.getLogger("pipeline")
 SLICING_RUNNERS = frozenset({"DirectRunner", "PrismRunner"})
 SPILL_PREFIX = "mparticle-s3-spill-"
-# Spill bytes per input byte, with a margin over the 0.33 measured with sessions on
+# Spill bytes per input byte, with a margin over the 0.32 measured with sessions on
 # the benchmark's NDJSON input. gzip input is about 7 times smaller than its NDJSON.
 SPILL_PER_INPUT_BYTE = 0.5
 SPILL_PER_GZIP_BYTE = 3.5

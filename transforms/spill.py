@@ -51,7 +51,7 @@ import os
 import struct
 import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.pool import ThreadPool
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -367,7 +367,9 @@ class WriteSpilledWindow(beam.DoFn):
         self._merger = Merger(self._grouping.codec)
         self._writer = write.FileWriter(self._location, self._connection, self._namer,
                                         write.BATCH_FILE_COUNTERS)
-        self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
+        # Daemon threads (unlike concurrent.futures'): a worker whose runner is gone
+        # exits instead of waiting out its uploads' retries.
+        self._uploads = ThreadPool(UPLOAD_THREADS)
 
     def process(self, window_start_us: int) -> Iterator:
         if self._grouping.per_device:  # lines that GroupShard wrote
@@ -393,7 +395,7 @@ class WriteSpilledWindow(beam.DoFn):
         ]
         # Uploaded in threads, counted here: Beam's counters belong to the bundle's thread.
         for content, uploaded in zip(
-            contents, self._uploads.map(self._writer.upload, contents), strict=True
+            contents, self._uploads.imap(self._writer.upload, contents), strict=True
         ):
             yield self._writer.count(content, uploaded)
 
@@ -403,4 +405,5 @@ class WriteSpilledWindow(beam.DoFn):
     def teardown(self):
         uploads = getattr(self, "_uploads", None)
         if uploads is not None:
-            uploads.shutdown(wait=True)
+            uploads.close()
+            uploads.join()
