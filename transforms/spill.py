@@ -71,7 +71,7 @@ _FRAME = struct.Struct(">I")
 BATCH_CODER = coders.TupleCoder(
     [coders.StrUtf8Coder(), coders.registry.get_coder(ShuffledBatch)]
 )
-# ((app, date folder, shard, file window start), (newest arrival, events, zstd line))
+# ((app, date folder, shard, file window start), `write.file_entry`)
 LINE_CODER = coders.TupleCoder([
     coders.TupleCoder([coders.StrUtf8Coder(), coders.StrUtf8Coder(), coders.VarIntCoder(),
                        coders.VarIntCoder()]),
@@ -181,14 +181,13 @@ class BundleFiles:
             for each in list(self._buffers):
                 self._flush(each)
 
-    def commit(self) -> list[str]:
-        """Makes the files visible; returns the folders written to."""
+    def commit(self) -> None:
+        """Makes the files visible."""
         for folder in list(self._buffers):
             self._flush(folder)
         for folder in self._written:
             path = os.path.join(folder, self._name)
             os.replace(path + _PART, path)
-        return sorted(self._written)
 
     def _flush(self, folder: str) -> None:
         buffer = self._buffers.pop(folder)
