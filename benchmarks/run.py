@@ -19,9 +19,9 @@ sizes, at concurrency 1 and 2) and prints one table: events/s, batches, files,
 bytes, peak RSS of the whole process tree, speed against the yardstick, and the
 uploads as a fraction of the ceiling. Then, at four times the input (the same
 devices over four times the days), runs 2 and 3 again and prints their peak RSS
-beside the 1x figure and the sizes of the largest slice and the largest window. It checks that every run
-at one size forwarded the same events (counts by event id) and reports whether
-the objects are identical.
+beside the 1x figure and the sizes of the largest slice and the largest window.
+It checks that every run at one size forwarded the same events (counts by event
+id) and reports whether the objects are identical.
 """
 
 from __future__ import annotations
