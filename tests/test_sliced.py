@@ -230,3 +230,26 @@ def test_spill_frames_read_back_and_a_cut_file_is_an_error(tmp_path):
         cut.truncate(os.path.getsize(path) - 1)
     with pytest.raises(EOFError, match="spill file ends inside a block"):
         list(read_frames(path))
+
+
+def test_spill_buffers_stay_under_their_cap_and_every_frame_reads_back_in_order(
+    tmp_path, monkeypatch
+):
+    from transforms import spill
+
+    monkeypatch.setattr(spill, "_FLUSH_BYTES", 8 << 10)
+    monkeypatch.setattr(spill, "_BUFFERED_BYTES", 32 << 10)
+    coder = spill.LINE_CODER
+    files = spill.BundleFiles(coder)
+    written: dict[str, list] = {}
+    for n in range(3000):
+        # One busy folder and many quiet ones, as time-ordered archives give.
+        folder = str(tmp_path / ("busy" if n % 2 else f"quiet-{n % 97}"))
+        element = (("App", "", n % 3, n), (n, 1, os.urandom(n % 200)))
+        files.add(folder, element)
+        written.setdefault(folder, []).append(element)
+        assert files._buffered <= (32 << 10) + 300
+    files.commit()
+    for folder, elements in written.items():
+        [path] = spill.spill_files(folder)
+        assert list(spill.read_frames(path, coder)) == elements

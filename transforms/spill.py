@@ -81,7 +81,8 @@ LINE_CODER = coders.TupleCoder([
 # slice of one shard at a time, and shards keep two or more workers busy.
 BATCH_SHARDS = 16
 # A bundle keeps up to this much per file before appending it, and up to
-# _BUFFERED_BYTES over all its files: memory stays small whatever the input.
+# _BUFFERED_BYTES over all its files (then it appends its largest buffers until it
+# holds half that): memory stays small, and blocks large, whatever the input.
 _FLUSH_BYTES = 1 << 20
 _BUFFERED_BYTES = 32 << 20
 _ZSTD_LEVEL = 1
@@ -177,9 +178,11 @@ class BundleFiles:
         self._buffered += len(framed)
         if len(buffer) >= _FLUSH_BYTES:
             self._flush(folder)
-        elif self._buffered >= _BUFFERED_BYTES:
-            for each in list(self._buffers):
+        elif self._buffered >= _BUFFERED_BYTES:  # many folders at once: the largest first
+            for each in sorted(self._buffers, key=lambda f: len(self._buffers[f]), reverse=True):
                 self._flush(each)
+                if self._buffered < _BUFFERED_BYTES // 2:
+                    break
 
     def commit(self) -> None:
         """Makes the files visible."""
