@@ -137,11 +137,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
-
-
-def _duration(seconds: int) -> str:
-    if seconds % 86400 == 0:
-        return f"{seconds // 86400} day(s)"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} hour(s)"
-    return f"{seconds} s"
