@@ -192,11 +192,6 @@ class ShuffledBatch(NamedTuple):
     def parts(self, codec: ShuffleCodec) -> BatchParts:
         return BatchParts.from_bytes(codec.decompress(self.batch_zstd))
 
-    def arrived(self, device: str, codec: ShuffleCodec) -> ArrivedBatch:
-        """Back to the ArrivedBatch (the device is the shuffle's key)."""
-        batch = batch_json.decode(self.parts(codec).as_sent())
-        return ArrivedBatch(batch, self.source, self.arrival_ms, device, self.app_name)
-
 
 class _ShuffledBatchCoderImpl(coder_impl.TupleCoderImpl):
     def _construct_from_components(self, components):
