@@ -11,6 +11,7 @@ harness process of its own, which Prism starts through a loopback worker pool
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -68,8 +69,15 @@ def prism_binary(options: PipelineOptions) -> str:
     return found
 
 
-# Runners that run the pipeline through a job server (Job API and Fn API).
-PORTABLE = frozenset({"PrismRunner", "FlinkRunner", "SparkRunner", "PortableRunner"})
+# Runners that run the pipeline through a job server (Job API and Fn API): Beam's
+# module and class of each.
+_PORTABLE_CLASSES = {
+    "PrismRunner": ("apache_beam.runners.portability.prism_runner", "PrismRunner"),
+    "FlinkRunner": ("apache_beam.runners.portability.flink_runner", "FlinkRunner"),
+    "SparkRunner": ("apache_beam.runners.portability.spark_runner", "SparkRunner"),
+    "PortableRunner": ("apache_beam.runners.portability.portable_runner", "PortableRunner"),
+}
+PORTABLE = frozenset(_PORTABLE_CLASSES)
 
 
 def pubsub_readers(name: str) -> int:
@@ -108,6 +116,46 @@ def check_mode_runs_on(name: str, streaming: bool, sessions: bool) -> None:
         )
 
 
+class _JobStreamsWithoutDeadline:
+    """The job service, with the job's state and message streams opened without a deadline.
+
+    Beam's `JobServiceHandle.run` opens both streams with `timeout=job_server_timeout`
+    (300 s by default), a deadline for the whole call: every job on a portable runner
+    (Prism, Flink, Spark) then ends in DEADLINE_EXCEEDED after that long, live or
+    bounded, though the job itself goes on. The timeout still applies to the requests
+    it is meant for (options, Prepare, staging); the streams last as long as the job.
+    """
+
+    def __init__(self, job_service):
+        self._job_service = job_service
+
+    def __getattr__(self, name: str):
+        return getattr(self._job_service, name)
+
+    def GetStateStream(self, request, timeout=None, **kwargs):  # noqa: N802 (gRPC's name)
+        return self._job_service.GetStateStream(request, **kwargs)
+
+    def GetMessageStream(self, request, timeout=None, **kwargs):  # noqa: N802 (gRPC's name)
+        return self._job_service.GetMessageStream(request, **kwargs)
+
+
+class _UntilTheJobEnds:
+    """A portable runner whose wait for the job lasts as long as the job
+    (see `_JobStreamsWithoutDeadline`)."""
+
+    def create_job_service_handle(self, job_service, options):
+        handle = super().create_job_service_handle(job_service, options)
+        handle.job_service = _JobStreamsWithoutDeadline(handle.job_service)
+        return handle
+
+
+def portable_runner(name: str):
+    """Beam's runner `name` (one of PORTABLE), waiting on its job without a deadline."""
+    module, class_name = _PORTABLE_CLASSES[name]
+    beam_class = getattr(importlib.import_module(module), class_name)
+    return type(class_name, (_UntilTheJobEnds, beam_class), {})()
+
+
 def make_runner(options: PipelineOptions):
     """The runner to use; fills in Prism's binary so that Beam never downloads one."""
     name = runner_name(options)
@@ -131,6 +179,8 @@ def make_runner(options: PipelineOptions):
         options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)
         if not options.view_as(PortableOptions).environment_type:
             _sdk_harness_in_its_own_process(options)
+    if name in PORTABLE:
+        return portable_runner(name)
     return name
 
 

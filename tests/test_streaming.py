@@ -270,6 +270,32 @@ def test_pubsub_connections_cut_lose_and_repeat_nothing(
     print(f"\n{len(expected)} events forwarded once; proxy: {counts}")
 
 
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+def test_a_live_prism_run_outlives_the_job_server_timeout(
+    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism
+):
+    """Beam opens the job's state stream with `--job_server_timeout` as its deadline;
+    before the fix a live run on any portable runner stopped after that long (300 s by
+    default) with DEADLINE_EXCEEDED. Here it still forwards three timeouts later, and
+    stops with exit 0 on SIGTERM (the fixture checks)."""
+    publisher, topic, _ = pubsub
+    timeout_s = 3
+    started = time.monotonic()
+    live_pipeline("--send_as_batch=false", "--file_flush_s=1", f"--job_server_timeout={timeout_s}")
+    for round_number in range(3):
+        while time.monotonic() - started < (round_number + 1) * timeout_s:
+            time.sleep(0.2)
+        data = batch(round_number, [round_number + 1], int(time.time() * 1000))
+        publisher.publish(topic, json.dumps(data).encode()).result()
+
+        def forwarded(expected=round_number + 1):
+            ids = forwarded_ids(read_objects(s3_client, bucket, "live/"))
+            return sorted(ids) == list(range(1, expected + 1))
+
+        assert poll(forwarded, deadline_s=30, every_s=0.2), f"round {round_number}"
+    assert time.monotonic() - started > 3 * timeout_s
+
+
 def test_live_sessions_are_refused_on_prism_which_does_not_merge_them(s3_endpoint, bucket, prism):
     code, out, err = run_main([
         f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
