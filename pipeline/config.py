@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from pipeline.logs import LEVELS
 from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
 from transforms import naming
 from transforms.batching import BatchingMode
@@ -99,6 +100,13 @@ def _as_list(value: Any) -> list[str]:
     return [str(item) for item in value or ()]
 
 
+def log_level_of(value: Any) -> str:
+    level = str(value or "INFO").strip().upper()
+    if level not in LEVELS:
+        raise ConfigError(f"--log_level must be one of {', '.join(LEVELS)}, not {value!r}.")
+    return level
+
+
 def date_folders_of(value: Any) -> DateFolders:
     """mParticle's four choices, and true/false as the setting once was."""
     word = str(value).strip().lower()
@@ -153,7 +161,9 @@ def read_settings_file(path: str) -> dict[str, Any]:
     try:
         loaded = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as err:
-        raise ConfigError(f"--settings_file {path!r} is not valid JSON or YAML: {err}") from None
+        raise ConfigError(
+            f"--settings_file {path!r} is not valid JSON or YAML{_where_in_file(err)}."
+        ) from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"--settings_file {path!r} must hold a mapping of option names.")
     unknown = sorted(set(loaded) - set(OPTIONS_BY_NAME) - {"settings_file"})
@@ -163,6 +173,17 @@ def read_settings_file(path: str) -> dict[str, Any]:
             "keys are the option names, such as send_custom_events."
         )
     return loaded
+
+
+def _where_in_file(err: Exception) -> str:
+    """Where a parser stopped, as line and column: never the text there, which may be
+    the line that holds the secret access key."""
+    if isinstance(err, json.JSONDecodeError):
+        return f" at line {err.lineno}, column {err.colno}"
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f" at line {mark.line + 1}, column {mark.column + 1}"
+    return ""
 
 
 def merged_values(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
@@ -214,6 +235,12 @@ def _check(values: dict[str, Any]) -> None:
         )
     if values["kms_key_id"] and values["server_side_encryption_method"] != "aws:kms":
         raise ConfigError("--kms_key_id needs --server_side_encryption_method=aws:kms.")
+    secret = values["secret_access_key"]
+    if secret and (not secret.isprintable() or any(char.isspace() for char in secret)):
+        raise ConfigError(
+            "--secret_access_key holds white space or a control character (a copy-and-paste "
+            "slip?); it is not shown here."
+        )
     if bool(values["access_key_id"]) != bool(values["secret_access_key"]):
         raise ConfigError(
             "--access_key_id and --secret_access_key go together: give both, or neither "
@@ -326,7 +353,11 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
         if not flag.startswith("-"):
             if runner in _JAVA_JOB_SERVER_RUNNERS:
                 continue  # the value of a job-server option given as "--flag value"
-            raise ConfigError(f"Unexpected argument {argument!r}: every option is a --flag.")
+            # Not quoted: it may be a secret given after a misspelt flag.
+            raise ConfigError(
+                "An argument is not a --flag (it is not shown, in case it is a secret): "
+                "every option is a --flag=VALUE."
+            )
         close_to_ours = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
         if runner in _JAVA_JOB_SERVER_RUNNERS and not close_to_ours:
             continue

@@ -120,6 +120,11 @@ OPTIONS: tuple[Option, ...] = (
         "skip_bucket_check", bool, False,
         "Do not write the verification objects (bucket, dead-letter location) at start.",
     ),
+    Option(
+        "log_level", str, "INFO",
+        "DEBUG, INFO, WARNING or ERROR; DEBUG adds Beam's and the AWS libraries' own lines "
+        "(secrets are never shown).",
+    ),
     # S3 faults.
     Option(
         "s3_connect_timeout_s", int, retries.DEFAULT_CONNECT_TIMEOUT_S,

@@ -35,9 +35,11 @@ from pipeline.config import (
     check_beam_args,
     config_from_values,
     date_folders_of,
+    log_level_of,
     merged_values,
     validate_bucket_name,
 )
+from pipeline.logs import Console
 from pipeline.progress import ProgressReporter
 from pipeline.runners import (
     check_mode_runs_on,
@@ -87,18 +89,13 @@ def counters_of(result) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # force: importing Beam may already have given the root logger a handler.
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
-    )
-    for chatty in ("botocore", "boto3", "urllib3", "smart_open"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    # A failed run is reported once, by this entry point (one sentence, or the
-    # traceback of an unforeseen error), not again by the runner's own logs.
-    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    console = Console()
     argv = sys.argv[1:] if argv is None else argv
+    console.hide_in_argv(argv, "--secret_access_key")
     try:
         values, beam_args, prints = merged_values(argv)
+        console.hide(values["secret_access_key"])
+        console.set_level(log_level_of(values["log_level"]))
         if prints:
             print(_printed(values, prints))
             return 0
@@ -112,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            config.batching is BatchingMode.SESSIONS)
         check_inputs_exist(config.inputs, config.connection)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        console.error(str(err))
         return EXIT_CONFIG
 
     if not config.skip_bucket_check:
@@ -120,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for where in check_output_writable(config):
                 _LOG.info("write check: %s", where)
         except s3.BucketCheckError as err:
-            print(f"error: {err}", file=sys.stderr)
+            console.error(str(err))
             return EXIT_CHECK
-    return _run(config, runner, options)
+    return _run(config, runner, options, console)
 
 
 def _printed(values: dict, prints: dict) -> str:
@@ -138,7 +135,7 @@ def _printed(values: dict, prints: dict) -> str:
     )
 
 
-def _run(config, runner, options: PipelineOptions) -> int:
+def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     """Runs the pipeline; a failure ends in one sentence and its exit code."""
     interrupted = _note_interrupts()
     _LOG.info("running on %s", engine_name(runner))
@@ -151,21 +148,20 @@ def _run(config, runner, options: PipelineOptions) -> int:
         with _progress(config):
             counters = _run_bounded(config, options)
     except ConfigError as err:  # found only once the run starts (the spill's disk)
-        print(f"error: {err}", file=sys.stderr)
+        console.error(str(err))
         return EXIT_CONFIG
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
         if interrupted:
-            print("error: interrupted; nothing written so far is lost, and a rerun writes the "
-                  "same keys.", file=sys.stderr)
+            console.error("interrupted; nothing written so far is lost, and a rerun writes "
+                          "the same keys.")
             return EXIT_INTERRUPTED
         gave_up = _GAVE_UP.search(str(err))
         if gave_up:
-            print(f"error: {gave_up.group().strip()}", file=sys.stderr)
+            console.error(gave_up.group().strip())
             return EXIT_S3_GAVE_UP
         _LOG.exception("the run failed")
         first_line = (str(err).splitlines() or [""])[0][:500]
-        print(f"error: the run failed: {type(err).__name__}: {first_line}",
-              file=sys.stderr)
+        console.error(f"the run failed: {type(err).__name__}: {first_line}")
         return EXIT_FAILED
     elapsed = time.monotonic() - started
 

@@ -192,7 +192,8 @@ def _error(argv: list[str]) -> tuple[int, str]:
     (["--use_compres=true"],  # never taken as an abbreviation of --use_compression
      "error: Unknown option --use_compres; did you mean --use_compression?"),
     (["--zzz_qqq=1"], "error: Unknown option --zzz_qqq; python -m pipeline --help lists them."),
-    (["stray"], "error: Unexpected argument 'stray': every option is a --flag."),
+    (["stray"], "error: An argument is not a --flag (it is not shown, in case it is a secret): "
+               "every option is a --flag=VALUE."),
     (["--runner=BogusRunner"],
      "error: --runner 'BogusRunner' is not a runner this forwarder runs on: use DirectRunner, "
      "PrismRunner, FlinkRunner, SparkRunner, DataflowRunner or PortableRunner."),
