@@ -104,6 +104,7 @@ def batch_and_write(
         early_firing_s=early_firing_s,
         keyed_windows=keyed_windows,
         codec=codec,
+        upload_day=config.upload_day,
     )
     return files, [batched["dead_letters"]]
 
@@ -154,7 +155,7 @@ def build_sliced(
         | "WriteWindows" >> beam.ParDo(spill.WriteSpilledWindow(
             spill_dir, grouping, config.output_location, config.connection,
             BatchFileNamer(config.folder, config.compress), config.max_batches_per_file,
-            config.max_file_bytes,
+            config.max_file_bytes, config.upload_day,
         )).with_outputs(DEAD_LETTERS, main="files")
     )
     dead_letters.append(written[DEAD_LETTERS])

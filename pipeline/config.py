@@ -7,7 +7,9 @@ allowed; the entry point prints it without a stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import difflib
 import ipaddress
 import json
@@ -62,6 +64,9 @@ class ForwarderConfig:
     progress_every_s: int = 10
     arrival_slice_s: int = 0  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None = None
+    # Date folders by upload time: the day a bounded run names them; None when live
+    # (each file's window close, `naming.window_close_day`).
+    upload_day: str | None = None
 
     @property
     def output_location(self) -> str:
@@ -268,6 +273,7 @@ def _check(values: dict[str, Any]) -> None:
                  "s3_connect_timeout_s", "s3_read_timeout_s", "s3_write_deadline_s"):
         _as_int(name, values[name], minimum=1)
     _check_slices(values)
+    log_level_of(values["log_level"])
     if values["folder_name"] and values["folder_name"].strip("/") == "":
         raise ConfigError("--folder_name must hold more than slashes.")
     if values["s3_endpoint_url"]:
@@ -373,9 +379,36 @@ def load_config(argv: Sequence[str]) -> tuple[ForwarderConfig, list[str]]:
     return config_from_values(values), beam_args
 
 
-def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
+def _upload_day(value: str | None, streaming: bool, now: datetime.datetime) -> str | None:
+    """The day a bounded run's files dated by upload time go under: fixed once, at
+    start, so that no retry or rerun puts the same batches under another day."""
+    if streaming:
+        if value:
+            raise ConfigError(
+                "--upload_day is for bounded runs: a live file's upload day is the day its "
+                "window closes."
+            )
+        return None
+    if not value:
+        return now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d")
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        with contextlib.suppress(ValueError):
+            return datetime.date.fromisoformat(value).isoformat()
+    raise ConfigError(
+        f"--upload_day must be a day as YYYY-MM-DD, such as 2024-06-01, not {value!r}."
+    )
+
+
+def config_from_values(
+    values: dict[str, Any], now: datetime.datetime | None = None
+) -> ForwarderConfig:
+    """`now`: when the run starts (the clock's time if None), for its upload day."""
     bucket = validate_bucket_name(values["s3_bucket_name"])
     _check(values)
+    streaming = bool(values["input_subscription"] or values["input_topic"])
+    upload_day = _upload_day(
+        values["upload_day"], streaming, now or datetime.datetime.now(datetime.timezone.utc)
+    )
     folder = values["folder_name"].strip("/") if values["folder_name"] else None
     if values["wait_for_complete_batch"]:
         mode = BatchingMode.SESSIONS  # overrides Send as Batch, as in mParticle
@@ -427,4 +460,5 @@ def config_from_values(values: dict[str, Any]) -> ForwarderConfig:
         progress_every_s=values["progress_every_s"],
         arrival_slice_s=values["arrival_slice_s"],
         spill_dir=values["spill_dir"],
+        upload_day=upload_day,
     )

@@ -67,6 +67,12 @@ OPTIONS: tuple[Option, ...] = (
         "event_time_or_upload_time (true: event_time, false: none).",
     ),
     Option("use_compression", bool, False, "gzip the files (.txt.gz)."),
+    Option(
+        "upload_day", str, None,
+        "Bounded runs, date folders by upload time: the day (YYYY-MM-DD, UTC) they name; "
+        "default: the day the run starts (logged, so a rerun can name it). Live files take "
+        "the day their window closes.",
+    ),
     # Input and output.
     Option("input", list, [], "Input files: paths or globs, local, s3:// or gs:// (repeatable)."),
     Option(

@@ -16,12 +16,13 @@ summary whose counts reconcile. Exit codes:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import re
 import signal
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -50,6 +51,7 @@ from pipeline.runners import (
 )
 from transforms import metrics, read, s3
 from transforms.batching import BatchingMode
+from transforms.naming import DateFolders
 
 _LOG = logging.getLogger("pipeline")
 EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -88,7 +90,12 @@ def counters_of(result) -> dict[str, int]:
     return totals
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc),
+) -> int:
+    """The forwarder from its flags; returns the exit code. `clock`: what time the run
+    starts (a bounded run's upload day)."""
     console = Console()
     argv = sys.argv[1:] if argv is None else argv
     console.hide_in_argv(argv, "--secret_access_key")
@@ -99,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if prints:
             print(_printed(values, prints))
             return 0
-        config = config_from_values(values)
+        config = config_from_values(values, now=clock())
         check_beam_args(beam_args)
         options = PipelineOptions(beam_args)
         if config.streaming:
@@ -112,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.error(str(err))
         return EXIT_CONFIG
 
+    if _naming_the_upload_day(config):
+        _LOG.info("upload day: %s (date folders by upload time); a rerun writes the same keys%s",
+                  config.upload_day, _naming_the_upload_day(config))
     if not config.skip_bucket_check:
         try:
             for where in check_output_writable(config):
@@ -120,6 +130,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.error(str(err))
             return EXIT_CHECK
     return _run(config, runner, options, console)
+
+
+def _naming_the_upload_day(config) -> str:
+    """What a rerun must say to write the same keys: its upload day, if it names folders."""
+    if config.upload_day and config.date_folders in (
+        DateFolders.UPLOAD_TIME, DateFolders.EVENT_TIME_OR_UPLOAD_TIME
+    ):
+        return f" with --upload_day={config.upload_day}"
+    return ""
 
 
 def _printed(values: dict, prints: dict) -> str:
@@ -153,7 +172,7 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
         if interrupted:
             console.error("interrupted; nothing written so far is lost, and a rerun writes "
-                          "the same keys.")
+                          f"the same keys{_naming_the_upload_day(config)}.")
             return EXIT_INTERRUPTED
         gave_up = _GAVE_UP.search(str(err))
         if gave_up:

@@ -86,13 +86,13 @@ def bucket(s3_client) -> str:
     return name
 
 
-def run_main(argv: list[str]) -> tuple[int, str, str]:
+def run_main(argv: list[str], **kwargs) -> tuple[int, str, str]:
     """Runs the entry point in-process; returns (exit code, stdout, stderr)."""
     from pipeline.run import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
+        code = main(argv, **kwargs)
     return code, out.getvalue(), err.getvalue()
 
 

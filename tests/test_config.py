@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
-from pipeline.options import OPTIONS
+from pipeline.config import ConfigError, config_from_values, load_config, merged_values
+from pipeline.options import build_parser
 from tests.conftest import SAMPLE_BATCH, run_main
 from transforms.batching import BatchingMode
 from transforms.naming import DateFolders
@@ -28,19 +28,66 @@ def test_defaults_are_the_integrations():
     assert config.window_size_s == 600
 
 
-def test_every_option_has_a_flag_and_a_default():
-    names = {option.name for option in OPTIONS}
-    for setting in ("s3_bucket_name", "folder_name", "aws_region_endpoint", "access_key_id",
-                    "secret_access_key", "server_side_encryption_method", "unique_id",
-                    "send_lifecycle_events", "send_screen_views", "send_crash_events",
-                    "send_network_performance_events", "send_custom_events",
-                    "send_push_registrations_and_receipts", "send_profile_change_events",
-                    "send_commerce_events", "include_user_attribute_change_events",
-                    "include_user_identity_change_events", "include_location_information",
-                    "include_user_identities", "include_metadata", "send_as_batch",
-                    "wait_for_complete_batch", "store_data_in_folders_by_date",
-                    "use_compression"):
-        assert setting in names
+# The integration page's settings and their defaults (README, Options), written out
+# here: each is read back from the config a run gets when no flag is given.
+INTEGRATION_DEFAULTS = {
+    "folder_name": None,
+    "aws_region_endpoint": "us-east-1",
+    "access_key_id": None,
+    "secret_access_key": None,
+    "server_side_encryption_method": "None",
+    "unique_id": None,
+    "metadata_field_exclusion": (),
+    "send_lifecycle_events": True,
+    "send_screen_views": True,
+    "send_crash_events": True,
+    "send_network_performance_events": True,
+    "send_custom_events": True,
+    "send_push_registrations_and_receipts": True,
+    "send_profile_change_events": True,
+    "send_commerce_events": True,
+    "include_user_attribute_change_events": False,
+    "include_user_identity_change_events": False,
+    "include_location_information": True,
+    "include_event_batch_location": False,
+    "include_user_identities": True,
+    "include_metadata": True,
+    "include_consent_state": True,
+    "include_mp_deviceid": True,
+    "send_batches_without_events": False,
+    "send_as_batch": True,
+    "wait_for_complete_batch": False,
+    "store_data_in_folders_by_date": "none",
+    "use_compression": False,
+}
+
+
+def _setting_in(config, name: str):
+    """A setting's value as the run sees it, by the integration's name."""
+    connection = {"aws_region_endpoint": "region", "access_key_id": "access_key_id",
+                  "secret_access_key": "secret_access_key",
+                  "server_side_encryption_method": "sse_method"}
+    if name in connection:
+        return getattr(config.connection, connection[name])
+    if name == "folder_name":
+        return config.folder
+    if name == "send_as_batch":
+        return config.batching is not BatchingMode.PER_EVENT
+    if name == "wait_for_complete_batch":
+        return config.batching is BatchingMode.SESSIONS
+    if name == "store_data_in_folders_by_date":
+        return config.date_folders.value
+    if name == "use_compression":
+        return config.compress
+    if name == "send_batches_without_events":
+        return config.send_batches_without_events
+    return getattr(config.settings, name)
+
+
+@pytest.mark.parametrize("name, default", sorted(INTEGRATION_DEFAULTS.items()))
+def test_every_setting_has_a_flag_and_the_integrations_default(name, default):
+    assert f"--{name}" in build_parser().format_help()
+    assert _setting_in(load_config(BASE)[0], name) == default
 
 
 @pytest.mark.parametrize(
@@ -106,6 +153,34 @@ def test_settings_file_and_flags_override_it(tmp_path, suffix):
 )
 def test_mistakes_stop_with_one_sentence(flags, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(flags)
+
+
+def test_a_bounded_runs_upload_day_is_fixed_when_it_starts_or_named():
+    import datetime
+
+    def at(iso: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(iso).replace(tzinfo=datetime.timezone.utc)
+
+    values = merged_values(BASE)[0]
+    assert config_from_values(values, now=at("2030-01-01T23:59:59.999")).upload_day == \
+        "2030-01-01"
+    assert config_from_values(values, now=at("2030-01-02T00:00:00")).upload_day == "2030-01-02"
+    named = merged_values(BASE + ["--upload_day=2024-06-01"])[0]
+    assert config_from_values(named, now=at("2030-01-02T00:00:00")).upload_day == "2024-06-01"
+    live = ["--s3_bucket_name=b-ok", "--input_subscription=projects/acme-prod/subscriptions/s"]
+    assert load_config(live)[0].upload_day is None  # each file's window close
+
+
+@pytest.mark.parametrize("flags, message", [
+    (BASE + ["--upload_day=2024-13-01"], "--upload_day must be a day as YYYY-MM-DD"),
+    (BASE + ["--upload_day=yesterday"], "--upload_day must be a day as YYYY-MM-DD"),
+    (["--s3_bucket_name=b-ok", "--input_subscription=projects/acme-prod/subscriptions/s",
+      "--upload_day=2024-06-01"], "--upload_day is for bounded runs"),
+    (BASE + ["--log_level=LOUD"], "--log_level must be one of DEBUG, INFO, WARNING, ERROR"),
+])
+def test_upload_day_and_log_level_mistakes(flags, message):
+    with pytest.raises(ConfigError, match=message):
         load_config(flags)
 
 

@@ -326,16 +326,27 @@ def test_direct_runner_and_prism_write_byte_identical_objects_under_identical_ke
     assert written["PrismRunner"] == written["DirectRunner"]
 
 
+def _moving_clock(*times: str):
+    """A clock that says each time in turn, then the last one again."""
+    stamps = [datetime.datetime.fromisoformat(t).replace(tzinfo=datetime.timezone.utc)
+              for t in times]
+    return lambda: stamps.pop(0) if len(stamps) > 1 else stamps[0]
+
+
 @pytest.mark.parametrize("mode, timed_folder, untimed_folder", [
     ("none", "", ""),
     ("event_time", "2023-11-14/", ""),
-    ("upload_time", "TODAY/", "TODAY/"),
-    ("event_time_or_upload_time", "2023-11-14/", "TODAY/"),
+    ("upload_time", "UPLOAD_DAY/", "UPLOAD_DAY/"),
+    ("event_time_or_upload_time", "2023-11-14/", "UPLOAD_DAY/"),
 ])
-def test_date_folders_by_event_time_upload_time_or_both(
-    s3_endpoint, s3_client, bucket, tmp_path, mode, timed_folder, untimed_folder
+@pytest.mark.parametrize("slices", [[], ["--arrival_slice_s=0"]], ids=["sliced", "unsliced"])
+def test_date_folders_by_event_time_upload_time_or_both_and_reruns_write_the_same_keys(
+    s3_endpoint, s3_client, bucket, tmp_path, mode, timed_folder, untimed_folder, slices,
+    runner_flags,
 ):
-    """One batch whose events have times, one whose events have none."""
+    """One batch whose events have times, one whose events have none. The run starts a
+    moment before midnight and the clock has passed it by the time anything is written;
+    a rerun on the next day that names the first run's upload day writes the same keys."""
     at = 1_700_000_000_000  # 2023-11-14
     timed = {"mpid": 1, "timestamp_unixtime_ms": at, "application_info": {
         "application_name": "Timed"}, "events": [
@@ -344,12 +355,27 @@ def test_date_folders_by_event_time_upload_time_or_both(
         "application_name": "Untimed"}, "events": [
         {"event_type": "custom_event", "data": {"event_id": 2}}]}
     (tmp_path / "in.ndjson").write_text(json.dumps(timed) + "\n" + json.dumps(untimed) + "\n")
-    code, _, err = run_main(argv(s3_endpoint, bucket, tmp_path,
-                                 f"--store_data_in_folders_by_date={mode}"))
-    assert code == 0, err
-    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    keys = [k for k in list_keys(s3_client, bucket, "out/") if "Verification" not in k]
-    folders = {k.split("/")[-1].split("_")[0]: k[len("out/"):-len(k.split("/")[-1])]
-               for k in keys}
-    assert folders == {"Timed": timed_folder.replace("TODAY", today),
-                       "Untimed": untimed_folder.replace("TODAY", today)}
+
+    def run(bucket: str, clock, *flags: str) -> dict[str, str]:
+        """The run's forwarded keys, each app's folder, and its output."""
+        code, out, err = run_main(argv(
+            s3_endpoint, bucket, tmp_path, f"--store_data_in_folders_by_date={mode}",
+            "--skip_bucket_check=true", *slices, *runner_flags, *flags), clock=clock)
+        assert code == 0, err
+        keys = list_keys(s3_client, bucket, "out/")
+        return {k.split("/")[-1].split("_")[0]: k for k in keys}, out
+
+    before_midnight = _moving_clock("2030-01-01T23:59:59.900", "2030-01-02T00:00:01")
+    keys, _ = run(bucket, before_midnight)
+    folders = {app: key[len("out/"):-len(key.split("/")[-1])] for app, key in keys.items()}
+    assert folders == {"Timed": timed_folder.replace("UPLOAD_DAY", "2030-01-01"),
+                       "Untimed": untimed_folder.replace("UPLOAD_DAY", "2030-01-01")}
+
+    next_day = _moving_clock("2030-01-02T08:00:00")
+    rerun, out = run(bucket, next_day, "--upload_day=2030-01-01")
+    assert rerun == keys
+    assert re.search(r"files_already_present\s+2\b", out), out
+
+    s3_client.create_bucket(Bucket=f"{bucket}-again")  # not named: the day the run starts
+    again, _ = run(f"{bucket}-again", next_day)
+    assert {app: key.replace("2030-01-02", "2030-01-01") for app, key in again.items()} == keys

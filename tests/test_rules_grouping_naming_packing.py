@@ -185,10 +185,19 @@ def test_batch_date_folder(first_event_ms, mode, expected):
     assert naming.batch_date_folder(first_event_ms, mode) == expected
 
 
-def test_upload_day_is_the_day_the_file_is_written():
-    def now(tz):
-        return datetime.datetime(2026, 1, 2, 23, 59, tzinfo=tz)
+def test_upload_day_is_the_day_given_never_the_clock():
+    assert naming.resolve_upload_day(naming.UPLOAD_DAY, "2026-01-02") == "2026-01-02"
+    assert naming.resolve_upload_day("2020-07-23", "2026-01-02") == "2020-07-23"
+    assert naming.resolve_upload_day("", "2026-01-02") == ""
+    with pytest.raises(ValueError, match="no upload day was given"):
+        naming.resolve_upload_day(naming.UPLOAD_DAY, None)
 
-    assert naming.resolve_upload_day(naming.UPLOAD_DAY, now) == "2026-01-02"
-    assert naming.resolve_upload_day("2020-07-23", now) == "2020-07-23"
-    assert naming.resolve_upload_day("", now) == ""
+
+@pytest.mark.parametrize("window_end, day", [
+    ("2026-01-02T23:50:00", "2026-01-02"),
+    ("2026-01-03T00:00:00", "2026-01-03"),  # [23:50, 00:00) closes on the next day
+    ("2026-01-03T00:00:00.001", "2026-01-03"),
+])
+def test_a_live_files_upload_day_is_the_day_its_window_closes(window_end, day):
+    end = datetime.datetime.fromisoformat(window_end).replace(tzinfo=datetime.timezone.utc)
+    assert naming.window_close_day(int(end.timestamp() * 1000)) == day

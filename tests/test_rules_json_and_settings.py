@@ -102,11 +102,31 @@ def _batch_of(*event_types: str) -> dict:
     return {"events": events}
 
 
-ALL_TYPES = sorted({t for types in EVENT_TYPES_BY_SETTING.values() for t in types})
+# The integration page's table (README, Options), written out here rather than taken
+# from transforms.settings, so that a mistake in the implementation's table shows.
+INTEGRATION_EVENT_TYPES = {
+    "send_lifecycle_events": {"session_start", "session_end", "application_state_transition",
+                              "first_run"},
+    "send_screen_views": {"screen_view"},
+    "send_crash_events": {"crash_report"},
+    "send_network_performance_events": {"network_performance"},
+    "send_custom_events": {"custom_event"},
+    "send_push_registrations_and_receipts": {"push_registration", "push_message",
+                                             "push_reaction"},
+    "send_profile_change_events": {"profile"},
+    "send_commerce_events": {"commerce_event"},
+    "include_user_attribute_change_events": {"user_attribute_change"},
+    "include_user_identity_change_events": {"user_identity_change"},
+}
+ALL_TYPES = sorted({t for types in INTEGRATION_EVENT_TYPES.values() for t in types})
 UNNAMED_TYPES = ["breadcrumb", "opt_out", "uninstall", "pre_attribution", "some_future_type"]
 
 
-@pytest.mark.parametrize("setting, event_types", sorted(EVENT_TYPES_BY_SETTING.items()))
+def test_the_implementations_table_is_the_integrations():
+    assert {k: set(v) for k, v in EVENT_TYPES_BY_SETTING.items()} == INTEGRATION_EVENT_TYPES
+
+
+@pytest.mark.parametrize("setting, event_types", sorted(INTEGRATION_EVENT_TYPES.items()))
 def test_each_event_type_setting_filters_exactly_its_types(setting, event_types):
     default = getattr(ForwardingSettings(), setting)
     batch = _batch_of(*ALL_TYPES, *UNNAMED_TYPES)

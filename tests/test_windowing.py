@@ -158,3 +158,41 @@ def test_late_pane_becomes_a_further_file_and_redelivery_is_written_once(
     )
     assert forwarded == [[1, 2], [3]]  # on time, then the late pane in a file of its own
     assert [[d["source"] for d in letters] for letters in dead] == [["pubsub:4"]]
+
+
+def test_live_files_dated_by_upload_time_take_the_day_their_window_closes(
+    s3_endpoint, s3_client, bucket
+):
+    """No clock: the window [23:50, 00:00) closes on the next day, and its late pane,
+    written whenever it comes, goes under that day too; a file of [23:40, 23:50) under
+    the day before. So a retry or a restart writes the same keys."""
+    config, _ = load_config([
+        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}", "--folder_name=live",
+        "--input_subscription=projects/local-project/subscriptions/unused",
+        "--store_data_in_folders_by_date=upload_time", "--dead_letter_flush_s=60",
+    ])
+    midnight = 1_700_006_400_000  # 2023-11-15T00:00:00Z
+    before = record("pubsub:1", midnight - 15 * MINUTE_MS, 1)
+    on_time = record("pubsub:2", midnight - 5 * MINUTE_MS, 2)
+    late = record("pubsub:3", midnight - 4 * MINUTE_MS, 3)
+    test_stream = (
+        TestStream()
+        .advance_watermark_to((midnight - 20 * MINUTE_MS) / 1000)
+        .add_elements([window.TimestampedValue(r, r.publish_time_ms / 1000)
+                       for r in (before, on_time)])
+        .advance_watermark_to((midnight + 11 * MINUTE_MS) / 1000)  # both windows written
+        .add_elements([window.TimestampedValue(late, late.publish_time_ms / 1000)])
+        .advance_watermark_to_infinity()
+    )
+    p = streaming_pipeline()
+    forward(p | test_stream, config)
+    p.run().wait_until_finish()
+
+    folders = {}
+    for key in list_keys(s3_client, bucket, "live/"):
+        if "/_dead_letters/" in key:
+            continue
+        [line] = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
+        [event] = json.loads(line)["events"]
+        folders[event["data"]["event_id"]] = key.split("/")[1]
+    assert folders == {1: "2023-11-14", 2: "2023-11-15", 3: "2023-11-15"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import enum
 import re
-from typing import Callable
 
 FILE_DIGITS = 100_000  # five digits
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -71,11 +70,25 @@ def batch_date_folder(first_event_ms: int | None, mode: DateFolders) -> str:
     return UPLOAD_DAY if mode is DateFolders.EVENT_TIME_OR_UPLOAD_TIME else ""
 
 
-def resolve_upload_day(
-    folder: str, now: Callable[[], datetime.datetime] = datetime.datetime.now
-) -> str:
-    """UPLOAD_DAY as today's date (UTC); any other folder as it is."""
-    return now(datetime.timezone.utc).strftime("%Y-%m-%d") if folder == UPLOAD_DAY else folder
+def resolve_upload_day(folder: str, upload_day: str | None) -> str:
+    """UPLOAD_DAY as `upload_day`; any other folder as it is.
+
+    The upload day is never read from the clock as a file is written: a retry
+    across midnight, or a rerun on another day, would then write the same batches
+    under a second key. A bounded run fixes it at start (`--upload_day`); a live
+    file takes the day its window closes (`window_close_day`).
+    """
+    if folder != UPLOAD_DAY:
+        return folder
+    if not upload_day:
+        raise ValueError("a file's date folder is its upload day, and no upload day was given")
+    return upload_day
+
+
+def window_close_day(window_end_ms: int) -> str:
+    """A live file's upload day: the day (UTC) of the instant its window closes, seconds
+    before it is written; [23:50, 00:00) closes on the next day."""
+    return date_folder(window_end_ms)
 
 
 def file_timestamp(unix_ms: int) -> str:

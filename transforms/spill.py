@@ -356,6 +356,7 @@ class WriteSpilledWindow(beam.DoFn):
         namer: write.BatchFileNamer,
         max_batches: int,
         max_bytes: int,
+        upload_day: str | None,
     ):
         self._spill_dir = spill_dir
         self._grouping = grouping
@@ -364,6 +365,7 @@ class WriteSpilledWindow(beam.DoFn):
         self._namer = namer
         self._max_batches = max_batches
         self._max_bytes = max_bytes
+        self._upload_day = upload_day
 
     def setup(self):
         self._merger = Merger(self._grouping.codec)
@@ -392,7 +394,7 @@ class WriteSpilledWindow(beam.DoFn):
             content for group in sorted(groups)
             for content in write.packed_files(
                 (group, groups.pop(group)), self._max_batches, self._max_bytes,
-                self._grouping.codec,
+                self._grouping.codec, self._upload_day,
             )
         ]
         # Uploaded in threads, counted here: Beam's counters belong to the bundle's thread.

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 from apache_beam.transforms import window
+from apache_beam.transforms.window import IntervalWindow
 
 from transforms import batch_json, metrics, naming, packing, progress, s3, stores
 from transforms.batching import ForwardedBatch, late_firing_windowing
@@ -30,7 +31,7 @@ class FileContent(NamedTuple):
     """The lines of one file and what its name is made of."""
 
     app_name: str
-    date_folder: str  # "" for none; naming.UPLOAD_DAY for the day it is written
+    date_folder: str  # "" for none, else YYYY-MM-DD
     lines: list[bytes]  # JSON, UTF-8
     newest_arrival_ms: int
     event_count: int
@@ -63,7 +64,7 @@ class BatchFileNamer:
             naming.file_digits(sha256, attempt),
             self.compress,
         )
-        return naming.join_key(self.folder, naming.resolve_upload_day(content.date_folder), name)
+        return naming.join_key(self.folder, content.date_folder, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,25 +128,41 @@ def write_file(
 
 
 class PackFilesFn(beam.DoFn):
-    """((app, date, shard[, window]), [file_entry]) → FileContent, in a stable order."""
+    """((app, date, shard[, window]), [file_entry]) → FileContent, in a stable order.
 
-    def __init__(self, max_batches: int, max_bytes: int, codec: ShuffleCodec):
+    `upload_day`: the day that names files whose date folder is their upload day;
+    None: the day their window closes (live files)."""
+
+    def __init__(
+        self, max_batches: int, max_bytes: int, codec: ShuffleCodec, upload_day: str | None = None
+    ):
         self._max_batches = max_batches
         self._max_bytes = max_bytes
         self._codec = codec
+        self._upload_day = upload_day
 
-    def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[FileContent]:
-        yield from packed_files(element, self._max_batches, self._max_bytes, self._codec)
+    def process(
+        self, element: tuple[tuple, Iterable[tuple]], window=beam.DoFn.WindowParam
+    ) -> Iterator[FileContent]:
+        upload_day = self._upload_day
+        if upload_day is None and isinstance(window, IntervalWindow):
+            upload_day = naming.window_close_day(window.end.micros // 1000)
+        yield from packed_files(
+            element, self._max_batches, self._max_bytes, self._codec, upload_day
+        )
 
 
 def packed_files(
-    element: tuple[tuple, Iterable[tuple]], max_batches: int, max_bytes: int, codec: ShuffleCodec
+    element: tuple[tuple, Iterable[tuple]], max_batches: int, max_bytes: int, codec: ShuffleCodec,
+    upload_day: str | None,
 ) -> Iterator[FileContent]:
-    """One file group ((app, date[, ...]), [file_entry]) → its files."""
+    """One file group ((app, date[, ...]), [file_entry]) → its files; a date folder of
+    naming.UPLOAD_DAY becomes `upload_day`."""
     (app_name, date_folder, *_), values = element
     decompress = codec.decompress
     entries = [(arrival, events, decompress(line)) for arrival, events, line in values]
-    yield from file_contents(app_name, date_folder, entries, max_batches, max_bytes)
+    folder = naming.resolve_upload_day(date_folder, upload_day)
+    yield from file_contents(app_name, folder, entries, max_batches, max_bytes)
 
 
 class WriteFilesFn(beam.DoFn):
@@ -260,10 +277,13 @@ class WriteBatchFiles(beam.PTransform):
         early_firing_s: float = 0,
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
+        upload_day: str | None = None,
     ):
         """`keyed_windows`: bounded input only; the file's window goes into the key
         and the grouping is in the global window (see `transforms.batching`).
-        `codec`: how lines are compressed on their way through the shuffle."""
+        `codec`: how lines are compressed on their way through the shuffle.
+        `upload_day`: YYYY-MM-DD for date folders by upload time in a bounded run;
+        None: each file's window close (live)."""
         super().__init__()
         self._output = output
         self._connection = connection
@@ -277,6 +297,7 @@ class WriteBatchFiles(beam.PTransform):
         self._early_firing_s = early_firing_s
         self._keyed_windows = keyed_windows
         self._codec = codec
+        self._upload_day = upload_day
 
     def _grouped(self, forwarded):
         if self._keyed_windows:
@@ -299,7 +320,7 @@ class WriteBatchFiles(beam.PTransform):
         return (
             self._grouped(forwarded)
             | "PackFiles" >> beam.ParDo(
-                PackFilesFn(self._max_batches, self._max_bytes, self._codec)
+                PackFilesFn(self._max_batches, self._max_bytes, self._codec, self._upload_day)
             )
             | "WriteFiles" >> beam.ParDo(
                 WriteFilesFn(self._output, self._connection, self._namer, BATCH_FILE_COUNTERS)
