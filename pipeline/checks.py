@@ -1,19 +1,28 @@
 """Start-up checks: everything the run needs is proved before anything is read.
 
 Each failure is one sentence: `ConfigError` (exit 2) for what the user typed,
-`s3.BucketCheckError` (exit 3) for a location that cannot be written.
+`BucketCheckError` (exit 3) for a location that cannot be written.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 import botocore.exceptions
 
 from pipeline.config import ConfigError, ForwarderConfig
-from transforms import read, s3, stores
+from transforms import naming, read, s3, stores
+
+# What mParticle writes to prove a bucket writable, and so does the forwarder.
+VERIFICATION_BODY = b"{}"
+
+
+class BucketCheckError(RuntimeError):
+    """The start-up write check failed; the message says bucket, region and why."""
 
 
 def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> None:
@@ -35,18 +44,58 @@ def check_output_writable(config: ForwarderConfig) -> list[str]:
     """Writes the verification objects of the bucket and of the dead-letter location;
     returns where. Raises BucketCheckError saying what was denied."""
     written = [f"s3://{config.bucket}/"
-               + s3.check_bucket_writable(config.connection, config.bucket, config.folder)]
+               + check_bucket_writable(config.connection, config.bucket, config.folder)]
     bucket, prefix = stores.split_location(config.dead_letter_location)
     if bucket is None:
         _check_local_directory(prefix)
         written.append(prefix)
     elif bucket != config.bucket:  # the bucket's own check covers a prefix inside it
         try:
-            key = s3.check_bucket_writable(config.connection, bucket, prefix)
-        except s3.BucketCheckError as err:
-            raise s3.BucketCheckError(f"--dead_letter_location: {err}") from None
+            key = check_bucket_writable(config.connection, bucket, prefix)
+        except BucketCheckError as err:
+            raise BucketCheckError(f"--dead_letter_location: {err}") from None
         written.append(f"s3://{bucket}/{key}")
     return written
+
+
+def check_bucket_writable(
+    connection: s3.S3Connection, bucket: str, folder: str | None,
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc),
+) -> str:
+    """Writes mParticle's verification object (`{}`) as every object is written
+    (`stores.S3Store`: If-None-Match, the content hash, server-side encryption);
+    returns its key. Raises BucketCheckError naming the bucket, the region and what
+    was denied. Transient errors are retried for the start-up checks' shorter deadline.
+    """
+    connection = connection.for_checks()
+    key = naming.verification_key(folder, now())
+    where = f"bucket {bucket!r} in {connection.where}"
+    store = stores.S3Store(connection, bucket)
+    try:
+        # Any outcome proves the write: S3 answers a conditional PUT on a taken key
+        # (412) only to a caller allowed to write it.
+        store.put_new(key, VERIFICATION_BODY, hashlib.sha256(VERIFICATION_BODY).hexdigest())
+    except botocore.exceptions.ClientError as err:
+        code = s3.error_code(err)
+        message = err.response.get("Error", {}).get("Message", "")
+        if code == "NoSuchBucket":
+            raise BucketCheckError(f"S3 {where} does not exist.") from None
+        raise BucketCheckError(
+            f"S3 {where} refused the write check PutObject of {key!r}: {code} {message}".strip()
+        ) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise BucketCheckError(
+            f"No AWS credentials found to write to S3 {where}: set --access_key_id and "
+            "--secret_access_key, or give the default credential chain a role."
+        ) from None
+    except (botocore.exceptions.BotoCoreError, s3.WriteGaveUp) as err:
+        cause = err.__cause__ if isinstance(err, s3.WriteGaveUp) and err.__cause__ else err
+        raise BucketCheckError(
+            f"Cannot reach S3 {where} (connect timeout {connection.connect_timeout_s:g} s, "
+            f"read timeout {connection.read_timeout_s:g} s, gave up after "
+            f"{connection.retry_deadline_s:g} s): {cause}"
+        ) from None
+    return key
 
 
 def _check_local_directory(path: str) -> None:
@@ -56,6 +105,6 @@ def _check_local_directory(path: str) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
             pass
     except OSError as err:
-        raise s3.BucketCheckError(
+        raise BucketCheckError(
             f"--dead_letter_location {path!r} cannot be written: {err.strerror or err}."
         ) from None

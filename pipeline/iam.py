@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 
-_WRITE_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:ListBucket"]
+# Every S3 action the forwarder calls on its bucket, and no other:
+#   s3:PutObject             PutObject, and CreateMultipartUpload, UploadPart and
+#                            CompleteMultipartUpload for files over 128 MiB
+#   s3:GetObject             HeadObject of a taken key, to tell its own retried write
+#                            (same content hash) from other data
+#   s3:AbortMultipartUpload  a failed multipart upload leaves no orphaned parts
+WRITE_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]
 
 
 def bucket_policy(bucket: str, role_arn: str | None) -> dict:
@@ -21,7 +27,7 @@ def bucket_policy(bucket: str, role_arn: str | None) -> dict:
                 "Sid": "MParticleS3ForwarderWrite",
                 "Effect": "Allow",
                 "Principal": {"AWS": principal},
-                "Action": _WRITE_ACTIONS,
+                "Action": WRITE_ACTIONS,
                 "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
             }
         ],
@@ -36,7 +42,7 @@ def user_policy(bucket: str) -> dict:
             {
                 "Sid": "MParticleS3ForwarderWrite",
                 "Effect": "Allow",
-                "Action": _WRITE_ACTIONS,
+                "Action": WRITE_ACTIONS,
                 "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
             }
         ],

@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline import athena, iam, sliced
 from pipeline.build import build, trained_codec
-from pipeline.checks import check_inputs_exist, check_output_writable
+from pipeline.checks import BucketCheckError, check_inputs_exist, check_output_writable
 from pipeline.config import (
     ConfigError,
     check_beam_args,
@@ -126,7 +126,7 @@ def main(
         try:
             for where in check_output_writable(config):
                 _LOG.info("write check: %s", where)
-        except s3.BucketCheckError as err:
+        except BucketCheckError as err:
             console.error(str(err))
             return EXIT_CHECK
     return _run(config, runner, options, console)

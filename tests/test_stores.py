@@ -3,12 +3,14 @@ a failed multipart upload leaves nothing behind."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 
 import boto3
 import botocore.exceptions
 import pytest
 
+from pipeline.checks import check_bucket_writable
 from tests.conftest import list_keys
 from tests.fault_proxy import FaultProxy
 from transforms import s3, stores
@@ -107,7 +109,19 @@ def test_every_object_is_encrypted_single_put_and_multipart(s3_endpoint, bucket,
         assert head["Metadata"][stores.CONTENT_HASH_METADATA] == sha(body)
         if key_id:
             assert key_id in head["SSEKMSKeyId"]
-    assert s3.check_bucket_writable(connection, bucket, "f").startswith("f/mParticle_Bucket_")
+    # The bucket check's object too, and its second write in the same second finds it.
+    check = check_bucket_writable(connection, bucket, "f")
+    assert check.startswith("f/mParticle_Bucket_Verification_")
+    head = store.client.head_object(Bucket=bucket, Key=check)
+    assert head["ServerSideEncryption"] == method
+    assert head["Metadata"][stores.CONTENT_HASH_METADATA] == sha(b"{}")
+    assert read_back(store, check) == b"{}"
+    # Written with If-None-Match: another object under its key is never overwritten.
+    fixed = lambda: datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)  # noqa: E731
+    taken = "mParticle_Bucket_Verification_20300101-000000.txt"
+    store.client.put_object(Bucket=bucket, Key=taken, Body=b"someone else's")
+    assert check_bucket_writable(connection, bucket, None, fixed) == taken
+    assert read_back(store, taken) == b"someone else's"
 
 
 def test_conditional_write_conflicts_are_retried_then_compared(s3_endpoint, bucket):

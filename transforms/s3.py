@@ -1,4 +1,4 @@
-"""S3 access: the connection settings, a client, the start-up write check.
+"""S3 access: the connection settings, a client, what its errors say.
 
 `S3Connection` is a picklable value that workers turn into a boto3 client in
 `DoFn.setup` (one per process). Its secret never shows in `repr`, logs or display data.
@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 from typing import Any
 
@@ -16,19 +15,15 @@ import botocore.config
 import botocore.credentials
 import botocore.exceptions
 import botocore.session
-import smart_open
 
-from transforms import naming, retries
+from transforms import retries
 
 SSE_METHODS = ("None", "AES256", "aws:kms")
 ROLE_SESSION_NAME = "mparticle-s3-forwarder"
-# Start-up checks give up after this many read timeouts (60 s by default), so an
-# endpoint that accepts connections but never answers fails the run within a minute.
+# Start-up checks (`pipeline.checks`) give up after this many read timeouts (60 s by
+# default), so an endpoint that accepts connections but never answers fails the run
+# within a minute.
 CHECK_TIMEOUTS = 3
-
-
-class BucketCheckError(RuntimeError):
-    """The start-up write check failed; the message says bucket, region and why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,46 +143,3 @@ def gave_up(bucket: str, key: str, connection: S3Connection, elapsed_s: float,
         f"{WriteGaveUp.PREFIX}s3://{bucket}/{key} after {elapsed_s:.0f} s of S3 errors "
         f"(--s3_write_deadline_s={connection.retry_deadline_s:g}): {detail}"
     )
-
-
-def check_bucket_writable(connection: S3Connection, bucket: str, folder: str | None) -> str:
-    """Writes mParticle's verification object (`{}`); returns its key.
-
-    Raises BucketCheckError naming the bucket, the region and what was denied.
-    Transient errors are retried for the start-up checks' shorter deadline.
-    """
-    connection = connection.for_checks()
-    client = make_client(connection)
-    key = naming.verification_key(folder, datetime.datetime.now(datetime.timezone.utc))
-    where = f"bucket {bucket!r} in {connection.where}"
-    try:
-        try:
-            with smart_open.open(
-                f"s3://{bucket}/{key}", "wb", compression="disable",
-                transport_params={"client": client, "multipart_upload": False, "client_kwargs": {
-                    "S3.Client.put_object": {"ContentType": "text/plain",
-                                             **connection.put_arguments()}}},
-            ) as stream:
-                stream.write(b"{}")
-        except ValueError as wrapped:  # smart_open's wrapping of a ClientError
-            raise client_error_in(wrapped) or wrapped from None
-    except botocore.exceptions.ClientError as err:
-        code = error_code(err)
-        message = err.response.get("Error", {}).get("Message", "")
-        if code == "NoSuchBucket":
-            raise BucketCheckError(f"S3 {where} does not exist.") from None
-        raise BucketCheckError(
-            f"S3 {where} refused the write check PutObject of {key!r}: {code} {message}".strip()
-        ) from None
-    except botocore.exceptions.NoCredentialsError:
-        raise BucketCheckError(
-            f"No AWS credentials found to write to S3 {where}: set --access_key_id and "
-            "--secret_access_key, or give the default credential chain a role."
-        ) from None
-    except botocore.exceptions.BotoCoreError as err:
-        raise BucketCheckError(
-            f"Cannot reach S3 {where} (connect timeout {connection.connect_timeout_s:g} s, "
-            f"read timeout {connection.read_timeout_s:g} s, gave up after "
-            f"{connection.retry_deadline_s:g} s): {err}"
-        ) from None
-    return key

@@ -11,6 +11,7 @@ a second copy.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import tempfile
 import time
@@ -30,6 +31,7 @@ CONTENT_HASH_METADATA = "content-sha256"
 # completion that had succeeded is retried after its answer was lost.
 _KEY_EXISTS = ("PreconditionFailed", "412", "NoSuchUpload")
 MAX_KEY_ATTEMPTS = 100
+_LOG = logging.getLogger(__name__)
 
 
 class Outcome(enum.Enum):
@@ -107,7 +109,14 @@ class S3Store:
             writer.write(body)
             writer.close()
         except BaseException:
-            writer.terminate()  # a multipart upload is aborted: no orphaned parts
+            try:
+                writer.terminate()  # a multipart upload is aborted: no orphaned parts
+            except Exception as abort_error:  # denied, or S3 gone: the upload's error counts
+                _LOG.warning(
+                    "could not abort the failed multipart upload of s3://%s/%s (%s); its parts "
+                    "stay until a lifecycle rule or s3:AbortMultipartUpload removes them",
+                    self.bucket, key, abort_error)
+                _abandon(writer)
             raise
 
     def _compare(self, key: str, content_sha256: str) -> Outcome:
@@ -115,6 +124,15 @@ class S3Store:
         if head.get("Metadata", {}).get(CONTENT_HASH_METADATA) == content_sha256:
             return Outcome.ALREADY_PRESENT
         return Outcome.KEY_TAKEN
+
+
+def _abandon(writer: Any) -> None:
+    """Marks a multipart writer whose abort failed as closed. Else, when it is garbage
+    collected, io.IOBase's __del__ calls its close(), which tries again to complete the
+    upload given up on: retried up to the write deadline in whichever thread collects it,
+    and written, if it then succeeds, after the run has reported the file failed
+    (smart_open 9.0.2 clears the upload id, which its `closed` reads, only on success)."""
+    writer._upload_id = None  # noqa: SLF001 - no public way to disown the upload
 
 
 class LocalDirStore:
