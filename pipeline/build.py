@@ -89,6 +89,7 @@ def batch_and_write(
         config.allowed_lateness_s,
         keyed_windows=keyed_windows,
         codec=codec,
+        input_connection=config.connection,
     )
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
@@ -144,7 +145,7 @@ def build_sliced(
             units
             | "EachShardOnce" >> beam.Distinct()
             | "GroupShards" >> beam.ParDo(
-                spill.GroupShard(spill_dir, config.arrival_slice_s, grouping)
+                spill.GroupShard(spill_dir, config.arrival_slice_s, grouping, config.connection)
             ).with_outputs(DEAD_LETTERS, main="windows")
         )
         dead_letters.append(grouped[DEAD_LETTERS])

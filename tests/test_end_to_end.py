@@ -379,3 +379,49 @@ def test_date_folders_by_event_time_upload_time_or_both_and_reruns_write_the_sam
     s3_client.create_bucket(Bucket=f"{bucket}-again")  # not named: the day the run starts
     again, _ = run(f"{bucket}-again", next_day)
     assert {app: key.replace("2030-01-02", "2030-01-01") for app, key in again.items()} == keys
+
+
+def test_replaying_the_dead_letter_files_after_a_fix_forwards_their_events_once(
+    s3_endpoint, s3_client, bucket, tmp_path, runner_flags
+):
+    """Oversize batches, an event with its time in seconds, a line that is not JSON:
+    dead letters. The fix: a larger --max_batch_bytes, and the time made milliseconds
+    in the dead-letter file. Replaying the dead-letter files forwards exactly the
+    events the first run did not, each once; what is still bad is a dead letter
+    again, holding the record as it first came."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = list(generate(60, 8, seed=41))
+    oversize = [{**b, "padding": "p" * 30_000} for b in generate(3, 3, seed=42)]
+    carrier = next(generate(1, 1, seed=43))
+    seconds = {"event_type": "custom_event",
+               "data": {"event_id": 424242, "timestamp_unixtime_ms": 1_700_000_042}}
+    carrier["events"] = [*carrier["events"][:1], seconds]
+    lines = [json.dumps(b) for b in good + oversize + [carrier]] + ["this is not JSON"]
+    (inputs / "day.ndjson").write_text("\n".join(lines) + "\n")
+    first_dead, second_dead = tmp_path / "dead", tmp_path / "dead-again"
+
+    code, _, err = run_main(argv(s3_endpoint, bucket, inputs, "--max_batch_bytes=20000",
+                                 f"--dead_letter_location={first_dead}", *runner_flags))
+    assert code == 0, err
+    first = event_ids(b for batches in forwarded_objects(s3_client, bucket).values()
+                      for b in batches)
+    [dead_file] = first_dead.glob("*.ndjson")
+    assert len(dead_file.read_text().splitlines()) == 5
+    dead_file.write_text(dead_file.read_text().replace("1700000042", "1700000042000"))
+
+    code, out, err = run_main(argv(s3_endpoint, bucket, first_dead, "--max_batch_bytes=1000000",
+                                   f"--dead_letter_location={second_dead}", *runner_flags))
+    assert code == 0, err
+    assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
+    both = event_ids(b for batches in forwarded_objects(s3_client, bucket).values()
+                     for b in batches)
+    expected = event_ids(apply_settings(b, ForwardingSettings())[0]
+                         for b in good + oversize + [carrier])
+    assert sorted(both) == sorted(expected)  # every event once, across both runs
+    replayed_ids = set(both) - set(first)
+    assert 424242 in replayed_ids and len(replayed_ids) > 3
+    [letter] = [json.loads(line) for path in second_dead.glob("*.ndjson")
+                for line in path.read_text().splitlines()]
+    assert letter["raw"] == "this is not JSON"
+    assert letter["source"].endswith(f"(dead letter of {inputs / 'day.ndjson'}:65)")

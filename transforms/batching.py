@@ -29,8 +29,8 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms import batch_json, metrics
-from transforms.dead_letters import DEAD_LETTERS, dead_letter, unexpected
+from transforms import batch_json, metrics, read, s3
+from transforms.dead_letters import AFTER_SETTINGS, DEAD_LETTERS, dead_letter, unexpected
 from transforms.grouping import (
     ArrivedBatch,
     arrival_order,
@@ -128,8 +128,10 @@ class Merger:
 
     STAGE = "merge"
 
-    def __init__(self, codec: ShuffleCodec):
+    def __init__(self, codec: ShuffleCodec, input_connection: s3.S3Connection | None = None):
+        """`input_connection`: how to read the input again for a dead letter's record."""
         self._codec = codec
+        self._input_connection = input_connection
         self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
         self._late_batches = metrics.counter(metrics.LATE_BATCHES)
         self._late_events = metrics.counter(metrics.LATE_EVENTS)
@@ -147,12 +149,23 @@ class Merger:
         yield forwarded
 
     def _dead_letter(self, item: ShuffledBatch, err: Exception) -> dict:
+        """The batch's record as it came, read again from its file; on live input (the
+        message is gone) the batch as it left the settings, which says so."""
         try:
             parts = item.parts(self._codec)
-        except Exception:  # what crossed cannot be read: send it as it is
-            return dead_letter(item.source, self.STAGE, unexpected(err), item.batch_zstd)
-        self._events_dead.inc(len(parts.events))
-        return dead_letter(item.source, self.STAGE, unexpected(err), parts.as_sent())
+            self._events_dead.inc(len(parts.events))
+        except Exception:  # what crossed cannot be read: its events cannot be counted
+            parts = None
+        client = None
+        if self._input_connection and item.source.startswith("s3://"):
+            client = s3.make_client(self._input_connection)
+        raw = read.record_at(item.source, client)
+        if raw is not None:
+            return dead_letter(item.source, self.STAGE, unexpected(err), raw)
+        if parts is None:  # neither the record nor the batch: the source says where it was
+            return dead_letter(item.source, self.STAGE, unexpected(err), None)
+        return dead_letter(item.source, self.STAGE, unexpected(err), parts.as_sent(),
+                           AFTER_SETTINGS)
 
     def _merged(self, device: str, shuffled: list[ShuffledBatch], late: bool) -> ForwardedBatch:
         ordered = sorted(shuffled, key=arrival_order)
@@ -183,11 +196,12 @@ class MergeBatchFn(beam.DoFn):
     A group that cannot be merged sends each of its batches to DEAD_LETTERS.
     """
 
-    def __init__(self, codec: ShuffleCodec):
+    def __init__(self, codec: ShuffleCodec, input_connection: s3.S3Connection | None = None):
         self._codec = codec
+        self._input_connection = input_connection
 
     def setup(self):
-        self._merger = Merger(self._codec)
+        self._merger = Merger(self._codec, self._input_connection)
 
     def process(
         self,
@@ -257,8 +271,11 @@ class BatchPerDevice(beam.PTransform):
         allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
+        input_connection: s3.S3Connection | None = None,
     ):
+        """`input_connection`: how to read the input again for a dead letter's record."""
         super().__init__()
+        self._input_connection = input_connection
         self._mode = mode
         self._window_size_s = window_size_s
         self._session_gap_s = session_gap_s
@@ -275,7 +292,8 @@ class BatchPerDevice(beam.PTransform):
             grouped = self._group_keyed(keyed)
         else:
             grouped = self._group_windowed(keyed)
-        merged = grouped | "MergeBatch" >> beam.ParDo(MergeBatchFn(self._codec)).with_outputs(
+        merged = grouped | "MergeBatch" >> beam.ParDo(
+            MergeBatchFn(self._codec, self._input_connection)).with_outputs(
             DEAD_LETTERS, main="batches"
         )
         dead_letters = merged[DEAD_LETTERS] | "DeadLettersInGlobalWindow" >> beam.WindowInto(

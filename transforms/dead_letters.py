@@ -2,8 +2,14 @@
 
 Each record is one JSON line:
     {"source": "in.ndjson:7", "stage": "parse", "reason": "not JSON: ...", "raw": "..."}
-`raw` is the input text as it came (invalid UTF-8 replaced), so it can be
-fixed and replayed.
+`raw` is the record as it came, so it can be fixed and replayed: given as input
+again, a dead-letter file is read back as the records it holds (`replayed`). Bytes
+that are not UTF-8 are in `raw_base64` as well, exactly; a record over MAX_RAW_CHARS
+keeps its first MiB and says so (it cannot be replayed). A bad event of a good batch
+holds its batch with that event alone, so that a replay forwards the event once.
+A dead letter that could not get its record back (a merge that failed on live input,
+whose message is gone) holds the batch as it left the settings, and says so in
+`raw_form`.
 
 Every per-record step sends what it cannot handle to the `DEAD_LETTERS`
 output: the bad data it expects (parsing) with its reason, and anything it
@@ -12,6 +18,8 @@ did not expect (`unexpected`), so that no record can stop a run.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 DEAD_LETTERS = "dead_letters"
@@ -19,14 +27,49 @@ MAX_RAW_CHARS = 1024 * 1024  # an oversize record keeps its first MiB and says s
 MAX_REASON_CHARS = 1000
 
 
-def dead_letter(source: str, stage: str, reason: str, raw: Any) -> dict:
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+_KEYS = frozenset({"source", "stage", "reason", "raw"})
+_OPTIONAL_KEYS = frozenset({"raw_base64", "raw_truncated_from_chars", "raw_form"})
+AFTER_SETTINGS = "after_settings"  # raw_form of a batch that is not the record as it came
+
+
+def dead_letter(
+    source: str, stage: str, reason: str, raw: Any, raw_form: str | None = None
+) -> dict:
     record = {"source": source, "stage": stage, "reason": reason, "raw": raw}
-    if isinstance(raw, str) and len(raw) > MAX_RAW_CHARS:
-        record["raw"] = raw[:MAX_RAW_CHARS]
-        record["raw_truncated_from_chars"] = len(raw)
+    if isinstance(raw, bytes):
+        try:
+            record["raw"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            record["raw"] = raw.decode("utf-8", errors="replace")
+            if len(raw) <= MAX_RAW_CHARS:
+                record["raw_base64"] = base64.b64encode(raw).decode("ascii")
+    if isinstance(record["raw"], str) and len(record["raw"]) > MAX_RAW_CHARS:
+        record["raw_truncated_from_chars"] = len(record["raw"])
+        record["raw"] = record["raw"][:MAX_RAW_CHARS]
+    if raw_form:
+        record["raw_form"] = raw_form
     return record
+
+
+def replayed(value: Any) -> tuple[str, bytes] | None:
+    """A dead-letter record read back as input → (its source, its record as it came);
+    None for anything else. Raises ValueError for one that cannot be replayed."""
+    if not isinstance(value, dict) or not _KEYS <= value.keys() <= _KEYS | _OPTIONAL_KEYS:
+        return None
+    if not isinstance(value["source"], str):
+        return None
+    if value["raw"] is None:
+        raise ValueError("a dead letter without its record cannot be replayed")
+    if not isinstance(value["raw"], str):
+        return None
+    if "raw_truncated_from_chars" in value:
+        raise ValueError("a dead letter whose record was cut to its first MiB cannot be replayed")
+    if "raw_base64" in value:
+        try:
+            return value["source"], base64.b64decode(value["raw_base64"], validate=True)
+        except (binascii.Error, TypeError):
+            raise ValueError("a dead letter whose raw_base64 is not base64") from None
+    return value["source"], value["raw"].encode("utf-8", errors="surrogatepass")
 
 
 def unexpected(err: BaseException) -> str:

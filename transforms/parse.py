@@ -12,7 +12,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import batch_json, grouping, metrics, naming
-from transforms.dead_letters import DEAD_LETTERS, dead_letter, unexpected
+from transforms.dead_letters import DEAD_LETTERS, dead_letter, replayed, unexpected
 from transforms.read import RawRecord
 
 STAGE = "parse"
@@ -20,9 +20,13 @@ DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 def parse_batch(
-    record: RawRecord, max_batch_bytes: int, app_name: str | None
+    record: RawRecord, max_batch_bytes: int, app_name: str | None, replaying: bool = False
 ) -> tuple[grouping.ArrivedBatch | None, list[dict], int]:
-    """One record → (batch or None, dead letters, events read). Never raises on data."""
+    """One record → (batch or None, dead letters, events read). Never raises on data.
+
+    A dead-letter record (`dead_letters.replayed`) is parsed as the record it holds,
+    under a source that names both; `replaying`: this is that record, which is taken
+    as it is even if it looks like a dead letter itself."""
     if len(record.data) > max_batch_bytes:
         reason = (
             f"record is {len(record.data):,} bytes, over --max_batch_bytes={max_batch_bytes:,}"
@@ -37,6 +41,15 @@ def parse_batch(
             raise batch_json.BadRecord(f"events is a {type(events).__name__}, not a list")
     except batch_json.BadRecord as err:
         return None, [dead_letter(record.source, STAGE, err.reason, record.data)], 0
+    try:
+        replay = replayed(batch)
+    except ValueError as err:
+        return None, [dead_letter(record.source, STAGE, str(err), record.data)], 0
+    if replay is not None and not replaying:  # a dead-letter file given as input again
+        source, data = replay
+        again = RawRecord(f"{record.source} (dead letter of {source})", data,
+                          record.publish_time_ms)
+        return parse_batch(again, max_batch_bytes, app_name, replaying=True)
 
     events = events or []
     good_events, dead = [], []
@@ -46,7 +59,8 @@ def parse_batch(
             good_events.append(event)
         else:
             source = f"{record.source} events[{index}]"
-            dead.append(dead_letter(source, STAGE, problem, batch_json.encode(event)))
+            alone = {k: ([event] if k == "events" else v) for k, v in batch.items()}
+            dead.append(dead_letter(source, STAGE, problem, batch_json.encode(alone)))
     if dead:
         batch = {k: (good_events if k == "events" else v) for k, v in batch.items()}
 

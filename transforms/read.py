@@ -91,6 +91,28 @@ def _document_records(path: str, value: Any, document: bytes) -> Iterator[RawRec
         yield RawRecord(path, document.strip())
 
 
+def record_at(source: str, client: Any = None) -> bytes | None:
+    """The record a file source names (`path:line`, `path#index` or `path`), read again
+    from its file as it came; None for a source that names no file (a Pub/Sub message)
+    or a file that no longer holds it. For dead letters of stages that no longer hold
+    the record (merging); rare, so the file is read from its start."""
+    if source.startswith("pubsub:"):
+        return None
+    path = source
+    for separator in ("#", ":"):
+        head, _, number = source.rpartition(separator)
+        if head and number.isdigit():
+            path = head
+            break
+    try:
+        with open_input(path, client) as stream:
+            return next((r.data for r in read_records(path, stream) if r.source == source), None)
+    except (OSError, EOFError, zlib.error, botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError) as err:
+        _LOG.warning("%s: cannot be read again for its dead letter: %s", source, err)
+        return None
+
+
 def sample_records(
     patterns: list[str], client: Any = None, max_records: int = 1000
 ) -> Iterator[bytes]:

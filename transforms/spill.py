@@ -305,13 +305,16 @@ class GroupShard(beam.DoFn):
     file window; emits, once the bundle has finished, each file window it wrote
     to. Groups that cannot be merged go to DEAD_LETTERS (see `Merger`)."""
 
-    def __init__(self, spill_dir: str, slice_s: int, grouping: Grouping):
+    def __init__(
+        self, spill_dir: str, slice_s: int, grouping: Grouping, input_connection: s3.S3Connection
+    ):
         self._spill_dir = spill_dir
         self._slice_s = slice_s
         self._grouping = grouping
+        self._input_connection = input_connection
 
     def setup(self):
-        self._merger = Merger(self._grouping.codec)
+        self._merger = Merger(self._grouping.codec, self._input_connection)
 
     def start_bundle(self):
         self._lines = BundleFiles(LINE_CODER)
@@ -368,7 +371,7 @@ class WriteSpilledWindow(beam.DoFn):
         self._upload_day = upload_day
 
     def setup(self):
-        self._merger = Merger(self._grouping.codec)
+        self._merger = Merger(self._grouping.codec, self._connection)
         self._writer = write.FileWriter(self._location, self._connection, self._namer,
                                         write.BATCH_FILE_COUNTERS)
         # Daemon threads (unlike concurrent.futures'): a worker whose runner is gone

@@ -1,0 +1,83 @@
+"""Dead letters hold the record as it came, whatever stage rejected it, and a
+dead-letter file given as input again is read as the records it holds."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from apache_beam import pvalue
+
+from transforms import batch_json
+from transforms.batching import Merger
+from transforms.dead_letters import AFTER_SETTINGS, MAX_RAW_CHARS, dead_letter, replayed
+from transforms.parse import parse_batch
+from transforms.read import RawRecord, record_at
+from transforms.shuffled import NO_DICTIONARY, ShuffledBatch
+
+BATCH = {"mpid": 7, "timestamp_unixtime_ms": 1_700_000_000_000, "events": [
+    {"event_type": "custom_event", "data": {"event_id": 1}}]}
+
+
+def test_a_dead_letter_replays_as_the_record_it_holds():
+    for raw in (b'{"a": 1}', b"not json", b"caf\xc3\xa9", b"\xff\xfe not utf-8"):
+        letter = json.loads(json.dumps(dead_letter("f.ndjson:3", "parse", "why", raw)))
+        assert replayed(letter) == ("f.ndjson:3", raw)
+    assert "raw_base64" in dead_letter("f:1", "parse", "why", b"\xff")
+    assert replayed({**BATCH}) is None  # a batch is not a dead letter
+    cut = dead_letter("f:1", "parse", "why", b"x" * (MAX_RAW_CHARS + 1))
+    with pytest.raises(ValueError, match="cut to its first MiB"):
+        replayed(cut)
+    with pytest.raises(ValueError, match="without its record"):
+        replayed(dead_letter("pubsub:9", "merge", "why", None))
+
+
+def test_a_bad_event_is_held_with_its_batch_alone_and_replays_once():
+    bad = {"event_type": "custom_event", "data": {"timestamp_unixtime_ms": 1_700_000_000}}
+    raw = batch_json.encode({**BATCH, "events": [*BATCH["events"], bad]})
+    arrived, [letter], _ = parse_batch(RawRecord("f.ndjson:3", raw), 10**6, None)
+    assert [e["data"]["event_id"] for e in arrived.batch["events"]] == [1]
+    assert letter["source"] == "f.ndjson:3 events[1]"
+    assert json.loads(letter["raw"]) == {**BATCH, "events": [bad]}
+    fixed = json.loads(json.dumps(letter).replace("1700000000}", "1700000000000}"))
+    replay = RawRecord("dead.ndjson:1", batch_json.encode(fixed))
+    arrived, letters, events = parse_batch(replay, 10**6, None)
+    assert letters == [] and events == 1
+    assert arrived.source == "dead.ndjson:1 (dead letter of f.ndjson:3 events[1])"
+    fixed_event = {**bad, "data": {"timestamp_unixtime_ms": 1_700_000_000_000}}
+    assert arrived.batch["events"] == [fixed_event]
+
+
+@pytest.mark.parametrize("name, text, source", [
+    ("in.ndjson", b'{"a":1}\n\n{"b":2}\n', "{path}:3"),
+    ("in.ndjson.gz", gzip.compress(b'{"a":1}\n{"b":2}\n'), "{path}:2"),
+    ("array.json", b'[{"a":1},\n {"b":2}]', "{path}#1"),
+    ("one.json", b'{\n "b": 2\n}\n', "{path}"),
+])
+def test_a_file_source_is_read_again_as_it_came(tmp_path, name, text, source):
+    path = tmp_path / name
+    path.write_bytes(text)
+    assert batch_json.decode(record_at(source.format(path=path))) == {"b": 2}
+    assert record_at(f"{path}:99") is None
+    assert record_at("pubsub:123") is None
+
+
+def test_a_merge_that_fails_holds_the_record_read_again_from_its_file(tmp_path):
+    """What crossed the shuffle cannot be read: the dead letter holds the record from
+    the file; with no file to read (a Pub/Sub message), it says the record is gone."""
+    path = tmp_path / "in.ndjson"
+    line = json.dumps(BATCH, indent=None).encode()
+    path.write_bytes(b"{}\n" + line + b"\n")
+    broken = ShuffledBatch(1_700_000_000_000, f"{path}:2", "App", b"not zstd at all")
+    [out] = Merger(NO_DICTIONARY).merged("d", [broken])
+    assert isinstance(out, pvalue.TaggedOutput)
+    assert out.value["stage"] == "merge" and out.value["reason"].startswith("unexpected ")
+    assert replayed(out.value) == (f"{path}:2", line)
+
+    [live] = Merger(NO_DICTIONARY).merged("d", [broken._replace(source="pubsub:5")])
+    assert live.value["raw"] is None and "raw_form" not in live.value
+    readable = ShuffledBatch.of(
+        parse_batch(RawRecord("pubsub:6", line), 10**6, None)[0], NO_DICTIONARY)
+    letter = Merger(NO_DICTIONARY)._dead_letter(readable, RuntimeError("boom"))
+    assert letter["raw_form"] == AFTER_SETTINGS and json.loads(letter["raw"]) == BATCH
