@@ -228,5 +228,12 @@ def _run_live(config, result) -> int:
         result.wait_until_finish()
     except KeyboardInterrupt:
         _LOG.info("stopping")
+        try:
+            counters = counters_of(result)
+        except Exception as err:  # a runner that cannot say: stop all the same
+            counters = None
+            _LOG.warning("the counters could not be read: %s", err)
         result.cancel()
+        if counters is not None:
+            print(metrics.format_summary(counters, live=True), flush=True)
     return 0

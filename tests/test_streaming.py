@@ -63,11 +63,24 @@ def live_pipeline(s3_endpoint, bucket, pubsub, tmp_path, runner_flags):
         started = poll(lambda: "live; Ctrl-C stops" in (tmp_path / "pipeline.log").read_text(), 60)
         assert started, (tmp_path / "pipeline.log").read_text()[-3000:]
         time.sleep(2)  # the first pull is under way
+        return process
 
     yield start
     for process in processes:
         process.terminate()
         assert process.wait(timeout=30) == 0, (tmp_path / "pipeline.log").read_text()[-3000:]
+
+
+def stopped(process: subprocess.Popen, log) -> dict[str, int]:
+    """Stops a live run as an operator does (SIGTERM): its exit code must be 0; the
+    counters of the summary it prints."""
+    process.terminate()
+    assert process.wait(timeout=30) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Run summary:" in text, text[-3000:]
+    summary = text[text.rindex("Run summary:"):]
+    return {name: int(value.replace(",", ""))
+            for name, value in re.findall(r"^  (\w[\w.]*)\s+([\d,]+)$", summary, re.M)}
 
 
 def batch(device: int, event_ids: list[int], now_ms: int) -> dict:
@@ -210,10 +223,11 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
 # ReadFromPubSub, on the DirectRunner, on pull.
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
 def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after_restart(
-    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism
+    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path
 ):
     """They come again when their 30-second lease runs out, long after the restarted
-    forwarder's idle watermark passed their publish time: late data, on Prism."""
+    forwarder's idle watermark passed their publish time: late data, on Prism, which
+    the summary printed when the run is stopped counts."""
     publisher, topic, subscription = pubsub
     now_ms = int(time.time() * 1000)
     for device in range(10):
@@ -221,7 +235,7 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
         publisher.publish(topic, json.dumps(data).encode()).result()
     read_and_die(subscription, 10)  # read, checkpoint cut, killed before finalizing
     restarted = time.monotonic()
-    live_pipeline(f"--window_size_s={WINDOW_S}")
+    process = live_pipeline(f"--window_size_s={WINDOW_S}")
 
     def all_events():
         objects = read_objects(s3_client, bucket, "live/")
@@ -232,6 +246,11 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
     ids = forwarded_ids(objects)
     assert sorted(ids) == sorted(d * 10 + n for d in range(10) for n in (1, 2))  # once each
     print(f"\nforwarded {time.monotonic() - restarted:.1f} s after the restart")
+    time.sleep(5)  # a bundle's counters reach the runner when it has finished, after its files
+    counters = stopped(process, tmp_path / "pipeline.log")
+    assert counters["events_forwarded"] == 20 and counters["batches_forwarded"] == 10, counters
+    # Each batch's window had closed long before it came again: all ten are late data.
+    assert counters["late_batches"] == 10 and counters["late_events"] == 20, counters
 
 
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])

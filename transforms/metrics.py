@@ -65,11 +65,16 @@ def _verdict(gap: int, what: str) -> str:
     return "reconciled" if gap == 0 else f"NOT reconciled: {gap:+,} {what} unaccounted"
 
 
-def format_summary(counters: Mapping[str, int]) -> str:
-    """A plain-text table of the counters and the reconciliation lines."""
+def format_summary(counters: Mapping[str, int], live: bool = False) -> str:
+    """A plain-text table of the counters and the reconciliation lines; `live`: a live
+    run's counters when it stopped, which need not reconcile (batches in open windows)."""
     width = max((len(name) for name in counters), default=10)
     lines = ["Run summary:"]
     lines += [f"  {name:<{width}}  {counters[name]:>12,}" for name in sorted(counters)]
+    if live:
+        lines.append("  (a live run stopped: batches still in open windows are not counted as "
+                     "forwarded)")
+        return "\n".join(lines)
     lines.append(
         "  records: read = parsed + dead-lettered -> "
         + _verdict(unaccounted_records(counters), "records")
