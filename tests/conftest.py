@@ -116,12 +116,12 @@ def pstest_binary() -> str:
     return str(binary)
 
 
-@pytest.fixture(scope="session")
-def pubsub_emulator():
-    """A pstest server on a free loopback port; yields its host:port."""
+@contextlib.contextmanager
+def pstest_server(*flags: str):
+    """A pstest server on a free loopback port (flags: tools/pstest); yields host:port."""
     port = free_port()
-    process = subprocess.Popen([pstest_binary(), "-port", str(port)], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen([pstest_binary(), "-port", str(port), *flags],
+                               stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         assert line.startswith("listening on"), line
@@ -129,6 +129,13 @@ def pubsub_emulator():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator():
+    """A pstest server on a free loopback port; yields its host:port."""
+    with pstest_server() as host:
+        yield host
 
 
 def beam_version() -> str:

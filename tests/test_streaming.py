@@ -20,7 +20,15 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, RUNNERS, list_keys, poll, read_and_die, run_main
+from tests.conftest import (
+    ROOT,
+    RUNNERS,
+    list_keys,
+    poll,
+    pstest_server,
+    read_and_die,
+    run_main,
+)
 from tests.tcp_fault_proxy import ConnectionCutter
 from transforms import pubsub_source
 
@@ -251,6 +259,41 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
     assert counters["events_forwarded"] == 20 and counters["batches_forwarded"] == 10, counters
     # Each batch's window had closed long before it came again: all ten are late data.
     assert counters["late_batches"] == 10 and counters["late_events"] == 20, counters
+
+
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+def test_a_message_pubsub_delivers_again_is_written_once(
+    s3_client, bucket, live_pipeline, runner_flags, prism, monkeypatch, tmp_path
+):
+    """At-least-once delivery, for real: a Pub/Sub server that loses the acknowledgement
+    and the lease extensions of a message delivers it again when its 10-second deadline
+    passes, to the same forwarder, in the same window. Its events are written once."""
+    window_s = 30
+    with pstest_server("-lose_acks_for", "8s") as host:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+        from google.cloud import pubsub_v1
+
+        topic = f"projects/{PROJECT}/topics/redelivered"
+        subscription = f"projects/{PROJECT}/subscriptions/redelivered"
+        publisher = pubsub_v1.PublisherClient()
+        publisher.create_topic(name=topic)
+        pubsub_v1.SubscriberClient().create_subscription(
+            name=subscription, topic=topic, ack_deadline_seconds=10)
+        process = live_pipeline(f"--window_size_s={window_s}",
+                                f"--input_subscription={subscription}")
+        while time.time() % window_s > 3:  # at a window's start: the second delivery,
+            time.sleep(0.1)  # about 10 s after the first, falls in the same window
+        data = batch(1, [1, 2], int(time.time() * 1000))
+        publisher.publish(topic, json.dumps(data).encode()).result()
+
+        objects = poll(lambda: read_objects(s3_client, bucket, "live/") or None,
+                       deadline_s=window_s + 30)
+        assert objects, "nothing written"
+        time.sleep(5)  # counters reach the runner when their bundle has finished
+        counters = stopped(process, tmp_path / "pipeline.log")
+    assert forwarded_ids(objects) == [1, 2] and len(objects) == 1
+    assert counters["batches_read"] == 2, counters  # delivered twice
+    assert counters["events_filtered.duplicate"] == 2, counters
 
 
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])

@@ -2,9 +2,15 @@
 // on a loopback port, for the forwarder's tests and `./run_local.sh stream`.
 //
 //	pstest -port 8085
+//	pstest -port 8085 -lose_acks_for 8s
 //
 // Clients reach it with PUBSUB_EMULATOR_HOST=127.0.0.1:8085. It prints one line,
 // "listening on HOST:PORT", once it accepts connections, and stops on SIGINT or SIGTERM.
+//
+// With -lose_acks_for, acknowledgements and lease extensions that come within that
+// long of the first message published are answered as done and then forgotten, as
+// when they are lost on their way: their messages are delivered again once their
+// subscription's ack deadline passes, as Pub/Sub's at-least-once delivery allows.
 package main
 
 import (
@@ -12,16 +18,66 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
+	"time"
 
 	"cloud.google.com/go/pubsub/v2/pstest"
 )
 
+// lostAcks forgets the calls it reacts to while within its time of the first publish.
+type lostAcks struct {
+	mu        sync.Mutex
+	duration  time.Duration
+	published time.Time // zero until the first Publish
+}
+
+func (l *lostAcks) notePublish() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.published.IsZero() {
+		l.published = time.Now()
+	}
+}
+
+func (l *lostAcks) losing() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.published.IsZero() && time.Since(l.published) < l.duration
+}
+
+type publishWatcher struct{ lost *lostAcks }
+
+func (p publishWatcher) React(_ interface{}) (bool, interface{}, error) {
+	p.lost.notePublish()
+	return false, nil, nil // the fake publishes as usual
+}
+
+type ackLoser struct{ lost *lostAcks }
+
+func (a ackLoser) React(_ interface{}) (bool, interface{}, error) {
+	if a.lost.losing() {
+		return true, nil, nil // answered as done (an empty response), and forgotten
+	}
+	return false, nil, nil
+}
+
 func main() {
 	port := flag.Int("port", 8085, "loopback port to listen on (0: any free port)")
+	loseAcksFor := flag.Duration("lose_acks_for", 0,
+		"forget acknowledgements and lease extensions for this long after the first publish")
 	flag.Parse()
 
-	server := pstest.NewServerWithAddress(fmt.Sprintf("127.0.0.1:%d", *port))
+	var options []pstest.ServerReactorOption
+	if *loseAcksFor > 0 {
+		lost := &lostAcks{duration: *loseAcksFor}
+		options = append(options,
+			pstest.ServerReactorOption{FuncName: "Publish", Reactor: publishWatcher{lost}},
+			pstest.ServerReactorOption{FuncName: "Acknowledge", Reactor: ackLoser{lost}},
+			pstest.ServerReactorOption{FuncName: "ModifyAckDeadline", Reactor: ackLoser{lost}},
+		)
+	}
+	server := pstest.NewServerWithAddress(fmt.Sprintf("127.0.0.1:%d", *port), options...)
 	defer server.Close()
 	fmt.Printf("listening on %s\n", server.Addr)
 
