@@ -83,3 +83,25 @@ def test_workers_end_when_the_launcher_is_killed(s3_endpoint, s3_client, bucket,
         _, alive = psutil.wait_procs(workers, timeout=3)
         assert not alive, f"workers still running {time.monotonic() - killed:.1f} s later"
     print(f"\nworkers gone {time.monotonic() - killed:.2f} s after the launcher was killed")
+
+
+def test_counts_that_do_not_reconcile_exit_1(s3_endpoint, bucket, tmp_path, monkeypatch):
+    """A runner that loses one counter update (Prism once did, for files counted after
+    their element): the run wrote everything, but its summary cannot prove it."""
+    from pipeline import run
+
+    write_ndjson(str(tmp_path / "in.ndjson"), generate(50, 5))
+    real_counters_of = run.counters_of
+
+    def one_forwarded_event_lost(result):
+        counters = real_counters_of(result)
+        counters["events_forwarded"] -= 1
+        return counters
+
+    monkeypatch.setattr(run, "counters_of", one_forwarded_event_lost)
+    code, out, err = run_main([f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
+                               f"--input={tmp_path}/*"])
+    assert code == 1, err
+    assert "events: read = forwarded + filtered out + dead-lettered -> NOT reconciled: +1 " \
+           "events unaccounted" in out
+    assert "records: read = parsed + dead-lettered -> reconciled" in out

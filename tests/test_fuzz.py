@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -103,19 +104,39 @@ lone_surrogate = st.builds(
 )  # as a \ud800 escape, or as the raw (invalid UTF-8) bytes
 oversize = st.builds(lambda extra: _line(_batch(padding="p" * (MAX_BATCH_BYTES + extra))),
                      st.integers(0, 5000))
-bad_records = st.one_of(not_json, not_utf8, not_an_object, events_not_a_list,
-                        no_plausible_time, too_deep, huge_integer, not_a_number,
-                        lone_surrogate, oversize)
+# Each generator of bad records, and how a dead letter's reason for one may begin.
+BAD_RECORDS = {
+    "not_json": (not_json, ("not JSON: ", "not UTF-8 text: ")),
+    "not_utf8": (not_utf8, ("not UTF-8 text: ",)),
+    "not_an_object": (not_an_object, ("not a JSON object but a JSON ",)),
+    "events_not_a_list": (events_not_a_list, ("events is a ",)),
+    "no_plausible_time": (no_plausible_time, ("no usable arrival time: ",)),
+    "too_deep": (too_deep, ("nested ",)),
+    "huge_integer": (huge_integer, ("not JSON: Exceeds the limit ",)),
+    "not_a_number": (not_a_number, ("not JSON: ",)),
+    "lone_surrogate": (lone_surrogate, ("not UTF-8 text: ", "not valid Unicode: ")),
+    "oversize": (oversize, ("record is ",)),
+}
+bad_records = st.one_of(*(generator.map(lambda raw, name=name: (name, raw))
+                          for name, (generator, _) in BAD_RECORDS.items()))
 
 # Good batches with bad events among good ones: the bad events are dead letters.
-bad_events = st.one_of(
-    json_values.filter(lambda v: not isinstance(v, dict)),
-    st.dictionaries(st.sampled_from(["data", "x"]), json_values, max_size=2),  # no event_type
-    st.builds(lambda t: {"event_type": "custom_event", "data": {"timestamp_unixtime_ms": t}},
-              implausible_times),
-    st.builds(lambda d: {"event_type": "custom_event", "data": d},
-              json_values.filter(lambda v: v is not None and not isinstance(v, dict))),
-)
+BAD_EVENTS = {
+    "not_an_object": (json_values.filter(lambda v: not isinstance(v, dict)),
+                      "event is a JSON "),
+    "no_event_type": (st.dictionaries(st.sampled_from(["data", "x"]), json_values, max_size=2),
+                      "event has no event_type string"),
+    "implausible_time": (
+        st.builds(lambda t: {"event_type": "custom_event", "data": {"timestamp_unixtime_ms": t}},
+                  implausible_times),
+        "event data.timestamp_unixtime_ms "),
+    "data_not_an_object": (
+        st.builds(lambda d: {"event_type": "custom_event", "data": d},
+                  json_values.filter(lambda v: v is not None and not isinstance(v, dict))),
+        "event data is a JSON "),
+}
+bad_events = st.one_of(*(generator.map(lambda event, name=name: (name, event))
+                         for name, (generator, _) in BAD_EVENTS.items()))
 
 
 def is_whole_record_dead_letter(raw: bytes) -> bool:
@@ -127,33 +148,40 @@ def is_whole_record_dead_letter(raw: bytes) -> bool:
 def test_ten_thousand_malformed_records_through_the_pipeline(
     s3_endpoint, s3_client, bucket, tmp_path
 ):
-    bad: list[bytes] = []
-    with_bad_events: list[tuple[bytes, int, dict]] = []  # (record, bad events, good part)
+    bad: list[tuple[str, bytes]] = []  # (generator, record)
+    with_bad_events: list[tuple[bytes, list[str], dict]] = []  # (record, generators, good part)
     good_batches = iter(generate(20_000, 20_000, seed=12))
 
     @settings(max_examples=500, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(st.lists(bad_records, min_size=20, max_size=20),
            st.lists(bad_events, min_size=1, max_size=3))
-    def generate_and_check(records: list[bytes], events: list) -> None:
-        for raw in records:
+    def generate_and_check(records: list[tuple[str, bytes]], events: list) -> None:
+        for _, raw in records:
             assert is_whole_record_dead_letter(raw), raw[:200]
         bad.extend(records)
         carrier = next(good_batches)
         carrier["events"] = carrier["events"][:1]
-        raw = _line({**carrier, "events": [*carrier["events"], *events]})
+        raw = _line({**carrier, "events": [*carrier["events"], *(e for _, e in events)]})
         arrived, letters, _ = parse_batch(RawRecord("f:1", raw), MAX_BATCH_BYTES, None)
         assert arrived is not None and len(letters) == len(events), letters
-        with_bad_events.append((raw, len(events), carrier))
+        with_bad_events.append((raw, [name for name, _ in events], carrier))
 
     generate_and_check()
     assert len(bad) >= 10_000
+    # Every generator produced its share: none was starved by the others or filtered away.
+    made = Counter(name for name, _ in bad)
+    assert set(made) == set(BAD_RECORDS) and min(made.values()) >= 300, made
+    made_events = Counter(name for _, names, _ in with_bad_events for name in names)
+    assert set(made_events) == set(BAD_EVENTS) and min(made_events.values()) >= 50, made_events
 
     good = [json.dumps(b).encode() for b in generate(2_000, 300, seed=13)]
-    lines = [(raw, "bad") for raw in bad] + [(raw, "good") for raw in good] + [
+    lines = [(raw, name) for name, raw in bad] + [(raw, "good") for raw in good] + [
         (raw, "bad_events") for raw, _, _ in with_bad_events]
+    event_generators = {raw: names for raw, names, _ in with_bad_events}
     random.Random(14).shuffle(lines)
     kinds: dict[str, str] = {}
+    event_kinds: dict[str, str] = {}  # "<source> events[i]" → generator
     folder = tmp_path / "in"
     folder.mkdir()
     for number in range(4):
@@ -161,6 +189,10 @@ def test_ten_thousand_malformed_records_through_the_pipeline(
         path = folder / f"part-{number}.ndjson.gz"
         path.write_bytes(gzip.compress(b"\n".join(raw for raw, _ in chunk) + b"\n"))
         kinds.update((f"{path}:{line}", kind) for line, (_, kind) in enumerate(chunk, start=1))
+        event_kinds.update(
+            (f"{path}:{line} events[{1 + index}]", name)
+            for line, (raw, kind) in enumerate(chunk, start=1) if kind == "bad_events"
+            for index, name in enumerate(event_generators[raw]))
 
     code, out, err = run_main([
         f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
@@ -174,12 +206,17 @@ def test_ten_thousand_malformed_records_through_the_pipeline(
     letters = [json.loads(line) for path in (tmp_path / "dead").glob("*.ndjson")
                for line in path.read_bytes().splitlines()]
     assert all(letter["reason"] and letter["stage"] for letter in letters)
-    record_letters = [letter["source"] for letter in letters if " events[" not in letter["source"]]
-    assert sorted(record_letters) == sorted(s for s, kind in kinds.items() if kind == "bad")
-    event_letters = [letter["source"].split(" events[")[0] for letter in letters
-                     if " events[" in letter["source"]]
-    assert {kinds[source] for source in event_letters} == {"bad_events"}
-    assert len(event_letters) == sum(n for _, n, _ in with_bad_events)
+    record_letters = {letter["source"]: letter for letter in letters
+                      if " events[" not in letter["source"]}
+    assert sorted(record_letters) == sorted(
+        s for s, kind in kinds.items() if kind in BAD_RECORDS)
+    for source, letter in record_letters.items():  # each with its generator's reason
+        assert letter["reason"].startswith(BAD_RECORDS[kinds[source]][1]), (kinds[source], letter)
+    event_letters = {letter["source"]: letter for letter in letters
+                     if " events[" in letter["source"]}
+    assert sorted(event_letters) == sorted(event_kinds)
+    for source, letter in event_letters.items():
+        assert letter["reason"].startswith(BAD_EVENTS[event_kinds[source]][1]), letter
 
     expected = []
     for batch in [json.loads(raw) for raw in good] + [good for _, _, good in with_bad_events]:
@@ -193,6 +230,7 @@ def test_ten_thousand_malformed_records_through_the_pipeline(
             forwarded += [batch_json.as_int(e["data"]["event_id"])
                           for e in json.loads(line)["events"]]
     assert sorted(forwarded) == sorted(expected)  # every good event, exactly once
-    print(f"\n{len(bad):,} malformed records and {len(with_bad_events):,} batches with "
-          f"{len(event_letters):,} bad events among {len(good):,} good batches: "
+    print(f"\n{len(bad):,} malformed records ({dict(made)}) and {len(with_bad_events):,} "
+          f"batches with {len(event_letters):,} bad events ({dict(made_events)}) among "
+          f"{len(good):,} good batches: "
           f"{len(letters):,} dead letters, {len(forwarded):,} events forwarded")
