@@ -63,6 +63,14 @@ def test_a_file_source_is_read_again_as_it_came(tmp_path, name, text, source):
     assert record_at("pubsub:123") is None
 
 
+def test_a_replayed_record_is_read_again_from_its_dead_letter_file(tmp_path):
+    letters = tmp_path / "dead_letters_x.ndjson"
+    letters.write_text("\n".join(json.dumps(dead_letter(f"in.ndjson:{n}", "parse", "why", raw))
+                                 for n, raw in ((1, b"not json"), (2, b"\xff"))) + "\n")
+    assert record_at(f"{letters}:1 (dead letter of in.ndjson:1)") == b"not json"
+    assert record_at(f"{letters}:2 (dead letter of in.ndjson:2)") == b"\xff"
+
+
 def test_a_merge_that_fails_holds_the_record_read_again_from_its_file(tmp_path):
     """What crossed the shuffle cannot be read: the dead letter holds the record from
     the file; with no file to read (a Pub/Sub message), it says the record is gone."""

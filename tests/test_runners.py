@@ -14,8 +14,8 @@ def test_a_bounded_prism_run_outlives_the_job_server_timeout(
 ):
     """Beam opens the job's state stream with `--job_server_timeout` as its deadline;
     before the fix every portable run ended in DEADLINE_EXCEEDED after that long."""
-    write_ndjson(str(tmp_path / "in.ndjson"), generate(4_000, 300))
-    timeout_s = 2
+    write_ndjson(str(tmp_path / "in.ndjson"), generate(6_000, 300))
+    timeout_s = 1
     started = time.monotonic()
     code, out, err = run_main([
         f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",

@@ -30,6 +30,8 @@ MAX_REASON_CHARS = 1000
 _KEYS = frozenset({"source", "stage", "reason", "raw"})
 _OPTIONAL_KEYS = frozenset({"raw_base64", "raw_truncated_from_chars", "raw_form"})
 AFTER_SETTINGS = "after_settings"  # raw_form of a batch that is not the record as it came
+# A replayed record's source: "<dead-letter file>:<line> (dead letter of <its source>)".
+REPLAY_MARKER = " (dead letter of "
 
 
 def dead_letter(

@@ -12,7 +12,13 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import batch_json, grouping, metrics, naming
-from transforms.dead_letters import DEAD_LETTERS, dead_letter, replayed, unexpected
+from transforms.dead_letters import (
+    DEAD_LETTERS,
+    REPLAY_MARKER,
+    dead_letter,
+    replayed,
+    unexpected,
+)
 from transforms.read import RawRecord
 
 STAGE = "parse"
@@ -47,7 +53,7 @@ def parse_batch(
         return None, [dead_letter(record.source, STAGE, str(err), record.data)], 0
     if replay is not None and not replaying:  # a dead-letter file given as input again
         source, data = replay
-        again = RawRecord(f"{record.source} (dead letter of {source})", data,
+        again = RawRecord(f"{record.source}{REPLAY_MARKER}{source})", data,
                           record.publish_time_ms)
         return parse_batch(again, max_batch_bytes, app_name, replaying=True)
 

@@ -24,7 +24,7 @@ import smart_open.compression
 from apache_beam import pvalue
 
 from transforms import batch_json, metrics, progress, s3
-from transforms.dead_letters import DEAD_LETTERS, dead_letter
+from transforms.dead_letters import DEAD_LETTERS, REPLAY_MARKER, dead_letter, replayed
 
 _LOG = logging.getLogger(__name__)
 # A file whose first line is not a whole JSON value is read as one document
@@ -98,6 +98,14 @@ def record_at(source: str, client: Any = None) -> bytes | None:
     the record (merging); rare, so the file is read from its start."""
     if source.startswith("pubsub:"):
         return None
+    outer, replay_marker, _ = source.partition(REPLAY_MARKER)
+    if replay_marker:  # a record replayed from a dead-letter file: the one that line holds
+        line = record_at(outer, client)
+        try:
+            replay = replayed(batch_json.decode(line)) if line is not None else None
+        except (batch_json.BadRecord, ValueError):
+            replay = None
+        return replay[1] if replay else None
     path = source
     for separator in ("#", ":"):
         head, _, number = source.rpartition(separator)
