@@ -119,7 +119,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
     Option(
         "progress_every_s", int, 10,
-        "Bounded runs: seconds between progress lines on this machine (0: none).",
+        "Seconds between progress lines (bounded runs on this machine) or status lines "
+        "(live runs); 0: none.",
     ),
     Option("max_batch_bytes", int, parse.DEFAULT_MAX_BATCH_BYTES, "Larger records: dead letters."),
     Option(

@@ -41,9 +41,10 @@ from pipeline.config import (
     validate_bucket_name,
 )
 from pipeline.logs import Console
-from pipeline.progress import ProgressReporter
+from pipeline.progress import LiveStatus, ProgressReporter
 from pipeline.runners import (
     check_mode_runs_on,
+    current_metrics,
     engine_name,
     make_runner,
     pubsub_readers,
@@ -80,14 +81,29 @@ def _note_interrupts() -> list[int]:
     return seen
 
 
-def counters_of(result) -> dict[str, int]:
-    """The run's counters in the forwarder's namespace, summed over steps."""
+def counters_of(result, query: dict | None = None) -> dict[str, int]:
+    """The run's counters in the forwarder's namespace, summed over steps (from
+    `query`, the result of a metrics query already made, if given)."""
     totals: dict[str, int] = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    if query is None:
+        query = current_metrics(result).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
     return totals
+
+
+def live_metrics_of(result) -> tuple[dict[str, int], int | None]:
+    """A running live job's counters, and how long its oldest message has been held
+    unacknowledged (ms; None where the source does not say: Beam's ReadFromPubSub)."""
+    query = current_metrics(result).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    held_ms = []
+    for gauge in query["gauges"]:
+        if gauge.key.metric.name == metrics.OLDEST_UNACKED_MS:
+            value = gauge.committed or gauge.attempted
+            if value is not None:
+                held_ms.append(value.value)
+    return counters_of(result, query), max(held_ms) if held_ms else None
 
 
 def main(
@@ -224,8 +240,11 @@ def _run_live(config, result) -> int:
     _stop_on_sigterm()
     source = config.input_subscription or config.input_topic
     _LOG.info("forwarding %s live; Ctrl-C stops", source)
+    status = (LiveStatus(lambda: live_metrics_of(result), config.progress_every_s)
+              if config.progress_every_s else contextlib.nullcontext())
     try:
-        result.wait_until_finish()
+        with status:
+            result.wait_until_finish()
     except KeyboardInterrupt:
         _LOG.info("stopping")
         try:

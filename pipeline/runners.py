@@ -156,6 +156,15 @@ def portable_runner(name: str):
     return type(class_name, (_UntilTheJobEnds, beam_class), {})()
 
 
+def current_metrics(result):
+    """A job's metrics as they are now. Beam's portable `PipelineResult.metrics()`
+    keeps its first answer for good (`portable_runner.py`: `if not self._metrics`):
+    right once a job has finished, stale while it runs; so it is asked afresh."""
+    if hasattr(result, "_metrics"):
+        result._metrics = None  # noqa: SLF001 - the cache has no public reset
+    return result.metrics()
+
+
 def make_runner(options: PipelineOptions):
     """The runner to use; fills in Prism's binary so that Beam never downloads one."""
     name = runner_name(options)

@@ -233,31 +233,37 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
 def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after_restart(
     s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path
 ):
-    """They come again when their 30-second lease runs out, long after the restarted
-    forwarder's idle watermark passed their publish time: late data, on Prism, which
-    the summary printed when the run is stopped counts."""
+    """They come again when their 30-second lease runs out, after the restarted
+    forwarder wrote their window with the other batch each device sent in it: late
+    data, which the summary printed when the run is stopped counts."""
     publisher, topic, subscription = pubsub
+    window_s = 16
+    while time.time() % window_s > 1:  # at a window's start: all of it falls in one
+        time.sleep(0.1)
     now_ms = int(time.time() * 1000)
-    for device in range(10):
+    for device in range(10):  # held by the reader that is killed
         data = batch(device, [device * 10 + 1, device * 10 + 2], now_ms)
         publisher.publish(topic, json.dumps(data).encode()).result()
     read_and_die(subscription, 10)  # read, checkpoint cut, killed before finalizing
+    for device in range(10):  # read by the forwarder in time for the window
+        data = batch(device, [device * 10 + 3], now_ms)
+        publisher.publish(topic, json.dumps(data).encode()).result()
     restarted = time.monotonic()
-    process = live_pipeline(f"--window_size_s={WINDOW_S}")
+    process = live_pipeline(f"--window_size_s={window_s}")
+    expected = sorted(d * 10 + n for d in range(10) for n in (1, 2, 3))
 
     def all_events():
         objects = read_objects(s3_client, bucket, "live/")
-        return objects if len(set(forwarded_ids(objects))) == 20 else None
+        return objects if sorted(set(forwarded_ids(objects))) == expected else None
 
     objects = poll(all_events, deadline_s=pubsub_source.ACK_DEADLINE_S + 45)
     assert objects, "the messages the killed reader held were not forwarded after a restart"
-    ids = forwarded_ids(objects)
-    assert sorted(ids) == sorted(d * 10 + n for d in range(10) for n in (1, 2))  # once each
+    assert sorted(forwarded_ids(objects)) == expected  # once each
     print(f"\nforwarded {time.monotonic() - restarted:.1f} s after the restart")
     time.sleep(5)  # a bundle's counters reach the runner when it has finished, after its files
     counters = stopped(process, tmp_path / "pipeline.log")
-    assert counters["events_forwarded"] == 20 and counters["batches_forwarded"] == 10, counters
-    # Each batch's window had closed long before it came again: all ten are late data.
+    assert counters["events_forwarded"] == 30 and counters["batches_forwarded"] == 20, counters
+    # Each device's window was written with its on-time batch: the held ones are late.
     assert counters["late_batches"] == 10 and counters["late_events"] == 20, counters
 
 
@@ -330,6 +336,42 @@ def test_pubsub_connections_cut_lose_and_repeat_nothing(
     assert sorted(got) == sorted(expected)  # none twice
     assert counts["cut"] >= 5 and counts["refused"] >= 1, counts
     print(f"\n{len(expected)} events forwarded once; proxy: {counts}")
+
+
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+def test_a_live_run_reports_its_health_as_it_goes(
+    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path
+):
+    """A status line every --progress_every_s from the runner's metrics: the pull rate,
+    what was forwarded and written, dead letters, late batches, and the lag."""
+    publisher, topic, _ = pubsub
+    process = live_pipeline("--send_as_batch=false", "--file_flush_s=1",
+                            "--progress_every_s=2")
+    for n in range(5):
+        data = batch(n, [n + 1], int(time.time() * 1000))
+        publisher.publish(topic, json.dumps(data).encode()).result()
+    publisher.publish(topic, b"not json").result()
+
+    def forwarded():
+        objects = read_objects(s3_client, bucket, "live/")
+        return len(forwarded_ids({k: v for k, v in objects.items()
+                                  if "/_dead_letters/" not in k})) == 5
+
+    assert poll(forwarded, deadline_s=30, every_s=0.2)
+    time.sleep(6)  # counters reach the runner after their bundle, then a status line
+    stopped(process, tmp_path / "pipeline.log")
+    lines = [line for line in (tmp_path / "pipeline.log").read_text().splitlines()
+             if line.startswith("live: ")]
+    assert len(lines) >= 3, lines
+    pattern = (r"live: [\d,]+ messages/s pulled, (?P<events>[\d,]+) events forwarded in "
+               r"(?P<files>[\d,]+) files, (?P<dead>[\d,]+) dead letters, [\d,]+ late batches, "
+               r"oldest message unacknowledged for [\d.,]+ s")
+    last = re.fullmatch(pattern, lines[-1])
+    assert last, lines[-1]
+    assert int(last["events"]) == 5, lines
+    assert int(last["files"]) >= 1 and int(last["dead"]) == 1
+    assert any(re.match(r"live: [1-9][\d,]* messages/s pulled", line) for line in lines), lines
+    print("\n" + "\n".join(lines))
 
 
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])

@@ -34,10 +34,17 @@ BYTES_WRITTEN = "bytes_written"
 DEAD_LETTER_RECORDS = "dead_letter_records_written"
 DEAD_LETTER_FILES = "dead_letter_files_written"
 DEAD_LETTER_BYTES = "dead_letter_bytes_written"
+# A gauge: how long the oldest message a live reader's process holds has waited,
+# pulled and not yet acknowledged (ms).
+OLDEST_UNACKED_MS = "oldest_unacknowledged_ms"
 
 
 def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
+
+
+def gauge(name: str):
+    return Metrics.gauge(NAMESPACE, name)
 
 
 def filtered_counter(reason: str):

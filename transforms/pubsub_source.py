@@ -43,6 +43,7 @@ from apache_beam import coders
 from apache_beam.io.unbounded_source import CheckpointMark, UnboundedReader, UnboundedSource
 from apache_beam.utils.timestamp import Timestamp
 
+from transforms import metrics
 from transforms.read import RawRecord
 
 _LOG = logging.getLogger(__name__)
@@ -101,6 +102,14 @@ def _retrying(timeout_s: float):
 def _in_chunks(ids: list[str]):
     for start in range(0, len(ids), ACK_CHUNK):
         yield ids[start:start + ACK_CHUNK]
+
+
+def oldest_held_s(subscription: str) -> float | None:
+    """How long the oldest message of `subscription` this process holds, pulled and
+    not yet acknowledged, has been held; None when it holds none."""
+    with _HELD_LOCK:
+        pulled = [at for held_by, at in _HELD.values() if held_by == subscription]
+    return time.monotonic() - min(pulled) if pulled else None
 
 
 def _release(ack_ids: list[str]) -> None:
@@ -337,6 +346,7 @@ class PubSubReader(UnboundedReader):
         self._emitted: list[str] = []  # ack ids since the last checkpoint
         self._current: tuple[RawRecord, Timestamp] | None = None
         self._watermark = Timestamp(0)
+        self._oldest_held = metrics.gauge(metrics.OLDEST_UNACKED_MS)
 
     def start(self) -> bool:
         self._puller = _Puller.join(self._subscription)
@@ -368,6 +378,8 @@ class PubSubReader(UnboundedReader):
     def get_watermark(self) -> Timestamp:
         if self._puller is not None:
             self._watermark = max(self._watermark, self._puller.watermark() or self._watermark)
+            held_s = oldest_held_s(self._subscription)
+            self._oldest_held.set(int((held_s or 0) * 1000))  # the live run's lag
         return self._watermark
 
     def get_checkpoint_mark(self) -> PubSubCheckpoint:
