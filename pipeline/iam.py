@@ -14,7 +14,7 @@ import json
 #   s3:GetObject             HeadObject of a taken key, to tell its own retried write
 #                            (same content hash) from other data
 #   s3:AbortMultipartUpload  a failed multipart upload leaves no orphaned parts
-WRITE_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]
+_WRITE_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]
 
 
 def bucket_policy(bucket: str, role_arn: str | None) -> dict:
@@ -27,7 +27,7 @@ def bucket_policy(bucket: str, role_arn: str | None) -> dict:
                 "Sid": "MParticleS3ForwarderWrite",
                 "Effect": "Allow",
                 "Principal": {"AWS": principal},
-                "Action": WRITE_ACTIONS,
+                "Action": _WRITE_ACTIONS,
                 "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
             }
         ],
@@ -42,7 +42,7 @@ def user_policy(bucket: str) -> dict:
             {
                 "Sid": "MParticleS3ForwarderWrite",
                 "Effect": "Allow",
-                "Action": WRITE_ACTIONS,
+                "Action": _WRITE_ACTIONS,
                 "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
             }
         ],
