@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import os
 import re
 import signal
 import sys
+import tempfile
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -50,7 +53,7 @@ from pipeline.runners import (
     pubsub_readers,
     runner_name,
 )
-from transforms import metrics, read, s3
+from transforms import metrics, pubsub_source, read, s3
 from transforms.batching import BatchingMode
 from transforms.naming import DateFolders
 
@@ -178,8 +181,9 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     try:
         if config.streaming:
             pipeline = beam.Pipeline(runner=runner, options=options)
-            build(pipeline, config, pubsub_readers=pubsub_readers(runner_name(options)))
-            return _run_live(config, pipeline.run())
+            readers = pubsub_readers(runner_name(options))
+            build(pipeline, config, pubsub_readers=readers)
+            return _run_live(config, pipeline, drains=readers > 0)
         with _progress(config):
             counters = _run_bounded(config, options)
     except ConfigError as err:  # found only once the run starts (the spill's disk)
@@ -236,23 +240,86 @@ def _progress(config) -> contextlib.AbstractContextManager:
     return ProgressReporter(read.total_input_bytes(config.inputs, client), config.progress_every_s)
 
 
-def _run_live(config, result) -> int:
+# How long a stopped live run may take to write its open windows before it is cancelled.
+DRAIN_TIMEOUT_S = 120
+
+
+class _Job:
+    """A running job, waited for in a thread of its own, so that Ctrl-C and SIGTERM
+    reach the launcher's main thread while Beam watches the job's state."""
+
+    def __init__(self, result):
+        self.result = result
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
+        threading.Thread(target=self._wait, name="wait-for-job", daemon=True).start()
+
+    def _wait(self) -> None:
+        try:
+            self.result.wait_until_finish()
+        except BaseException as err:  # noqa: BLE001 - raised again in the main thread
+            self._error = err
+        finally:
+            self._finished.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Whether the job ended within `timeout_s` (None: waits for its end); raises
+        its error if it failed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._finished.wait(0.5):
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+
+def _run_live(config, pipeline: beam.Pipeline, drains: bool) -> int:
+    """Runs until Ctrl-C or SIGTERM. With the forwarder's own source (`drains`), a stop
+    is a drain: no more pulls, every open window written, the job ended, the counts
+    reconciled; a second Ctrl-C, or DRAIN_TIMEOUT_S, cancels instead."""
+    drain_file = None
+    if drains:  # the workers inherit the variable (transforms.pubsub_source)
+        drain_file = os.path.join(tempfile.mkdtemp(prefix="mparticle-s3-drain-"), "drain")
+        os.environ[pubsub_source.DRAIN_FILE_ENV] = drain_file
+    job = _Job(pipeline.run())
     _stop_on_sigterm()
     source = config.input_subscription or config.input_topic
     _LOG.info("forwarding %s live; Ctrl-C stops", source)
-    status = (LiveStatus(lambda: live_metrics_of(result), config.progress_every_s)
+    status = (LiveStatus(lambda: live_metrics_of(job.result), config.progress_every_s)
               if config.progress_every_s else contextlib.nullcontext())
-    try:
-        with status:
-            result.wait_until_finish()
-    except KeyboardInterrupt:
-        _LOG.info("stopping")
+    drained = False
+    with status:
         try:
-            counters = counters_of(result)
-        except Exception as err:  # a runner that cannot say: stop all the same
-            counters = None
-            _LOG.warning("the counters could not be read: %s", err)
-        result.cancel()
-        if counters is not None:
-            print(metrics.format_summary(counters, live=True), flush=True)
+            job.wait()
+            drained = True  # the source ended (a topic's subscription deleted, say)
+        except KeyboardInterrupt:
+            drained = drain_file is not None and _drain(job, drain_file)
+    try:
+        counters = counters_of(job.result)
+    except Exception as err:  # a runner that cannot say: stop all the same
+        counters = None
+        _LOG.warning("the counters could not be read: %s", err)
+    if not drained:
+        job.result.cancel()
+    if counters is None:
+        return 0
+    print(metrics.format_summary(counters, live=not drained), flush=True)
+    if drained and (metrics.unaccounted_events(counters) or metrics.unaccounted_records(counters)):
+        return EXIT_FAILED
     return 0
+
+
+def _drain(job: _Job, drain_file: str) -> bool:
+    """Asks the source to drain; whether the job then ended within DRAIN_TIMEOUT_S."""
+    _LOG.info("stopping: pulling no more, writing the open windows (at most %d s; Ctrl-C "
+              "again stops at once)", DRAIN_TIMEOUT_S)
+    open(drain_file, "w").close()
+    try:
+        if job.wait(DRAIN_TIMEOUT_S):
+            _LOG.info("stopped: every window written")
+            return True
+    except KeyboardInterrupt:
+        pass
+    _LOG.warning("stopping without the drain: what is in open windows is written by no one")
+    return False

@@ -26,6 +26,12 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
   slow pull is not behind it.
 - `split(n)` gives n readers of the same subscription: in one process they share
   the queue; in several, Pub/Sub shares the messages out between them.
+- A drain (the launcher creates the file that DRAIN_FILE_ENV names): the puller
+  pulls no more; once what it queued has been emitted, every reader reports the
+  end of time (MAX_TIMESTAMP), so the runner fires every open window, writes its
+  files and ends the job. Else a stopped run would lose what a runner that
+  finalizes on holding a bundle's output (Prism) has acknowledged and holds in
+  open windows.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from typing import Any
 
 from apache_beam import coders
 from apache_beam.io.unbounded_source import CheckpointMark, UnboundedReader, UnboundedSource
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from transforms import metrics
 from transforms.read import RawRecord
@@ -72,6 +78,14 @@ _HELD_LOCK = threading.Lock()
 _UNACKED: dict[str, set[str]] = collections.defaultdict(set)
 ACK_RETRY_EVERY_S = 1.0
 MAX_HOLD_S = 30 * 60  # past this a message is left to be redelivered
+# Names a file (in the environment the workers inherit) whose existence drains readers.
+DRAIN_FILE_ENV = "MPARTICLE_S3_DRAIN_FILE"
+
+
+def draining() -> bool:
+    """Whether the launcher has asked this process's readers to drain."""
+    path = os.environ.get(DRAIN_FILE_ENV)
+    return bool(path) and os.path.exists(path)
 
 
 def _subscriber():
@@ -211,6 +225,10 @@ class _Puller:
         with self._pending_lock:
             self._done[timestamp.micros] += 1
 
+    def drained(self) -> bool:
+        """A drain was asked for and every message pulled has been taken."""
+        return not self._queue and draining()
+
     def watermark(self) -> Timestamp | None:
         """The oldest publish time pulled and not yet emitted; when there is none,
         the start of the last empty pull less IDLE_WATERMARK_LAG_S; None when
@@ -232,7 +250,9 @@ class _Puller:
             if time.monotonic() - last_acked > ACK_RETRY_EVERY_S:
                 last_acked = time.monotonic()
                 self._acknowledge_again()
-            if time.monotonic() - self._asked > UNDRAINED_S:
+            if draining():
+                time.sleep(0.1)  # pull no more; the readers empty the queue
+            elif time.monotonic() - self._asked > UNDRAINED_S:
                 self._hand_back()  # no reader here drains it: let another take it
                 time.sleep(0.05)
             elif len(self._queue) < QUEUE_MESSAGES:
@@ -376,7 +396,9 @@ class PubSubReader(UnboundedReader):
         return self._current[1]
 
     def get_watermark(self) -> Timestamp:
-        if self._puller is not None:
+        if self._puller is not None and self._current is None and self._puller.drained():
+            self._watermark = MAX_TIMESTAMP  # the end: the runner closes every window
+        elif self._puller is not None:
             self._watermark = max(self._watermark, self._puller.watermark() or self._watermark)
             held_s = oldest_held_s(self._subscription)
             self._oldest_held.set(int((held_s or 0) * 1000))  # the live run's lag
