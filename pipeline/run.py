@@ -278,10 +278,20 @@ def _run_live(config, pipeline: beam.Pipeline, drains: bool) -> int:
     """Runs until Ctrl-C or SIGTERM. With the forwarder's own source (`drains`), a stop
     is a drain: no more pulls, every open window written, the job ended, the counts
     reconciled; a second Ctrl-C, or DRAIN_TIMEOUT_S, cancels instead."""
-    drain_file = None
-    if drains:  # the workers inherit the variable (transforms.pubsub_source)
-        drain_file = os.path.join(tempfile.mkdtemp(prefix="mparticle-s3-drain-"), "drain")
-        os.environ[pubsub_source.DRAIN_FILE_ENV] = drain_file
+    if not drains:
+        return _run_until_stopped(config, pipeline, None)
+    with tempfile.TemporaryDirectory(prefix="mparticle-s3-drain-") as folder:
+        drain_file = os.path.join(folder, "drain")
+        os.environ[pubsub_source.DRAIN_FILE_ENV] = drain_file  # the workers inherit it
+        try:
+            return _run_until_stopped(config, pipeline, drain_file)
+        finally:
+            del os.environ[pubsub_source.DRAIN_FILE_ENV]
+
+
+def _run_until_stopped(config, pipeline: beam.Pipeline, drain_file: str | None) -> int:
+    """Runs the job, with a status line, until it ends or is stopped; then its summary.
+    `drain_file`: where to ask the source to drain, None where it cannot."""
     job = _Job(pipeline.run())
     _stop_on_sigterm()
     source = config.input_subscription or config.input_topic
@@ -292,7 +302,7 @@ def _run_live(config, pipeline: beam.Pipeline, drains: bool) -> int:
     with status:
         try:
             job.wait()
-            drained = True  # the source ended (a topic's subscription deleted, say)
+            drained = True  # the job ended by itself
         except KeyboardInterrupt:
             drained = drain_file is not None and _drain(job, drain_file)
     try:
