@@ -48,6 +48,7 @@ from pipeline.progress import LiveStatus, ProgressReporter
 from pipeline.runners import (
     check_mode_runs_on,
     current_metrics,
+    drains_on_stop,
     engine_name,
     make_runner,
     pubsub_readers,
@@ -181,9 +182,9 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     try:
         if config.streaming:
             pipeline = beam.Pipeline(runner=runner, options=options)
-            readers = pubsub_readers(runner_name(options))
-            build(pipeline, config, pubsub_readers=readers)
-            return _run_live(config, pipeline, drains=readers > 0)
+            name = runner_name(options)
+            build(pipeline, config, pubsub_readers=pubsub_readers(name))
+            return _run_live(config, pipeline, drains=drains_on_stop(name))
         with _progress(config):
             counters = _run_bounded(config, options)
     except ConfigError as err:  # found only once the run starts (the spill's disk)
@@ -277,7 +278,8 @@ class _Job:
 def _run_live(config, pipeline: beam.Pipeline, drains: bool) -> int:
     """Runs until Ctrl-C or SIGTERM. With the forwarder's own source (`drains`), a stop
     is a drain: no more pulls, every open window written, the job ended, the counts
-    reconciled; a second Ctrl-C, or DRAIN_TIMEOUT_S, cancels instead."""
+    reconciled; a second Ctrl-C, or DRAIN_TIMEOUT_S, cancels instead (see
+    `runners.drains_on_stop`)."""
     if not drains:
         return _run_until_stopped(config, pipeline, None)
     with tempfile.TemporaryDirectory(prefix="mparticle-s3-drain-") as folder:

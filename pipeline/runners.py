@@ -96,6 +96,13 @@ def pubsub_readers(name: str) -> int:
     return 1 if name == "PrismRunner" else 2
 
 
+def drains_on_stop(name: str) -> bool:
+    """Whether a stopped live run drains (`transforms.pubsub_source`): where the SDK
+    harness shares the launcher's machine and environment, as Prism's does. On a
+    Flink or Spark cluster the workers are elsewhere: stop with the runner's drain."""
+    return name == "PrismRunner"
+
+
 def engine_name(runner) -> str:
     """What actually runs: the FnApiRunner, not "DirectRunner", for a bounded direct run."""
     name = runner if isinstance(runner, str) else type(runner).__name__
