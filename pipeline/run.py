@@ -207,7 +207,7 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
 
     print(metrics.format_summary(counters))
     print(f"  seconds: {elapsed:.1f}")
-    if metrics.unaccounted_events(counters) or metrics.unaccounted_records(counters):
+    if not metrics.reconciled(counters):
         return EXIT_FAILED
     return 0
 
@@ -317,7 +317,7 @@ def _run_until_stopped(config, pipeline: beam.Pipeline, drain_file: str | None) 
     if counters is None:
         return 0
     print(metrics.format_summary(counters, live=not drained), flush=True)
-    if drained and (metrics.unaccounted_events(counters) or metrics.unaccounted_records(counters)):
+    if drained and not metrics.reconciled(counters):
         return EXIT_FAILED
     return 0
 

@@ -68,6 +68,11 @@ def unaccounted_records(counters: Mapping[str, int]) -> int:
     )
 
 
+def reconciled(counters: Mapping[str, int]) -> bool:
+    """Whether every record and every event read is accounted for."""
+    return not unaccounted_events(counters) and not unaccounted_records(counters)
+
+
 def _verdict(gap: int, what: str) -> str:
     return "reconciled" if gap == 0 else f"NOT reconciled: {gap:+,} {what} unaccounted"
 
