@@ -107,7 +107,7 @@ demo() {
   mkdir -p "$WORK/input"
   cp ../shared/fixtures/mparticle-docs/eventsapi.sample.json "$WORK/input/" 2>/dev/null \
     || cp tests/data/eventsapi.sample.json "$WORK/input/"
-  "$VENV/bin/python" -m pipeline.sample_data --batches 5000 --devices 300 --out "$WORK/input/generated.ndjson.gz"
+  "$VENV/bin/python" -m pipeline.tools.sample_data --batches 5000 --devices 300 --out "$WORK/input/generated.ndjson.gz"
   printf 'this line is not JSON\n{"events": "not a list"}\n' >"$WORK/input/bad.ndjson"
   echo "== running the pipeline (its log names the engine that runs it)"
   "$VENV/bin/python" -m pipeline \
@@ -115,7 +115,7 @@ demo() {
     --input="$WORK/input/*" --folder_name=mparticle --store_data_in_folders_by_date=true \
     "$@"
   echo "== what it wrote to s3://$bucket"
-  "$VENV/bin/python" -m pipeline.show_output --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT"
+  "$VENV/bin/python" -m pipeline.tools.show_output --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT"
 }
 
 stream() {
@@ -127,7 +127,7 @@ stream() {
   export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
   local bucket=mparticle-live topic=projects/local-project/topics/mparticle
   "$VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$S3_ENDPOINT').create_bucket(Bucket='$bucket')"
-  "$VENV/bin/python" -c "from pipeline.publish_sample import create_topic_and_subscription as c; c('$topic')"
+  "$VENV/bin/python" -c "from pipeline.tools.publish_sample import create_topic_and_subscription as c; c('$topic')"
   echo "== forwarding projects/local-project/subscriptions/mparticle live (10-second windows for the demo)"
   "$VENV/bin/python" -m pipeline \
     --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT" \
@@ -136,11 +136,11 @@ stream() {
     --window_size_s=10 --dead_letter_flush_s=10 "$@" >"$WORK/pipeline.log" 2>&1 &
   PIPELINE_PID=$!
   echo "== publishing 20 batches a second from 200 devices for 10 minutes (pipeline log: $WORK/pipeline.log)"
-  "$VENV/bin/python" -m pipeline.publish_sample --topic="$topic" --per_second=20 --seconds=600 \
+  "$VENV/bin/python" -m pipeline.tools.publish_sample --topic="$topic" --per_second=20 --seconds=600 \
     >"$WORK/publisher.log" 2>&1 &
   PUBLISHER_PID=$!
   echo "== files as windows close (Ctrl-C stops everything)"
-  "$VENV/bin/python" -m pipeline.show_output --s3_bucket_name="$bucket" \
+  "$VENV/bin/python" -m pipeline.tools.show_output --s3_bucket_name="$bucket" \
     --s3_endpoint_url="$S3_ENDPOINT" --watch=2
 }
 

@@ -6,11 +6,12 @@ setuptools.setup(
     name="mparticle-s3-forwarder",
     version="0.1.0",
     description="Forward mParticle event batches to Amazon S3 as mParticle's S3 integration does.",
-    packages=["pipeline", "transforms"],
+    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms",
+                                               "transforms.*"]),
     # The packages sit at the top: editable installs then take a plain .pth path
     # (no import hook, and no setuptools warning at every bootstrap).
     package_dir={"": "."},
-    package_data={"transforms": ["worker_site/sitecustomize.py"]},
+    package_data={"pipeline": ["worker_site/sitecustomize.py"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import boto3
 
-from pipeline.publish_sample import moved_to
-from pipeline.sample_data import generate
-from tests.conftest import free_port, moto_server, pstest_binary
-from transforms import batch_json
-from transforms.settings import ForwardingSettings, apply_settings
+from pipeline.tools.local_services import free_port, moto_server, pstest_binary
+from pipeline.tools.publish_sample import moved_to
+from pipeline.tools.sample_data import generate
+from transforms.rules import batch_json
+from transforms.rules.settings import ForwardingSettings, apply_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW_S = 10

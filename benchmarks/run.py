@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.run --batches 2000       # a smoke run
     .venv/bin/python -m benchmarks.run --no-4x              # without the memory rows at 4x
 
-Generates deterministic batches (`pipeline.sample_data`: 20,000 devices, 1-8
+Generates deterministic batches (`pipeline.tools.sample_data`: 20,000 devices, 1-8
 events a batch), starts the embedded S3 server, and runs on that input, gzip on,
 default file bounds, slices of SLICE_S, each into its own bucket, every run timed
 as a whole process from start to exit:
@@ -42,11 +42,11 @@ from pathlib import Path
 import boto3
 import psutil
 
-from pipeline.sample_data import generate, write_ndjson
-from tests.conftest import moto_server
-from transforms import batch_json
-from transforms.batching import DEFAULT_WINDOW_SIZE_S
+from pipeline.tools.local_services import moto_server
+from pipeline.tools.sample_data import generate, write_ndjson
+from transforms.rules import batch_json
 from transforms.spill import slice_start_s
+from transforms.values import DEFAULT_WINDOW_SIZE_S
 
 ROOT = Path(__file__).resolve().parent.parent
 INPUT_FILES = 8  # the input is split so that workers can share it

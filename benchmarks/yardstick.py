@@ -20,11 +20,13 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from transforms import batch_json, packing, read, s3, stores
-from transforms.batching import DEFAULT_WINDOW_SIZE_S
-from transforms.grouping import latest, merge_batches, window_start_us
+from transforms.io import inputs, s3, stores
 from transforms.parse import DEFAULT_MAX_BATCH_BYTES, parse_batch
-from transforms.settings import ForwardingSettings, apply_settings
+from transforms.rules import packing
+from transforms.rules.batch_parts import BatchParts
+from transforms.rules.grouping import arrival_order, merge_batches, window_start_us
+from transforms.rules.settings import ForwardingSettings, apply_settings
+from transforms.values import DEFAULT_WINDOW_SIZE_S
 from transforms.write import BatchFileNamer, file_contents, write_file
 
 PUT_THREADS = 8  # as many uploads in flight as boto3's default connection pool allows
@@ -38,9 +40,9 @@ def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> 
 
     windows = defaultdict(list)  # (device, window start) → that device's batches
     for pattern in patterns:
-        for path in read.expand_pattern(pattern):
-            with read.open_input(path) as stream:
-                for record in read.read_records(path, stream):
+        for path in inputs.expand_pattern(pattern):
+            with inputs.open_input(path) as stream:
+                for record in inputs.read_records(path, stream):
                     arrived, _, count = parse_batch(record, DEFAULT_MAX_BATCH_BYTES, None)
                     events_read += count
                     if arrived is None:
@@ -52,10 +54,11 @@ def run(patterns: list[str], bucket: str, endpoint_url: str, compress: bool) -> 
 
     files = defaultdict(list)  # (app, window start) → (arrival, events, line)
     for (_, start), batches in windows.items():
-        merged, _ = merge_batches(batches)
-        newest = latest(batches)
+        batches.sort(key=arrival_order)
+        merged = merge_batches([(each.arrival_ms, BatchParts.of(each.batch)) for each in batches])
+        newest = batches[-1]
         files[(newest.app_name, start)].append(
-            (newest.arrival_ms, len(merged["events"]), batch_json.encode(merged))
+            (newest.arrival_ms, merged.event_count, merged.line)
         )
 
     store = stores.S3Store(connection, bucket)

@@ -20,15 +20,16 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipeline.config import ForwarderConfig
-from transforms import spill
 from transforms.apply_settings import ApplySettings
-from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
-from transforms.dead_letters import DEAD_LETTERS
+from transforms.batching import BatchPerDevice, StampArrival
+from transforms.io.inputs import input_client, sample_records
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
-from transforms.read import ReadBatches, input_client, sample_records
+from transforms.read import ReadBatches
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
-from transforms.write import BatchFileNamer, WriteBatchFiles, WriteDeadLetters
+from transforms.spill import SpillGroupAndWrite
+from transforms.values import BatchingMode
+from transforms.write import WriteBatchFiles, WriteDeadLetters
 
 
 class Outputs(NamedTuple):
@@ -80,28 +81,17 @@ def batch_and_write(
     # Files are packed per fixed window. In streaming, one-event batches and
     # sessions (which end at any time) go out within seconds of being complete
     # rather than when that packing window closes.
-    not_fixed = config.batching is not BatchingMode.FIXED
+    not_fixed = config.batching.mode is not BatchingMode.FIXED
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
     batched = keyed | "BatchPerDevice" >> BatchPerDevice(
-        config.batching,
-        config.window_size_s,
-        config.session_gap_s,
-        config.allowed_lateness_s,
-        keyed_windows=keyed_windows,
-        codec=codec,
+        config.batching, keyed_windows=keyed_windows, codec=codec,
         input_connection=config.connection,
     )
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
         config.connection,
-        folder=config.folder,
-        compress=config.compress,
-        date_folders=config.date_folders,
-        window_size_s=config.window_size_s,
-        allowed_lateness_s=config.allowed_lateness_s,
-        max_batches_per_file=config.max_batches_per_file,
-        max_file_bytes=config.max_file_bytes,
-        file_shards=config.file_shards,
+        config.layout,
+        config.batching,
         early_firing_s=early_firing_s,
         keyed_windows=keyed_windows,
         codec=codec,
@@ -118,7 +108,7 @@ def write_dead_letters(
             config.dead_letter_location,
             config.connection,
             flush_after_s=config.dead_letter_flush_s if config.streaming else None,
-            allowed_lateness_s=config.allowed_lateness_s,
+            allowed_lateness_s=config.batching.allowed_lateness_s,
         )
     )
 
@@ -126,41 +116,17 @@ def write_dead_letters(
 def build_sliced(
     pipeline: beam.Pipeline, config: ForwarderConfig, codec: ShuffleCodec, spill_dir: str
 ) -> Outputs:
-    """A sliced bounded run (`transforms.spill`): the input → keyed batches spilled per
-    file window → merged, packed and written per window. Sessions: spilled per device
-    shard and slice → merged per shard → file lines spilled per window → written per
-    window. Only window starts and shard numbers cross the runner."""
-    grouping = spill.Grouping(
-        config.batching, config.window_size_s, config.session_gap_s, codec,
-        config.date_folders, config.file_shards,
-    )
+    """A sliced bounded run (`transforms.spill`): the input, as far as StampArrival as
+    in `build`, then grouped, merged, packed and written on local disk in the workers."""
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     keyed, dead_letters = arrive(read["records"], config, codec)
     dead_letters.append(read["dead_letters"])
-    units = keyed | "SpillBatches" >> beam.ParDo(
-        spill.SpillBatches(spill_dir, config.arrival_slice_s, grouping)
+    written = keyed | "SpillGroupAndWrite" >> SpillGroupAndWrite(
+        spill_dir, config.arrival_slice_s, config.batching, config.layout, codec,
+        config.output_location, config.connection, config.upload_day,
     )
-    if grouping.per_device:
-        grouped = (
-            units
-            | "EachShardOnce" >> beam.Distinct()
-            | "GroupShards" >> beam.ParDo(
-                spill.GroupShard(spill_dir, config.arrival_slice_s, grouping, config.connection)
-            ).with_outputs(DEAD_LETTERS, main="windows")
-        )
-        dead_letters.append(grouped[DEAD_LETTERS])
-        units = grouped.windows
-    written = (
-        units
-        | "EachWindowOnce" >> beam.Distinct()
-        | "WriteWindows" >> beam.ParDo(spill.WriteSpilledWindow(
-            spill_dir, grouping, config.output_location, config.connection,
-            BatchFileNamer(config.folder, config.compress), config.max_batches_per_file,
-            config.max_file_bytes, config.upload_day,
-        )).with_outputs(DEAD_LETTERS, main="files")
-    )
-    dead_letters.append(written[DEAD_LETTERS])
-    return Outputs(written.files, write_dead_letters(dead_letters, config))
+    dead_letters.append(written["dead_letters"])
+    return Outputs(written["files"], write_dead_letters(dead_letters, config))
 
 
 def build(

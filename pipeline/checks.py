@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import botocore.exceptions
 
 from pipeline.config import ConfigError, ForwarderConfig
-from transforms import naming, read, s3, stores
+from transforms.io import inputs, s3, stores
+from transforms.rules import naming
 
 # What mParticle writes to prove a bucket writable, and so does the forwarder.
 VERIFICATION_BODY = b"{}"
@@ -27,10 +28,10 @@ class BucketCheckError(RuntimeError):
 
 def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> None:
     """Every --input names at least one file it can list, or one sentence says why."""
-    client = read.input_client(patterns, connection.for_checks())
+    client = inputs.input_client(patterns, connection.for_checks())
     for pattern in patterns:
         try:
-            paths = read.expand_pattern(pattern, client)
+            paths = inputs.expand_pattern(pattern, client)
         except botocore.exceptions.ClientError as err:
             code = s3.error_code(err)
             raise ConfigError(f"--input {pattern!r} cannot be listed: {code}.") from None
@@ -44,7 +45,7 @@ def check_output_writable(config: ForwarderConfig) -> list[str]:
     """Writes the verification objects of the bucket and of the dead-letter location;
     returns where. Raises BucketCheckError saying what was denied."""
     written = [f"s3://{config.bucket}/"
-               + check_bucket_writable(config.connection, config.bucket, config.folder)]
+               + check_bucket_writable(config.connection, config.bucket, config.layout.folder)]
     bucket, prefix = stores.split_location(config.dead_letter_location)
     if bucket is None:
         _check_local_directory(prefix)

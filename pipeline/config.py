@@ -20,26 +20,23 @@ from typing import Any, Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from pipeline import runners
+from pipeline.errors import ConfigError
 from pipeline.logs import LEVELS
 from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
-from transforms import naming
-from transforms.batching import BatchingMode
-from transforms.naming import DateFolders
-from transforms.s3 import SSE_METHODS, S3Connection
-from transforms.settings import EXCLUDABLE_METADATA_FIELDS, ForwardingSettings
+from transforms.io.s3 import SSE_METHODS, S3Connection
+from transforms.rules import naming
+from transforms.rules.naming import DateFolders
+from transforms.rules.settings import EXCLUDABLE_METADATA_FIELDS, ForwardingSettings
+from transforms.values import Batching, BatchingMode, FileLayout
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
-class ConfigError(ValueError):
-    """A user mistake in flags or the settings file."""
-
-
 @dataclasses.dataclass(frozen=True)
 class ForwarderConfig:
     bucket: str
-    folder: str | None
     connection: S3Connection
     settings: ForwardingSettings
     inputs: tuple[str, ...]
@@ -47,16 +44,9 @@ class ForwarderConfig:
     input_topic: str | None
     dead_letter_location: str
     app_name: str | None
-    batching: BatchingMode
+    batching: Batching  # how batches are grouped per device
+    layout: FileLayout  # how forwarded batches become files
     send_batches_without_events: bool
-    date_folders: DateFolders
-    compress: bool
-    window_size_s: int
-    session_gap_s: int
-    allowed_lateness_s: int
-    max_batches_per_file: int
-    max_file_bytes: int
-    file_shards: int
     max_batch_bytes: int
     skip_bucket_check: bool
     file_flush_s: int = 5
@@ -334,11 +324,6 @@ def _check_dead_letter_location(location: str) -> None:
         )
 
 
-# Runners whose job server (Java) reads options Python does not declare, such as
-# Flink's --checkpointing_interval: flags unknown here are passed on to them.
-_JAVA_JOB_SERVER_RUNNERS = frozenset({"flink", "spark", "portable", "dataflow"})
-
-
 def check_beam_args(beam_args: Sequence[str]) -> None:
     """Refuses what neither the forwarder nor Beam knows, suggesting the closest flag.
 
@@ -351,13 +336,13 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
     for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         options_class._add_argparse_args(parser)  # as PipelineOptions.get_all_options does
     known, unknown = parser.parse_known_args(list(beam_args))
-    runner = (getattr(known, "runner", None) or "direct").lower().removesuffix("runner")
+    passes_on = runners.canonical(getattr(known, "runner", None)) in runners.JAVA_JOB_SERVER
     ours = [f"--{option.name}" for option in OPTIONS]
     beams = [string for string in parser._option_string_actions if string.startswith("--")]
     for argument in unknown:
         flag = argument.split("=", 1)[0]
         if not flag.startswith("-"):
-            if runner in _JAVA_JOB_SERVER_RUNNERS:
+            if passes_on:
                 continue  # the value of a job-server option given as "--flag value"
             # Not quoted: it may be a secret given after a misspelt flag.
             raise ConfigError(
@@ -365,7 +350,7 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
                 "every option is a --flag=VALUE."
             )
         close_to_ours = difflib.get_close_matches(flag, ours, n=1, cutoff=0.75)
-        if runner in _JAVA_JOB_SERVER_RUNNERS and not close_to_ours:
+        if passes_on and not close_to_ours:
             continue
         close = close_to_ours or difflib.get_close_matches(flag, ours + beams, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; python -m pipeline --help lists them."
@@ -423,7 +408,6 @@ def config_from_values(
     )
     return ForwarderConfig(
         bucket=bucket,
-        folder=folder,
         connection=S3Connection(
             region=values["aws_region_endpoint"],
             endpoint_url=values["s3_endpoint_url"],
@@ -443,16 +427,17 @@ def config_from_values(
         dead_letter_location=values["dead_letter_location"]
         or f"s3://{bucket}/{naming.join_key(folder, '_dead_letters')}",
         app_name=naming.safe_app_name(values["app_name"]) if values["app_name"] else None,
-        batching=mode,
+        batching=Batching(mode, values["window_size_s"], values["session_gap_s"],
+                          values["allowed_lateness_s"]),
+        layout=FileLayout(
+            folder=folder,
+            compress=values["use_compression"],
+            date_folders=date_folders_of(values["store_data_in_folders_by_date"] or "none"),
+            shards=values["file_shards"],
+            max_batches=values["max_batches_per_file"],
+            max_bytes=values["max_file_bytes"],
+        ),
         send_batches_without_events=values["send_batches_without_events"],
-        date_folders=date_folders_of(values["store_data_in_folders_by_date"] or "none"),
-        compress=values["use_compression"],
-        window_size_s=values["window_size_s"],
-        session_gap_s=values["session_gap_s"],
-        allowed_lateness_s=values["allowed_lateness_s"],
-        max_batches_per_file=values["max_batches_per_file"],
-        max_file_bytes=values["max_file_bytes"],
-        file_shards=values["file_shards"],
         max_batch_bytes=values["max_batch_bytes"],
         skip_bucket_check=values["skip_bucket_check"],
         file_flush_s=values["file_flush_s"],

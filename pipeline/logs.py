@@ -85,3 +85,22 @@ class Console:
     def error(self, sentence: str) -> None:
         """`error: <sentence>` on stderr."""
         print(self.redact(f"error: {sentence}"), file=sys.stderr)
+
+
+class _MissingGcpClientsNotice(logging.Filter):
+    """Drops the two warnings Beam logs when it is imported without its gcp extra
+    (the forwarder needs neither GCS nor BigQuery): they would open every run's output."""
+
+    NOTICES = ("Failed to import GCSFileSystem", "apitools not found")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
+
+
+def quiet_beam_notices() -> None:
+    """Drops Beam's notices about its missing gcp extra, in this process; called by
+    the entry point and a worker's start before Beam is imported."""
+    for name in ("", "apache_beam.io.filesystems"):  # root: bigquery's notice uses it
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _MissingGcpClientsNotice) for f in logger.filters):
+            logger.addFilter(_MissingGcpClientsNotice())

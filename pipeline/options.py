@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 from typing import Any
 
-from transforms import batching, packing, parse, retries, settings
+from transforms import parse, values
+from transforms.io import retries
+from transforms.rules import packing, settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +93,10 @@ OPTIONS: tuple[Option, ...] = (
         "s3://bucket/prefix or local directory; default: <folder>/_dead_letters/ in the bucket.",
     ),
     # Batching and files.
-    Option("window_size_s", int, batching.DEFAULT_WINDOW_SIZE_S, "Send as Batch window, seconds."),
-    Option("session_gap_s", int, batching.DEFAULT_SESSION_GAP_S, "Session gap, seconds."),
+    Option("window_size_s", int, values.DEFAULT_WINDOW_SIZE_S, "Send as Batch window, seconds."),
+    Option("session_gap_s", int, values.DEFAULT_SESSION_GAP_S, "Session gap, seconds."),
     Option(
-        "allowed_lateness_s", int, batching.DEFAULT_ALLOWED_LATENESS_S,
+        "allowed_lateness_s", int, values.DEFAULT_ALLOWED_LATENESS_S,
         "How late data may come and still go out in a further batch (streaming).",
     ),
     Option(

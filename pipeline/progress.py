@@ -8,7 +8,7 @@ and a live run's status, as often (`LiveStatus`, from the runner's metrics):
     live: 1,204 messages/s pulled, 260,512 events forwarded in 180 files, 3 dead
     letters, 0 late batches, oldest message unacknowledged for 2.1 s
 
-Workers report through `transforms.progress` (a loopback UDP port named in the
+Workers report through `transforms.io.progress` (a loopback UDP port named in the
 environment). The time left is that of reading the input at the rate so far;
 grouping and writing follow it. On a terminal the line is rewritten in place;
 otherwise (a log, CI) each report is a line of its own.
@@ -24,7 +24,8 @@ import time
 from collections import Counter
 from typing import IO, Callable, Mapping
 
-from transforms import metrics, progress
+from transforms import metrics
+from transforms.io import progress
 
 MIB = 1024 * 1024
 

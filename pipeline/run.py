@@ -31,7 +31,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import athena, iam, sliced
+from pipeline import runners, sliced
 from pipeline.build import build, trained_codec
 from pipeline.checks import BucketCheckError, check_inputs_exist, check_output_writable
 from pipeline.config import (
@@ -53,10 +53,13 @@ from pipeline.runners import (
     make_runner,
     pubsub_readers,
     runner_name,
+    worker_environment,
 )
-from transforms import metrics, pubsub_source, read, s3
-from transforms.batching import BatchingMode
-from transforms.naming import DateFolders
+from pipeline.tools import athena, iam
+from transforms import metrics
+from transforms.io import inputs, pubsub_source, s3
+from transforms.rules.naming import DateFolders
+from transforms.values import BatchingMode
 
 _LOG = logging.getLogger("pipeline")
 EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -133,7 +136,7 @@ def main(
             options.view_as(StandardOptions).streaming = True
         runner = make_runner(options)
         check_mode_runs_on(runner_name(options), config.streaming,
-                           config.batching is BatchingMode.SESSIONS)
+                           config.batching.mode is BatchingMode.SESSIONS)
         check_inputs_exist(config.inputs, config.connection)
     except ConfigError as err:
         console.error(str(err))
@@ -154,7 +157,7 @@ def main(
 
 def _naming_the_upload_day(config) -> str:
     """What a rerun must say to write the same keys: its upload day, if it names folders."""
-    if config.upload_day and config.date_folders in (
+    if config.upload_day and config.layout.date_folders in (
         DateFolders.UPLOAD_TIME, DateFolders.EVENT_TIME_OR_UPLOAD_TIME
     ):
         return f" with --upload_day={config.upload_day}"
@@ -180,13 +183,14 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     _LOG.info("running on %s", engine_name(runner))
     started = time.monotonic()
     try:
-        if config.streaming:
-            pipeline = beam.Pipeline(runner=runner, options=options)
-            name = runner_name(options)
-            build(pipeline, config, pubsub_readers=pubsub_readers(name))
-            return _run_live(config, pipeline, drains=drains_on_stop(name))
-        with _progress(config):
-            counters = _run_bounded(config, options)
+        with worker_environment():
+            if config.streaming:
+                pipeline = beam.Pipeline(runner=runner, options=options)
+                name = runner_name(options)
+                build(pipeline, config, pubsub_readers=pubsub_readers(name))
+                return _run_live(config, pipeline, drains=drains_on_stop(name))
+            with _progress(config):
+                counters = _run_bounded(config, options)
     except ConfigError as err:  # found only once the run starts (the spill's disk)
         console.error(str(err))
         return EXIT_CONFIG
@@ -224,10 +228,11 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
 
     name = runner_name(options)
     if sliced.applies(config, name):
-        client = read.input_client(config.inputs, config.connection)
-        files = [each for pattern in config.inputs for each in read.matched_files(pattern, client)]
+        client = inputs.input_client(config.inputs, config.connection)
+        files = [each for pattern in config.inputs
+                 for each in inputs.matched_files(pattern, client)]
         return sliced.run_sliced(config, run_graph, sliced.spill_bytes_needed(files))
-    if config.arrival_slice_s and name not in sliced.SLICING_RUNNERS:
+    if config.arrival_slice_s and name not in runners.SLICING:
         _LOG.info("not sliced: %s spills what it groups to disk itself", name)
     codec = trained_codec(config)
     return run_graph(lambda pipeline: build(pipeline, config, codec=codec))
@@ -237,8 +242,9 @@ def _progress(config) -> contextlib.AbstractContextManager:
     """Progress lines while a bounded run reads and writes, unless turned off."""
     if not config.progress_every_s:
         return contextlib.nullcontext()
-    client = read.input_client(config.inputs, config.connection)
-    return ProgressReporter(read.total_input_bytes(config.inputs, client), config.progress_every_s)
+    client = inputs.input_client(config.inputs, config.connection)
+    total_bytes = inputs.total_input_bytes(config.inputs, client)
+    return ProgressReporter(total_bytes, config.progress_every_s)
 
 
 # How long a stopped live run may take to write its open windows before it is cancelled.

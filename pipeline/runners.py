@@ -11,10 +11,12 @@ harness process of its own, which Prism starts through a loopback worker pool
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
 import sys
+from typing import Iterator
 
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -25,8 +27,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-import transforms
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 # What a user may type (any case, with or without "Runner") → the runner.
 _RUNNERS = {
@@ -40,16 +41,29 @@ _RUNNERS = {
     "portable": "PortableRunner",
 }
 KNOWN = "DirectRunner, PrismRunner, FlinkRunner, SparkRunner, DataflowRunner or PortableRunner"
+# Runners whose job server (Java) reads options Python does not declare, such as
+# Flink's --checkpointing_interval: flags unknown here are passed on to them.
+JAVA_JOB_SERVER = frozenset({"FlinkRunner", "SparkRunner", "PortableRunner", "DataflowRunner"})
+# The runners of this machine, which hold what a GroupByKey groups in memory in
+# their own process: bounded runs on them may be sliced (`pipeline.sliced`). Cluster
+# runners spill their own shuffles to disk.
+SLICING = frozenset({"DirectRunner", "PrismRunner"})
+
+
+def canonical(given: str | None) -> str | None:
+    """The runner a `--runner` value names (any case, with or without "Runner"; none:
+    the DirectRunner), or None for one this forwarder does not run on."""
+    return _RUNNERS.get((given or "DirectRunner").lower().removesuffix("runner"))
 
 
 def runner_name(options: PipelineOptions) -> str:
     """The runner `--runner` names; ConfigError (one sentence) for one it does not."""
-    given = options.view_as(StandardOptions).runner or "DirectRunner"
-    word = given.lower().removesuffix("runner")
-    if word not in _RUNNERS:
+    given = options.view_as(StandardOptions).runner
+    name = canonical(given)
+    if name is None:
         raise ConfigError(f"--runner {given!r} is not a runner this forwarder runs on: "
                           f"use {KNOWN}.")
-    return _RUNNERS[word]
+    return name
 
 
 def prism_binary(options: PipelineOptions) -> str:
@@ -97,7 +111,7 @@ def pubsub_readers(name: str) -> int:
 
 
 def drains_on_stop(name: str) -> bool:
-    """Whether a stopped live run drains (`transforms.pubsub_source`): where the SDK
+    """Whether a stopped live run drains (`transforms.io.pubsub_source`): where the SDK
     harness shares the launcher's machine and environment, as Prism's does. On a
     Flink or Spark cluster the workers are elsewhere: stop with the runner's drain."""
     return name == "PrismRunner"
@@ -176,9 +190,8 @@ def make_runner(options: PipelineOptions):
     """The runner to use; fills in Prism's binary so that Beam never downloads one."""
     name = runner_name(options)
     standard = options.view_as(StandardOptions)
-    # Worker processes started here import the package before Beam, as the launcher does,
-    # and log as it does: the forwarder's lines, and only Beam's warnings.
-    _prepend("PYTHONPATH", os.path.join(os.path.dirname(transforms.__file__), "worker_site"))
+    # Worker processes log as the launcher does: the forwarder's lines, and only
+    # Beam's warnings.
     worker = options.view_as(WorkerOptions)
     if worker.default_sdk_harness_log_level is None:
         worker.default_sdk_harness_log_level = "WARNING"
@@ -202,9 +215,30 @@ def make_runner(options: PipelineOptions):
 
 def _sdk_harness_in_its_own_process(options: PipelineOptions) -> None:
     """Prism's loopback workers run in the launcher unless this experiment asks for a
-    process; Beam starts it as `python` from PATH, which must be this Python."""
+    process (Beam starts it as `python` from PATH: see `worker_environment`)."""
     options.view_as(DebugOptions).add_experiment("use_loopback_process_worker")
+
+
+_WORKER_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_site")
+
+
+@contextlib.contextmanager
+def worker_environment() -> Iterator[None]:
+    """The environment that the worker processes a run starts inherit, for the run,
+    restored after it: this Python first on PATH (Beam starts Prism's loopback
+    process workers as `python`), and `worker_site` first on PYTHONPATH, whose
+    sitecustomize sets a worker up at its start as the launcher is."""
+    saved = {name: os.environ.get(name) for name in ("PATH", "PYTHONPATH")}
     _prepend("PATH", os.path.dirname(sys.executable))
+    _prepend("PYTHONPATH", _WORKER_SITE)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _prepend(variable: str, directory: str) -> None:

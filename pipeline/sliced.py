@@ -39,12 +39,12 @@ from typing import Callable, Iterator
 
 import apache_beam as beam
 
+from pipeline import runners
 from pipeline.build import build_sliced
 from pipeline.config import ConfigError, ForwarderConfig
 from transforms.shuffled import UNCOMPRESSED
 
 _LOG = logging.getLogger("pipeline")
-SLICING_RUNNERS = frozenset({"DirectRunner", "PrismRunner"})
 SPILL_PREFIX = "mparticle-s3-spill-"
 # Spill bytes per input byte, with a margin over the 0.32 measured with sessions on
 # the benchmark's NDJSON input. gzip input is about 7 times smaller than its NDJSON.
@@ -57,7 +57,7 @@ RunGraph = Callable[[Callable[[beam.Pipeline], object]], dict]
 
 def applies(config: ForwarderConfig, runner: str) -> bool:
     """Whether a run is sliced: bounded, slices asked for, a runner of this machine."""
-    return not config.streaming and config.arrival_slice_s > 0 and runner in SLICING_RUNNERS
+    return not config.streaming and config.arrival_slice_s > 0 and runner in runners.SLICING
 
 
 def run_sliced(config: ForwarderConfig, run_graph: RunGraph, spill_bytes: int) -> dict:

@@ -10,16 +10,21 @@ import io
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from transforms import s3
+from pipeline.tools.local_services import (  # noqa: F401 - the tests use them from here
+    ROOT,
+    free_port,
+    moto_server,
+    pstest_binary,
+    pstest_server,
+)
+from transforms.io import s3
 
 DATA = Path(__file__).parent / "data"
 SAMPLE_BATCH = DATA / "eventsapi.sample.json"
@@ -29,39 +34,6 @@ FORWARDED_EXAMPLE = DATA / "s3-forwarded-example.ndjson"
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def moto_server(env: dict | None = None):
-    """A moto server process on a free loopback port; yields its endpoint URL."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -103,32 +75,6 @@ def list_keys(client, bucket: str, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def pstest_binary() -> str:
-    """Google's Pub/Sub fake, as `./run_local.sh` builds it; built here if missing."""
-    binary = Path(os.environ.get("PSTEST", ROOT / ".local" / "bin" / "pstest"))
-    if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=ROOT / "tools" / "pstest",
-                       check=True)
-    return str(binary)
-
-
-@contextlib.contextmanager
-def pstest_server(*flags: str):
-    """A pstest server on a free loopback port (flags: tools/pstest); yields host:port."""
-    port = free_port()
-    process = subprocess.Popen([pstest_binary(), "-port", str(port), *flags],
-                               stdout=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("listening on"), line
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +129,7 @@ def poll(condition, deadline_s: float, every_s: float = 0.5):
 # ends, or "hold"s it, never finalized, until killed.
 _READER_PROCESS = """
 import sys, time
-from transforms.pubsub_source import PubSubReader
+from transforms.io.pubsub_source import PubSubReader
 subscription, count, deadline_s, then = sys.argv[1:]
 reader = PubSubReader(subscription)
 got, has, deadline = 0, reader.start(), time.monotonic() + float(deadline_s)

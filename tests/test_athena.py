@@ -15,9 +15,9 @@ from collections import Counter
 import duckdb
 import pytest
 
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, run_main
-from transforms import batch_json
+from transforms.rules import batch_json
 
 _PRIMITIVES = {"string": "VARCHAR", "bigint": "BIGINT", "double": "DOUBLE",
                "boolean": "BOOLEAN"}

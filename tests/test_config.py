@@ -9,8 +9,8 @@ import pytest
 from pipeline.config import ConfigError, config_from_values, load_config, merged_values
 from pipeline.options import build_parser
 from tests.conftest import SAMPLE_BATCH, run_main
-from transforms.batching import BatchingMode
-from transforms.naming import DateFolders
+from transforms.rules.naming import DateFolders
+from transforms.values import BatchingMode
 
 BASE = ["--s3_bucket_name=my-bucket", "--input=in/*.ndjson"]
 
@@ -20,12 +20,12 @@ def test_defaults_are_the_integrations():
     assert beam_args == ["--runner=DirectRunner"]
     assert config.connection.region == "us-east-1"
     assert config.connection.sse_method == "None"
-    assert config.batching is BatchingMode.FIXED
-    assert config.date_folders is DateFolders.NONE and not config.compress
+    assert config.batching.mode is BatchingMode.FIXED
+    assert config.layout.date_folders is DateFolders.NONE and not config.layout.compress
     assert config.settings.send_custom_events
     assert not config.settings.include_user_attribute_change_events
     assert config.dead_letter_location == "s3://my-bucket/_dead_letters"
-    assert config.window_size_s == 600
+    assert config.batching.window_size_s == 600
 
 
 # The integration page's settings and their defaults (README, Options), written out
@@ -70,15 +70,15 @@ def _setting_in(config, name: str):
     if name in connection:
         return getattr(config.connection, connection[name])
     if name == "folder_name":
-        return config.folder
+        return config.layout.folder
     if name == "send_as_batch":
-        return config.batching is not BatchingMode.PER_EVENT
+        return config.batching.mode is not BatchingMode.PER_EVENT
     if name == "wait_for_complete_batch":
-        return config.batching is BatchingMode.SESSIONS
+        return config.batching.mode is BatchingMode.SESSIONS
     if name == "store_data_in_folders_by_date":
-        return config.date_folders.value
+        return config.layout.date_folders.value
     if name == "use_compression":
-        return config.compress
+        return config.layout.compress
     if name == "send_batches_without_events":
         return config.send_batches_without_events
     return getattr(config.settings, name)
@@ -100,7 +100,7 @@ def test_every_setting_has_a_flag_and_the_integrations_default(name, default):
     ],
 )
 def test_batching_modes(flags, mode):
-    assert load_config(BASE + flags)[0].batching is mode
+    assert load_config(BASE + flags)[0].batching.mode is mode
 
 
 @pytest.mark.parametrize("suffix", ["json", "yaml"])
@@ -115,9 +115,9 @@ def test_settings_file_and_flags_override_it(tmp_path, suffix):
     else:
         path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in settings.items()))
     config, _ = load_config([f"--settings_file={path}", "--send_custom_events=true"])
-    assert config.bucket == "from-file" and config.folder == "exports"
+    assert config.bucket == "from-file" and config.layout.folder == "exports"
     assert config.settings.send_custom_events is True  # the flag wins
-    assert config.compress is True and config.window_size_s == 60
+    assert config.layout.compress is True and config.batching.window_size_s == 60
     assert config.inputs == ("a.ndjson", "b.ndjson")
 
 
@@ -364,7 +364,7 @@ def test_options_of_a_java_job_server_pass_on_but_misspelt_forwarder_options_do_
 ])
 def test_store_data_in_folders_by_date_takes_the_four_choices_and_true_false(value, mode):
     config, _ = load_config(BASE + [f"--store_data_in_folders_by_date={value}"])
-    assert config.date_folders is mode
+    assert config.layout.date_folders is mode
 
 
 def test_store_data_in_folders_by_date_refuses_other_values():

@@ -9,12 +9,13 @@ import json
 import pytest
 from apache_beam import pvalue
 
-from transforms import batch_json
 from transforms.batching import Merger
-from transforms.dead_letters import AFTER_SETTINGS, MAX_RAW_CHARS, dead_letter, replayed
+from transforms.io.inputs import record_at
 from transforms.parse import parse_batch
-from transforms.read import RawRecord, record_at
+from transforms.rules import batch_json
+from transforms.rules.dead_letters import AFTER_SETTINGS, MAX_RAW_CHARS, dead_letter, replayed
 from transforms.shuffled import NO_DICTIONARY, ShuffledBatch
+from transforms.values import RawRecord
 
 BATCH = {"mpid": 7, "timestamp_unixtime_ms": 1_700_000_000_000, "events": [
     {"event_type": "custom_event", "data": {"event_id": 1}}]}

@@ -15,10 +15,10 @@ import shutil
 import boto3
 import pytest
 
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, moto_server, run_main
-from transforms import batch_json, grouping, naming
-from transforms.settings import ForwardingSettings, apply_settings
+from transforms.rules import batch_json, grouping, naming
+from transforms.rules.settings import ForwardingSettings, apply_settings
 
 KEY = re.compile(
     r"^(?P<folder>out/)(?P<date>\d{4}-\d{2}-\d{2}/)?(?P<app>[A-Za-z0-9_.-]+)_"
@@ -94,7 +94,7 @@ def test_every_event_forwarded_exactly_once_in_named_dated_files(
         assert {naming.safe_app_name(b.get("application_info", {}).get("application_name"))
                 for b in batches} == {match["app"]}
         first = batches[0]
-        first_event_ms = grouping.first_event_time_ms(first)
+        first_event_ms = grouping.event_time_ms(first["events"][0])
         assert match["date"] == naming.date_folder(first_event_ms) + "/"
         for batch in batches:
             assert isinstance(batch["user_identities"], list)  # outbound form

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import ROOT, list_keys, run_main
 from tests.fault_proxy import FaultProxy
 

@@ -21,12 +21,12 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.sample_data import generate
+from pipeline.tools.sample_data import generate
 from tests.conftest import list_keys, run_main
-from transforms import batch_json
 from transforms.parse import parse_batch
-from transforms.read import RawRecord
-from transforms.settings import ForwardingSettings, apply_settings
+from transforms.rules import batch_json
+from transforms.rules.settings import ForwardingSettings, apply_settings
+from transforms.values import RawRecord
 
 MAX_BATCH_BYTES = 65_536
 T = 1_700_000_000_000

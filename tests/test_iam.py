@@ -12,9 +12,9 @@ import re
 import boto3
 import pytest
 
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys, moto_server, run_main
-from transforms import s3, stores
+from transforms.io import s3, stores
 
 BUCKET = "iam-enforced"
 MIB = 1024 * 1024

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.build import forward
 from pipeline.config import load_config
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
 from tests.pipelines import batch_pipeline
 from transforms.read import ReadBatches

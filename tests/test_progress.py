@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from pipeline.progress import progress_line
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import run_main
 
 LINE = re.compile(

@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import poll, read_and_die, read_in_another_process
 from tests.tcp_fault_proxy import ConnectionCutter
-from transforms import pubsub_source
-from transforms.pubsub_source import PubSubReader
+from transforms.io import pubsub_source
+from transforms.io.pubsub_source import PubSubReader
 
 PROJECT = "ack-project"
 ACK_DEADLINE_S = 10  # Pub/Sub's least

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from tests.conftest import SAMPLE_BATCH
-from transforms import read, s3
+from transforms.io import inputs, s3
 
 
 def records(path: str, data: bytes) -> list[tuple[str, bytes]]:
-    return [(r.source, r.data) for r in read.read_records(path, io.BytesIO(data))]
+    return [(r.source, r.data) for r in inputs.read_records(path, io.BytesIO(data))]
 
 
 def test_ndjson_lines_with_line_numbers_and_blank_lines_skipped():
@@ -50,19 +50,19 @@ def test_garbage_first_line_does_not_stop_the_file():
 def test_gzip_files_are_read_by_extension(tmp_path):
     path = tmp_path / "batches.ndjson.gz"
     path.write_bytes(gzip.compress(b'{"a":1}\n{"a":2}\n'))
-    with read.open_input(str(path)) as stream:
-        got = [r.data for r in read.read_records(str(path), stream)]
+    with inputs.open_input(str(path)) as stream:
+        got = [r.data for r in inputs.read_records(str(path), stream)]
     assert got == [b'{"a":1}', b'{"a":2}']
 
 
 def test_local_globs_and_directories(tmp_path):
     for name in ("b.ndjson", "a.ndjson", "c.txt"):
         (tmp_path / name).write_text("{}\n")
-    assert read.expand_pattern(str(tmp_path / "*.ndjson")) == [
+    assert inputs.expand_pattern(str(tmp_path / "*.ndjson")) == [
         str(tmp_path / "a.ndjson"), str(tmp_path / "b.ndjson"),
     ]
-    assert len(read.expand_pattern(str(tmp_path))) == 3
-    assert read.expand_pattern(str(tmp_path / "none*")) == []
+    assert len(inputs.expand_pattern(str(tmp_path))) == 3
+    assert inputs.expand_pattern(str(tmp_path / "none*")) == []
 
 
 def test_s3_globs_and_gzip_read_through_the_s3_server(s3_endpoint, s3_client, bucket):
@@ -70,12 +70,12 @@ def test_s3_globs_and_gzip_read_through_the_s3_server(s3_endpoint, s3_client, bu
     s3_client.put_object(Bucket=bucket, Key="in/2024/y.ndjson", Body=b'{"a":2}\n')
     s3_client.put_object(Bucket=bucket, Key="other/z.ndjson", Body=b'{"a":3}\n')
     client = s3.make_client(s3.S3Connection(endpoint_url=s3_endpoint))
-    paths = read.expand_pattern(f"s3://{bucket}/in/*/*.ndjson*", client)
+    paths = inputs.expand_pattern(f"s3://{bucket}/in/*/*.ndjson*", client)
     assert paths == [f"s3://{bucket}/in/2024/x.ndjson.gz", f"s3://{bucket}/in/2024/y.ndjson"]
     got = []
     for path in paths:
-        with read.open_input(path, client) as stream:
-            got += [r.data for r in read.read_records(path, stream)]
+        with inputs.open_input(path, client) as stream:
+            got += [r.data for r in inputs.read_records(path, stream)]
     assert got == [b'{"a":1}', b'{"a":2}']
 
 

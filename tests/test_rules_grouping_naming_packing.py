@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from transforms import grouping, naming, packing
-from transforms.grouping import ArrivedBatch
+from transforms.rules import batch_json, grouping, naming, packing
+from transforms.rules.batch_parts import BatchParts
+from transforms.values import ArrivedBatch
 
 
 @pytest.mark.parametrize(
@@ -77,11 +78,19 @@ def _arrived(arrival, events, source, **fields):
     return ArrivedBatch({"events": events, **fields}, source, T + arrival, "d", "app")
 
 
+def _merge(arrived: list[ArrivedBatch]) -> tuple[dict, int]:
+    """`grouping.merge_batches` over dicts, in arrival order: the batch and the
+    duplicates left out."""
+    ordered = sorted(arrived, key=grouping.arrival_order)
+    merged = grouping.merge_batches([(a.arrival_ms, BatchParts.of(a.batch)) for a in ordered])
+    return batch_json.decode(merged.line), merged.duplicates
+
+
 def test_merge_takes_latest_batch_fields_and_orders_events_by_time():
     early = _arrived(100, [_event(1, 50), _event(2, 90)], "f:1", ip="1.1.1.1", sdk="a")
     late = _arrived(200, [_event(3, 60), _event(4, 150)], "f:2", sdk="b", ip="2.2.2.2")
     for order in ([early, late], [late, early]):
-        merged, duplicates = grouping.merge_batches(order)
+        merged, duplicates = _merge(order)
         assert list(merged) == ["events", "sdk", "ip"]  # the latest batch's key order
         assert merged["sdk"] == "b"
         assert [e["data"]["event_id"] for e in merged["events"]] == [1, 3, 2, 4]
@@ -92,15 +101,18 @@ def test_merge_removes_events_seen_twice_by_event_id_or_message_id():
     first = _arrived(100, [_event(1, 10, "m1"), _event(2, 20, "m2")], "f:1")
     redelivered = _arrived(100, [_event("1", 10, "m1"), _event(9, 20, "m2")], "f:2")
     third = _arrived(300, [_event(3, 30)], "f:3")
-    merged, duplicates = grouping.merge_batches([first, redelivered, third])
+    merged, duplicates = _merge([first, redelivered, third])
     assert [e["data"]["event_id"] for e in merged["events"]] == [1, 2, 3]
     assert duplicates == 2
 
 
 def test_split_per_event_keeps_batch_fields_around_each_event():
     batch = {"events": [_event(1, 1), _event(2, 2)], "mpid": 7}
-    split = grouping.split_per_event(batch)
-    assert split == [{"events": [_event(1, 1)], "mpid": 7}, {"events": [_event(2, 2)], "mpid": 7}]
+    split = grouping.split_per_event(BatchParts.of(batch))
+    assert [batch_json.decode(line) for line, _, _ in split] == [
+        {"events": [_event(1, 1)], "mpid": 7}, {"events": [_event(2, 2)], "mpid": 7}]
+    assert [(first_ms, count) for _, first_ms, count in split] == [(T + 1, 1), (T + 2, 1)]
+    assert grouping.split_per_event(BatchParts.of({"mpid": 7})) == [(b'{"mpid":7}', None, 0)]
 
 
 def test_file_name_matches_mparticles_example():

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH
-from transforms import batch_json
-from transforms.settings import EVENT_TYPES_BY_SETTING, ForwardingSettings, apply_settings
+from transforms.rules import batch_json
+from transforms.rules.settings import EVENT_TYPES_BY_SETTING, ForwardingSettings, apply_settings
 
 BIG = 9223372036854775807  # int64 max: a double would round it
 
@@ -103,7 +103,7 @@ def _batch_of(*event_types: str) -> dict:
 
 
 # The integration page's table (README, Options), written out here rather than taken
-# from transforms.settings, so that a mistake in the implementation's table shows.
+# from transforms.rules.settings, so that a mistake in the implementation's table shows.
 INTEGRATION_EVENT_TYPES = {
     "send_lifecycle_events": {"session_start", "session_end", "application_state_transition",
                               "first_run"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys, run_main
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pipeline.sample_data import generate
+from pipeline.tools.sample_data import generate
 from tests.conftest import list_keys, run_main
 from tests.fault_proxy import FAULTS, FaultProxy, SilentEndpoint
 

@@ -15,26 +15,16 @@ from hypothesis import strategies as st
 
 from pipeline.build import trained_codec
 from pipeline.config import load_config
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.pipelines import batch_pipeline
-from transforms import batch_json
-from transforms.batching import (
-    BatchingMode,
-    BatchPerDevice,
-    ForwardedBatch,
-    Merger,
-    StampArrival,
-    per_event,
-)
-from transforms.grouping import ArrivedBatch, first_event_time_ms, merge_batches, split_per_event
-from transforms.read import sample_records
-from transforms.shuffled import (
-    NO_DICTIONARY,
-    BatchParts,
-    ShuffleCodec,
-    ShuffledBatch,
-    ShuffledBatchCoder,
-)
+from transforms.batching import BatchPerDevice, Merger, StampArrival, per_event
+from transforms.io.inputs import sample_records
+from transforms.rules import batch_json
+from transforms.rules.batch_json import as_int
+from transforms.rules.batch_parts import BatchParts
+from transforms.rules.grouping import event_time_ms
+from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
+from transforms.values import ArrivedBatch, Batching, BatchingMode, ForwardedBatch
 
 BATCH = {"mpid": -8, "events": [{"event_type": "custom_event", "data": {"event_name": "é ✓"}}]}
 
@@ -102,7 +92,7 @@ def test_per_device_shuffle_uses_the_shuffled_batch_coder(keyed_windows, mode):
     p = batch_pipeline()
     arrived = ArrivedBatch(BATCH, "s", 1, "mpid:-8", "App")
     _ = (p | beam.Create([arrived]) | StampArrival()
-         | BatchPerDevice(mode, keyed_windows=keyed_windows))
+         | BatchPerDevice(Batching(mode), keyed_windows=keyed_windows))
     groups = _GroupInputs()
     p.visit(groups)
     (kv_coder,) = groups.coders
@@ -152,16 +142,17 @@ _batches = st.builds(
 
 @settings(max_examples=400, derandomize=True, database=None, deadline=None)
 @given(st.lists(st.tuples(_batches, st.integers(0, 3)), min_size=1, max_size=4))
-def test_a_merge_in_parts_writes_the_bytes_of_merge_batches(batches):
-    """The pipeline merges batches as parts of JSON (`Merger`, `BatchParts`); the
-    rule, `merge_batches`, over dicts: both give the same line, count and date."""
+def test_a_merge_through_the_shuffle_writes_the_batch_the_rule_describes(batches):
+    """The pipeline merges batches as parts of JSON that crossed the shuffle
+    (`Merger`, `BatchParts`); `_merged_as_described` merges the same dicts as the
+    README says, plainly: both give the same line, count and date."""
     arrived = [ArrivedBatch(batch, f"f:{n}", 1_700_000_000_000 + offset, "d", "App")
                for n, (batch, offset) in enumerate(batches)]
     for item in arrived:
         parts = BatchParts.from_bytes(BatchParts.of(item.batch).to_bytes())
         assert parts == BatchParts.of(item.batch)
         assert parts.as_sent() == batch_json.encode(item.batch)
-    merged, duplicates = merge_batches(arrived)
+    merged = _merged_as_described(arrived)
     shuffled = [ShuffledBatch.of(item, NO_DICTIONARY) for item in reversed(arrived)]
     forwarded = list(Merger(NO_DICTIONARY).merged("d", shuffled))
     assert [type(each) for each in forwarded] == [ForwardedBatch]
@@ -170,7 +161,37 @@ def test_a_merge_in_parts_writes_the_bytes_of_merge_batches(batches):
     if not any(isinstance(v, int) and not -(2**63) <= v < 2**64 for v in _ints(merged)):
         assert forwarded.line == batch_json.encode(merged)  # else floats print as orjson's
     assert forwarded.event_count == len(merged["events"])
-    assert forwarded.first_event_ms == first_event_time_ms(merged)
+    assert forwarded.first_event_ms == next(
+        (event_time_ms(event) for event in merged["events"]), None)
+
+
+def _merged_as_described(arrived: list[ArrivedBatch]) -> dict:
+    """The merge rule in plain words over dicts, as the test's oracle: the latest
+    batch's fields (by arrival, then source) around all the batches' events in
+    event-time order (an event without a time at its batch's arrival), an event
+    whose event id (123 and "123" alike) or source message id was seen leaving out."""
+    arrived = sorted(arrived, key=lambda item: (item.arrival_ms, item.source))
+    timed = []
+    for order, item in enumerate(arrived):
+        for index, event in enumerate(item.batch.get("events") or ()):
+            at = event_time_ms(event)
+            timed.append(((item.arrival_ms if at is None else at), order, index, event))
+    seen: set = set()
+    events = []
+    for _, _, _, event in sorted(timed, key=lambda each: each[:3]):
+        data = event.get("data") if isinstance(event, dict) else None
+        data = data if isinstance(data, dict) else {}
+        event_id, message_id = as_int(data.get("event_id")), data.get("source_message_id")
+        if event_id is None:
+            event_id = data.get("event_id")
+        ids = {("event", event_id), ("message", message_id)} - {("event", None), ("message", None)}
+        if ids & seen:
+            continue
+        seen |= ids
+        events.append(event)
+    latest = arrived[-1].batch
+    return {key: (events if key == "events" else value) for key, value in latest.items()} | (
+        {} if "events" in latest else {"events": events})
 
 
 def _ints(value):
@@ -183,9 +204,11 @@ def _ints(value):
         yield value
 
 
-def test_one_batch_per_event_in_parts_writes_the_bytes_of_split_per_event():
+def test_one_batch_per_event_through_the_shuffle_is_the_batch_around_each_event():
     for batch in [BATCH, {"mpid": 1, "events": [], "z": 2}, {"mpid": 1, "z": 2}, {}]:
         arrived = ArrivedBatch(batch, "f:1", 1_700_000_000_000, "d", "App")
         lines = [f.line for f in per_event(("d", ShuffledBatch.of(arrived, NO_DICTIONARY)),
                                            NO_DICTIONARY)]
-        assert lines == [batch_json.encode(b) for b in split_per_event(batch) or [batch]]
+        around_each = [{key: ([event] if key == "events" else value)
+                        for key, value in batch.items()} for event in batch.get("events") or ()]
+        assert lines == [batch_json.encode(b) for b in around_each or [batch]]

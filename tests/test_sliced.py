@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from pipeline.sample_data import generate, write_ndjson
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys, run_main
 
 SLICE_S = 7200
@@ -191,8 +191,7 @@ def test_a_spill_without_the_disk_it_needs_is_refused(tmp_path):
 
 
 def test_spill_frames_read_back_and_a_cut_file_is_an_error(tmp_path):
-    from transforms.batching import BatchingMode
-    from transforms.naming import DateFolders
+    from transforms.rules.naming import DateFolders
     from transforms.shuffled import UNCOMPRESSED, ShuffledBatch
     from transforms.spill import (
         SUFFIX,
@@ -203,6 +202,7 @@ def test_spill_frames_read_back_and_a_cut_file_is_an_error(tmp_path):
         shard_slices,
         spill_files,
     )
+    from transforms.values import BatchingMode
 
     items = [(f"mpid:{n}", ShuffledBatch(BOUNDARY_MS + n * 3_600_000, f"f:{n}", "App", b"\x00" * n))
              for n in range(5)]

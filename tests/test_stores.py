@@ -13,8 +13,8 @@ import pytest
 from pipeline.checks import check_bucket_writable
 from tests.conftest import list_keys
 from tests.fault_proxy import FaultProxy
-from transforms import s3, stores
-from transforms.stores import Outcome
+from transforms.io import s3, stores
+from transforms.io.stores import Outcome
 
 
 def sha(body: bytes) -> str:

@@ -30,7 +30,7 @@ from tests.conftest import (
     run_main,
 )
 from tests.tcp_fault_proxy import ConnectionCutter
-from transforms import pubsub_source
+from transforms.io import pubsub_source
 
 PROJECT = "local-project"
 WINDOW_S = 4

@@ -9,14 +9,14 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import SAMPLE_BATCH, list_keys
 from tests.pipelines import batch_pipeline
-from transforms import s3
 from transforms.apply_settings import ApplySettings
-from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
-from transforms.grouping import ArrivedBatch
-from transforms.naming import DateFolders
+from transforms.batching import BatchPerDevice, StampArrival
+from transforms.io import s3
 from transforms.parse import ParseBatches
-from transforms.read import RawRecord, ReadBatches
-from transforms.settings import ForwardingSettings
+from transforms.read import ReadBatches
+from transforms.rules.naming import DateFolders
+from transforms.rules.settings import ForwardingSettings
+from transforms.values import ArrivedBatch, Batching, BatchingMode, FileLayout, RawRecord
 from transforms.write import WriteBatchFiles, WriteDeadLetters
 
 MINUTE_MS = 60_000
@@ -123,7 +123,7 @@ def test_apply_settings_filters_and_drops_emptied_batches():
 
 def device_batches(p, mode: BatchingMode, items: list[ArrivedBatch], **kwargs):
     """(device suffix, event ids) per outbound batch."""
-    batched = p | beam.Create(items) | StampArrival() | BatchPerDevice(mode, **kwargs)
+    batched = p | beam.Create(items) | StampArrival() | BatchPerDevice(Batching(mode, **kwargs))
     return (
         batched["batches"]
         | beam.Map(lambda f: (f.device[-2:], [e["data"]["event_id"] for e in f.batch["events"]]))
@@ -167,12 +167,14 @@ def test_write_batch_files_packs_by_bounds_and_writes_to_s3(s3_endpoint, s3_clie
     connection = s3.S3Connection(endpoint_url=s3_endpoint)
     items = [arrived(f"d{n}", T0 + n * 1000, n) for n in range(5)]
     with batch_pipeline() as p:
-        batched = p | beam.Create(items) | StampArrival() | BatchPerDevice(BatchingMode.FIXED)
+        batched = p | beam.Create(items) | StampArrival() | BatchPerDevice(Batching())
         written = (
             batched["batches"]
-            | WriteBatchFiles(f"s3://{bucket}", connection, folder="out", compress=False,
-                              date_folders=DateFolders.EVENT_TIME, window_size_s=600,
-                              allowed_lateness_s=0, max_batches_per_file=2)
+            | WriteBatchFiles(
+                f"s3://{bucket}", connection,
+                FileLayout(folder="out", date_folders=DateFolders.EVENT_TIME, max_batches=2),
+                Batching(allowed_lateness_s=0),
+            )
         )
         assert_that(written | beam.Map(lambda w: (w.lines, w.outcome)),
                     equal_to([(2, "written"), (2, "written"), (1, "written")]))

@@ -15,8 +15,8 @@ from pipeline.config import load_config
 from tests.conftest import list_keys
 from tests.pipelines import streaming_pipeline
 from tests.test_transforms import MINUTE_MS, T0, arrived, batch
-from transforms.batching import BatchingMode, BatchPerDevice, StampArrival
-from transforms.read import RawRecord
+from transforms.batching import BatchPerDevice, StampArrival
+from transforms.values import Batching, BatchingMode, RawRecord
 
 SECOND_MS = 1000
 
@@ -44,7 +44,7 @@ class _Describe(beam.DoFn):
 def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kwargs) -> None:
     """Runs the stream through BatchPerDevice; asserts (device, event ids, pane timing)."""
     p = streaming_pipeline()
-    batched = p | test_stream | StampArrival() | BatchPerDevice(mode, **kwargs)
+    batched = p | test_stream | StampArrival() | BatchPerDevice(Batching(mode, **kwargs))
     out = batched["batches"] | beam.ParDo(_Describe())
     assert_that(out, equal_to(expected))
     p.run().wait_until_finish()

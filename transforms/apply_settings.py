@@ -7,10 +7,11 @@ from typing import Iterator
 import apache_beam as beam
 from apache_beam import pvalue
 
-from transforms import batch_json, metrics
-from transforms.dead_letters import DEAD_LETTERS, dead_letter, unexpected
-from transforms.grouping import ArrivedBatch
-from transforms.settings import ForwardingSettings, apply_settings
+from transforms import metrics
+from transforms.rules import batch_json
+from transforms.rules.dead_letters import DEAD_LETTERS, dead_letter, unexpected
+from transforms.rules.settings import ForwardingSettings, apply_settings
+from transforms.values import ArrivedBatch
 
 STAGE = "apply_settings"
 

@@ -9,19 +9,21 @@ Modes (SPEC section 4):
 Windows are over arrival time. A pane that fires after its window was already
 written (late data, streaming only) goes out as a further batch and is counted.
 
-Two implementations of the same windows: Beam's windows and triggers (needed
-in streaming, for watermarks and late panes), and for bounded input, where no
-data is late, the window carried in the key and one GroupByKey in the global
-window, which the FnApiRunner runs several times faster. A test proves both
-write the same objects. Either way an outbound batch's element timestamp is
+Three ways to the same windows, with the same rules (`transforms.rules.grouping`:
+window starts, sessions, merging): Beam's windows and triggers (needed in
+streaming, for watermarks and late panes); for bounded input, where no data is
+late, the window carried in the key and one GroupByKey in the global window,
+which the FnApiRunner runs several times faster; and in a sliced run's worker,
+the same keyed windows over batches held in memory (`grouped_in_memory`). Tests
+prove all three write the same objects. Either way an outbound batch's element timestamp is
 the last microsecond of its window, which is what packing into files uses.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-from typing import Iterable, Iterator, NamedTuple
+from collections import defaultdict
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -29,45 +31,22 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms import batch_json, metrics, read, s3
-from transforms.dead_letters import AFTER_SETTINGS, DEAD_LETTERS, dead_letter, unexpected
-from transforms.grouping import (
-    ArrivedBatch,
+from transforms import metrics
+from transforms.io import inputs, s3
+from transforms.rules.dead_letters import AFTER_SETTINGS, DEAD_LETTERS, dead_letter, unexpected
+from transforms.rules.grouping import (
     arrival_order,
-    merge_order,
+    merge_batches,
+    split_per_event,
     split_sessions,
     window_start_us,
 )
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch
+from transforms.values import ArrivedBatch, Batching, BatchingMode, ForwardedBatch
 
 _LOG = logging.getLogger(__name__)
-DEFAULT_WINDOW_SIZE_S = 600
-DEFAULT_SESSION_GAP_S = 1800
-# How long after a window closes its late data still goes out as a further
-# batch. Pub/Sub publish times make late data rare; a day covers replays.
-DEFAULT_ALLOWED_LATENESS_S = 24 * 3600
 
 
-class BatchingMode(enum.Enum):
-    FIXED = "fixed"
-    SESSIONS = "sessions"
-    PER_EVENT = "per_event"
-
-
-class ForwardedBatch(NamedTuple):
-    """One outbound batch and what packing it into files needs."""
-
-    line: bytes  # the batch's JSON
-    first_event_ms: int | None  # its first event's time (`grouping.first_event_time_ms`)
-    app_name: str
-    device: str
-    newest_arrival_ms: int
-    event_count: int
-
-    @property
-    def batch(self) -> dict:
-        """The batch itself, decoded again (for tests and tools, not the pipeline)."""
-        return batch_json.decode(self.line)
 
 
 def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: float = 0):
@@ -159,7 +138,7 @@ class Merger:
         client = None
         if self._input_connection and item.source.startswith("s3://"):
             client = s3.make_client(self._input_connection)
-        raw = read.record_at(item.source, client)
+        raw = inputs.record_at(item.source, client)
         if raw is not None:
             return dead_letter(item.source, self.STAGE, unexpected(err), raw)
         if parts is None:  # neither the record nor the batch: the source says where it was
@@ -169,28 +148,20 @@ class Merger:
 
     def _merged(self, device: str, shuffled: list[ShuffledBatch], late: bool) -> ForwardedBatch:
         ordered = sorted(shuffled, key=arrival_order)
-        parts = [item.parts(self._codec) for item in ordered]
-        chosen, duplicates = merge_order(
-            [(item.arrival_ms, each.keys) for item, each in zip(ordered, parts, strict=True)]
-        )
-        self._duplicates.inc(duplicates)
-        # The latest batch's fields around the chosen events, as `merge_batches` makes it.
-        line = parts[-1].line(parts[order].events[index] for order, index in chosen)
-        first_event_ms = parts[chosen[0][0]].keys[chosen[0][1]][0] if chosen else None
-        event_count = len(chosen)
+        merged = merge_batches([(item.arrival_ms, item.parts(self._codec)) for item in ordered])
+        self._duplicates.inc(merged.duplicates)
         if late:
             self._late_batches.inc()
-            self._late_events.inc(event_count)
+            self._late_events.inc(merged.event_count)
             # Also logged: late data is rare, and the DirectRunner under-reports
             # streaming counters (see README, Runners).
-            _LOG.info("late data for %s: %d events in a further batch", device, event_count)
+            _LOG.info("late data for %s: %d events in a further batch", device, merged.event_count)
         newest = ordered[-1]
-        return ForwardedBatch(
-            line, first_event_ms, newest.app_name, device, newest.arrival_ms, event_count
-        )
+        return ForwardedBatch(merged.line, merged.first_event_ms, newest.app_name, device,
+                              newest.arrival_ms, merged.event_count)
 
 
-class MergeBatchFn(beam.DoFn):
+class _MergeBatchFn(beam.DoFn):
     """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes.
 
     A group that cannot be merged sends each of its batches to DEAD_LETTERS.
@@ -213,16 +184,12 @@ class MergeBatchFn(beam.DoFn):
 
 
 def per_event(keyed: tuple[str, ShuffledBatch], codec: ShuffleCodec) -> Iterator[ForwardedBatch]:
-    """With Send as Batch off: a batch's events, each its own outbound batch."""
+    """With Send as Batch off: a batch's events, each its own outbound batch
+    (`grouping.split_per_event`)."""
     device, shuffled = keyed
-    parts = shuffled.parts(codec)
-    if not parts.events:  # a batch without events, where those are sent: as it is
-        yield ForwardedBatch(parts.as_sent(), None, shuffled.app_name, device,
-                             shuffled.arrival_ms, 0)
-    # The batch's fields around each event, as `split_per_event` makes it.
-    for event, keys in zip(parts.events, parts.keys, strict=True):
-        yield ForwardedBatch(parts.line([event]), keys[0], shuffled.app_name, device,
-                             shuffled.arrival_ms, 1)
+    for line, first_event_ms, events in split_per_event(shuffled.parts(codec)):
+        yield ForwardedBatch(line, first_event_ms, shuffled.app_name, device,
+                             shuffled.arrival_ms, events)
 
 
 def fixed_window_key(keyed: tuple[str, ShuffledBatch], size_us: int):
@@ -257,31 +224,27 @@ def _stamped_sessions(element, gap_ms: int):
 
 class BatchPerDevice(beam.PTransform):
     """(device, ShuffledBatch) → {"batches": ForwardedBatch, "dead_letters": dict}, grouped
-    as `mode` says. Dead letters (groups that could not be merged) are in the global window.
+    as `batching` says. Dead letters (groups that could not be merged) are in the global
+    window.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
     `codec`: how batches are compressed on their way through the shuffle.
+    `input_connection`: how to read the input again for a dead letter's record.
     """
 
     def __init__(
         self,
-        mode: BatchingMode,
-        window_size_s: int = DEFAULT_WINDOW_SIZE_S,
-        session_gap_s: int = DEFAULT_SESSION_GAP_S,
-        allowed_lateness_s: int = DEFAULT_ALLOWED_LATENESS_S,
+        batching: Batching,
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         input_connection: s3.S3Connection | None = None,
     ):
-        """`input_connection`: how to read the input again for a dead letter's record."""
         super().__init__()
-        self._input_connection = input_connection
-        self._mode = mode
-        self._window_size_s = window_size_s
-        self._session_gap_s = session_gap_s
-        self._allowed_lateness_s = allowed_lateness_s
+        self._batching = batching
+        self._mode = batching.mode
         self._keyed_windows = keyed_windows
         self._codec = codec
+        self._input_connection = input_connection
 
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:
@@ -293,7 +256,7 @@ class BatchPerDevice(beam.PTransform):
         else:
             grouped = self._group_windowed(keyed)
         merged = grouped | "MergeBatch" >> beam.ParDo(
-            MergeBatchFn(self._codec, self._input_connection)).with_outputs(
+            _MergeBatchFn(self._codec, self._input_connection)).with_outputs(
             DEAD_LETTERS, main="batches"
         )
         dead_letters = merged[DEAD_LETTERS] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
@@ -303,12 +266,13 @@ class BatchPerDevice(beam.PTransform):
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:
-            windowfn = window.Sessions(self._session_gap_s)
+            windowfn = window.Sessions(self._batching.session_gap_s)
         else:
-            windowfn = window.FixedWindows(self._window_size_s)
+            windowfn = window.FixedWindows(self._batching.window_size_s)
+        lateness_s = self._batching.allowed_lateness_s
         return (
             keyed
-            | "WindowPerDevice" >> late_firing_windowing(windowfn, self._allowed_lateness_s)
+            | "WindowPerDevice" >> late_firing_windowing(windowfn, lateness_s)
             | "GroupPerDevice" >> beam.GroupByKey()
         )
 
@@ -317,9 +281,10 @@ class BatchPerDevice(beam.PTransform):
             return (
                 keyed
                 | "GroupPerDevice" >> beam.GroupByKey()
-                | "SplitSessions" >> beam.FlatMap(_stamped_sessions, self._session_gap_s * 1000)
+                | "SplitSessions" >> beam.FlatMap(
+                    _stamped_sessions, self._batching.session_gap_s * 1000)
             )
-        size_us = self._window_size_s * 1_000_000
+        size_us = self._batching.window_size_us
         return (
             keyed
             | "KeyByWindow" >> beam.Map(fixed_window_key, size_us).with_output_types(
@@ -328,3 +293,36 @@ class BatchPerDevice(beam.PTransform):
             | "GroupPerDeviceWindow" >> beam.GroupByKey()
             | "StampWindowEnd" >> beam.Map(_stamped_fixed_window, size_us)
         )
+
+
+def grouped_in_memory(
+    keyed: list[tuple[str, ShuffledBatch]], batching: Batching, codec: ShuffleCodec,
+    merger: Merger, open_after_ms: int | None = None,
+) -> tuple[list[tuple[ForwardedBatch | pvalue.TaggedOutput, int]], list]:
+    """BatchPerDevice's keyed windows over batches held in memory (a sliced run's
+    worker, `transforms.spill`): (outbound batches or dead letters, each with its
+    time in µs; the batches of sessions still open at `open_after_ms`)."""
+    if batching.mode is BatchingMode.PER_EVENT:
+        return [(forwarded, element[1].arrival_ms * 1000) for element in keyed
+                for forwarded in per_event(element, codec)], []
+    groups: dict[Any, list[ShuffledBatch]] = defaultdict(list)
+    if batching.mode is BatchingMode.FIXED:
+        size_us = batching.window_size_us
+        for element in keyed:
+            key, shuffled = fixed_window_key(element, size_us)
+            groups[key].append(shuffled)
+        return [(out, window_end_us(start, size_us))
+                for (device, start), batches in groups.items()
+                for out in merger.merged(device, batches)], []
+    for device, shuffled in keyed:
+        groups[device].append(shuffled)
+    outbound: list[tuple[ForwardedBatch | pvalue.TaggedOutput, int]] = []
+    carried = []
+    for device, batches in groups.items():
+        for session, end_ms in split_sessions(batches, batching.session_gap_s * 1000):
+            if open_after_ms is not None and end_ms > open_after_ms:
+                carried += [(device, item) for item in session]
+            else:
+                outbound += [(out, session_end_us(end_ms))
+                             for out in merger.merged(device, session)]
+    return outbound, carried

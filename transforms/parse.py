@@ -11,15 +11,16 @@ from typing import Iterator
 import apache_beam as beam
 from apache_beam import pvalue
 
-from transforms import batch_json, grouping, metrics, naming
-from transforms.dead_letters import (
+from transforms import metrics, values
+from transforms.rules import batch_json, grouping, naming
+from transforms.rules.dead_letters import (
     DEAD_LETTERS,
     REPLAY_MARKER,
     dead_letter,
     replayed,
     unexpected,
 )
-from transforms.read import RawRecord
+from transforms.values import RawRecord
 
 STAGE = "parse"
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -27,7 +28,7 @@ DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 def parse_batch(
     record: RawRecord, max_batch_bytes: int, app_name: str | None, replaying: bool = False
-) -> tuple[grouping.ArrivedBatch | None, list[dict], int]:
+) -> tuple[values.ArrivedBatch | None, list[dict], int]:
     """One record → (batch or None, dead letters, events read). Never raises on data.
 
     A dead-letter record (`dead_letters.replayed`) is parsed as the record it holds,
@@ -82,7 +83,7 @@ def parse_batch(
     name = app_name or (
         application_info.get("application_name") if isinstance(application_info, dict) else None
     )
-    arrived = grouping.ArrivedBatch(
+    arrived = values.ArrivedBatch(
         batch, record.source, arrival_ms, device, naming.safe_app_name(name)
     )
     return arrived, dead, len(events)

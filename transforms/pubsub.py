@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.read import RawRecord
+from transforms.values import RawRecord
 
 
 def message_record(message) -> RawRecord:
@@ -44,7 +44,7 @@ class ReadPubSubRecords(beam.PTransform):
 
     def expand(self, pbegin):
         if self._readers:
-            from transforms.pubsub_source import PubSubSource
+            from transforms.io.pubsub_source import PubSubSource
 
             subscription = self._subscription or temporary_subscription(self._topic)
             return pbegin | "ReadPubSubSource" >> beam.io.Read(

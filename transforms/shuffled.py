@@ -12,8 +12,8 @@ zstd on one 2 KB batch alone finds little to reuse (about 0.37 of its size). A
 dictionary trained on a sample of the input gives it the keys and values that
 every batch repeats: about 0.18, and twice as fast (`ShuffleCodec.trained_on`).
 
-A batch crosses in parts (`BatchParts`): its JSON around the events array, each
-event's JSON, and what merging needs of each event (`grouping.event_keys`). The
+A batch crosses in parts (`transforms.rules.batch_parts`): its JSON around the
+events array, each event's JSON, and what merging needs of each event. The
 merge then joins JSON it already has, instead of decoding each batch again
 (orjson takes about 37 µs for a 2 KB batch, most of the merge's cost) and
 encoding the result.
@@ -24,20 +24,17 @@ The coder is registered for the type, so a step that declares
 
 from __future__ import annotations
 
-import array
 import dataclasses
-import struct
 import threading
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
-import orjson
 import zstandard
 from apache_beam import coders
 from apache_beam.coders import coder_impl
 from apache_beam.coders.coders import FastCoder
 
-from transforms import batch_json
-from transforms.grouping import ArrivedBatch, event_keys
+from transforms.rules.batch_parts import BatchParts
+from transforms.values import ArrivedBatch
 
 ZSTD_LEVEL = 1  # the fastest level; higher ones gain nothing on 2 KB of JSON
 DICTIONARY_BYTES = 64 * 1024  # zstd's usual size; a larger one gained under 1%
@@ -88,91 +85,6 @@ class ShuffleCodec:
 
 NO_DICTIONARY = ShuffleCodec()
 UNCOMPRESSED = ShuffleCodec(compressed=False)
-
-
-# Marks the places of the events in one encoding of the whole batch. orjson
-# escapes control characters in strings: a NUL byte is never in its output.
-_MARK = b"\x00"
-_MARK_HERE = orjson.Fragment(_MARK)
-# The lengths of prefix and suffix, the number of events, whether the batch has
-# `events`, whether the keys need the exact decoder; then each event's length.
-_COUNTS = struct.Struct("<IIIBB")
-
-
-class BatchParts(NamedTuple):
-    """One batch's JSON in parts: `line()` is `batch_json.encode` of the batch with
-    the events given (the batch's own by default), in the place of its `events`
-    (at the end where it had none)."""
-
-    prefix: bytes  # `{...,"events":`
-    suffix: bytes  # `,...}`
-    events: list[bytes]  # each event's JSON
-    keys: list[list]  # each event's `grouping.event_keys`
-    events_key: bool  # whether the batch has `events` (without, `line` adds it at the end)
-
-    @classmethod
-    def of(cls, batch: dict) -> BatchParts:
-        events = batch.get("events") or ()
-        keys = [event_keys(event) for event in events]
-        marked = [_MARK_HERE]
-        for event in events:
-            marked += (event, _MARK_HERE)
-        try:
-            # `{...,"events":[` MARK `,e1,` MARK `,e2,` MARK `]...}`
-            pieces = orjson.dumps({**batch, "events": marked}).split(_MARK)
-        except TypeError:  # an integer beyond 64 bits: each field and event apart, exactly
-            return cls._exactly(batch, events, keys)
-        return cls(pieces[0][:-1], pieces[-1][1:], [piece[1:-1] for piece in pieces[1:-1]],
-                   keys, "events" in batch)
-
-    @classmethod
-    def _exactly(cls, batch: dict, events, keys: list[list]) -> BatchParts:
-        around = {**batch, "events": None}
-        fields = [batch_json.encode({key: value})[1:-1] for key, value in around.items()]
-        at = list(around).index("events")
-        prefix = b"{" + b"".join(field + b"," for field in fields[:at]) + b'"events":'
-        suffix = b"".join(b"," + field for field in fields[at + 1:]) + b"}"
-        return cls(prefix, suffix, [batch_json.encode(event) for event in events], keys,
-                   "events" in batch)
-
-    def line(self, events: Iterable[bytes] | None = None) -> bytes:
-        joined = b",".join(self.events if events is None else events)
-        return b"".join((self.prefix, b"[", joined, b"]", self.suffix))
-
-    def as_sent(self) -> bytes:
-        """`batch_json.encode` of the batch itself."""
-        if self.events_key:
-            return self.line()
-        head = self.prefix[:-len(b'"events":')]
-        return (head[:-1] if head.endswith(b",") else head) + b"}"
-
-    def to_bytes(self) -> bytes:
-        try:
-            keys, exact = orjson.dumps(self.keys), False
-        except TypeError:  # an id beyond 64 bits
-            keys, exact = batch_json.encode(self.keys), True
-        counts = _COUNTS.pack(
-            len(self.prefix), len(self.suffix), len(self.events), self.events_key, exact
-        )
-        lengths = array.array("I", [len(event) for event in self.events]).tobytes()
-        return b"".join((counts, lengths, self.prefix, self.suffix, *self.events, keys))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> BatchParts:
-        prefix_size, suffix_size, count, events_key, exact = _COUNTS.unpack_from(data)
-        lengths = array.array("I")
-        at = _COUNTS.size + 4 * count
-        lengths.frombytes(data[_COUNTS.size:at])
-        prefix = data[at:at + prefix_size]
-        at += prefix_size
-        suffix = data[at:at + suffix_size]
-        at += suffix_size
-        events = []
-        for length in lengths:
-            events.append(data[at:at + length])
-            at += length
-        keys = (batch_json.decode if exact else orjson.loads)(data[at:])
-        return cls(prefix, suffix, events, keys, bool(events_key))
 
 
 class ShuffledBatch(NamedTuple):

@@ -12,37 +12,26 @@ import dataclasses
 import gzip
 import hashlib
 import zlib
-from typing import Iterable, Iterator, NamedTuple
+from multiprocessing.pool import ThreadPool
+from typing import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.transforms import window
 from apache_beam.transforms.window import IntervalWindow
 
-from transforms import batch_json, metrics, naming, packing, progress, s3, stores
-from transforms.batching import ForwardedBatch, late_firing_windowing
-from transforms.grouping import window_start_us
-from transforms.naming import DateFolders
+from transforms import metrics
+from transforms.batching import late_firing_windowing
+from transforms.io import progress, s3, stores
+from transforms.rules import batch_json, naming, packing
+from transforms.rules.grouping import window_start_us
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
+from transforms.values import Batching, FileContent, FileLayout, FileWritten, ForwardedBatch
 
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
+# Files written at once where a stage has many at hand (`FileWriter.write_all`).
+UPLOAD_THREADS = 4
 
 
-class FileContent(NamedTuple):
-    """The lines of one file and what its name is made of."""
-
-    app_name: str
-    date_folder: str  # "" for none, else YYYY-MM-DD
-    lines: list[bytes]  # JSON, UTF-8
-    newest_arrival_ms: int
-    event_count: int
-
-
-class FileWritten(NamedTuple):
-    key: str
-    outcome: str
-    lines: int
-    events: int
-    bytes: int
 
 
 def stable_shard(text: str, shards: int) -> int:
@@ -56,6 +45,10 @@ class BatchFileNamer:
 
     folder: str | None
     compress: bool
+
+    @classmethod
+    def of(cls, layout: FileLayout) -> BatchFileNamer:
+        return cls(layout.folder, layout.compress)
 
     def key(self, content: FileContent, sha256: str, attempt: int) -> str:
         name = naming.file_name(
@@ -127,7 +120,7 @@ def write_file(
     return key, outcome, len(body)
 
 
-class PackFilesFn(beam.DoFn):
+class _PackFilesFn(beam.DoFn):
     """((app, date, shard[, window]), [file_entry]) → FileContent, in a stable order.
 
     `upload_day`: the day that names files whose date folder is their upload day;
@@ -165,7 +158,7 @@ def packed_files(
     yield from file_contents(app_name, folder, entries, max_batches, max_bytes)
 
 
-class WriteFilesFn(beam.DoFn):
+class _WriteFilesFn(beam.DoFn):
     """FileContent → FileWritten: one write-once object per file, counted."""
 
     def __init__(self, location: str, connection: s3.S3Connection, namer, counter_names: dict):
@@ -194,9 +187,29 @@ class FileWriter:
         self._namer = namer
         self._counters = {k: metrics.counter(v) for k, v in counter_names.items()}
         self._present = metrics.counter(metrics.FILES_ALREADY_PRESENT)
+        self._uploads: ThreadPool | None = None
 
     def write(self, content: FileContent) -> FileWritten:
         return self.count(content, self.upload(content))
+
+    def write_all(self, contents: list[FileContent]) -> Iterator[FileWritten]:
+        """Several files at once (UPLOAD_THREADS; gzip and the PUT release the GIL),
+        counted here in the bundle's thread, in order."""
+        if self._uploads is None:
+            # Daemon threads (unlike concurrent.futures'): a worker whose runner is gone
+            # exits instead of waiting out its uploads' retries.
+            self._uploads = ThreadPool(UPLOAD_THREADS)
+        for content, uploaded in zip(
+            contents, self._uploads.imap(self.upload, contents), strict=True
+        ):
+            yield self.count(content, uploaded)
+
+    def close(self) -> None:
+        """Ends the upload threads (a DoFn's `teardown`)."""
+        if self._uploads is not None:
+            self._uploads.close()
+            self._uploads.join()
+            self._uploads = None
 
     def upload(self, content: FileContent) -> tuple[str, stores.Outcome, int]:
         """The upload alone, safe in any thread: (key, outcome, bytes)."""
@@ -232,27 +245,25 @@ _DEAD_LETTER_COUNTERS = {
 
 
 def _file_entry_in_window(
-    forwarded: ForwardedBatch, date_folders: DateFolders, shards: int, codec: ShuffleCodec,
-    size_us: int, timestamp=beam.DoFn.TimestampParam,
+    forwarded: ForwardedBatch, layout: FileLayout, codec: ShuffleCodec, size_us: int,
+    timestamp=beam.DoFn.TimestampParam,
 ):
-    return file_entry_at(forwarded, timestamp.micros, date_folders, shards, codec, size_us)
+    return file_entry_at(forwarded, timestamp.micros, layout, codec, size_us)
 
 
 def file_entry_at(
-    forwarded: ForwardedBatch, timestamp_us: int, date_folders: DateFolders, shards: int,
-    codec: ShuffleCodec, size_us: int,
+    forwarded: ForwardedBatch, timestamp_us: int, layout: FileLayout, codec: ShuffleCodec,
+    size_us: int,
 ) -> tuple[tuple, tuple[int, int, bytes]]:
     """((app, date folder, shard, file window start), file_entry) of an outbound batch
     at its time (bounded input: the file's window in the key)."""
-    group, value = _file_entry(forwarded, date_folders, shards, codec)
+    group, value = _file_entry(forwarded, layout, codec)
     return (*group, window_start_us(timestamp_us, size_us)), value
 
 
-def _file_entry(
-    forwarded: ForwardedBatch, date_folders: DateFolders, shards: int, codec: ShuffleCodec
-):
-    folder = naming.batch_date_folder(forwarded.first_event_ms, date_folders)
-    group = (forwarded.app_name, folder, stable_shard(forwarded.device, shards))
+def _file_entry(forwarded: ForwardedBatch, layout: FileLayout, codec: ShuffleCodec):
+    folder = naming.batch_date_folder(forwarded.first_event_ms, layout.date_folders)
+    group = (forwarded.app_name, folder, stable_shard(forwarded.device, layout.shards))
     return group, file_entry(
         forwarded.newest_arrival_ms, forwarded.event_count, forwarded.line, codec
     )
@@ -265,21 +276,17 @@ class WriteBatchFiles(beam.PTransform):
         self,
         output: str,
         connection: s3.S3Connection,
+        layout: FileLayout,
+        batching: Batching,
         *,
-        folder: str | None,
-        compress: bool,
-        date_folders: DateFolders,
-        window_size_s: int,
-        allowed_lateness_s: int,
-        max_batches_per_file: int = packing.DEFAULT_MAX_BATCHES_PER_FILE,
-        max_file_bytes: int = packing.DEFAULT_MAX_FILE_BYTES,
-        file_shards: int = 1,
         early_firing_s: float = 0,
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         upload_day: str | None = None,
     ):
-        """`keyed_windows`: bounded input only; the file's window goes into the key
+        """Files are packed per fixed window of `batching`; late panes within its
+        allowed lateness go out as further files.
+        `keyed_windows`: bounded input only; the file's window goes into the key
         and the grouping is in the global window (see `transforms.batching`).
         `codec`: how lines are compressed on their way through the shuffle.
         `upload_day`: YYYY-MM-DD for date folders by upload time in a bounded run;
@@ -287,30 +294,25 @@ class WriteBatchFiles(beam.PTransform):
         super().__init__()
         self._output = output
         self._connection = connection
-        self._namer = BatchFileNamer(folder, compress)
-        self._date_folders = date_folders
-        self._window_size_s = window_size_s
-        self._allowed_lateness_s = allowed_lateness_s
-        self._max_batches = max_batches_per_file
-        self._max_bytes = max_file_bytes
-        self._shards = file_shards
+        self._layout = layout
+        self._batching = batching
         self._early_firing_s = early_firing_s
         self._keyed_windows = keyed_windows
         self._codec = codec
         self._upload_day = upload_day
 
     def _grouped(self, forwarded):
+        layout = self._layout
         if self._keyed_windows:
-            size_us = self._window_size_s * 1_000_000
             return forwarded | "KeyByFileWindow" >> beam.Map(
-                _file_entry_in_window, self._date_folders, self._shards, self._codec, size_us
+                _file_entry_in_window, layout, self._codec, self._batching.window_size_us
             ) | "GroupPerFile" >> beam.GroupByKey()
         return (
             forwarded
-            | "KeyByFile" >> beam.Map(_file_entry, self._date_folders, self._shards, self._codec)
+            | "KeyByFile" >> beam.Map(_file_entry, layout, self._codec)
             | "WindowForFiles" >> late_firing_windowing(
-                window.FixedWindows(self._window_size_s),
-                self._allowed_lateness_s,
+                window.FixedWindows(self._batching.window_size_s),
+                self._batching.allowed_lateness_s,
                 self._early_firing_s,
             )
             | "GroupPerFile" >> beam.GroupByKey()
@@ -319,12 +321,13 @@ class WriteBatchFiles(beam.PTransform):
     def expand(self, forwarded):
         return (
             self._grouped(forwarded)
-            | "PackFiles" >> beam.ParDo(
-                PackFilesFn(self._max_batches, self._max_bytes, self._codec, self._upload_day)
-            )
-            | "WriteFiles" >> beam.ParDo(
-                WriteFilesFn(self._output, self._connection, self._namer, BATCH_FILE_COUNTERS)
-            )
+            | "PackFiles" >> beam.ParDo(_PackFilesFn(
+                self._layout.max_batches, self._layout.max_bytes, self._codec, self._upload_day
+            ))
+            | "WriteFiles" >> beam.ParDo(_WriteFilesFn(
+                self._output, self._connection, BatchFileNamer.of(self._layout),
+                BATCH_FILE_COUNTERS,
+            ))
         )
 
 
@@ -367,9 +370,9 @@ class WriteDeadLetters(beam.PTransform):
             )
             | "WindowForFiles" >> self._windowing()
             | "GroupPerFile" >> beam.GroupByKey()
-            | "PackFiles" >> beam.ParDo(PackFilesFn(self._max_records, self._max_bytes, codec))
+            | "PackFiles" >> beam.ParDo(_PackFilesFn(self._max_records, self._max_bytes, codec))
             | "WriteFiles" >> beam.ParDo(
-                WriteFilesFn(
+                _WriteFilesFn(
                     self._location, self._connection, DeadLetterNamer(""), _DEAD_LETTER_COUNTERS
                 )
             )

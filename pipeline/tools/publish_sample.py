@@ -1,9 +1,9 @@
 """Publishes realistic mParticle batches to a Pub/Sub topic, as apps would send them.
 
-    PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python -m pipeline.publish_sample \\
+    PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python -m pipeline.tools.publish_sample \\
         --topic projects/local-project/topics/mparticle --per_second 20 --seconds 60
 
-Batches come from `pipeline.sample_data` with their times moved to now, so
+Batches come from `pipeline.tools.sample_data` with their times moved to now, so
 date folders and windows follow the wall clock. With --create, the topic and
 a subscription of the same name are made first.
 """
@@ -14,8 +14,8 @@ import argparse
 import json
 import time
 
-from pipeline.sample_data import generate
-from transforms import grouping
+from pipeline.tools.sample_data import generate
+from transforms.rules import grouping
 
 TIME_FIELDS = ("timestamp_unixtime_ms", "session_start_unixtime_ms")
 

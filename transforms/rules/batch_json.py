@@ -143,7 +143,21 @@ def encode(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:  # an integer beyond 64 bits, from the exact decoder
-        return _EXACT_ENCODER.encode(value).encode("utf-8")
+        return _encode_exactly(value)
+
+
+def _encode_exactly(value: Any) -> bytes:
+    """`encode` of a value holding an integer beyond 64 bits: that integer in its
+    digits, everything else as orjson writes it, so that a number is written the same
+    with or without such an integer beside it (floats as `1e-5`, not `1e-05`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value).encode("ascii")
+    if isinstance(value, dict):
+        return b"{" + b",".join(orjson.dumps(key) + b":" + encode(item)
+                                for key, item in value.items()) + b"}"
+    if isinstance(value, list):
+        return b"[" + b",".join(encode(item) for item in value) + b"]"
+    return orjson.dumps(value)
 
 
 def as_int(value: Any) -> int | None:

@@ -16,7 +16,7 @@ import botocore.credentials
 import botocore.exceptions
 import botocore.session
 
-from transforms import retries
+from transforms.io import retries
 
 SSE_METHODS = ("None", "AES256", "aws:kms")
 ROLE_SESSION_NAME = "mparticle-s3-forwarder"
@@ -106,7 +106,7 @@ def make_client(connection: S3Connection) -> Any:
     if connection.role_arn:
         session = _assumed_role_session(session, connection)
     config = botocore.config.Config(
-        retries={"mode": "standard", "total_max_attempts": 1},  # see transforms.retries
+        retries={"mode": "standard", "total_max_attempts": 1},  # see transforms.io.retries
         connect_timeout=connection.connect_timeout_s,
         read_timeout=connection.read_timeout_s,
         s3={"addressing_style": "path"} if connection.endpoint_url else None,

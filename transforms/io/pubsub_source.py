@@ -50,7 +50,7 @@ from apache_beam.io.unbounded_source import CheckpointMark, UnboundedReader, Unb
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from transforms import metrics
-from transforms.read import RawRecord
+from transforms.values import RawRecord
 
 _LOG = logging.getLogger(__name__)
 MAX_MESSAGES_PER_PULL = 1000
@@ -68,14 +68,6 @@ PULL_TIMEOUT_S = 5.0
 # Queued messages no reader asked for in this long go back to Pub/Sub, and
 # pulling pauses until a reader asks again.
 UNDRAINED_S = 15.0
-# ack id → (subscription, when it was pulled): what this process holds
-# unacknowledged, so that its deadline keeps being extended until the checkpoint
-# covering it is finalized.
-_HELD: dict[str, tuple[str, float]] = {}
-_HELD_LOCK = threading.Lock()
-# subscription → ack ids whose Acknowledge failed: the puller sends them again
-# (they stay held, their leases extended, so Pub/Sub does not deliver them again).
-_UNACKED: dict[str, set[str]] = collections.defaultdict(set)
 ACK_RETRY_EVERY_S = 1.0
 MAX_HOLD_S = 30 * 60  # past this a message is left to be redelivered
 # Names a file (in the environment the workers inherit) whose existence drains readers.
@@ -118,18 +110,62 @@ def _in_chunks(ids: list[str]):
         yield ids[start:start + ACK_CHUNK]
 
 
+class _Leases:
+    """The messages this process holds, pulled and not yet acknowledged: their leases
+    are extended until the checkpoint covering them is finalized, and an Acknowledge
+    that failed is sent again. A checkpoint is finalized in the process that read it,
+    by whatever object the SDK keeps then (the reader and its puller may be gone), so
+    the process has one of these (`LEASES`), shared by its pullers and checkpoints.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[str, float]] = {}  # ack id → (subscription, pulled at)
+        self._unacked: dict[str, set[str]] = collections.defaultdict(set)
+
+    def hold(self, subscription: str, ack_ids: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._held.update((ack_id, (subscription, now)) for ack_id in ack_ids)
+
+    def release(self, ack_ids: list[str]) -> None:
+        with self._lock:
+            for ack_id in ack_ids:
+                self._held.pop(ack_id, None)
+
+    def held(self, subscription: str) -> list[str]:
+        """What `subscription`'s leases cover now; those held past MAX_HOLD_S are let go
+        (Pub/Sub delivers them again)."""
+        now = time.monotonic()
+        with self._lock:
+            for ack_id in [a for a, (_, at) in self._held.items() if now - at > MAX_HOLD_S]:
+                del self._held[ack_id]
+            return [a for a, (held_by, _) in self._held.items() if held_by == subscription]
+
+    def oldest_held_s(self, subscription: str) -> float | None:
+        """How long the oldest message of `subscription` held here has been held;
+        None when none is."""
+        with self._lock:
+            pulled = [at for held_by, at in self._held.values() if held_by == subscription]
+        return time.monotonic() - min(pulled) if pulled else None
+
+    def ack_failed(self, subscription: str, ack_ids: list[str]) -> None:
+        """Acknowledges that failed: still held, to be sent again (`take_unacked`)."""
+        with self._lock:
+            self._unacked[subscription].update(ack_ids)
+
+    def take_unacked(self, subscription: str) -> list[str]:
+        with self._lock:
+            return list(self._unacked.pop(subscription, ()))
+
+
+LEASES = _Leases()
+
+
 def oldest_held_s(subscription: str) -> float | None:
     """How long the oldest message of `subscription` this process holds, pulled and
     not yet acknowledged, has been held; None when it holds none."""
-    with _HELD_LOCK:
-        pulled = [at for held_by, at in _HELD.values() if held_by == subscription]
-    return time.monotonic() - min(pulled) if pulled else None
-
-
-def _release(ack_ids: list[str]) -> None:
-    with _HELD_LOCK:
-        for ack_id in ack_ids:
-            _HELD.pop(ack_id, None)
+    return LEASES.oldest_held_s(subscription)
 
 
 class PubSubCheckpoint(CheckpointMark):
@@ -159,9 +195,8 @@ def _acknowledge(subscription: str, ack_ids: list[str]) -> None:
     except exceptions.GoogleAPIError as err:
         _LOG.warning("acknowledging %d messages of %s failed, sending them again: %s",
                      len(ack_ids) - sent, subscription, err)
-        with _HELD_LOCK:
-            _UNACKED[subscription].update(ack_ids[sent:])
-    _release(ack_ids[:sent])
+        LEASES.ack_failed(subscription, ack_ids[sent:])
+    LEASES.release(ack_ids[:sent])
 
 
 class _Puller:
@@ -288,9 +323,7 @@ class _Puller:
             self._found_nothing(started)
             time.sleep(0.05)  # the service answered at once that nothing is there
             return
-        now = time.monotonic()
-        with _HELD_LOCK:
-            _HELD.update((message.ack_id, (self._subscription, now)) for message in received)
+        LEASES.hold(self._subscription, [message.ack_id for message in received])
         # The subscription's own deadline may be as short as 10 s: lease them now.
         self._extend([message.ack_id for message in received])
         pulled = []
@@ -324,23 +357,16 @@ class _Puller:
             self.done(timestamp)
         if not unsent:
             return
-        _release(unsent)
+        LEASES.release(unsent)
         self._modify_deadline(unsent, 0, "handing back messages of")
 
     def _acknowledge_again(self) -> None:
-        with _HELD_LOCK:
-            again = list(_UNACKED.pop(self._subscription, ()))
+        again = LEASES.take_unacked(self._subscription)
         if again:
             _acknowledge(self._subscription, again)
 
     def _extend_leases(self) -> None:
-        now = time.monotonic()
-        with _HELD_LOCK:
-            for ack_id in [a for a, (_, at) in _HELD.items() if now - at > MAX_HOLD_S]:
-                del _HELD[ack_id]
-            held = [a for a, (subscription, _) in _HELD.items()
-                    if subscription == self._subscription]
-        self._extend(held)
+        self._extend(LEASES.held(self._subscription))
 
     def _extend(self, ack_ids: list[str]) -> None:
         self._modify_deadline(ack_ids, ACK_DEADLINE_S, "extending ack deadlines on")

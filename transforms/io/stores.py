@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 import botocore.exceptions
 import smart_open
 
-from transforms import retries, s3
+from transforms.io import retries, s3
 
 # Largest body sent as one PutObject; above it the upload is multipart. S3
 # takes 5 GiB in one PUT; a smaller bound keeps a retried request cheap.
@@ -85,7 +85,7 @@ class S3Store:
             cause = client_error or err
             if not retries.is_transient(cause):
                 raise cause from None  # denied, no such bucket: retrying would not help
-            # The client retried it until its deadline (transforms.retries).
+            # The client retried it until its deadline (transforms.io.retries).
             raise s3.gave_up(
                 self.bucket, key, self.connection, time.monotonic() - started, cause
             ) from err

@@ -1,6 +1,6 @@
 """Lists what the forwarder wrote to a bucket: keys, sizes, batches and events.
 
-    python -m pipeline.show_output --s3_bucket_name demo --s3_endpoint_url http://127.0.0.1:9000
+    python -m pipeline.tools.show_output --s3_bucket_name demo --s3_endpoint_url http://127.0.0.1:9000
 
 With --watch N it polls every N seconds and prints each new object as it appears,
 until Ctrl-C.
@@ -13,7 +13,7 @@ import gzip
 import json
 import time
 
-from transforms import s3
+from transforms.io import s3
 
 
 def describe_objects(client, bucket: str, prefix: str = "", skip=frozenset()) -> list[dict]:

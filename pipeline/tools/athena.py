@@ -13,8 +13,8 @@ partition ever needs adding. Fields not listed here are skipped by the SerDe.
 
 from __future__ import annotations
 
-from transforms import naming
-from transforms.naming import DateFolders
+from transforms.rules import naming
+from transforms.rules.naming import DateFolders
 
 _LOCATION = "struct<latitude:double,longitude:double,accuracy:double>"
 _CONSENT = ("map<string,struct<consented:boolean,document:string,timestamp_unixtime_ms:bigint,"

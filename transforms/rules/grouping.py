@@ -1,16 +1,21 @@
-"""Pure rules for grouping batches per device: keys, arrival time, merging.
+"""Pure rules for grouping batches per device: keys, arrival time, windows,
+sessions, merging.
 
 A batch belongs to a device (`device_key`) and arrived at a time
-(`arrival_time_ms`); the batches of one device in one window become one
-outbound batch (`merge_batches`), or, with Send as Batch off, every event goes
-out as its own batch (`split_per_event`).
+(`arrival_time_ms`); the batches of one device in one window (`window_start_us`)
+or session (`split_sessions`) become one outbound batch (`merge_batches`), or,
+with Send as Batch off, every event goes out as its own batch
+(`split_per_event`). Every path (live, bounded, sliced) calls these.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sequence, TypeVar
 
-from transforms.batch_json import as_int
+from transforms.rules.batch_json import as_int
+
+if TYPE_CHECKING:
+    from transforms.rules.batch_parts import BatchParts
 
 # device_info fields that identify a device, most specific first.
 DEVICE_INFO_IDENTIFIERS = (
@@ -33,15 +38,6 @@ PLAUSIBLE_TIMES = "a time in milliseconds between 2000-01-01 and 2100-01-01 (UTC
 # An advertising id of all zeros means "limit ad tracking": shared by many devices.
 _ZERO_ID = "00000000-0000-0000-0000-000000000000"
 
-
-class ArrivedBatch(NamedTuple):
-    """One parsed input batch with what grouping needs, taken before any stripping."""
-
-    batch: dict
-    source: str  # where it came from: "file:line" or a message id
-    arrival_ms: int
-    device: str  # the grouping key
-    app_name: str
 
 
 def device_key(batch: dict) -> str | None:
@@ -92,12 +88,6 @@ def arrival_time_ms(batch: dict) -> int | None:
     return None
 
 
-def first_event_time_ms(batch: dict) -> int | None:
-    """The time of a batch's first event (for date folders), None if it has none."""
-    for event in batch.get("events") or ():
-        return event_time_ms(event)
-    return None
-
 
 class Arrival(Protocol):
     """Anything that arrived: an ArrivedBatch, or one as it crosses a shuffle."""
@@ -116,10 +106,6 @@ def arrival_order(arrived: Arrival) -> tuple[int, str]:
     """Sort key: by arrival, then by source, so input order never matters."""
     return arrived.arrival_ms, arrived.source
 
-
-def latest(arrived: Iterable[ArrivedBatch]) -> ArrivedBatch:
-    """The batch that arrived last."""
-    return max(arrived, key=arrival_order)
 
 
 def event_keys(event: Any) -> list:
@@ -165,35 +151,39 @@ def merge_order(
     return chosen, len(timed) - len(chosen)
 
 
-def merge_batches(arrived: Iterable[ArrivedBatch]) -> tuple[dict, int]:
+class Merged(NamedTuple):
+    """One outbound batch made of one device's batches in one window."""
+
+    line: bytes  # its JSON
+    first_event_ms: int | None  # its first event's time (`event_time_ms`), for date folders
+    event_count: int
+    duplicates: int  # events left out as already seen
+
+
+def merge_batches(batches: Sequence[tuple[int, BatchParts]]) -> Merged:
     """One outbound batch from one device's batches in one window (`merge_order`).
 
-    The batch-level fields are those of the latest batch (by arrival, then
-    source, so the result does not depend on input order), its `events` those
-    `merge_order` picks. Returns the batch and the number of duplicate events
-    removed.
+    `batches`: (arrival_ms, parts) of each, sorted by `arrival_order` (so the result
+    does not depend on input order). The batch-level fields are those of the latest
+    batch, its `events` those `merge_order` picks, in that order.
     """
-    arrived = sorted(arrived, key=arrival_order)
-    if not arrived:
+    if not batches:
         raise ValueError("merge_batches needs at least one batch")
-    events_of = [list(item.batch.get("events") or ()) for item in arrived]
-    chosen, duplicates = merge_order([
-        (item.arrival_ms, [event_keys(event) for event in events])
-        for item, events in zip(arrived, events_of, strict=True)
-    ])
-    events = [events_of[order][index] for order, index in chosen]
-    fields = arrived[-1].batch  # sorted by arrival and source: the latest
-    merged = {key: (events if key == "events" else value) for key, value in fields.items()}
-    merged.setdefault("events", events)
-    return merged, duplicates
+    chosen, duplicates = merge_order([(arrival_ms, parts.keys) for arrival_ms, parts in batches])
+    parts = [each for _, each in batches]
+    line = parts[-1].line(parts[order].events[index] for order, index in chosen)
+    first_event_ms = parts[chosen[0][0]].keys[chosen[0][1]][0] if chosen else None
+    return Merged(line, first_event_ms, len(chosen), duplicates)
 
 
-def split_per_event(batch: dict) -> list[dict]:
-    """With Send as Batch off: the batch's fields around each one of its events."""
-    return [
-        {key: ([event] if key == "events" else value) for key, value in batch.items()}
-        for event in batch.get("events") or ()
-    ]
+def split_per_event(parts: BatchParts) -> list[tuple[bytes, int | None, int]]:
+    """With Send as Batch off: (line, first event time, event count) of each outbound
+    batch: the batch's fields around each one of its events; a batch without events
+    goes out as it came."""
+    if not parts.events:
+        return [(parts.as_sent(), None, 0)]
+    return [(parts.line([event]), keys[0], 1)
+            for event, keys in zip(parts.events, parts.keys, strict=True)]
 
 
 def window_start_us(timestamp_us: int, size_us: int) -> int:

@@ -1,6 +1,6 @@
 """Realistic, deterministic mParticle batches for demos, tests and benchmarks.
 
-    python -m pipeline.sample_data --batches 2000 --devices 50 --out sample.ndjson
+    python -m pipeline.tools.sample_data --batches 2000 --devices 50 --out sample.ndjson
 
 Batches are modelled on mParticle's published iOS SDK batch: several apps,
 devices with sessions separated by idle gaps, 1 to 8 events a batch of mixed

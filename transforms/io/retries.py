@@ -10,10 +10,11 @@ deadline passes; then its last error is raised. Throttling (503 SlowDown)
 starts from a longer backoff: the store asked to be slowed down for, and
 the call keeps waiting rather than failing.
 
-Installed on a client by `install(client, policy)` (see `transforms.s3`).
+Installed on a client by `install(client, policy)` (see `transforms.io.s3`).
 smart_open's own retry loop around some calls (its documented `RETRY` knob) is
-emptied here: it would sleep 10 s between tries of calls the client has already
-retried until their deadline, and hide their errors behind its own.
+emptied then, in the process that makes the client: it would sleep 10 s between
+tries of calls the client has already retried until their deadline, and hide
+their errors behind its own.
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ _TRANSIENT_EXCEPTIONS = (
     botocore.exceptions.ResponseStreamingError,
 )
 _STARTED = "mparticle_s3_first_attempt_at"
-smart_open.s3.RETRY.exceptions = []
-smart_open.s3.RETRY.client_error_codes = []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +125,20 @@ class RetryHandler:
 
 
 def install(client: Any, policy: RetryPolicy) -> Any:
-    """Replaces a boto3 S3 client's retry handling with `policy`; returns the client."""
+    """Replaces a boto3 S3 client's retry handling with `policy`; returns the client.
+
+    smart_open, which the forwarder only ever gives clients made here, then leaves
+    retrying to them (`_leave_retries_to_the_client`)."""
+    _leave_retries_to_the_client()
     events = client.meta.events
     events.unregister("needs-retry.s3", unique_id="retry-config-s3")
     handler = RetryHandler(policy)
     events.register("before-call.s3", handler.mark_start, unique_id="mparticle-retry-start")
     events.register("needs-retry.s3", handler.needs_retry, unique_id="mparticle-retry")
     return client
+
+
+def _leave_retries_to_the_client() -> None:
+    """Empties smart_open's process-wide retry loop (its documented `RETRY` knob)."""
+    smart_open.s3.RETRY.exceptions = []
+    smart_open.s3.RETRY.client_error_codes = []

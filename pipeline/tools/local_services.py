@@ -1,0 +1,76 @@
+"""The embedded local services, for the tests, the benchmarks and the demo: a real
+S3-compatible server (moto's server mode) and a real Pub/Sub server (Google's
+pstest, `tools/pstest`), each a process on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_server(env: dict | None = None) -> Iterator[str]:
+    """A moto server process on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = Path(sys.executable).with_name("moto_server")
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def pstest_binary() -> str:
+    """Google's Pub/Sub fake, as `./run_local.sh` builds it; built here if missing."""
+    binary = Path(os.environ.get("PSTEST", ROOT / ".local" / "bin" / "pstest"))
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=ROOT / "tools" / "pstest",
+                       check=True)
+    return str(binary)
+
+
+@contextlib.contextmanager
+def pstest_server(*flags: str) -> Iterator[str]:
+    """A pstest server on a free loopback port (flags: tools/pstest); yields host:port."""
+    port = free_port()
+    process = subprocess.Popen([pstest_binary(), "-port", str(port), *flags],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("listening on"):
+            raise RuntimeError(f"pstest did not start: {line!r}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
