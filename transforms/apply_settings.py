@@ -8,6 +8,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import metrics
+from transforms.outputs import with_dead_letters
 from transforms.rules import batch_json
 from transforms.rules.dead_letters import DEAD_LETTERS, dead_letter, unexpected
 from transforms.rules.settings import ForwardingSettings, apply_settings
@@ -16,7 +17,7 @@ from transforms.values import ArrivedBatch
 STAGE = "apply_settings"
 
 
-class ApplySettingsFn(beam.DoFn):
+class _ApplySettingsFn(beam.DoFn):
     """Filters event types, strips fields, adds unique_id; counts what it removes.
 
     A batch left with no events is not sent unless `send_batches_without_events`.
@@ -59,10 +60,7 @@ class ApplySettings(beam.PTransform):
 
     def __init__(self, settings: ForwardingSettings, send_batches_without_events: bool = False):
         super().__init__()
-        self._fn = ApplySettingsFn(settings, send_batches_without_events)
+        self._fn = _ApplySettingsFn(settings, send_batches_without_events)
 
     def expand(self, batches):
-        applied = batches | "ApplySettings" >> beam.ParDo(self._fn).with_outputs(
-            DEAD_LETTERS, main="batches"
-        )
-        return {"batches": applied.batches, "dead_letters": applied[DEAD_LETTERS]}
+        return with_dead_letters(batches, "ApplySettings", self._fn)

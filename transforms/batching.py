@@ -33,6 +33,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms import metrics
 from transforms.io import inputs, s3
+from transforms.outputs import with_dead_letters
 from transforms.rules.dead_letters import AFTER_SETTINGS, DEAD_LETTERS, dead_letter, unexpected
 from transforms.rules.grouping import (
     arrival_order,
@@ -99,7 +100,7 @@ def _stamped(arrived: ArrivedBatch, codec: ShuffleCodec) -> window.TimestampedVa
 
 class Merger:
     """One device's batches of one window → ForwardedBatch, counted; the rule of
-    MergeBatchFn, shared with the sliced runs' grouping in workers (`transforms.spill`).
+    _MergeBatchFn, shared with the sliced runs' grouping in workers (`grouped_in_memory`).
 
     Counters are made in a DoFn's `setup` (`Merger(codec)` there) and counted in
     the bundle's thread.
@@ -255,14 +256,12 @@ class BatchPerDevice(beam.PTransform):
             grouped = self._group_keyed(keyed)
         else:
             grouped = self._group_windowed(keyed)
-        merged = grouped | "MergeBatch" >> beam.ParDo(
-            _MergeBatchFn(self._codec, self._input_connection)).with_outputs(
-            DEAD_LETTERS, main="batches"
-        )
-        dead_letters = merged[DEAD_LETTERS] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
+        merged = with_dead_letters(
+            grouped, "MergeBatch", _MergeBatchFn(self._codec, self._input_connection))
+        dead_letters = merged["dead_letters"] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
             window.GlobalWindows()
         )
-        return {"batches": merged.batches, "dead_letters": dead_letters}
+        return {"batches": merged["batches"], "dead_letters": dead_letters}
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:

@@ -12,6 +12,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from transforms import metrics, values
+from transforms.outputs import with_dead_letters
 from transforms.rules import batch_json, grouping, naming
 from transforms.rules.dead_letters import (
     DEAD_LETTERS,
@@ -106,7 +107,7 @@ def _event_problem(event: object) -> str | None:
     return None
 
 
-class ParseBatchFn(beam.DoFn):
+class _ParseBatchFn(beam.DoFn):
     """RawRecord → ArrivedBatch; bad records and bad events → DEAD_LETTERS."""
 
     def __init__(self, max_batch_bytes: int, app_name: str | None):
@@ -147,10 +148,7 @@ class ParseBatches(beam.PTransform):
 
     def __init__(self, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, app_name: str | None = None):
         super().__init__()
-        self._fn = ParseBatchFn(max_batch_bytes, app_name)
+        self._fn = _ParseBatchFn(max_batch_bytes, app_name)
 
     def expand(self, records):
-        parsed = records | "ParseBatch" >> beam.ParDo(self._fn).with_outputs(
-            DEAD_LETTERS, main="batches"
-        )
-        return {"batches": parsed.batches, "dead_letters": parsed[DEAD_LETTERS]}
+        return with_dead_letters(records, "ParseBatch", self._fn)

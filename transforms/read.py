@@ -14,6 +14,7 @@ from apache_beam import pvalue
 from transforms import metrics
 from transforms.io import progress, s3
 from transforms.io.inputs import expand_pattern, open_input, read_records
+from transforms.outputs import with_dead_letters
 from transforms.rules.dead_letters import DEAD_LETTERS, dead_letter
 from transforms.values import RawRecord
 
@@ -91,13 +92,11 @@ class ReadBatches(beam.PTransform):
         self._connection = connection
 
     def expand(self, pbegin):
-        read = (
+        files = (
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
             | "MatchFiles" >> beam.ParDo(_ExpandPatternFn(self._connection))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRecords" >> beam.ParDo(_ReadRecordsFn(self._connection)).with_outputs(
-                DEAD_LETTERS, main="records"
-            )
         )
-        return {"records": read.records, "dead_letters": read[DEAD_LETTERS]}
+        return with_dead_letters(files, "ReadRecords", _ReadRecordsFn(self._connection),
+                                 main="records")

@@ -6,10 +6,10 @@ until the run ends, and does it in its own process, on one core. A sliced run
 the runner only the names of what to work on next. Fixed windows and one batch
 per event (a batch's arrival gives its file window):
 
-1. `SpillBatches`: every device-keyed batch (`ShuffledBatch`) is appended to a
+1. `_SpillBatchesFn`: every device-keyed batch (`ShuffledBatch`) is appended to a
    file per file window and bundle; when its bundle finishes, it emits the
    windows it wrote.
-2. `WriteSpilledWindow`, once per window: its batches grouped per device and
+2. `_WriteWindowFn`, once per window: its batches grouped per device and
    merged as the unsliced run does (`batching.grouped_in_memory`: BatchPerDevice's
    keyed windows and merging), grouped per file (app, date folder, shard), packed
    and written as the unsliced run writes them (`transforms.write`: the same
@@ -17,14 +17,14 @@ per event (a batch's arrival gives its file window):
 
 Sessions, whose windows are known only once a device's batches meet:
 
-1. `SpillBatches`: to a file per device shard, slice of arrival time
+1. `_SpillBatchesFn`: to a file per device shard, slice of arrival time
    (`--arrival_slice_s`) and bundle; emits the shards.
-2. `GroupShard`, once per shard: the shard's slices in time order, each read
+2. `_GroupShardFn`, once per shard: the shard's slices in time order, each read
    into memory and grouped into sessions per device, and the outbound batches
    appended as file lines to a file per file window and bundle. A session still
    open at a slice's end is kept in memory and grouped with the next slice, so
    it comes out whole. Emits the file windows it wrote.
-3. `WriteSpilledWindow`, once per file window, from the lines.
+3. `_WriteWindowFn`, once per file window, from the lines.
 
 The files and their format: `transforms.spill_files`.
 
@@ -45,7 +45,7 @@ from apache_beam.transforms import window
 from transforms import batching, write
 from transforms.batching import Merger
 from transforms.io import progress, s3
-from transforms.rules.dead_letters import DEAD_LETTERS
+from transforms.outputs import with_dead_letters
 from transforms.rules.grouping import window_start_us
 from transforms.shuffled import ShuffleCodec, ShuffledBatch
 from transforms.spill_files import (
@@ -246,21 +246,15 @@ class SpillGroupAndWrite(beam.PTransform):
         units = keyed | "SpillBatches" >> beam.ParDo(_SpillBatchesFn(self._spill))
         dead_letters = []
         if self._spill.per_device:
-            grouped = (
-                units
-                | "EachShardOnce" >> beam.Distinct()
-                | "GroupShards" >> beam.ParDo(_GroupShardFn(self._spill, self._connection))
-                .with_outputs(DEAD_LETTERS, main="windows")
-            )
-            dead_letters.append(grouped[DEAD_LETTERS])
-            units = grouped.windows
-        written = (
-            units
-            | "EachWindowOnce" >> beam.Distinct()
-            | "WriteWindows" >> beam.ParDo(
-                _WriteWindowFn(self._spill, self._output, self._connection, self._upload_day)
-            ).with_outputs(DEAD_LETTERS, main="files")
-        )
-        dead_letters.append(written[DEAD_LETTERS])
-        return {"files": written.files,
+            grouped = with_dead_letters(
+                units | "EachShardOnce" >> beam.Distinct(), "GroupShards",
+                _GroupShardFn(self._spill, self._connection), main="windows")
+            dead_letters.append(grouped["dead_letters"])
+            units = grouped["windows"]
+        written = with_dead_letters(
+            units | "EachWindowOnce" >> beam.Distinct(), "WriteWindows",
+            _WriteWindowFn(self._spill, self._output, self._connection, self._upload_day),
+            main="files")
+        dead_letters.append(written["dead_letters"])
+        return {"files": written["files"],
                 "dead_letters": dead_letters | "SpillDeadLetters" >> beam.Flatten()}

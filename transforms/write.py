@@ -27,6 +27,7 @@ from transforms.rules.grouping import window_start_us
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.values import Batching, FileContent, FileLayout, FileWritten, ForwardedBatch
 
+DEFAULT_LAYOUT = FileLayout()
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
 # Files written at once where a stage has many at hand (`FileWriter.write_all`).
 UPLOAD_THREADS = 4
@@ -86,7 +87,7 @@ def _entry_bytes(entry: tuple[int, int, bytes]) -> int:
 def file_entry(
     arrival_ms: int, events: int, line: bytes, codec: ShuffleCodec
 ) -> tuple[int, int, bytes]:
-    """One line of a file as it crosses the shuffle to PackFilesFn (compressed)."""
+    """One line of a file as it crosses the shuffle to _PackFilesFn (compressed)."""
     return arrival_ms, events, codec.compress(line)
 
 
@@ -319,16 +320,22 @@ class WriteBatchFiles(beam.PTransform):
         )
 
     def expand(self, forwarded):
-        return (
-            self._grouped(forwarded)
-            | "PackFiles" >> beam.ParDo(_PackFilesFn(
-                self._layout.max_batches, self._layout.max_bytes, self._codec, self._upload_day
-            ))
-            | "WriteFiles" >> beam.ParDo(_WriteFilesFn(
-                self._output, self._connection, BatchFileNamer.of(self._layout),
-                BATCH_FILE_COUNTERS,
-            ))
+        return _packed_and_written(
+            self._grouped(forwarded), self._layout, self._codec, self._upload_day,
+            _WriteFilesFn(self._output, self._connection, BatchFileNamer.of(self._layout),
+                          BATCH_FILE_COUNTERS),
         )
+
+
+def _packed_and_written(grouped, layout: FileLayout, codec: ShuffleCodec,
+                        upload_day: str | None, write_fn: _WriteFilesFn):
+    """File groups → their files packed within the layout's bounds → written."""
+    return (
+        grouped
+        | "PackFiles" >> beam.ParDo(
+            _PackFilesFn(layout.max_batches, layout.max_bytes, codec, upload_day))
+        | "WriteFiles" >> beam.ParDo(write_fn)
+    )
 
 
 class WriteDeadLetters(beam.PTransform):
@@ -338,17 +345,16 @@ class WriteDeadLetters(beam.PTransform):
         self,
         location: str,
         connection: s3.S3Connection,
-        max_records_per_file: int = packing.DEFAULT_MAX_BATCHES_PER_FILE,
-        max_file_bytes: int = packing.DEFAULT_MAX_FILE_BYTES,
+        bounds: FileLayout = DEFAULT_LAYOUT,
         flush_after_s: int | None = None,
         allowed_lateness_s: int = 0,
     ):
-        """`flush_after_s`: in streaming, a file per that many seconds of records."""
+        """`bounds`: the records and bytes of one file (its `max_batches`, `max_bytes`).
+        `flush_after_s`: in streaming, a file per that many seconds of records."""
         super().__init__()
-        self._location = location
-        self._connection = connection
-        self._max_records = max_records_per_file
-        self._max_bytes = max_file_bytes
+        self._write_fn = _WriteFilesFn(location, connection, DeadLetterNamer(""),
+                                       _DEAD_LETTER_COUNTERS)
+        self._bounds = bounds
         self._flush_after_s = flush_after_s
         self._allowed_lateness_s = allowed_lateness_s
 
@@ -363,17 +369,12 @@ class WriteDeadLetters(beam.PTransform):
 
     def expand(self, letters):
         codec = NO_DICTIONARY  # dead letters are few and unlike each other
-        return (
+        grouped = (
             letters
             | "Encode" >> beam.Map(
                 lambda letter: (("", "", 0), file_entry(0, 0, batch_json.encode(letter), codec))
             )
             | "WindowForFiles" >> self._windowing()
             | "GroupPerFile" >> beam.GroupByKey()
-            | "PackFiles" >> beam.ParDo(_PackFilesFn(self._max_records, self._max_bytes, codec))
-            | "WriteFiles" >> beam.ParDo(
-                _WriteFilesFn(
-                    self._location, self._connection, DeadLetterNamer(""), _DEAD_LETTER_COUNTERS
-                )
-            )
         )
+        return _packed_and_written(grouped, self._bounds, codec, None, self._write_fn)

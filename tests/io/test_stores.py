@@ -93,7 +93,6 @@ def test_failed_multipart_upload_is_aborted_and_leaves_no_partial_object(s3_endp
     assert list_keys(store.client, bucket) == ["big.txt"]
 
 
-
 @pytest.mark.parametrize("method", ["AES256", "aws:kms"])
 def test_every_object_is_encrypted_single_put_and_multipart(s3_endpoint, bucket, method):
     key_id = None

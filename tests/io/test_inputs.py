@@ -1,4 +1,5 @@
-"""ReadBatches' file formats: NDJSON, one document, arrays, gzip, bad lines, s3://."""
+"""Input files (`transforms.io.inputs`): NDJSON, one document, arrays, gzip, bad lines,
+globs, s3:// through the S3 server, and sampling for the shuffle's dictionary."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import json
 
 import pytest
 
+from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import SAMPLE_BATCH
 from transforms.io import inputs, s3
+from transforms.io.inputs import sample_records
+from transforms.rules import batch_json
 
 
 def records(path: str, data: bytes) -> list[tuple[str, bytes]]:
@@ -96,3 +100,21 @@ def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(data):
 def test_a_byte_order_mark_before_a_whole_document():
     data = b"\xef\xbb\xbf" + json.dumps({"a": 1}, indent=2).encode()
     assert [json.loads(d) for _, d in records("doc.json", data)] == [{"a": 1}]
+
+
+
+
+
+def test_sample_records_reads_the_first_files_and_passes_over_unreadable_ones(tmp_path):
+    (tmp_path / "a.ndjson.gz").write_bytes(b"not gzip at all")
+    write_ndjson(str(tmp_path / "b.ndjson"), generate(30, 5))
+    write_ndjson(str(tmp_path / "c.ndjson"), generate(30, 5))
+    sampled = list(sample_records([str(tmp_path / "*")], max_records=40))
+    assert len(sampled) == 40 and all(batch_json.decode(record)["events"] for record in sampled)
+
+
+# Batches as a sender may shape them: any fields (integers beyond 64 bits too),
+# events with ids and message ids that repeat, as numbers or strings, with or
+# without times; sometimes no `events` at all.
+
+

@@ -29,7 +29,6 @@ from transforms.rules.settings import ForwardingSettings, apply_settings
 from transforms.values import RawRecord
 
 MAX_BATCH_BYTES = 65_536
-T = 1_700_000_000_000
 TEMPLATE = next(generate(1, 1, seed=11))  # a real-looking batch to break
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,

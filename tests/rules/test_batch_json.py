@@ -1,0 +1,103 @@
+"""JSON in and out (`transforms.rules.batch_json`): exact int64 and beyond, key order kept,
+decode errors that say why."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tests.conftest import SAMPLE_BATCH
+from transforms.rules import batch_json
+
+BIG = 9223372036854775807  # int64 max: a double would round it
+
+
+def test_int64_numbers_and_strings_round_trip_exactly():
+    raw = f'{{"mpid":{BIG},"batch_id":-{BIG},"events":[{{"data":{{"event_id":"{BIG}"}}}}]}}'
+    batch = batch_json.decode(raw)
+    assert batch["mpid"] == BIG and isinstance(batch["mpid"], int)
+    assert batch_json.encode(batch) == raw.encode()
+
+
+@pytest.mark.parametrize("number", [2**64 - 1, -(2**63), 2**64, -(2**63) - 1, 10**30, -(10**25)])
+def test_integers_beyond_64_bits_stay_exact(number):
+    # At the edges of 64 bits and beyond them (which orjson would read as floats).
+    raw = f'{{"custom_attributes":{{"n":{number}}},"events":[]}}'
+    batch = batch_json.decode(raw)
+    read = batch["custom_attributes"]["n"]
+    assert read == number and isinstance(read, int)
+    assert batch_json.encode(batch) == raw.encode()
+
+
+def test_every_integer_near_and_beyond_64_bits_reads_as_the_standard_library_reads_it():
+    edges = [2**63, 2**64, 10**19, 10**20]
+    numbers = {sign * (edge + delta) for edge in edges for delta in (-2, -1, 0, 1)
+               for sign in (1, -1)}
+    rng = random.Random(7)
+    numbers |= {rng.randrange(-(10**22), 10**22) for _ in range(2000)}
+    for number in sorted(numbers):
+        for raw in (f'{{"n":{number},"s":"{number}"}}', f'[1,"-9",{number}.5,{number}]'):
+            decoded = batch_json.decode(raw)
+            expected = json.loads(raw)
+            assert decoded == expected and [type(v) for v in _values(decoded)] == [
+                type(v) for v in _values(expected)
+            ], raw
+
+
+def _values(document):
+    return list(document.values()) if isinstance(document, dict) else document
+
+
+def test_untouched_batch_keeps_key_order_and_values():
+    text = SAMPLE_BATCH.read_text()
+    batch = batch_json.decode(text)
+    expected = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    assert batch_json.encode(batch) == expected.encode()
+    assert list(batch) == list(json.loads(text))
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("not json", "not JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        ('{"a": 1} trailing', "not JSON"),
+        # Each would be written back as invalid JSON or fail to encode as UTF-8.
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": 1e400}', "number out of range"),
+        ('{"a": "\\ud800"}', "lone surrogate"),
+        ('{"a": "\\ud800", "n": 123456789012345678901234}', "lone surrogate"),
+    ],
+)
+def test_decode_errors_say_why(raw, reason):
+    with pytest.raises(batch_json.BadRecord, match=reason):
+        batch_json.decode(raw)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (1595542763908, 1595542763908),
+        ("1595542763908", 1595542763908),
+        (f"-{BIG}", -BIG),
+        (" 42 ", 42),
+        (1.5e12, 1_500_000_000_000),
+        (1.5, None),
+        ("12ab", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        ("١٢٣", None),  # non-ASCII digits are not a timestamp
+    ],
+)
+def test_as_int(value, expected):
+    assert batch_json.as_int(value) == expected
+
+
+# The integration page's table (README, Options), written out here rather than taken
+# from transforms.rules.settings, so that a mistake in the implementation's table shows.
+
+

@@ -1,0 +1,82 @@
+"""WriteBatchFiles and WriteDeadLetters in a TestPipeline: files within bounds, to the
+S3 server and to a local directory."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+from apache_beam.testing.util import assert_that, equal_to
+
+from tests.conftest import list_keys
+from tests.pipelines import batch_pipeline
+from transforms.batching import BatchPerDevice, StampArrival
+from transforms.io import s3
+from transforms.rules.naming import DateFolders
+from transforms.values import ArrivedBatch, Batching, FileLayout, RawRecord
+from transforms.write import WriteBatchFiles, WriteDeadLetters
+
+T0 = 1_700_000_400_000  # 2023-11-14T22:20:00Z, a 10-minute boundary
+
+
+def batch(device: str, arrival_ms: int, *event_ids: int, app: str = "App") -> dict:
+    return {
+        "events": [
+            {"event_type": "custom_event",
+             "data": {"event_id": i, "timestamp_unixtime_ms": arrival_ms - 10 + n}}
+            for n, i in enumerate(event_ids)
+        ],
+        "application_info": {"application_name": app},
+        "mp_deviceid": device,
+        "timestamp_unixtime_ms": arrival_ms,
+    }
+
+
+def raw(source: str, value) -> RawRecord:
+    data = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return RawRecord(source, data)
+
+
+def arrived(device: str, arrival_ms: int, *event_ids: int) -> ArrivedBatch:
+    return ArrivedBatch(batch(device, arrival_ms, *event_ids), f"src-{device}-{arrival_ms}",
+                        arrival_ms, f"mp_deviceid:{device}", "App")
+
+
+def test_write_batch_files_packs_by_bounds_and_writes_to_s3(s3_endpoint, s3_client, bucket):
+    connection = s3.S3Connection(endpoint_url=s3_endpoint)
+    items = [arrived(f"d{n}", T0 + n * 1000, n) for n in range(5)]
+    with batch_pipeline() as p:
+        batched = p | beam.Create(items) | StampArrival() | BatchPerDevice(Batching())
+        written = (
+            batched["batches"]
+            | WriteBatchFiles(
+                f"s3://{bucket}", connection,
+                FileLayout(folder="out", date_folders=DateFolders.EVENT_TIME, max_batches=2),
+                Batching(allowed_lateness_s=0),
+            )
+        )
+        assert_that(written | beam.Map(lambda w: (w.lines, w.outcome)),
+                    equal_to([(2, "written"), (2, "written"), (1, "written")]))
+    keys = list_keys(s3_client, bucket)
+    assert len(keys) == 3 and all(k.startswith("out/2023-11-14/App_2023111422") for k in keys)
+    lines = [
+        json.loads(line)
+        for key in keys
+        for line in s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().splitlines()
+    ]
+    assert sorted(b["events"][0]["data"]["event_id"] for b in lines) == [0, 1, 2, 3, 4]
+
+
+def test_write_dead_letters_to_a_local_directory(tmp_path):
+    letters = [{"source": f"f:{n}", "stage": "parse", "reason": "not JSON", "raw": "x"}
+               for n in range(3)]
+    with batch_pipeline() as p:
+        written = p | beam.Create(letters) | WriteDeadLetters(str(tmp_path), s3.S3Connection())
+        assert_that(written | beam.Map(lambda w: w.lines), equal_to([3]))
+    [path] = [f for f in tmp_path.iterdir()]
+    assert path.name.startswith("dead_letters_") and path.suffix == ".ndjson"
+    assert sorted(json.loads(line)["source"] for line in path.read_text().splitlines()) == [
+        "f:0", "f:1", "f:2",
+    ]
+
+
