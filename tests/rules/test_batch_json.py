@@ -101,3 +101,14 @@ def test_as_int(value, expected):
 # from transforms.rules.settings, so that a mistake in the implementation's table shows.
 
 
+
+
+def test_a_number_is_written_the_same_beside_an_integer_beyond_64_bits():
+    """The exact encoder writes every other value as orjson does (floats as 0.000036, not
+    the standard library's 3.6e-05), so a field's bytes do not depend on its neighbours
+    (hypothesis found 3.611638368177055e-05 beside 2**65 written two ways)."""
+    neighbours = {"small": [3.611638368177055e-05, 1e300, 0.1, -0.0, "é\n", None, True]}
+    alone = batch_json.encode(neighbours)
+    beside = batch_json.encode({**neighbours, "big": 2**65})
+    assert beside == alone[:-1] + b',"big":36893488147419103232}'
+    assert batch_json.decode(beside)["big"] == 2**65

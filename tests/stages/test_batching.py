@@ -21,6 +21,7 @@ from pipeline.config import load_config
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
 from tests.pipelines import batch_pipeline, streaming_pipeline
+from tests.stages.batches import MINUTE_MS, T0, arrived, batch
 from transforms.batching import BatchPerDevice, Merger, StampArrival, per_event
 from transforms.read import ReadBatches
 from transforms.rules import batch_json
@@ -35,27 +36,6 @@ from transforms.values import (
     ForwardedBatch,
     RawRecord,
 )
-
-MINUTE_MS = 60_000
-T0 = 1_700_000_400_000  # 2023-11-14T22:20:00Z, a 10-minute boundary
-
-
-def batch(device: str, arrival_ms: int, *event_ids: int, app: str = "App") -> dict:
-    return {
-        "events": [
-            {"event_type": "custom_event",
-             "data": {"event_id": i, "timestamp_unixtime_ms": arrival_ms - 10 + n}}
-            for n, i in enumerate(event_ids)
-        ],
-        "application_info": {"application_name": app},
-        "mp_deviceid": device,
-        "timestamp_unixtime_ms": arrival_ms,
-    }
-
-
-def arrived(device: str, arrival_ms: int, *event_ids: int) -> ArrivedBatch:
-    return ArrivedBatch(batch(device, arrival_ms, *event_ids), f"src-{device}-{arrival_ms}",
-                        arrival_ms, f"mp_deviceid:{device}", "App")
 
 
 def device_batches(p, mode: BatchingMode, items: list[ArrivedBatch], **kwargs):
@@ -109,8 +89,6 @@ def test_stamp_arrival_sets_the_element_timestamp():
             | beam.Map(lambda kv, ts=beam.DoFn.TimestampParam: (kv[0], ts.micros // 1000))
         )
         assert_that(out, equal_to([("mp_deviceid:d1", T0)]))
-
-
 
 
 BATCH = {"mpid": -8, "events": [{"event_type": "custom_event", "data": {"event_name": "é ✓"}}]}
@@ -215,15 +193,13 @@ def _ints(value):
 
 
 def test_one_batch_per_event_through_the_shuffle_is_the_batch_around_each_event():
-    for batch in [BATCH, {"mpid": 1, "events": [], "z": 2}, {"mpid": 1, "z": 2}, {}]:
-        arrived = ArrivedBatch(batch, "f:1", 1_700_000_000_000, "d", "App")
-        lines = [f.line for f in per_event(("d", ShuffledBatch.of(arrived, NO_DICTIONARY)),
+    for sent in [BATCH, {"mpid": 1, "events": [], "z": 2}, {"mpid": 1, "z": 2}, {}]:
+        one = ArrivedBatch(sent, "f:1", 1_700_000_000_000, "d", "App")
+        lines = [f.line for f in per_event(("d", ShuffledBatch.of(one, NO_DICTIONARY)),
                                            NO_DICTIONARY)]
         around_each = [{key: ([event] if key == "events" else value)
-                        for key, value in batch.items()} for event in batch.get("events") or ()]
-        assert lines == [batch_json.encode(b) for b in around_each or [batch]]
-
-
+                        for key, value in sent.items()} for event in sent.get("events") or ()]
+        assert lines == [batch_json.encode(b) for b in around_each or [sent]]
 
 
 SECOND_MS = 1000
@@ -404,9 +380,6 @@ def test_live_files_dated_by_upload_time_take_the_day_their_window_closes(
         [event] = json.loads(line)["events"]
         folders[event["data"]["event_id"]] = key.split("/")[1]
     assert folders == {1: "2023-11-14", 2: "2023-11-15", 3: "2023-11-15"}
-
-
-
 
 
 def objects(client, bucket) -> dict[str, bytes]:

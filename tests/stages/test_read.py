@@ -9,30 +9,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import SAMPLE_BATCH
 from tests.pipelines import batch_pipeline
+from tests.stages.batches import T0, batch
 from transforms.io import s3
 from transforms.parse import ParseBatches
 from transforms.read import ReadBatches
-from transforms.values import RawRecord
-
-T0 = 1_700_000_400_000  # 2023-11-14T22:20:00Z, a 10-minute boundary
-
-
-def batch(device: str, arrival_ms: int, *event_ids: int, app: str = "App") -> dict:
-    return {
-        "events": [
-            {"event_type": "custom_event",
-             "data": {"event_id": i, "timestamp_unixtime_ms": arrival_ms - 10 + n}}
-            for n, i in enumerate(event_ids)
-        ],
-        "application_info": {"application_name": app},
-        "mp_deviceid": device,
-        "timestamp_unixtime_ms": arrival_ms,
-    }
-
-
-def raw(source: str, value) -> RawRecord:
-    data = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return RawRecord(source, data)
 
 
 def test_read_and_parse_batches_with_dead_letters(tmp_path):

@@ -10,36 +10,12 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import list_keys
 from tests.pipelines import batch_pipeline
+from tests.stages.batches import T0, arrived
 from transforms.batching import BatchPerDevice, StampArrival
 from transforms.io import s3
 from transforms.rules.naming import DateFolders
-from transforms.values import ArrivedBatch, Batching, FileLayout, RawRecord
+from transforms.values import Batching, FileLayout
 from transforms.write import WriteBatchFiles, WriteDeadLetters
-
-T0 = 1_700_000_400_000  # 2023-11-14T22:20:00Z, a 10-minute boundary
-
-
-def batch(device: str, arrival_ms: int, *event_ids: int, app: str = "App") -> dict:
-    return {
-        "events": [
-            {"event_type": "custom_event",
-             "data": {"event_id": i, "timestamp_unixtime_ms": arrival_ms - 10 + n}}
-            for n, i in enumerate(event_ids)
-        ],
-        "application_info": {"application_name": app},
-        "mp_deviceid": device,
-        "timestamp_unixtime_ms": arrival_ms,
-    }
-
-
-def raw(source: str, value) -> RawRecord:
-    data = value if isinstance(value, bytes) else json.dumps(value).encode()
-    return RawRecord(source, data)
-
-
-def arrived(device: str, arrival_ms: int, *event_ids: int) -> ArrivedBatch:
-    return ArrivedBatch(batch(device, arrival_ms, *event_ids), f"src-{device}-{arrival_ms}",
-                        arrival_ms, f"mp_deviceid:{device}", "App")
 
 
 def test_write_batch_files_packs_by_bounds_and_writes_to_s3(s3_endpoint, s3_client, bucket):

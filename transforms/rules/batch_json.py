@@ -149,7 +149,7 @@ def encode(value: Any) -> bytes:
 def _encode_exactly(value: Any) -> bytes:
     """`encode` of a value holding an integer beyond 64 bits: that integer in its
     digits, everything else as orjson writes it, so that a number is written the same
-    with or without such an integer beside it (floats as `1e-5`, not `1e-05`)."""
+    with or without such an integer beside it (floats as `0.000036`, not `3.6e-05`)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value).encode("ascii")
     if isinstance(value, dict):
