@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 
+from pipeline import runners
 from pipeline.config import ForwarderConfig
 from transforms.apply_settings import ApplySettings
 from transforms.batching import BatchPerDevice, StampArrival
@@ -43,19 +44,22 @@ def forward(
     read_dead_letters: beam.PCollection | None = None,
     keyed_windows: bool | None = None,
     codec: ShuffleCodec = NO_DICTIONARY,
+    sessions_by_timer: bool = True,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
 
     `keyed_windows` (default: for bounded input) groups with the window in the
     key rather than through Beam's triggers; the results are the same.
     `codec` compresses what crosses the shuffles (see `transforms.shuffled`).
+    `sessions_by_timer`: see `BatchPerDevice` and `pipeline.runners.sessions_by_timer`.
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
     keyed, dead_letters = arrive(records, config, codec)
     if read_dead_letters is not None:
         dead_letters.append(read_dead_letters)
-    files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows)
+    files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows,
+                                               sessions_by_timer)
     return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config))
 
 
@@ -76,6 +80,7 @@ def batch_and_write(
     config: ForwarderConfig,
     codec: ShuffleCodec,
     keyed_windows: bool,
+    sessions_by_timer: bool = True,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """(device, ShuffledBatch) → (files written, [dead letters])."""
     # Files are packed per fixed window. In streaming, one-event batches and
@@ -85,7 +90,7 @@ def batch_and_write(
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
     batched = keyed | "BatchPerDevice" >> BatchPerDevice(
         config.batching, keyed_windows=keyed_windows, codec=codec,
-        input_connection=config.connection,
+        input_connection=config.connection, sessions_by_timer=sessions_by_timer,
     )
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
@@ -132,21 +137,22 @@ def build_sliced(
 def build(
     pipeline: beam.Pipeline,
     config: ForwarderConfig,
-    pubsub_readers: int = 0,
+    runner: str = "DirectRunner",
     codec: ShuffleCodec | None = None,
 ) -> Outputs:
     """The whole pipeline: live from Pub/Sub, or bulk from `--input` files.
 
-    `pubsub_readers`: on a portable runner (Prism, Flink, Spark), how many readers of
-    the forwarder's own source read Pub/Sub; 0: Beam's ReadFromPubSub (see
-    `transforms.pubsub` and `pipeline.runners.pubsub_readers`). `codec`: for
-    bounded input, the shuffle codec (default: one trained on the input).
+    `runner`: the runner's name (`pipeline.runners`), which decides how live input is
+    read (the forwarder's own source, and how many readers, or Beam's ReadFromPubSub)
+    and how live sessions are kept. `codec`: for bounded input, the shuffle codec
+    (default: one trained on the input).
     """
     if config.streaming:
         records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
-            config.input_subscription, config.input_topic, readers=pubsub_readers
+            config.input_subscription, config.input_topic,
+            readers=runners.pubsub_readers(runner),
         )
-        return forward(records, config)
+        return forward(records, config, sessions_by_timer=runners.sessions_by_timer(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     if codec is None:
         codec = trained_codec(config)

@@ -46,12 +46,10 @@ from pipeline.config import (
 from pipeline.logs import Console
 from pipeline.progress import LiveStatus, ProgressReporter
 from pipeline.runners import (
-    check_mode_runs_on,
     current_metrics,
     drains_on_stop,
     engine_name,
     make_runner,
-    pubsub_readers,
     runner_name,
     worker_environment,
 )
@@ -59,7 +57,6 @@ from pipeline.tools import athena, iam
 from transforms import metrics
 from transforms.io import inputs, pubsub_source, s3
 from transforms.rules.naming import DateFolders
-from transforms.values import BatchingMode
 
 _LOG = logging.getLogger("pipeline")
 EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -135,8 +132,6 @@ def main(
         if config.streaming:
             options.view_as(StandardOptions).streaming = True
         runner = make_runner(options)
-        check_mode_runs_on(runner_name(options), config.streaming,
-                           config.batching.mode is BatchingMode.SESSIONS)
         check_inputs_exist(config.inputs, config.connection)
     except ConfigError as err:
         console.error(str(err))
@@ -187,7 +182,7 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
             if config.streaming:
                 pipeline = beam.Pipeline(runner=runner, options=options)
                 name = runner_name(options)
-                build(pipeline, config, pubsub_readers=pubsub_readers(name))
+                build(pipeline, config, runner=name)
                 return _run_live(config, pipeline, drains=drains_on_stop(name))
             with _progress(config):
                 counters = _run_bounded(config, options)
@@ -235,7 +230,7 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
     if config.arrival_slice_s and name not in runners.SLICING:
         _LOG.info("not sliced: %s spills what it groups to disk itself", name)
     codec = trained_codec(config)
-    return run_graph(lambda pipeline: build(pipeline, config, codec=codec))
+    return run_graph(lambda pipeline: build(pipeline, config, runner=name, codec=codec))
 
 
 def _progress(config) -> contextlib.AbstractContextManager:

@@ -50,16 +50,27 @@ JAVA_JOB_SERVER = frozenset({"FlinkRunner", "SparkRunner", "PortableRunner", "Da
 SLICING = frozenset({"DirectRunner", "PrismRunner"})
 
 
-def canonical(given: str | None) -> str | None:
+# Without --runner: bounded runs on the DirectRunner (the FnApiRunner in-process, sliced
+# on local disk); live runs on Prism, whose forwarder's own Pub/Sub source acknowledges
+# a message once what it became is committed, and which drains a backlog many times
+# faster than the DirectRunner's BundleBasedDirectRunner (README, Runners).
+DEFAULT_BOUNDED = "DirectRunner"
+DEFAULT_LIVE = "PrismRunner"
+
+
+def canonical(given: str | None, streaming: bool = False) -> str | None:
     """The runner a `--runner` value names (any case, with or without "Runner"; none:
-    the DirectRunner), or None for one this forwarder does not run on."""
-    return _RUNNERS.get((given or "DirectRunner").lower().removesuffix("runner"))
+    DEFAULT_LIVE or DEFAULT_BOUNDED), or None for one this forwarder does not run on."""
+    given = given or (DEFAULT_LIVE if streaming else DEFAULT_BOUNDED)
+    return _RUNNERS.get(given.lower().removesuffix("runner"))
 
 
 def runner_name(options: PipelineOptions) -> str:
-    """The runner `--runner` names; ConfigError (one sentence) for one it does not."""
-    given = options.view_as(StandardOptions).runner
-    name = canonical(given)
+    """The runner `--runner` names, or the default for the run (`canonical`);
+    ConfigError (one sentence) for one it does not know."""
+    standard = options.view_as(StandardOptions)
+    given = standard.runner
+    name = canonical(given, bool(standard.streaming))
     if name is None:
         raise ConfigError(f"--runner {given!r} is not a runner this forwarder runs on: "
                           f"use {KNOWN}.")
@@ -127,14 +138,13 @@ def engine_name(runner) -> str:
     return name
 
 
-def check_mode_runs_on(name: str, streaming: bool, sessions: bool) -> None:
-    """Refuses, in one sentence, a mode the runner is known to get wrong."""
-    if name == "PrismRunner" and streaming and sessions:
-        raise ConfigError(
-            "--wait_for_complete_batch=true cannot run live on Prism: Prism (Beam 2.77) does "
-            "not merge the session windows of a live source (tools/prism_repro/sessions_live.py "
-            "shows it); run live sessions on the DirectRunner or Flink."
-        )
+def sessions_by_timer(name: str) -> bool:
+    """Whether live sessions are kept per device in state with an event-time timer
+    (`transforms.batching._LiveSessionsFn`), which needs a runner that holds the
+    watermark at a pending timer: Prism, Flink, Spark, Dataflow. Not the DirectRunner
+    (its BundleBasedDirectRunner holds none for a user's timer), which merges Beam's
+    session windows instead; Prism 2.77 does not merge those for a live source."""
+    return name != "DirectRunner"
 
 
 class _JobStreamsWithoutDeadline:

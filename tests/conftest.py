@@ -104,7 +104,7 @@ def prism() -> str:
 
 # The bounded end-to-end tests run on both engines: the FnApiRunner (what
 # `--runner=DirectRunner` runs) and Prism, Beam's portable runner.
-RUNNERS = {"DirectRunner": [], "PrismRunner": ["--runner=PrismRunner"]}
+RUNNERS = {"DirectRunner": ["--runner=DirectRunner"], "PrismRunner": ["--runner=PrismRunner"]}
 
 
 @pytest.fixture(params=list(RUNNERS))

@@ -9,14 +9,17 @@ Modes (SPEC section 4):
 Windows are over arrival time. A pane that fires after its window was already
 written (late data, streaming only) goes out as a further batch and is counted.
 
-Three ways to the same windows, with the same rules (`transforms.rules.grouping`:
-window starts, sessions, merging): Beam's windows and triggers (needed in
-streaming, for watermarks and late panes); for bounded input, where no data is
-late, the window carried in the key and one GroupByKey in the global window,
-which the FnApiRunner runs several times faster; and in a sliced run's worker,
-the same keyed windows over batches held in memory (`grouped_in_memory`). Tests
-prove all three write the same objects. Either way an outbound batch's element timestamp is
-the last microsecond of its window, which is what packing into files uses.
+The same windows are reached four ways, all with the same rules
+(`transforms.rules.grouping`: window starts, sessions, merging): live fixed
+windows through Beam's windows and triggers (for watermarks and late panes);
+live sessions through a stateful DoFn per device with an event-time timer
+(`_LiveSessionsFn`: no runner's merging windows, which Prism does not merge on a
+live source); bounded input, where no data is late, with the window carried in
+the key and one GroupByKey in the global window, which the FnApiRunner runs
+several times faster; and in a sliced run's worker, the same keyed windows over
+batches held in memory (`grouped_in_memory`). Tests prove they write the same
+objects. Every way, an outbound batch's element timestamp is the last
+microsecond of its window, which is what packing into files uses.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from collections import defaultdict
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam import pvalue
-from apache_beam.transforms import trigger, window
+from apache_beam import coders, pvalue
+from apache_beam.transforms import trigger, userstate, window
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
@@ -42,7 +45,7 @@ from transforms.rules.grouping import (
     split_sessions,
     window_start_us,
 )
-from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch
+from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
 from transforms.values import ArrivedBatch, Batching, BatchingMode, ForwardedBatch
 
 _LOG = logging.getLogger(__name__)
@@ -223,12 +226,126 @@ def _stamped_sessions(element, gap_ms: int):
         yield window.TimestampedValue((device, batches), Timestamp(micros=session_end_us(end_ms)))
 
 
+class _LiveSessionsFn(beam.DoFn):
+    """(device, ShuffledBatch) in the global window → each of the device's sessions,
+    merged, once it has closed (live input, every runner): sessions kept by the
+    forwarder rather than by the runner's merging windows, which Prism does not merge
+    for a live source.
+
+    State per device: the batches of its open sessions, and a timer at the end of
+    the earliest of them (its last microsecond, as Beam's session window). When the
+    watermark passes it, the batches are split into sessions (`split_sessions`, the
+    bounded path's rule), each session that has ended is merged and goes out at its
+    end (so it is on time downstream: the timer holds the watermark there), and the
+    timer is set for the next. A batch that arrives behind a session already out
+    starts a further batch, counted as late. A device with nothing open keeps only
+    the time it was last written up to, for its allowed lateness.
+    """
+
+    BATCHES = userstate.BagStateSpec("batches", ShuffledBatchCoder())
+    LATE = userstate.BagStateSpec("late", coders.VarIntCoder())  # arrival ms of late batches
+    WRITTEN_UP_TO = userstate.ReadModifyWriteStateSpec("written_up_to", coders.VarIntCoder())
+    TIMER_AT = userstate.ReadModifyWriteStateSpec("timer_at", coders.VarIntCoder())
+    CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
+    EXPIRE = userstate.TimerSpec("expire", userstate.TimeDomain.WATERMARK)
+
+    def __init__(self, batching: Batching, codec: ShuffleCodec,
+                 input_connection: s3.S3Connection | None):
+        self._gap_ms = batching.session_gap_s * 1000
+        self._lateness_us = batching.allowed_lateness_s * 1_000_000
+        self._codec = codec
+        self._input_connection = input_connection
+
+    def setup(self):
+        self._merger = Merger(self._codec, self._input_connection)
+
+    def process(
+        self,
+        element: tuple[str, ShuffledBatch],
+        batches=beam.DoFn.StateParam(BATCHES),
+        late=beam.DoFn.StateParam(LATE),
+        written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
+        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        close=beam.DoFn.TimerParam(CLOSE),
+    ) -> Iterator:
+        _, shuffled = element
+        batches.add(shuffled)
+        end_us = session_end_us(shuffled.arrival_ms + self._gap_ms)  # alone, its session's end
+        written = written_up_to.read()
+        if written is not None and end_us <= written:
+            late.add(shuffled.arrival_ms)
+        at = timer_at.read()
+        if at is None or end_us < at:
+            close.set(Timestamp(micros=end_us))
+            timer_at.write(end_us)
+        return iter(())
+
+    @userstate.on_timer(CLOSE)
+    def close_sessions(
+        self,
+        key=beam.DoFn.KeyParam,
+        timestamp=beam.DoFn.TimestampParam,
+        batches=beam.DoFn.StateParam(BATCHES),
+        late=beam.DoFn.StateParam(LATE),
+        written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
+        timer_at=beam.DoFn.StateParam(TIMER_AT),
+        close=beam.DoFn.TimerParam(CLOSE),
+        expire=beam.DoFn.TimerParam(EXPIRE),
+    ) -> Iterator:
+        now_us = timestamp.micros
+        # Runners keep a timer's time in milliseconds: a session has ended once its
+        # last millisecond (end - 1) is reached.
+        now_ms = now_us // 1000
+        late_arrivals = set(late.read())
+        sessions = split_sessions(list(batches.read()), self._gap_ms)
+        ended = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 <= now_ms]
+        still_open = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 > now_ms]
+        batches.clear()
+        late.clear()
+        for session, _ in still_open:
+            for item in session:
+                batches.add(item)
+                if item.arrival_ms in late_arrivals:
+                    late.add(item.arrival_ms)
+        written_up_to.write(max(written_up_to.read() or 0, now_us))
+        if still_open:
+            next_us = min(session_end_us(end_ms) for _, end_ms in still_open)
+            close.set(Timestamp(micros=next_us))
+            timer_at.write(next_us)
+        else:
+            timer_at.clear()
+            expire.set(Timestamp(micros=now_us + self._lateness_us))
+        for session, end_ms in ended:
+            is_late = any(item.arrival_ms in late_arrivals for item in session)
+            for out in self._merger.merged(key, session, is_late):
+                if isinstance(out, pvalue.TaggedOutput):
+                    yield out
+                else:
+                    yield window.TimestampedValue(out, Timestamp(micros=session_end_us(end_ms)))
+
+    @userstate.on_timer(EXPIRE)
+    def forget_device(
+        self,
+        batches=beam.DoFn.StateParam(BATCHES),
+        written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
+        timer_at=beam.DoFn.StateParam(TIMER_AT),
+    ) -> Iterator:
+        """Past its allowed lateness a device with nothing open leaves no state."""
+        if timer_at.read() is None and not list(batches.read()):
+            written_up_to.clear()
+        return iter(())
+
+
 class BatchPerDevice(beam.PTransform):
     """(device, ShuffledBatch) → {"batches": ForwardedBatch, "dead_letters": dict}, grouped
     as `batching` says. Dead letters (groups that could not be merged) are in the global
     window.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
+    `sessions_by_timer`: live sessions kept per device by `_LiveSessionsFn`, on a runner
+    that holds the watermark at a pending timer (`pipeline.runners`); else Beam's
+    merging session windows (the DirectRunner, which holds no watermark for a user's
+    timer, so a session sent from one would be late downstream).
     `codec`: how batches are compressed on their way through the shuffle.
     `input_connection`: how to read the input again for a dead letter's record.
     """
@@ -239,8 +356,10 @@ class BatchPerDevice(beam.PTransform):
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         input_connection: s3.S3Connection | None = None,
+        sessions_by_timer: bool = True,
     ):
         super().__init__()
+        self._sessions_by_timer = sessions_by_timer
         self._batching = batching
         self._mode = batching.mode
         self._keyed_windows = keyed_windows
@@ -252,6 +371,13 @@ class BatchPerDevice(beam.PTransform):
             batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
             nothing = keyed.pipeline | "NoDeadLetters" >> beam.Create([])
             return {"batches": batches, "dead_letters": nothing}
+        if self._mode is BatchingMode.SESSIONS and self._sessions_by_timer and not (
+                self._keyed_windows):
+            merged = with_dead_letters(
+                keyed | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows()),
+                "SessionPerDevice",
+                _LiveSessionsFn(self._batching, self._codec, self._input_connection))
+            return {"batches": merged["batches"], "dead_letters": merged["dead_letters"]}
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)
         else:

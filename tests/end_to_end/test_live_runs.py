@@ -27,7 +27,6 @@ from tests.conftest import (
     poll,
     pstest_server,
     read_and_die,
-    run_main,
 )
 from tests.tcp_fault_proxy import ConnectionCutter
 from transforms.io import pubsub_source
@@ -430,21 +429,20 @@ def test_a_live_prism_run_outlives_the_job_server_timeout(
     assert time.monotonic() - started > 3 * timeout_s
 
 
-def test_live_sessions_are_refused_on_prism_which_does_not_merge_them(s3_endpoint, bucket, prism):
-    code, out, err = run_main([
-        f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
-        "--input_subscription=projects/local-project/subscriptions/sessions",
-        "--wait_for_complete_batch=true",
-        "--runner=PrismRunner",
-    ])
-    assert code == 2 and out == ""
-    assert err.strip().startswith("error: --wait_for_complete_batch=true cannot run live on "
-                                  "Prism: Prism (Beam 2.77) does not merge the session windows")
+@pytest.mark.parametrize("runner_flags", [[]], ids=["no --runner"])
+def test_a_live_run_without_runner_runs_on_prism(
+    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path
+):
+    publisher, topic, _ = pubsub
+    live_pipeline(f"--window_size_s={WINDOW_S}")
+    assert "running on PrismRunner" in (tmp_path / "pipeline.log").read_text()
+    data = batch(1, [1, 2], int(time.time() * 1000))
+    publisher.publish(topic, json.dumps(data).encode()).result()
+    assert poll(lambda: forwarded_ids(read_objects(s3_client, bucket, "live/")) == [1, 2], 30)
 
 
-# Live sessions run on the DirectRunner only: Prism does not merge them
-# (tools/prism_repro/sessions_live.py), so they are refused there (tested above).
-@pytest.mark.parametrize("runner_flags", [[]], ids=["DirectRunner"])
+# Sessions on Prism are kept per device by timer (transforms.batching._LiveSessionsFn);
+# on the DirectRunner in Beam's merging session windows.
 def test_session_is_written_once_the_gap_passes(
     s3_client, bucket, pubsub, live_pipeline, runner_flags
 ):

@@ -5,19 +5,28 @@ both ways to the windows write the same objects."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import random
+import time
 
 import apache_beam as beam
 import pytest
+from apache_beam import coders
+from apache_beam.io.unbounded_source import UnboundedReader, UnboundedSource
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.build import forward
 from pipeline.config import load_config
+from pipeline.runners import make_runner, worker_environment
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
 from tests.pipelines import batch_pipeline, streaming_pipeline
@@ -228,7 +237,10 @@ class _Describe(beam.DoFn):
 def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kwargs) -> None:
     """Runs the stream through BatchPerDevice; asserts (device, event ids, pane timing)."""
     p = streaming_pipeline()
-    batched = p | test_stream | StampArrival() | BatchPerDevice(Batching(mode, **kwargs))
+    # The DirectRunner merges Beam's session windows (it holds no watermark for a
+    # user's timer); the sessions kept by timer are tested on Prism below.
+    batched = p | test_stream | StampArrival() | BatchPerDevice(
+        Batching(mode, **kwargs), sessions_by_timer=False)
     out = batched["batches"] | beam.ParDo(_Describe())
     assert_that(out, equal_to(expected))
     p.run().wait_until_finish()
@@ -411,3 +423,145 @@ def test_keyed_and_beam_windows_write_the_same_objects(
         written.append(objects(s3_client, bucket))
     assert len(written[0]) > 3
     assert written[0] == written[1]
+
+
+class _Replayed(UnboundedSource):
+    """Records as a live source delivers them: in publish order, stamped with their
+    publish time, each when its time comes on a clock running `speedup` times faster
+    than the wall clock (so a bundle holds what came since the last); the watermark
+    a second behind that clock or the next record, whichever is earlier, as
+    PubSubSource's is; `tail_s` after the last record, the end of time. Unbounded,
+    as PubSubSource is: Prism runs it as it runs Pub/Sub."""
+
+    def __init__(self, records: list[RawRecord], speedup: float, tail_s: float):
+        self._records = records
+        self._speedup = speedup
+        self._tail_ms = tail_s * 1000
+
+    def split(self, desired_num_splits, options=None):
+        return [self]
+
+    def create_reader(self, options, checkpoint_mark):
+        # The mark: (next record, wall-clock time of the first); none at the start.
+        at, started = checkpoint_mark or (0, time.time())
+        return _ReplayReader(self._records, self._speedup, self._tail_ms, at, started)
+
+    def get_checkpoint_mark_coder(self):
+        return coders.PickleCoder()
+
+    def default_output_coder(self):
+        return coders.registry.get_coder(RawRecord)
+
+
+class _ReplayReader(UnboundedReader):
+    def __init__(self, records: list[RawRecord], speedup: float, tail_ms: float, at: int,
+                 started: float):
+        self._records, self._speedup, self._tail_ms = records, speedup, tail_ms
+        self._at, self._started = at, started
+
+    def _now_ms(self) -> float:
+        """The replay's clock."""
+        return (self._records[0].publish_time_ms
+                + (time.time() - self._started) * 1000 * self._speedup)
+
+    def start(self) -> bool:
+        return self.advance()
+
+    def advance(self) -> bool:
+        if self._at >= len(self._records):
+            return False
+        if self._records[self._at].publish_time_ms > self._now_ms():
+            return False  # not yet: the bundle ends here
+        self._current = self._records[self._at]
+        self._at += 1
+        return True
+
+    def get_current(self) -> RawRecord:
+        return self._current
+
+    def get_current_timestamp(self) -> Timestamp:
+        return Timestamp(micros=self._current.publish_time_ms * 1000)
+
+    def get_watermark(self) -> Timestamp:
+        now_ms = self._now_ms()
+        if self._at >= len(self._records):
+            if now_ms > self._records[-1].publish_time_ms + self._tail_ms:
+                return MAX_TIMESTAMP
+            return Timestamp(micros=int(now_ms - 1000) * 1000)
+        next_ms = self._records[self._at].publish_time_ms
+        return Timestamp(micros=int(min(next_ms, now_ms) - 1000) * 1000)
+
+    def get_checkpoint_mark(self):
+        return self._at, self._started
+
+
+def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
+                      flags: list[str], s3_endpoint: str, s3_client) -> dict[str, dict]:
+    """The objects that the same records write live on Prism (from `_Replayed`, sessions
+    by timer) and bounded (the keyed path), each run into a bucket of its own."""
+    written = {}
+    for mode in ("live", "bounded"):
+        bucket = f"sessions-{mode}-{os.getpid()}-{next(_buckets)}"
+        s3_client.create_bucket(Bucket=bucket)
+        source = (["--input_subscription=projects/local-project/subscriptions/unused"]
+                  if mode == "live" else ["--input=unused.ndjson", "--upload_day=2026-11-30"])
+        config, _ = load_config([f"--s3_bucket_name={bucket}",
+                                 f"--s3_endpoint_url={s3_endpoint}", *source, *flags,
+                                 "--file_flush_s=86400"])  # files once their window closes
+        options = PipelineOptions(["--runner=PrismRunner"])
+        options.view_as(StandardOptions).streaming = mode == "live"
+        with worker_environment():
+            p = beam.Pipeline(runner=make_runner(options), options=options)
+            arrivals = p | (beam.io.Read(_Replayed(records, speedup, tail_s)) if mode == "live"
+                            else beam.Create(records))
+            forward(arrivals, config)  # live: sessions by timer; bounded: keyed windows
+            p.run().wait_until_finish()
+        written[mode] = objects(s3_client, bucket)
+    return written
+
+
+_buckets = itertools.count()
+
+
+def test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism(
+    s3_endpoint, s3_client, prism
+):
+    """Three batches of one device a second apart, 3-second gap, from an unbounded
+    source in real time: one session, one batch. (Prism 2.77 with Beam's session
+    windows writes three: tools/prism_repro/sessions_live.py.)"""
+    records = [RawRecord(f"pubsub:{n}", json.dumps(batch("d1", T0 + n * 1000, n + 1)).encode(),
+                         publish_time_ms=T0 + n * 1000) for n in range(3)]
+    written = _live_and_bounded(records, 1, 10, ["--wait_for_complete_batch=true",
+                                                 "--session_gap_s=3"], s3_endpoint, s3_client)
+    [(key, body)] = written["live"].items()
+    assert [[e["data"]["event_id"] for e in json.loads(line)["events"]]
+            for line in body.splitlines()] == [[1, 2, 3]]
+    assert written["live"] == written["bounded"]
+
+
+def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arrivals(
+    s3_endpoint, s3_client, prism
+):
+    """Live sessions kept per device by timer (`_LiveSessionsFn`), on Prism from an
+    unbounded source in many bundles, write the same objects, byte for byte under the
+    same keys, as a bounded run's sessions (the keyed path) over the same records at
+    the same arrival times: 40 devices over some six hours (replayed 500 times
+    faster), gaps on both sides of the session gap, sessions across file windows, a
+    redelivered batch."""
+    rng = random.Random(5)
+    gap_s = 120
+    records, at_ms, ids = [], T0, itertools.count(1)
+    for _ in range(600):
+        at_ms += rng.choice([200, 1_000, 5_000, 20_000])
+        device = f"d{rng.randrange(40)}"
+        records.append(RawRecord(f"pubsub:{len(records)}", json.dumps(
+            batch(device, at_ms, next(ids), next(ids))).encode(), publish_time_ms=at_ms))
+        if rng.random() < 0.2:  # a quiet spell: many sessions end
+            at_ms += (gap_s + rng.choice([-1, 0, 1, 30])) * 1000
+    records.append(records[100]._replace(source="pubsub:again", publish_time_ms=at_ms + 10))
+    flags = ["--wait_for_complete_batch=true", f"--session_gap_s={gap_s}", "--window_size_s=300",
+             "--use_compression=true"]
+    written = _live_and_bounded(records, 500, 3600, flags, s3_endpoint, s3_client)
+    assert len(written["live"]) > 10
+    assert sorted(written["live"]) == sorted(written["bounded"])
+    assert written["live"] == written["bounded"]

@@ -15,7 +15,7 @@ from pipeline.build import trained_codec
 from pipeline.config import load_config
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.pipelines import batch_pipeline
-from transforms.batching import BatchPerDevice, StampArrival
+from transforms.batching import BatchPerDevice, StampArrival, _LiveSessionsFn
 from transforms.rules import batch_json
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
 from transforms.values import ArrivedBatch, Batching, BatchingMode
@@ -63,11 +63,16 @@ def test_too_little_to_train_on_means_no_dictionary():
 
 
 class _GroupInputs(PipelineVisitor):
+    """The coders of what each grouping step takes: a GroupByKey, or the stateful
+    DoFn that keeps live sessions per device."""
+
     def __init__(self):
         self.coders = []
 
     def visit_transform(self, node):
-        if isinstance(node.transform, GroupByKey):
+        stateful = isinstance(node.transform, beam.ParDo) and isinstance(
+            node.transform.fn, _LiveSessionsFn)
+        if isinstance(node.transform, GroupByKey) or stateful:
             (pcoll,) = node.inputs
             self.coders.append(coders.registry.get_coder(pcoll.element_type))
 
