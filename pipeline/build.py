@@ -150,7 +150,7 @@ def build(
     if config.streaming:
         records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
             config.input_subscription, config.input_topic,
-            readers=runners.pubsub_readers(runner),
+            readers=runners.pubsub_readers(runner, config.pubsub_readers),
         )
         return forward(records, config, sessions_by_timer=runners.sessions_by_timer(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)

@@ -52,6 +52,7 @@ class ForwarderConfig:
     file_flush_s: int = 5
     dead_letter_flush_s: int = 30
     progress_every_s: int = 10
+    pubsub_readers: int = 0  # 0: the runner's own number (`runners.pubsub_readers`)
     arrival_slice_s: int = 0  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None = None
     # Date folders by upload time: the day a bounded run names them; None when live
@@ -443,6 +444,7 @@ def config_from_values(
         file_flush_s=values["file_flush_s"],
         dead_letter_flush_s=values["dead_letter_flush_s"],
         progress_every_s=values["progress_every_s"],
+        pubsub_readers=values["pubsub_readers"],
         arrival_slice_s=values["arrival_slice_s"],
         spill_dir=values["spill_dir"],
         upload_day=upload_day,

@@ -120,6 +120,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
     Option(
+        "pubsub_readers", int, 0,
+        "Live, on a portable runner: readers of the forwarder's Pub/Sub source; 0: the "
+        "runner's own number (one on Prism, two on Flink and Spark).",
+    ),
+    Option(
         "progress_every_s", int, 10,
         "Seconds between progress lines (bounded runs on this machine) or status lines "
         "(live runs); 0: none.",

@@ -105,9 +105,9 @@ _PORTABLE_CLASSES = {
 PORTABLE = frozenset(_PORTABLE_CLASSES)
 
 
-def pubsub_readers(name: str) -> int:
-    """How many PubSubSource readers a runner runs; 0: Beam's ReadFromPubSub (the
-    DirectRunner and Dataflow run it natively).
+def pubsub_readers(name: str, asked: int = 0) -> int:
+    """How many PubSubSource readers a runner runs (`asked`, else its own number); 0:
+    Beam's ReadFromPubSub (the DirectRunner and Dataflow run it natively).
 
     Prism gets one. With two (in its one SDK harness), at 1,000 messages a second a
     few dozen messages of a window reached the first GroupByKey after it had fired
@@ -118,7 +118,7 @@ def pubsub_readers(name: str) -> int:
     """
     if name not in PORTABLE:
         return 0
-    return 1 if name == "PrismRunner" else 2
+    return asked or (1 if name == "PrismRunner" else 2)
 
 
 def drains_on_stop(name: str) -> bool:

@@ -103,9 +103,11 @@ def test_what_no_reader_asks_for_goes_back_to_pubsub(subscription, monkeypatch):
     abandoned.close()
 
 
-def test_the_watermark_holds_what_another_reader_is_emitting(subscription):
-    """One reader's watermark never passes a message another reader of the process
-    has taken and not yet emitted; once that is emitted, it moves on."""
+def test_the_watermark_holds_every_message_until_its_checkpoint_is_finalized(subscription):
+    """No reader's watermark passes a message that a reader of the process took and
+    whose checkpoint is not finalized: not while it is emitted, nor after, until the
+    runner has committed it (so a runner that tracks one watermark for several
+    readers fires no window before their messages are committed). Then it moves on."""
     emitting = PubSubReader(subscription)
     has = emitting.start()
     deadline = time.monotonic() + 10
@@ -116,14 +118,19 @@ def test_the_watermark_holds_what_another_reader_is_emitting(subscription):
     held = emitting.get_current_timestamp()
     other = PubSubReader(subscription)
     assert len(read_all(other, 19, deadline_s=10)) == 19  # the rest, all newer or as new
+    other.get_checkpoint_mark().finalize_checkpoint()  # the other's part is committed
     time.sleep(1)  # pulls find nothing more
     assert other.advance() is False
     assert other.get_watermark() <= held
     emitting.advance()  # the runner asks for the next: the held one was emitted
+    time.sleep(1.5)  # more empty pulls
+    assert other.get_watermark() <= held, "the watermark passed an uncommitted message"
+    mark = emitting.get_checkpoint_mark()
+    assert other.get_watermark() <= held
+    mark.finalize_checkpoint()  # committed
     moved_on = poll(lambda: other.get_watermark() > held, deadline_s=10, every_s=0.1)
-    assert moved_on, "the watermark did not move past the emitted message"
+    assert moved_on, "the watermark did not move past the committed message"
     for reader in (emitting, other):
-        reader.get_checkpoint_mark().finalize_checkpoint()
         reader.close()
 
 

@@ -9,7 +9,8 @@ Sessions with a 3-second gap: the three windows overlap, so one group of three i
 expected ([0, 1, 2]). Prism fires three groups of one, each on time. (The same
 three elements from a TestStream are merged right, and the DirectRunner merges
 them from ReadFromPubSub. The forwarder keeps live sessions in state with a timer
-instead, on Prism: `tests/stages/test_batching.py::test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism`.)
+instead, on Prism: `tests/stages/test_batching.py`,
+`test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism`.)
 """
 
 import os

@@ -19,9 +19,11 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
   crash before that leaves the message unacknowledged, and Pub/Sub delivers it
   again.
 - The watermark is the oldest publish time among the messages the process has
-  pulled and not yet emitted, those a reader is emitting included (so one reader
-  never reports a time past a message another reader is still emitting); when
-  none are left it is the start of the last pull that found nothing (less a
+  pulled and not yet acknowledged: queued, being emitted, or emitted in a bundle
+  whose checkpoint is not yet finalized (so no reader reports a time past a
+  message another reader holds, and a runner that tracks one watermark for
+  several readers fires no window before their messages are committed); when
+  none are held it is the start of the last pull that found nothing (less a
   second), so windows of quiet devices close, and a message published during a
   slow pull is not behind it.
 - `split(n)` gives n readers of the same subscription: in one process they share
@@ -112,21 +114,43 @@ def _in_chunks(ids: list[str]):
 
 class _Leases:
     """The messages this process holds, pulled and not yet acknowledged: their leases
-    are extended until the checkpoint covering them is finalized, and an Acknowledge
-    that failed is sent again. A checkpoint is finalized in the process that read it,
+    are extended until the checkpoint covering them is finalized, an Acknowledge
+    that failed is sent again, and the oldest publish time among them holds the
+    source's watermark. A checkpoint is finalized in the process that read it,
     by whatever object the SDK keeps then (the reader and its puller may be gone), so
     the process has one of these (`LEASES`), shared by its pullers and checkpoints.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._held: dict[str, tuple[str, float]] = {}  # ack id → (subscription, pulled at)
+        # ack id → (subscription, when it was pulled, its publish time in µs)
+        self._held: dict[str, tuple[str, float, int]] = {}
+        # subscription → a heap of (publish time µs, ack id) of what was held; entries
+        # no longer held are dropped when they reach the top.
+        self._by_publish: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
         self._unacked: dict[str, set[str]] = collections.defaultdict(set)
 
-    def hold(self, subscription: str, ack_ids: list[str]) -> None:
+    def hold(self, subscription: str, messages: list[tuple[str, int]]) -> None:
+        """(ack id, publish time µs) of messages just pulled."""
         now = time.monotonic()
         with self._lock:
-            self._held.update((ack_id, (subscription, now)) for ack_id in ack_ids)
+            heap = self._by_publish[subscription]
+            for ack_id, publish_us in messages:
+                self._held[ack_id] = (subscription, now, publish_us)
+                heapq.heappush(heap, (publish_us, ack_id))
+
+    def oldest_publish_us(self, subscription: str) -> int | None:
+        """The oldest publish time of what `subscription`'s messages held here; None
+        when none is held."""
+        with self._lock:
+            heap = self._by_publish[subscription]
+            while heap and heap[0][1] not in self._held:
+                heapq.heappop(heap)
+            if len(heap) > 2 * len(self._held) + 10_000:  # an old one held, the rest gone
+                heap[:] = [(publish_us, ack_id) for ack_id, (held_by, _, publish_us)
+                           in self._held.items() if held_by == subscription]
+                heapq.heapify(heap)
+            return heap[0][0] if heap else None
 
     def release(self, ack_ids: list[str]) -> None:
         with self._lock:
@@ -138,15 +162,15 @@ class _Leases:
         (Pub/Sub delivers them again)."""
         now = time.monotonic()
         with self._lock:
-            for ack_id in [a for a, (_, at) in self._held.items() if now - at > MAX_HOLD_S]:
+            for ack_id in [a for a, (_, at, _) in self._held.items() if now - at > MAX_HOLD_S]:
                 del self._held[ack_id]
-            return [a for a, (held_by, _) in self._held.items() if held_by == subscription]
+            return [a for a, (held_by, _, _) in self._held.items() if held_by == subscription]
 
     def oldest_held_s(self, subscription: str) -> float | None:
         """How long the oldest message of `subscription` held here has been held;
         None when none is."""
         with self._lock:
-            pulled = [at for held_by, at in self._held.values() if held_by == subscription]
+            pulled = [at for held_by, at, _ in self._held.values() if held_by == subscription]
         return time.monotonic() - min(pulled) if pulled else None
 
     def ack_failed(self, subscription: str, ack_ids: list[str]) -> None:
@@ -234,11 +258,6 @@ class _Puller:
         self._subscription = subscription
         self._client = _subscriber()
         self._queue: collections.deque = collections.deque()
-        # Publish times (µs) of what was pulled and not yet emitted: a heap, and
-        # how many of each time are done (removed lazily from the heap).
-        self._pending: list[int] = []
-        self._done: collections.Counter = collections.Counter()
-        self._pending_lock = threading.Lock()
         self._readers = 0
         self._asked = time.monotonic()  # when a reader last asked for a message
         # Wall-clock start of the latest pull that found nothing, while no pull
@@ -255,25 +274,17 @@ class _Puller:
         except IndexError:
             return None
 
-    def done(self, timestamp: Timestamp) -> None:
-        """A message taken has been emitted (or handed back)."""
-        with self._pending_lock:
-            self._done[timestamp.micros] += 1
-
     def drained(self) -> bool:
         """A drain was asked for and every message pulled has been taken."""
         return not self._queue and draining()
 
     def watermark(self) -> Timestamp | None:
-        """The oldest publish time pulled and not yet emitted; when there is none,
+        """The oldest publish time pulled and not yet acknowledged; when there is none,
         the start of the last empty pull less IDLE_WATERMARK_LAG_S; None when
         neither says anything new."""
-        with self._pending_lock:
-            pending, done = self._pending, self._done
-            while pending and done[pending[0]]:
-                done[heapq.heappop(pending)] -= 1
-            if pending:
-                return Timestamp(micros=pending[0])
+        oldest_us = LEASES.oldest_publish_us(self._subscription)
+        if oldest_us is not None:
+            return Timestamp(micros=oldest_us)
         empty_since = self._empty_since
         if empty_since is None:
             return None
@@ -323,9 +334,6 @@ class _Puller:
             self._found_nothing(started)
             time.sleep(0.05)  # the service answered at once that nothing is there
             return
-        LEASES.hold(self._subscription, [message.ack_id for message in received])
-        # The subscription's own deadline may be as short as 10 s: lease them now.
-        self._extend([message.ack_id for message in received])
         pulled = []
         for message in received:
             published = message.message.publish_time
@@ -333,9 +341,11 @@ class _Puller:
             record = RawRecord(f"pubsub:{message.message.message_id}", message.message.data,
                                publish_ms)
             pulled.append((record, Timestamp(micros=publish_ms * 1000), message.ack_id))
-        with self._pending_lock:  # pending before any reader can take them
-            for _, timestamp, _ in pulled:
-                heapq.heappush(self._pending, timestamp.micros)
+        # Held (and so holding the watermark) before any reader can take them.
+        LEASES.hold(self._subscription,
+                    [(ack_id, timestamp.micros) for _, timestamp, ack_id in pulled])
+        # The subscription's own deadline may be as short as 10 s: lease them now.
+        self._extend([ack_id for _, _, ack_id in pulled])
         self._queue.extend(pulled)
         self._empty_since = None
 
@@ -350,11 +360,10 @@ class _Puller:
         unsent = []
         while True:
             try:
-                _, timestamp, ack_id = self._queue.popleft()
+                _, _, ack_id = self._queue.popleft()
             except IndexError:
                 break
             unsent.append(ack_id)
-            self.done(timestamp)
         if not unsent:
             return
         LEASES.release(unsent)
@@ -410,10 +419,9 @@ class PubSubReader(UnboundedReader):
 
     def _emitted_current(self) -> None:
         """The runner asks for the next message, or a checkpoint, only once it has
-        emitted the current one: the watermark need not hold it any more."""
-        if self._current is not None:
-            self._puller.done(self._current[1])
-            self._current = None
+        emitted the current one (the watermark holds it until its checkpoint is
+        finalized: `_Leases`)."""
+        self._current = None
 
     def get_current(self) -> RawRecord:
         return self._current[0]
