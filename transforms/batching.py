@@ -165,11 +165,8 @@ class Merger:
                               newest.arrival_ms, merged.event_count)
 
 
-class _MergeBatchFn(beam.DoFn):
-    """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes.
-
-    A group that cannot be merged sends each of its batches to DEAD_LETTERS.
-    """
+class _MergingFn(beam.DoFn):
+    """A DoFn that merges a device's batches with a `Merger` made in its `setup`."""
 
     def __init__(self, codec: ShuffleCodec, input_connection: s3.S3Connection | None = None):
         self._codec = codec
@@ -177,6 +174,13 @@ class _MergeBatchFn(beam.DoFn):
 
     def setup(self):
         self._merger = Merger(self._codec, self._input_connection)
+
+
+class _MergeBatchFn(_MergingFn):
+    """(device, [ShuffledBatch]) → ForwardedBatch; counts duplicates and late panes.
+
+    A group that cannot be merged sends each of its batches to DEAD_LETTERS.
+    """
 
     def process(
         self,
@@ -226,7 +230,7 @@ def _stamped_sessions(element, gap_ms: int):
         yield window.TimestampedValue((device, batches), Timestamp(micros=session_end_us(end_ms)))
 
 
-class _LiveSessionsFn(beam.DoFn):
+class _LiveSessionsFn(_MergingFn):
     """(device, ShuffledBatch) in the global window → each of the device's sessions,
     merged, once it has closed (live input, every runner): sessions kept by the
     forwarder rather than by the runner's merging windows, which Prism does not merge
@@ -251,13 +255,9 @@ class _LiveSessionsFn(beam.DoFn):
 
     def __init__(self, batching: Batching, codec: ShuffleCodec,
                  input_connection: s3.S3Connection | None):
+        super().__init__(codec, input_connection)
         self._gap_ms = batching.session_gap_s * 1000
         self._lateness_us = batching.allowed_lateness_s * 1_000_000
-        self._codec = codec
-        self._input_connection = input_connection
-
-    def setup(self):
-        self._merger = Merger(self._codec, self._input_connection)
 
     def process(
         self,
