@@ -75,8 +75,6 @@ def list_keys(client, bucket: str, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-
-
 @pytest.fixture(scope="session")
 def pubsub_emulator():
     """A pstest server on a free loopback port; yields its host:port."""

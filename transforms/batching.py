@@ -51,8 +51,6 @@ from transforms.values import ArrivedBatch, Batching, BatchingMode, ForwardedBat
 _LOG = logging.getLogger(__name__)
 
 
-
-
 def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: float = 0):
     """WindowInto with one on-time pane, then one pane per late element, discarding.
 

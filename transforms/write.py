@@ -33,8 +33,6 @@ GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its C
 UPLOAD_THREADS = 4
 
 
-
-
 def stable_shard(text: str, shards: int) -> int:
     """A shard that does not change between runs or workers (unlike hash())."""
     return zlib.crc32(text.encode("utf-8")) % shards if shards > 1 else 0

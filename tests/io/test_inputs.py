@@ -102,9 +102,6 @@ def test_a_byte_order_mark_before_a_whole_document():
     assert [json.loads(d) for _, d in records("doc.json", data)] == [{"a": 1}]
 
 
-
-
-
 def test_sample_records_reads_the_first_files_and_passes_over_unreadable_ones(tmp_path):
     (tmp_path / "a.ndjson.gz").write_bytes(b"not gzip at all")
     write_ndjson(str(tmp_path / "b.ndjson"), generate(30, 5))

@@ -101,8 +101,6 @@ def test_as_int(value, expected):
 # from transforms.rules.settings, so that a mistake in the implementation's table shows.
 
 
-
-
 def test_a_number_is_written_the_same_beside_an_integer_beyond_64_bits():
     """The exact encoder writes every other value as orjson does (floats as 0.000036, not
     the standard library's 3.6e-05), so a field's bytes do not depend on its neighbours

@@ -39,7 +39,6 @@ PLAUSIBLE_TIMES = "a time in milliseconds between 2000-01-01 and 2100-01-01 (UTC
 _ZERO_ID = "00000000-0000-0000-0000-000000000000"
 
 
-
 def device_key(batch: dict) -> str | None:
     """The device a batch belongs to: mp_deviceid, else mpid, else a device_info id.
 
@@ -88,7 +87,6 @@ def arrival_time_ms(batch: dict) -> int | None:
     return None
 
 
-
 class Arrival(Protocol):
     """Anything that arrived: an ArrivedBatch, or one as it crosses a shuffle."""
 
@@ -105,7 +103,6 @@ A = TypeVar("A", bound=Arrival)
 def arrival_order(arrived: Arrival) -> tuple[int, str]:
     """Sort key: by arrival, then by source, so input order never matters."""
     return arrived.arrival_ms, arrived.source
-
 
 
 def event_keys(event: Any) -> list:
