@@ -140,7 +140,7 @@ class _Leases:
                 heapq.heappush(heap, (publish_us, ack_id))
 
     def oldest_publish_us(self, subscription: str) -> int | None:
-        """The oldest publish time of what `subscription`'s messages held here; None
+        """The oldest publish time among `subscription`'s messages held here; None
         when none is held."""
         with self._lock:
             heap = self._by_publish[subscription]
