@@ -244,8 +244,9 @@ class _LiveSessionsFn(_MergingFn):
     the time it was last written up to, for its allowed lateness.
     """
 
-    BATCHES = userstate.BagStateSpec("batches", ShuffledBatchCoder())
-    LATE = userstate.BagStateSpec("late", coders.VarIntCoder())  # arrival ms of late batches
+    # (batch, whether it came late) of each batch of the device's open sessions
+    BATCHES = userstate.BagStateSpec(
+        "batches", coders.TupleCoder([ShuffledBatchCoder(), coders.BooleanCoder()]))
     WRITTEN_UP_TO = userstate.ReadModifyWriteStateSpec("written_up_to", coders.VarIntCoder())
     TIMER_AT = userstate.ReadModifyWriteStateSpec("timer_at", coders.VarIntCoder())
     CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
@@ -261,17 +262,14 @@ class _LiveSessionsFn(_MergingFn):
         self,
         element: tuple[str, ShuffledBatch],
         batches=beam.DoFn.StateParam(BATCHES),
-        late=beam.DoFn.StateParam(LATE),
         written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
         timer_at=beam.DoFn.StateParam(TIMER_AT),
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
         _, shuffled = element
-        batches.add(shuffled)
         end_us = session_end_us(shuffled.arrival_ms + self._gap_ms)  # alone, its session's end
         written = written_up_to.read()
-        if written is not None and end_us <= written:
-            late.add(shuffled.arrival_ms)
+        batches.add((shuffled, written is not None and end_us <= written))
         at = timer_at.read()
         if at is None or end_us < at:
             close.set(Timestamp(micros=end_us))
@@ -284,27 +282,24 @@ class _LiveSessionsFn(_MergingFn):
         key=beam.DoFn.KeyParam,
         timestamp=beam.DoFn.TimestampParam,
         batches=beam.DoFn.StateParam(BATCHES),
-        late=beam.DoFn.StateParam(LATE),
         written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
         timer_at=beam.DoFn.StateParam(TIMER_AT),
-        close=beam.DoFn.TimerParam(CLOSE),
         expire=beam.DoFn.TimerParam(EXPIRE),
+        close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
         now_us = timestamp.micros
         # Runners keep a timer's time in milliseconds: a session has ended once its
         # last millisecond (end - 1) is reached.
         now_ms = now_us // 1000
-        late_arrivals = set(late.read())
-        sessions = split_sessions(list(batches.read()), self._gap_ms)
+        held = list(batches.read())
+        came_late = {id(item) for item, late in held if late}
+        sessions = split_sessions([item for item, _ in held], self._gap_ms)
         ended = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 <= now_ms]
         still_open = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 > now_ms]
         batches.clear()
-        late.clear()
         for session, _ in still_open:
             for item in session:
-                batches.add(item)
-                if item.arrival_ms in late_arrivals:
-                    late.add(item.arrival_ms)
+                batches.add((item, id(item) in came_late))
         written_up_to.write(max(written_up_to.read() or 0, now_us))
         if still_open:
             next_us = min(session_end_us(end_ms) for _, end_ms in still_open)
@@ -314,7 +309,7 @@ class _LiveSessionsFn(_MergingFn):
             timer_at.clear()
             expire.set(Timestamp(micros=now_us + self._lateness_us))
         for session, end_ms in ended:
-            is_late = any(item.arrival_ms in late_arrivals for item in session)
+            is_late = any(id(item) in came_late for item in session)
             for out in self._merger.merged(key, session, is_late):
                 if isinstance(out, pvalue.TaggedOutput):
                     yield out
