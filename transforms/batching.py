@@ -269,7 +269,8 @@ class _LiveSessionsFn(_MergingFn):
         _, shuffled = element
         end_us = session_end_us(shuffled.arrival_ms + self._gap_ms)  # alone, its session's end
         written = written_up_to.read()
-        batches.add((shuffled, written is not None and end_us <= written))
+        # Late: it arrived behind a time up to which the device's sessions were written.
+        batches.add((shuffled, written is not None and shuffled.arrival_ms * 1000 <= written))
         at = timer_at.read()
         if at is None or end_us < at:
             close.set(Timestamp(micros=end_us))

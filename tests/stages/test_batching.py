@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from pipeline.build import forward
 from pipeline.config import load_config
+from pipeline.run import counters_of
 from pipeline.runners import make_runner, worker_environment
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
@@ -515,8 +516,10 @@ def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
             arrivals = p | (beam.io.Read(_Replayed(records, speedup, tail_s)) if mode == "live"
                             else beam.Create(records))
             forward(arrivals, config)  # live: sessions by timer; bounded: keyed windows
-            p.run().wait_until_finish()
+            result = p.run()
+            result.wait_until_finish()
         written[mode] = objects(s3_client, bucket)
+        written[f"{mode} counters"] = counters_of(result)
     return written
 
 
@@ -565,3 +568,25 @@ def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arr
     assert len(written["live"]) > 10
     assert sorted(written["live"]) == sorted(written["bounded"])
     assert written["live"] == written["bounded"]
+
+
+def test_a_batch_behind_a_written_session_goes_out_late_and_is_counted_on_prism(
+    s3_endpoint, s3_client, prism
+):
+    """A device's session is written once the watermark passes its end; a batch of
+    that device that arrives later but is stamped inside that session goes out as a
+    further batch, counted late (one batch, two events), as Beam's late panes are."""
+    def record(n: int, device: str, at_ms: int, *ids: int) -> RawRecord:
+        return RawRecord(f"pubsub:{n}", json.dumps(batch(device, at_ms, *ids)).encode(),
+                         publish_time_ms=at_ms)
+
+    records = [record(0, "d1", T0, 1), record(1, "d2", T0 + 60_000, 2),
+               record(2, "d1", T0 + 1_000, 3, 4),  # behind the watermark: d1's session is out
+               record(3, "d2", T0 + 120_000, 5)]
+    written = _live_and_bounded(records, 20, 10, ["--wait_for_complete_batch=true",
+                                                  "--session_gap_s=3"], s3_endpoint, s3_client)
+    live = [[e["data"]["event_id"] for e in json.loads(line)["events"]]
+            for body in written["live"].values() for line in body.splitlines()]
+    assert sorted(live) == [[1], [2], [3, 4], [5]]  # the late batch apart, nothing lost
+    counters = written["live counters"]
+    assert (counters.get("late_batches"), counters.get("late_events")) == (1, 2), counters
