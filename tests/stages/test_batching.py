@@ -427,12 +427,13 @@ def test_keyed_and_beam_windows_write_the_same_objects(
 
 
 class _Replayed(UnboundedSource):
-    """Records as a live source delivers them: in publish order, stamped with their
-    publish time, each when its time comes on a clock running `speedup` times faster
-    than the wall clock (so a bundle holds what came since the last); the watermark
-    a second behind that clock or the next record, whichever is earlier, as
-    PubSubSource's is; `tail_s` after the last record, the end of time. Unbounded,
-    as PubSubSource is: Prism runs it as it runs Pub/Sub."""
+    """Records as a live source delivers them: in the list's order (publish order,
+    but for a record put behind on purpose), stamped with their publish time, each
+    when its time comes on a clock running `speedup` times faster than the wall clock
+    (so a bundle holds what came since the last); the watermark a second behind that
+    clock or the next record, whichever is earlier, never going back, as
+    PubSubSource's; `tail_s` after the last record, the end of time. Unbounded, as
+    PubSubSource is: Prism runs it as it runs Pub/Sub."""
 
     def __init__(self, records: list[RawRecord], speedup: float, tail_s: float):
         self._records = records
@@ -443,9 +444,11 @@ class _Replayed(UnboundedSource):
         return [self]
 
     def create_reader(self, options, checkpoint_mark):
-        # The mark: (next record, wall-clock time of the first); none at the start.
-        at, started = checkpoint_mark or (0, time.time())
-        return _ReplayReader(self._records, self._speedup, self._tail_ms, at, started)
+        # The mark: (next record, wall-clock time of the first, watermark reported in
+        # µs); none at the start.
+        at, started, watermark_us = checkpoint_mark or (0, time.time(), 0)
+        return _ReplayReader(self._records, self._speedup, self._tail_ms, at, started,
+                             watermark_us)
 
     def get_checkpoint_mark_coder(self):
         return coders.PickleCoder()
@@ -456,9 +459,9 @@ class _Replayed(UnboundedSource):
 
 class _ReplayReader(UnboundedReader):
     def __init__(self, records: list[RawRecord], speedup: float, tail_ms: float, at: int,
-                 started: float):
+                 started: float, watermark_us: int):
         self._records, self._speedup, self._tail_ms = records, speedup, tail_ms
-        self._at, self._started = at, started
+        self._at, self._started, self._watermark_us = at, started, watermark_us
 
     def _now_ms(self) -> float:
         """The replay's clock."""
@@ -488,12 +491,14 @@ class _ReplayReader(UnboundedReader):
         if self._at >= len(self._records):
             if now_ms > self._records[-1].publish_time_ms + self._tail_ms:
                 return MAX_TIMESTAMP
-            return Timestamp(micros=int(now_ms - 1000) * 1000)
-        next_ms = self._records[self._at].publish_time_ms
-        return Timestamp(micros=int(min(next_ms, now_ms) - 1000) * 1000)
+            next_ms = now_ms
+        else:
+            next_ms = min(self._records[self._at].publish_time_ms, now_ms)
+        self._watermark_us = max(self._watermark_us, int(next_ms - 1000) * 1000)
+        return Timestamp(micros=self._watermark_us)
 
     def get_checkpoint_mark(self):
-        return self._at, self._started
+        return self._at, self._started, self._watermark_us
 
 
 def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
