@@ -85,12 +85,17 @@ def _note_interrupts() -> list[int]:
     return seen
 
 
+def _forwarder_metrics(result) -> dict:
+    """A metrics query of the job as it is now, in the forwarder's namespace."""
+    return current_metrics(result).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+
+
 def counters_of(result, query: dict | None = None) -> dict[str, int]:
     """The run's counters in the forwarder's namespace, summed over steps (from
     `query`, the result of a metrics query already made, if given)."""
     totals: dict[str, int] = {}
     if query is None:
-        query = current_metrics(result).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+        query = _forwarder_metrics(result)
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
@@ -100,7 +105,7 @@ def counters_of(result, query: dict | None = None) -> dict[str, int]:
 def live_metrics_of(result) -> tuple[dict[str, int], int | None]:
     """A running live job's counters, and how long its oldest message has been held
     unacknowledged (ms; None where the source does not say: Beam's ReadFromPubSub)."""
-    query = current_metrics(result).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    query = _forwarder_metrics(result)
     held_ms = []
     for gauge in query["gauges"]:
         if gauge.key.metric.name == metrics.OLDEST_UNACKED_MS:
