@@ -7,6 +7,7 @@ allowed; the entry point prints it without a stack trace.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -333,6 +334,9 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
     with a Java job server, a flag Python does not know goes on to the job server,
     unless it looks like a misspelt forwarder option.
     """
+    if runners.canonical(_runner_in(beam_args)) == "DaskRunner":
+        from pipeline import dask_runner  # noqa: F401 - declares Beam's --dask_* options
+
     parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
     for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         options_class._add_argparse_args(parser)  # as PipelineOptions.get_all_options does
@@ -356,6 +360,12 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
         close = close_to_ours or difflib.get_close_matches(flag, ours + beams, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; python -m pipeline --help lists them."
         raise ConfigError(f"Unknown option {flag}{hint}")
+
+
+def _runner_in(beam_args: Sequence[str]) -> str | None:
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    parser.add_argument("--runner")
+    return parser.parse_known_args(list(beam_args))[0].runner
 
 
 def load_config(argv: Sequence[str]) -> tuple[ForwarderConfig, list[str]]:

@@ -43,6 +43,7 @@ from pipeline.config import (
     merged_values,
     validate_bucket_name,
 )
+from pipeline.errors import EngineGone
 from pipeline.logs import Console
 from pipeline.progress import LiveStatus, ProgressReporter
 from pipeline.runners import (
@@ -189,11 +190,14 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
                 name = runner_name(options)
                 build(pipeline, config, runner=name)
                 return _run_live(config, pipeline, drains=drains_on_stop(name))
-            with _progress(config):
+            with _progress(config, runners.reports_progress(options)):
                 counters = _run_bounded(config, options)
     except ConfigError as err:  # found only once the run starts (the spill's disk)
         console.error(str(err))
         return EXIT_CONFIG
+    except EngineGone as err:
+        console.error(str(err))
+        return EXIT_FAILED
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
         if interrupted:
             console.error("interrupted; nothing written so far is lost, and a rerun writes "
@@ -238,9 +242,10 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
     return run_graph(lambda pipeline: build(pipeline, config, runner=name, codec=codec))
 
 
-def _progress(config) -> contextlib.AbstractContextManager:
-    """Progress lines while a bounded run reads and writes, unless turned off."""
-    if not config.progress_every_s:
+def _progress(config, reported: bool) -> contextlib.AbstractContextManager:
+    """Progress lines while a bounded run reads and writes, unless turned off or its
+    workers cannot report (`reported`)."""
+    if not config.progress_every_s or not reported:
         return contextlib.nullcontext()
     client = inputs.input_client(config.inputs, config.connection)
     total_bytes = inputs.total_input_bytes(config.inputs, client)

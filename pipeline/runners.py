@@ -39,8 +39,10 @@ _RUNNERS = {
     "spark": "SparkRunner",
     "dataflow": "DataflowRunner",
     "portable": "PortableRunner",
+    "dask": "DaskRunner",
 }
-KNOWN = "DirectRunner, PrismRunner, FlinkRunner, SparkRunner, DataflowRunner or PortableRunner"
+KNOWN = ("DirectRunner, PrismRunner, DaskRunner, FlinkRunner, SparkRunner, DataflowRunner or "
+         "PortableRunner")
 # Runners whose job server (Java) reads options Python does not declare, such as
 # Flink's --checkpointing_interval: flags unknown here are passed on to them.
 JAVA_JOB_SERVER = frozenset({"FlinkRunner", "SparkRunner", "PortableRunner", "DataflowRunner"})
@@ -147,6 +149,20 @@ def sessions_by_timer(name: str) -> bool:
     return name != "DirectRunner"
 
 
+def reports_progress(options: PipelineOptions) -> bool:
+    """Whether a bounded run's workers can tell the launcher what they have done
+    (`transforms.io.progress`): processes of this machine, which inherit its
+    environment (the DirectRunner's, Prism's, a local Dask cluster's). Not a cluster's
+    elsewhere (Flink, Spark, Dataflow, a Dask scheduler's at --dask_client_address):
+    their own dashboards show progress."""
+    name = runner_name(options)
+    if name == "DaskRunner":
+        from pipeline.dask_runner import DaskOptions
+
+        return not options.view_as(DaskOptions).address
+    return name in SLICING
+
+
 class _JobStreamsWithoutDeadline:
     """The job service, with the job's state and message streams opened without a deadline.
 
@@ -214,6 +230,12 @@ def make_runner(options: PipelineOptions):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         return FnApiRunner()
+    if name == "DaskRunner":
+        from pipeline import dask_runner
+
+        if standard.streaming:
+            dask_runner.refuse_live()
+        return dask_runner.DaskRunner()
     if name == "PrismRunner":
         options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)
         if not options.view_as(PortableOptions).environment_type:
@@ -237,10 +259,14 @@ def worker_environment() -> Iterator[None]:
     """The environment that the worker processes a run starts inherit, for the run,
     restored after it: this Python first on PATH (Beam starts Prism's loopback
     process workers as `python`), and `worker_site` first on PYTHONPATH, whose
-    sitecustomize sets a worker up at its start as the launcher is."""
-    saved = {name: os.environ.get(name) for name in ("PATH", "PYTHONPATH")}
+    sitecustomize sets a worker up at its start as the launcher is; and Dask's
+    processes (`pipeline.dask_runner`) log only what goes wrong, as Beam's do, unless
+    DASK_LOGGING__DISTRIBUTED says otherwise."""
+    saved = {name: os.environ.get(name)
+             for name in ("PATH", "PYTHONPATH", "DASK_LOGGING__DISTRIBUTED")}
     _prepend("PATH", os.path.dirname(sys.executable))
     _prepend("PYTHONPATH", _WORKER_SITE)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         yield
     finally:

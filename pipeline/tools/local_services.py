@@ -74,3 +74,45 @@ def pstest_server(*flags: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+class DaskCluster:
+    """A Dask scheduler and its workers, each a process of its own (`dask_cluster`)."""
+
+    def __init__(self, address: str, scheduler: subprocess.Popen,
+                 workers: list[subprocess.Popen]):
+        self.address = address
+        self.scheduler = scheduler
+        self.workers = workers
+
+
+@contextlib.contextmanager
+def dask_cluster(workers: int = 2, env: dict | None = None) -> Iterator[DaskCluster]:
+    """`dask scheduler` and `workers` × `dask worker` (one thread, no nanny: a worker
+    killed stays dead) on loopback, as an operator starts them; yields the cluster
+    once every worker has joined."""
+    import distributed
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    environment = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "warning", **(env or {})}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": environment}
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                  "--no-dashboard"], **quiet)
+    started = [scheduler]
+    try:
+        started += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-nanny",
+                                      "--host", "127.0.0.1", "--no-dashboard"], **quiet)
+                    for _ in range(workers)]
+        with distributed.Client(address, timeout=30) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield DaskCluster(address, scheduler, started[1:])
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
