@@ -24,6 +24,9 @@ setuptools.setup(
         "zstandard==0.25.0",
         # Live forwarding: Beam's ReadFromPubSub uses the standard client.
         "google-cloud-pubsub==2.44.0",
+        # --runner=dask (pipeline/dask_runner.py): backfills on a Dask cluster.
+        "dask==2026.8.0",
+        "distributed==2026.8.0",
     ],
     extras_require={
         "test": [

@@ -14,12 +14,15 @@ as a whole process from start to exit:
   4. the pipeline on Prism (Beam's portable runner, built by ./run_local.sh), whose
      Go process does the shuffles while the Python code runs in an SDK harness
      process of its own (Prism starts one per environment);
+  5. the pipeline on a local Dask cluster (`--runner=dask`: a scheduler in the
+     launcher, one worker process per core);
 then measures the S3 server's ceiling (a raw boto3 PUT loop with the same object
 sizes, at concurrency 1 and 2) and prints one table: events/s, batches, files,
 bytes, peak RSS of the whole process tree, speed against the yardstick, and the
 uploads as a fraction of the ceiling. Then, at four times the input (the same
-devices over four times the days), runs 2 and 3 again and prints their peak RSS
-beside the 1x figure and the sizes of the largest slice and the largest window.
+devices over four times the days), runs 2, 3 and 5 again and prints their peak RSS
+beside the 1x figure, the largest peak of one process of the run, and the sizes of
+the largest slice and the largest window.
 It checks that every run at one size forwarded the same events (counts by event
 id) and reports whether the objects are identical.
 """
@@ -81,20 +84,21 @@ def make_input(folder: Path, batches: int, devices: int) -> tuple[int, int, int,
             slice_bytes[largest], max(window_bytes.values()))
 
 
-def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
-    """Runs a command; returns (seconds, peak RSS of its process tree, stdout)."""
+def run_measured(command: list[str], env: dict) -> tuple[float, int, int, str]:
+    """Runs a command; returns (seconds, peak RSS of its process tree, the largest
+    peak RSS of one process in it, stdout)."""
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=log, text=True)
-        peak = 0
+        peak = largest = 0
         tree = psutil.Process(process.pid)
         while process.poll() is None:
             try:
-                rss = tree.memory_info().rss + sum(
+                each = [tree.memory_info().rss] + [
                     child.memory_info().rss for child in tree.children(recursive=True)
-                )
-                peak = max(peak, rss)
+                ]
+                peak, largest = max(peak, sum(each)), max(largest, *each)
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -103,7 +107,7 @@ def run_measured(command: list[str], env: dict) -> tuple[float, int, str]:
             log.seek(0)
             raise RuntimeError(f"{command} failed ({process.returncode}):\n{out[-3000:]}"
                                f"\n{log.read()[-5000:]}")
-    return time.monotonic() - started, peak, out
+    return time.monotonic() - started, peak, largest, out
 
 
 def read_back(client, bucket: str) -> tuple[Counter, dict[str, bytes], int]:
@@ -157,6 +161,7 @@ def main() -> None:
                     f"--spill_dir={tmp}/spill"]
 
         two_workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+        dask = ["--runner=dask"]  # a local cluster: one worker process per core
         runs = [
             ("yardstick (plain Python)", 1, [
                 sys.executable, "-m", "benchmarks.yardstick",
@@ -165,19 +170,23 @@ def main() -> None:
             ("pipeline, DirectRunner in-process", 1, pipeline(1)),
             ("pipeline, DirectRunner 2 workers", 1, pipeline(1) + two_workers),
             ("pipeline, Prism (SDK harness process)", 1, pipeline(1) + ["--runner=PrismRunner"]),
+            ("pipeline, Dask local cluster, 2 workers", 1, pipeline(1) + dask),
         ]
         if args.four_x:
             runs += [("pipeline, DirectRunner in-process", 4, pipeline(4)),
-                     ("pipeline, DirectRunner 2 workers", 4, pipeline(4) + two_workers)]
+                     ("pipeline, DirectRunner 2 workers", 4, pipeline(4) + two_workers),
+                     ("pipeline, Dask local cluster, 2 workers", 4, pipeline(4) + dask)]
         rows = []
         for number, (name, scale, command) in enumerate(runs):
             bucket = f"bench-{number}"
             client.create_bucket(Bucket=bucket)
             print(f"running: {name} at {scale}x ...", flush=True)
-            seconds, peak, _ = run_measured(command + [f"--s3_bucket_name={bucket}"], env)
+            seconds, peak, largest, _ = run_measured(
+                command + [f"--s3_bucket_name={bucket}"], env)
             events, objects, batches = read_back(client, bucket)
             rows.append({"name": name, "scale": scale, "seconds": seconds, "peak": peak,
-                         "events": events, "objects": objects, "batches": batches})
+                         "largest": largest, "events": events, "objects": objects,
+                         "batches": batches})
             if scale != 1:
                 # Free what was read back: only the counts are compared at 4x.
                 rows[-1]["objects"] = {k: hashlib.sha256(v).digest() for k, v in objects.items()}
@@ -213,7 +222,7 @@ def _print_throughput(rows: list[dict], ceiling: dict, sizes: list[int], input_b
               f"{'S3 ceiling share':>16}")
     print(header)
     print("-" * len(header))
-    for row, concurrency in zip(rows, (1, 1, 2, 2), strict=True):
+    for row, concurrency in zip(rows, (1, 1, 2, 2, 2), strict=True):
         out_bytes = sum(len(b) for b in row["objects"].values())
         share = ceiling[concurrency] / row["seconds"]
         print(f"{row['name']:<38} {row['seconds']:>7.1f} "
@@ -233,7 +242,7 @@ def _print_memory(rows: list[dict], inputs: dict):
           f"slices of {SLICE_S // 3600} h:")
     header = (f"{'run':<38} {'scale':>5} {'input MiB':>9} {'largest slice':>22} "
               f"{'largest window':>14} {'s':>7} {'events/s':>10} {'peak RSS MiB':>12} "
-              f"{'4x/1x':>6}")
+              f"{'4x/1x':>6} {'one process MiB':>15}")
     print(header)
     print("-" * len(header))
     peaks = {}
@@ -247,7 +256,8 @@ def _print_memory(rows: list[dict], inputs: dict):
         print(f"{row['name']:<38} {row['scale']:>4}x {input_bytes / 2**20:>9,.0f} "
               f"{largest:>22} {window_bytes / 2**20:>10,.1f} MiB {row['seconds']:>7.1f} "
               f"{sum(row['events'].values()) / row['seconds']:>10,.0f} "
-              f"{row['peak'] / 2**20:>12,.0f} {f'{ratio:.2f}' if ratio else '':>6}")
+              f"{row['peak'] / 2**20:>12,.0f} {f'{ratio:.2f}' if ratio else '':>6} "
+              f"{row['largest'] / 2**20:>15,.0f}")
 
 
 if __name__ == "__main__":

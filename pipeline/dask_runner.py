@@ -33,8 +33,7 @@ against the Beam behaviour it corrects, so that it can go when Beam fixes it:
 fails if a Beam upgrade moves what this module imports or overrides.
 
 Without `--dask_client_address`, a local cluster of worker processes, one per core,
-each with one thread; its workers spill what they hold to local disk past
-`LOCAL_WORKER_MEMORY_TARGET` of their memory limit (Dask's spilling; see README).
+each with one thread and an equal share of the machine's memory.
 """
 
 from __future__ import annotations
@@ -80,9 +79,6 @@ DaskOptions = beam_dask.DaskOptions
 PARTITIONS_PER_THREAD = 4
 # A Reshuffle's elements (the input files) each get a partition, up to this many.
 MAX_DEALT_PARTITIONS = 10_000
-# The local cluster's workers: the memory each may hold (bytes) and the fraction of it
-# past which Dask spills what they hold to disk.
-LOCAL_WORKER_MEMORY_TARGET = 0.5
 
 
 class DaskRunner(beam_dask.DaskRunner):
@@ -92,9 +88,13 @@ class DaskRunner(beam_dask.DaskRunner):
         client, cluster = _connect(options.view_as(DaskOptions))
         try:
             pipeline.replace_all(dask_overrides())
-            threads = sum(client.nthreads().values()) or 1
-            asked = options.view_as(DaskOptions).npartitions
-            translation = _Translation(client, asked or PARTITIONS_PER_THREAD * threads)
+            nthreads = client.nthreads()
+            threads = sum(nthreads.values()) or 1
+            partitions = options.view_as(DaskOptions).npartitions or (
+                PARTITIONS_PER_THREAD * threads)
+            _LOG.info("Dask cluster at %s: %d workers, %d threads; %d partitions",
+                      client.scheduler.address, len(nthreads), threads, partitions)
+            translation = _Translation(client, partitions)
             pipeline.visit(translation)
             futures = client.compute(translation.to_compute(), optimize_graph=True)
         except BaseException:
@@ -128,16 +128,8 @@ def _connect(dask_options: DaskOptions):
     workers = os.cpu_count() or 1
     cluster = distributed.LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        memory_limit=_local_worker_memory(workers),
     )
     return distributed.Client(cluster), cluster
-
-
-def _local_worker_memory(workers: int) -> int:
-    """Each local worker's memory limit: a share of the machine's memory."""
-    import psutil
-
-    return int(psutil.virtual_memory().total * 0.8 / workers)
 
 
 def _close(client, cluster) -> None:
