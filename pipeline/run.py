@@ -223,8 +223,11 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
 def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
     """Runs a bounded run, sliced where the runner needs it; returns its counters."""
 
+    client = inputs.input_client(config.inputs, config.connection)
+
     def run_graph(build_graph) -> dict[str, int]:
-        pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+        runner = make_runner(options, input_bytes=inputs.total_input_bytes(config.inputs, client))
+        pipeline = beam.Pipeline(runner=runner, options=options)
         build_graph(pipeline)
         result = pipeline.run()
         result.wait_until_finish()
@@ -232,7 +235,6 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
 
     name = runner_name(options)
     if sliced.applies(config, name):
-        client = inputs.input_client(config.inputs, config.connection)
         files = [each for pattern in config.inputs
                  for each in inputs.matched_files(pattern, client)]
         return sliced.run_sliced(config, run_graph, sliced.spill_bytes_needed(files))

@@ -212,8 +212,9 @@ def current_metrics(result):
     return result.metrics()
 
 
-def make_runner(options: PipelineOptions):
-    """The runner to use; fills in Prism's binary so that Beam never downloads one."""
+def make_runner(options: PipelineOptions, input_bytes: int | None = None):
+    """The runner to use; fills in Prism's binary so that Beam never downloads one.
+    `input_bytes`: a bounded run's input, by which a Dask run sizes its partitions."""
     name = runner_name(options)
     standard = options.view_as(StandardOptions)
     # Worker processes log as the launcher does: the forwarder's lines, and only
@@ -235,7 +236,7 @@ def make_runner(options: PipelineOptions):
 
         if standard.streaming:
             dask_runner.refuse_live()
-        return dask_runner.DaskRunner()
+        return dask_runner.DaskRunner(input_bytes)
     if name == "PrismRunner":
         options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)
         if not options.view_as(PortableOptions).environment_type:

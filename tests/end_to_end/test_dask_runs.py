@@ -169,7 +169,7 @@ def test_a_scheduler_gone_mid_run_is_one_sentence_and_exit_1(s3_endpoint, bucket
 
         def kill_the_scheduler():
             with distributed.Client(running.address, timeout=30) as client:
-                while not any("_run_bundle" in str(key) for keys in client.processing().values()
+                while not any("_run_fused" in str(key) for keys in client.processing().values()
                               for key in keys):
                     time.sleep(0.02)
             running.scheduler.kill()
