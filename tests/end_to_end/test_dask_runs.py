@@ -129,15 +129,16 @@ def test_a_worker_killed_mid_run_changes_nothing(s3_endpoint, s3_client, new_buc
 
 
 def _kill_a_worker_when_it_shuffles(address: str) -> threading.Event:
-    """In a thread: SIGKILLs the first worker seen grouping (past the read and parse);
-    the event is set once it is killed."""
+    """In a thread: SIGKILLs the first worker seen running a stage that reads a shuffle
+    (past the read and parse: `pipeline.dask_runner`'s "stage-" tasks); the event is
+    set once it is killed."""
     killed = threading.Event()
 
     def watch():
         with distributed.Client(address, timeout=30) as client:
             while True:
                 busy = [worker for worker, keys in client.processing().items()
-                        if any("shuffle" in str(key) or "group" in str(key) for key in keys)]
+                        if any("stage-" in str(key) for key in keys)]
                 if busy:
                     break
                 time.sleep(0.02)
