@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.run                      # 1,000,000 events (≈250,000 batches)
     .venv/bin/python -m benchmarks.run --batches 2000       # a smoke run
     .venv/bin/python -m benchmarks.run --no-4x              # without the memory rows at 4x
+    .venv/bin/python -m benchmarks.run --repeats 3          # medians of 3 alternated runs
 
 Generates deterministic batches (`pipeline.tools.sample_data`: 20,000 devices, 1-8
 events a batch), starts the embedded S3 server, and runs on that input, gzip on,
@@ -20,7 +21,8 @@ then measures the S3 server's ceiling (a raw boto3 PUT loop with the same object
 sizes, at concurrency 1 and 2) and prints one table: events/s, batches, files,
 bytes, peak RSS of the whole process tree, speed against the yardstick, and the
 uploads as a fraction of the ceiling. Then, at four times the input (the same
-devices over four times the days), runs 2, 3 and 5 again and prints their peak RSS
+devices over four times the days, in four times the files of the same size), runs
+2, 3 and 5 again and prints their peak RSS
 beside the 1x figure, the largest peak of one process of the run, and the sizes of
 the largest slice and the largest window.
 It checks that every run at one size forwarded the same events (counts by event
@@ -34,6 +36,7 @@ import gzip
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,18 +61,19 @@ INPUT_FILES = 8  # the input is split so that workers can share it
 SLICE_S = 6 * 3600
 
 
-def make_input(folder: Path, batches: int, devices: int) -> tuple[int, int, int, int]:
-    """Writes the batches over INPUT_FILES NDJSON files; returns their bytes, the
+def make_input(folder: Path, batches: int, devices: int, files: int = INPUT_FILES
+               ) -> tuple[int, int, int, int]:
+    """Writes the batches over `files` NDJSON files; returns their bytes, the
     batches and NDJSON bytes of the largest slice of arrival time (SLICE_S), and the
     NDJSON bytes of the largest 10-minute window (what a sliced run of fixed windows
     groups at once)."""
     folder.mkdir(parents=True, exist_ok=True)
     generated = iter(generate(batches, devices))
-    per_file = -(-batches // INPUT_FILES)
+    per_file = -(-batches // files)
     slices: Counter = Counter()
     slice_bytes: Counter = Counter()
     window_bytes: Counter = Counter()
-    for index in range(INPUT_FILES):
+    for index in range(files):
         chunk = [b for _, b in zip(range(per_file), generated, strict=False)]
         write_ndjson(str(folder / f"part-{index}.ndjson"), iter(chunk))
         for batch in chunk:
@@ -137,6 +141,9 @@ def put_ceiling(client, bucket: str, sizes: list[int], concurrency: int) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=250_000)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every configuration this many times, alternated; the "
+                        "tables show medians and the spread of the times")
     parser.add_argument("--devices", type=int, default=20_000)
     parser.add_argument("--no-4x", dest="four_x", action="store_false",
                         help="skip the memory rows at four times the input")
@@ -152,7 +159,8 @@ def main() -> None:
             print(f"generating {scale}x: {args.batches * scale:,} batches from "
                   f"{args.devices:,} devices ...", flush=True)
             folder = Path(tmp) / f"x{scale}"
-            inputs[scale] = (folder, *make_input(folder, args.batches * scale, args.devices))
+            inputs[scale] = (folder, *make_input(folder, args.batches * scale, args.devices,
+                                                 INPUT_FILES * scale))
 
         def pipeline(scale: int) -> list[str]:
             return [sys.executable, "-m", "pipeline", f"--input={inputs[scale][0]}/*.ndjson",
@@ -176,20 +184,32 @@ def main() -> None:
             runs += [("pipeline, DirectRunner in-process", 4, pipeline(4)),
                      ("pipeline, DirectRunner 2 workers", 4, pipeline(4) + two_workers),
                      ("pipeline, Dask local cluster, 2 workers", 4, pipeline(4) + dask)]
-        rows = []
-        for number, (name, scale, command) in enumerate(runs):
-            bucket = f"bench-{number}"
-            client.create_bucket(Bucket=bucket)
-            print(f"running: {name} at {scale}x ...", flush=True)
-            seconds, peak, largest, _ = run_measured(
-                command + [f"--s3_bucket_name={bucket}"], env)
-            events, objects, batches = read_back(client, bucket)
-            rows.append({"name": name, "scale": scale, "seconds": seconds, "peak": peak,
-                         "largest": largest, "events": events, "objects": objects,
-                         "batches": batches})
-            if scale != 1:
-                # Free what was read back: only the counts are compared at 4x.
-                rows[-1]["objects"] = {k: hashlib.sha256(v).digest() for k, v in objects.items()}
+        rows = [{"name": name, "scale": scale, "times": [], "peaks": [], "largests": []}
+                for name, scale, _ in runs]
+        for repeat in range(args.repeats):  # alternated: every run once, then again
+            for number, (name, scale, command) in enumerate(runs):
+                bucket = f"bench-{repeat}-{number}"
+                client.create_bucket(Bucket=bucket)
+                print(f"running: {name} at {scale}x (repeat {repeat + 1} of "
+                      f"{args.repeats}) ...", flush=True)
+                seconds, peak, largest, _ = run_measured(
+                    command + [f"--s3_bucket_name={bucket}"], env)
+                row = rows[number]
+                row["times"].append(seconds)
+                row["peaks"].append(peak)
+                row["largests"].append(largest)
+                events, objects, batches = read_back(client, bucket)
+                if scale != 1 or repeat:
+                    # Only the 1x objects are kept whole (the S3 ceiling's sizes).
+                    objects = {k: hashlib.sha256(v).digest() for k, v in objects.items()}
+                if repeat == 0:
+                    row.update(events=events, objects=objects, batches=batches)
+                elif events != row["events"]:
+                    raise RuntimeError(f"{name} forwarded other events in repeat {repeat + 1}")
+        for row in rows:
+            row.update(seconds=statistics.median(row["times"]),
+                       peak=statistics.median(row["peaks"]),
+                       largest=statistics.median(row["largests"]))
 
         one_x = [row for row in rows if row["scale"] == 1]
         sizes = [len(body) for body in one_x[0]["objects"].values()]
@@ -210,6 +230,13 @@ def main() -> None:
             sys.exit(1)
 
 
+def _spread(row: dict) -> str:
+    """The fastest and slowest of a run's repeats, if there were several."""
+    if len(row["times"]) < 2:
+        return ""
+    return f"{min(row['times']):.1f}-{max(row['times']):.1f}"
+
+
 def _print_throughput(rows: list[dict], ceiling: dict, sizes: list[int], input_bytes: int):
     yard = rows[0]
     total_events = sum(yard["events"].values())
@@ -217,7 +244,8 @@ def _print_throughput(rows: list[dict], ceiling: dict, sizes: list[int], input_b
     print(f"input: {yard['batches']:,} batches forwarded, {total_events:,} events, "
           f"{input_bytes / 2**20:,.1f} MiB NDJSON in {INPUT_FILES} files; "
           f"{os.cpu_count()} cores; slices of {SLICE_S // 3600} h")
-    header = (f"{'run':<38} {'s':>7} {'events/s':>10} {'batches':>9} {'files':>6} "
+    header = (f"{'run':<38} {'s':>7} {'(min-max)':>13} {'events/s':>10} {'batches':>9} "
+              f"{'files':>6} "
               f"{'MiB out':>8} {'peak RSS MiB':>12} {'RSS/input':>9} {'vs yardstick':>12} "
               f"{'S3 ceiling share':>16}")
     print(header)
@@ -225,7 +253,7 @@ def _print_throughput(rows: list[dict], ceiling: dict, sizes: list[int], input_b
     for row, concurrency in zip(rows, (1, 1, 2, 2, 2), strict=True):
         out_bytes = sum(len(b) for b in row["objects"].values())
         share = ceiling[concurrency] / row["seconds"]
-        print(f"{row['name']:<38} {row['seconds']:>7.1f} "
+        print(f"{row['name']:<38} {row['seconds']:>7.1f} {_spread(row):>13} "
               f"{total_events / row['seconds']:>10,.0f} {row['batches']:>9,} "
               f"{len(row['objects']):>6,} {out_bytes / 2**20:>8.1f} "
               f"{row['peak'] / 2**20:>12,.0f} {row['peak'] / input_bytes:>9.2f} "
@@ -238,10 +266,11 @@ def _print_throughput(rows: list[dict], ceiling: dict, sizes: list[int], input_b
 
 def _print_memory(rows: list[dict], inputs: dict):
     print()
-    print(f"memory at 1x and 4x the input (same devices, four times the days), "
+    print(f"memory at 1x and 4x the input (same devices, four times the days and files), "
           f"slices of {SLICE_S // 3600} h:")
     header = (f"{'run':<38} {'scale':>5} {'input MiB':>9} {'largest slice':>22} "
-              f"{'largest window':>14} {'s':>7} {'events/s':>10} {'peak RSS MiB':>12} "
+              f"{'largest window':>14} {'s':>7} {'(min-max)':>13} {'events/s':>10} "
+              f"{'peak RSS MiB':>12} "
               f"{'4x/1x':>6} {'one process MiB':>15}")
     print(header)
     print("-" * len(header))
@@ -255,6 +284,7 @@ def _print_memory(rows: list[dict], inputs: dict):
         largest = f"{slice_batches:,} b, {slice_bytes / 2**20:,.0f} MiB"
         print(f"{row['name']:<38} {row['scale']:>4}x {input_bytes / 2**20:>9,.0f} "
               f"{largest:>22} {window_bytes / 2**20:>10,.1f} MiB {row['seconds']:>7.1f} "
+              f"{_spread(row):>13} "
               f"{sum(row['events'].values()) / row['seconds']:>10,.0f} "
               f"{row['peak'] / 2**20:>12,.0f} {f'{ratio:.2f}' if ratio else '':>6} "
               f"{row['largest'] / 2**20:>15,.0f}")
