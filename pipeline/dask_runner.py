@@ -20,7 +20,8 @@ against the Beam behaviour it corrects, so that it can go when Beam fixes it:
 6. Counters: each task runs its DoFns under a metrics container and returns the
    counters with its output; the result sums those of the tasks that completed, once
    each (a task run again after a worker died counts once), so `result.metrics()`
-   answers (Beam: NotImplementedError, and no container on the workers).
+   answers (Beam: NotImplementedError, and no container on the workers). Counters are
+   kept per stage (below), under the name of its first step.
 7. Work is spread (Beam: Reshuffle is a no-op, and a Create of one glob is one
    partition, so the whole job is one task). A Reshuffle is a materialization point:
    its input is computed first and dealt out one element a partition (up to
@@ -28,7 +29,12 @@ against the Beam behaviour it corrects, so that it can go when Beam fixes it:
    each of its output partitions split so that there are at least as many as the
    cluster's partition count: one large input file is shared by every worker.
 8. A Read, a side input, or any primitive it does not know is refused with its name
-   (Beam: a silent no-op).
+   (Beam: a silent no-op), and so is --dask_partition_size (Beam's Create sizing).
+
+Beyond fixes, as Beam's own runners do: ParDos are fused into stages (one task per
+partition; each step's output goes to the next in memory), a stage writes the
+shuffle of the GroupByKey it feeds already encoded and split (`_ShuffleWriter`), and
+the stage after reads its part of it and groups it first.
 
 `tests/pipeline/test_dask_runner.py::test_the_beam_internals_this_runner_relies_on_are_there`
 fails if a Beam upgrade moves what this module imports or overrides.
@@ -55,7 +61,7 @@ from apache_beam.coders.coder_impl import create_InputStream, create_OutputStrea
 from apache_beam.coders.coders import WindowedValueCoder
 from apache_beam.internal import pickler
 from apache_beam.metrics.execution import MetricsContainer
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.common import DoFnRunner, DoFnState, Receiver
 from apache_beam.runners.dask import dask_runner as beam_dask
@@ -113,8 +119,7 @@ class DaskRunner(beam_dask.DaskRunner):
         except BaseException:
             _close(client, cluster)
             raise
-        return DaskResult(client, cluster, futures, getattr(options.view_as(DaskOptions),
-                                                            "address", None))
+        return DaskResult(client, cluster, futures, options.view_as(DaskOptions).address)
 
 
 def partition_count(threads: int, input_bytes: int) -> int:
@@ -135,12 +140,14 @@ def _connect(dask_options: DaskOptions):
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         for name in ("distributed", "distributed.client"):  # Dask sets both
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    address = dask_options.address
+    address = dask_options.address or dask_options.scheduler_file
     if address:
-        timeout = dask_options.timeout if isinstance(dask_options.timeout, int) else 10
         try:
-            return distributed.Client(address, timeout=timeout,
-                                      name=dask_options.name or "mparticle-s3-forwarder"), None
+            return distributed.Client(
+                dask_options.address, scheduler_file=dask_options.scheduler_file,
+                timeout=dask_options.timeout if isinstance(dask_options.timeout, int) else 10,
+                name=dask_options.name or "mparticle-s3-forwarder",
+                connection_limit=dask_options.connection_limit), None
         except (OSError, TimeoutError) as err:
             raise EngineGone(
                 f"the Dask scheduler at {address} cannot be reached ({type(err).__name__}): "
@@ -579,8 +586,13 @@ def _grouped(parts: list[bytes], coders: tuple) -> list[WindowedValue]:
             for key_bytes, values in groups.items()]
 
 
-def refuse_live() -> None:
-    raise ConfigError(
-        "--runner=dask runs bounded input (--input) only: Dask has no streaming; forward "
-        "live input on Prism (the default), Flink, Spark or Dataflow."
-    )
+def check_options(options: PipelineOptions) -> None:
+    """Refuses what this runner does not run, in one sentence (ConfigError)."""
+    if options.view_as(StandardOptions).streaming:
+        raise ConfigError(
+            "--runner=dask runs bounded input (--input) only: Dask has no streaming; "
+            "forward live input on Prism (the default), Flink, Spark or Dataflow."
+        )
+    if options.view_as(DaskOptions).partition_size:
+        raise ConfigError("--dask_partition_size is not used by --runner=dask here: "
+                          "set --dask_npartitions instead.")

@@ -234,8 +234,7 @@ def make_runner(options: PipelineOptions, input_bytes: int | None = None):
     if name == "DaskRunner":
         from pipeline import dask_runner
 
-        if standard.streaming:
-            dask_runner.refuse_live()
+        dask_runner.check_options(options)
         return dask_runner.DaskRunner(input_bytes)
     if name == "PrismRunner":
         options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)

@@ -186,12 +186,17 @@ def test_a_scheduler_gone_mid_run_is_one_sentence_and_exit_1(s3_endpoint, bucket
     assert "Traceback" not in err
 
 
-def test_live_input_on_dask_is_refused_in_one_sentence(s3_endpoint, bucket):
+@pytest.mark.parametrize("flags, sentence", [
+    (["--input_subscription=projects/my-project/subscriptions/events"],
+     "--runner=dask runs bounded input (--input) only: Dask has no streaming; forward live "
+     "input on Prism (the default), Flink, Spark or Dataflow."),
+    (["--input=/nowhere/*.ndjson", "--dask_partition_size=100"],
+     "--dask_partition_size is not used by --runner=dask here: set --dask_npartitions "
+     "instead."),
+], ids=["live input", "partition size"])
+def test_what_dask_does_not_run_is_refused_in_one_sentence(s3_endpoint, bucket, flags,
+                                                            sentence):
     code, out, err = run_main([f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
-                               "--input_subscription=projects/my-project/subscriptions/events",
-                               "--runner=dask"])
+                               "--runner=dask", *flags])
     assert code == 2
-    assert err.strip() == (
-        "error: --runner=dask runs bounded input (--input) only: Dask has no streaming; "
-        "forward live input on Prism (the default), Flink, Spark or Dataflow."
-    )
+    assert err.strip() == f"error: {sentence}"
