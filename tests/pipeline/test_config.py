@@ -271,7 +271,7 @@ def _error(argv: list[str]) -> tuple[int, str]:
                "every option is a --flag=VALUE."),
     (["--runner=BogusRunner"],
      "error: --runner 'BogusRunner' is not a runner this forwarder runs on: use DirectRunner, "
-     "PrismRunner, FlinkRunner, SparkRunner, DataflowRunner or PortableRunner."),
+     "PrismRunner, DaskRunner, FlinkRunner, SparkRunner, DataflowRunner or PortableRunner."),
     (["--s3_endpoint_url=not-a-url"],
      "error: --s3_endpoint_url 'not-a-url' must be an http:// or https:// URL with a host, "
      "such as http://127.0.0.1:9000."),

@@ -30,10 +30,10 @@ def cluster():
 
 def test_the_beam_internals_this_runner_relies_on_are_there():
     from apache_beam.runners.common import DoFnRunner, DoFnState
-    from apache_beam.utils import counters
     from apache_beam.runners.dask import dask_runner as beam_dask
     from apache_beam.runners.dask import overrides
     from apache_beam.runners.worker import statesampler
+    from apache_beam.utils import counters
 
     # Beam's overrides, which this runner keeps, and what they replace.
     replaced = {type(override).__name__ for override in overrides.dask_overrides()}
