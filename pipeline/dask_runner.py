@@ -40,7 +40,8 @@ the stage after reads its part of it and groups it first.
 fails if a Beam upgrade moves what this module imports or overrides.
 
 Without `--dask_client_address`, a local cluster of worker processes, one per core,
-each with one thread and an equal share of the machine's memory.
+each with one thread and `--dask_worker_memory` (default: an equal share of the
+machine's memory).
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ INPUT_BYTES_PER_PARTITION = 32 * 2**20
 MAX_DEALT_PARTITIONS = 10_000
 
 
+class LocalClusterOptions(PipelineOptions):
+    """How the local cluster (no --dask_client_address) is made."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--dask_worker_memory", default="auto",
+            help="Each local Dask worker's memory limit (for example 2GiB; default: an "
+            "equal share of the machine's memory). Past 60-70%% of it a worker spills "
+            "what it holds to disk; at 95%% it is restarted.")
+
+
 class DaskRunner(beam_dask.DaskRunner):
     """Beam's DaskRunner with the fixes the module's docstring lists."""
 
@@ -104,7 +117,8 @@ class DaskRunner(beam_dask.DaskRunner):
         self._input_bytes = input_bytes or 0
 
     def run_pipeline(self, pipeline, options: PipelineOptions):
-        client, cluster = _connect(options.view_as(DaskOptions))
+        client, cluster = _connect(options.view_as(DaskOptions),
+                                   options.view_as(LocalClusterOptions).dask_worker_memory)
         try:
             pipeline.replace_all(dask_overrides())
             nthreads = client.nthreads()
@@ -130,8 +144,9 @@ def partition_count(threads: int, input_bytes: int) -> int:
     return max(PARTITIONS_PER_THREAD * threads, -(-input_bytes // INPUT_BYTES_PER_PARTITION))
 
 
-def _connect(dask_options: DaskOptions):
-    """A client of the scheduler at --dask_client_address, or of a local cluster."""
+def _connect(dask_options: DaskOptions, worker_memory: str):
+    """A client of the scheduler at --dask_client_address, or of a local cluster whose
+    workers each have `worker_memory`."""
     import distributed
 
     # Dask configures its loggers when it is first imported. As for Beam's
@@ -156,6 +171,7 @@ def _connect(dask_options: DaskOptions):
     workers = os.cpu_count() or 1
     cluster = distributed.LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        memory_limit=worker_memory,
     )
     return distributed.Client(cluster), cluster
 
