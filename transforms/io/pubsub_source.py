@@ -128,6 +128,10 @@ class _Leases:
         # subscription → a heap of (publish time µs, ack id) of what was held; entries
         # no longer held are dropped when they reach the top.
         self._by_publish: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
+        # subscription → (when pulled, ack id) in the order pulled, likewise: the oldest
+        # held is at the left once those no longer held are dropped from there.
+        self._by_pull: dict[str, collections.deque[tuple[float, str]]] = (
+            collections.defaultdict(collections.deque))
         self._unacked: dict[str, set[str]] = collections.defaultdict(set)
 
     def hold(self, subscription: str, messages: list[tuple[str, int]]) -> None:
@@ -135,9 +139,11 @@ class _Leases:
         now = time.monotonic()
         with self._lock:
             heap = self._by_publish[subscription]
+            pulled = self._by_pull[subscription]
             for ack_id, publish_us in messages:
                 self._held[ack_id] = (subscription, now, publish_us)
                 heapq.heappush(heap, (publish_us, ack_id))
+                pulled.append((now, ack_id))
 
     def oldest_publish_us(self, subscription: str) -> int | None:
         """The oldest publish time among `subscription`'s messages held here; None
@@ -168,10 +174,17 @@ class _Leases:
 
     def oldest_held_s(self, subscription: str) -> float | None:
         """How long the oldest message of `subscription` held here has been held;
-        None when none is."""
+        None when none is. Asked at every element the source emits (its watermark):
+        amortized constant time, whatever the number held."""
         with self._lock:
-            pulled = [at for held_by, at, _ in self._held.values() if held_by == subscription]
-        return time.monotonic() - min(pulled) if pulled else None
+            pulled = self._by_pull[subscription]
+            while pulled and pulled[0][1] not in self._held:
+                pulled.popleft()
+            if len(pulled) > 2 * len(self._held) + 10_000:  # an old one held, the rest gone
+                self._by_pull[subscription] = pulled = collections.deque(sorted(
+                    (at, ack_id) for ack_id, (held_by, at, _) in self._held.items()
+                    if held_by == subscription))
+            return time.monotonic() - pulled[0][0] if pulled else None
 
     def ack_failed(self, subscription: str, ack_ids: list[str]) -> None:
         """Acknowledges that failed: still held, to be sent again (`take_unacked`)."""
