@@ -408,7 +408,7 @@ class _Translation(PipelineVisitor):
             plan.append((node.full_label, outputs))
         payload = pickler.dumps(dofns)
         digest = hashlib.sha256(payload).hexdigest()
-        shuffled = self._shuffled.pop(stage.source, None)
+        shuffled = self._shuffled.get(stage.source)
         if shuffled is None:
             shared = dask.delayed(payload, pure=True, name=f"dofns-{digest}")
             stage.bag = self._bag(stage.source).map_partitions(

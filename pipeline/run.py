@@ -226,7 +226,7 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
     client = inputs.input_client(config.inputs, config.connection)
 
     def run_graph(build_graph) -> dict[str, int]:
-        runner = make_runner(options, input_bytes=inputs.total_input_bytes(config.inputs, client))
+        runner = make_runner(options, lambda: inputs.total_input_bytes(config.inputs, client))
         pipeline = beam.Pipeline(runner=runner, options=options)
         build_graph(pipeline)
         result = pipeline.run()

@@ -16,7 +16,7 @@ import importlib
 import os
 import shutil
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -212,9 +212,10 @@ def current_metrics(result):
     return result.metrics()
 
 
-def make_runner(options: PipelineOptions, input_bytes: int | None = None):
+def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None = None):
     """The runner to use; fills in Prism's binary so that Beam never downloads one.
-    `input_bytes`: a bounded run's input, by which a Dask run sizes its partitions."""
+    `input_bytes`: the size of a bounded run's input, asked only by a Dask run, which
+    sizes its partitions by it."""
     name = runner_name(options)
     standard = options.view_as(StandardOptions)
     # Worker processes log as the launcher does: the forwarder's lines, and only
@@ -235,7 +236,7 @@ def make_runner(options: PipelineOptions, input_bytes: int | None = None):
         from pipeline import dask_runner
 
         dask_runner.check_options(options)
-        return dask_runner.DaskRunner(input_bytes)
+        return dask_runner.DaskRunner(input_bytes() if input_bytes else None)
     if name == "PrismRunner":
         options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)
         if not options.view_as(PortableOptions).environment_type:
