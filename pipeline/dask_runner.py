@@ -414,7 +414,10 @@ class _Translation(PipelineVisitor):
             stage.bag = self._bag(stage.source).map_partitions(
                 _run_fused, shared, digest, plan, writers, None)
         else:  # the stage reads its part of a shuffle, and groups it first
-            name, payload_key = f"stage-{digest}", f"dofns-{digest}"
+            # Named by what it reads too: two stages of the same DoFns may read two
+            # shuffles.
+            name = f"stage-{digest[:16]}-{shuffled.producer.name}-{shuffled.number}"
+            payload_key = f"dofns-{digest}"
             layer: dict = {payload_key: payload}
             for target in range(shuffled.partitions):
                 layer[(name, target)] = (_run_fused, shuffled.parts(layer, target), payload_key,

@@ -171,3 +171,24 @@ def test_a_side_input_is_refused_by_name(cluster, tmp_path):
 
     with pytest.raises(NotImplementedError, match="side inputs.*AddAll"):
         run(cluster, build, tmp_path)
+
+
+def _sizes(group):
+    key, values = group
+    return key, len(list(values))
+
+
+def test_the_same_steps_after_two_groupings_stay_two_stages(cluster, tmp_path):
+    """Two GroupByKeys, each followed by the same DoFns (the same arguments too): each
+    stage reads its own shuffle (they were once one task name)."""
+    options = PipelineOptions([f"--dask_client_address={cluster.address}"])
+    pipeline = beam.Pipeline(runner=dask_runner.DaskRunner(), options=options)
+    for name, count in (("few", 3), ("many", 7)):
+        (pipeline | f"Create{name}" >> beam.Create([("k", n) for n in range(count)])
+         | f"Group{name}" >> beam.GroupByKey()
+         | f"Sizes{name}" >> beam.Map(_sizes)
+         | f"Keep{name}" >> beam.Map(_publish, str(tmp_path / "sizes")))
+    pipeline.run().wait_until_finish()
+    kept = [pickle.loads((tmp_path / "sizes" / each).read_bytes())
+            for each in os.listdir(tmp_path / "sizes")]
+    assert sorted(kept) == [("k", 3), ("k", 7)]
