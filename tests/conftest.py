@@ -127,8 +127,11 @@ def poll(condition, deadline_s: float, every_s: float = 0.5):
 # ends, or "hold"s it, never finalized, until killed.
 _READER_PROCESS = """
 import sys, time
+from transforms.io import pubsub_source
 from transforms.io.pubsub_source import PubSubReader
-subscription, count, deadline_s, then = sys.argv[1:]
+subscription, count, deadline_s, then, lease_s = sys.argv[1:]
+if lease_s:  # the lease its last extension gave what it holds
+    pubsub_source.ACK_DEADLINE_S = int(lease_s)
 reader = PubSubReader(subscription)
 got, has, deadline = 0, reader.start(), time.monotonic() + float(deadline_s)
 while got < int(count) and time.monotonic() < deadline:
@@ -153,19 +156,21 @@ def read_in_another_process(subscription: str, count: int, deadline_s: float,
     acknowledges, within `deadline_s`."""
     done = subprocess.run(
         [sys.executable, "-c", _READER_PROCESS, subscription, str(count), str(deadline_s),
-         "finalize"],
+         "finalize", ""],
         cwd=ROOT, capture_output=True, text=True, env=env or dict(os.environ),
         timeout=deadline_s + 60)
     assert done.stdout.startswith("read "), done.stderr[-2000:]
     return int(done.stdout.split()[1])
 
 
-def read_and_die(subscription: str, count: int) -> None:
+def read_and_die(subscription: str, count: int, lease_s: int | None = None) -> None:
     """Reads `count` messages with the forwarder's PubSubReader in a process of its
     own, cuts their checkpoint, and kills the process (SIGKILL) before the checkpoint
-    is finalized, as a crash between a bundle's reading and its commit would."""
+    is finalized, as a crash between a bundle's reading and its commit would. What it
+    held comes again when its lease (`lease_s`, default the source's) runs out."""
     killed = subprocess.Popen(
-        [sys.executable, "-c", _READER_PROCESS, subscription, str(count), "600", "hold"],
+        [sys.executable, "-c", _READER_PROCESS, subscription, str(count), "600", "hold",
+         str(lease_s or "")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         assert killed.stdout.readline().strip() == f"read {count}"

@@ -29,7 +29,6 @@ from tests.conftest import (
     read_and_die,
 )
 from tests.tcp_fault_proxy import ConnectionCutter
-from transforms.io import pubsub_source
 
 PROJECT = "local-project"
 WINDOW_S = 4
@@ -232,18 +231,20 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
 def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after_restart(
     s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path
 ):
-    """They come again when their 30-second lease runs out, after the restarted
-    forwarder wrote their window with the other batch each device sent in it: late
-    data, which the summary printed when the run is stopped counts."""
+    """They come again when their lease runs out, after the restarted forwarder wrote
+    their window with the other batch each device sent in it: late data, which the
+    summary printed when the run is stopped counts. The lease (60 s) leaves the restart
+    time to write the window first even on a loaded machine: with 30 s, a slow start
+    let some of them come back before the window closed, on time."""
     publisher, topic, subscription = pubsub
-    window_s = 16
+    window_s, lease_s = 16, 60
     while time.time() % window_s > 1:  # at a window's start: all of it falls in one
         time.sleep(0.1)
     now_ms = int(time.time() * 1000)
     for device in range(10):  # held by the reader that is killed
         data = batch(device, [device * 10 + 1, device * 10 + 2], now_ms)
         publisher.publish(topic, json.dumps(data).encode()).result()
-    read_and_die(subscription, 10)  # read, checkpoint cut, killed before finalizing
+    read_and_die(subscription, 10, lease_s)  # read, checkpoint cut, killed before finalizing
     for device in range(10):  # read by the forwarder in time for the window
         data = batch(device, [device * 10 + 3], now_ms)
         publisher.publish(topic, json.dumps(data).encode()).result()
@@ -255,7 +256,7 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
         objects = read_objects(s3_client, bucket, "live/")
         return objects if sorted(set(forwarded_ids(objects))) == expected else None
 
-    objects = poll(all_events, deadline_s=pubsub_source.ACK_DEADLINE_S + 45)
+    objects = poll(all_events, deadline_s=lease_s + 45)
     assert objects, "the messages the killed reader held were not forwarded after a restart"
     assert sorted(forwarded_ids(objects)) == expected  # once each
     print(f"\nforwarded {time.monotonic() - restarted:.1f} s after the restart")
