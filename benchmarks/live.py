@@ -25,9 +25,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import boto3
 
+from benchmarks.run import tree_rss
 from pipeline.tools.local_services import free_port, moto_server, pstest_binary
 from pipeline.tools.publish_sample import moved_to
 from pipeline.tools.sample_data import generate
@@ -36,6 +38,9 @@ from transforms.rules.settings import ForwardingSettings, apply_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW_S = 10
+PUBLISH_CHUNK = 500
+SESSION_EVERY_S = 2  # a sessions run's device sends a batch this often ...
+SESSION_ACTIVE_S = 20  # ... for this long, then stops
 PROJECT = "bench-project"
 _names = itertools.count()
 
@@ -45,7 +50,12 @@ def forwarded_events(batches: list[dict]) -> int:
 
 
 class Bucket:
-    """Counts the events in new objects, and when each object was first seen."""
+    """The objects a run writes: when each was first seen, and its events.
+
+    While a run goes, events are counted by a byte scan (each forwarded event has
+    one "event_type" key), so that watching costs the machine little CPU beside
+    the pipeline; `verified_events` parses every object whole afterwards.
+    """
 
     def __init__(self, client, name: str):
         self.client, self.name = client, name
@@ -53,15 +63,18 @@ class Bucket:
         self.events = 0
 
     def poll(self) -> None:
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name):
-            for item in page.get("Contents", ()):
-                key = item["Key"]
-                if key in self.first_seen or "Verification" in key or "_dead_letters" in key:
-                    continue
+        for key in self._keys():
+            if key not in self.first_seen:
                 self.first_seen[key] = time.time()
-                body = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
-                self.events += sum(len(json.loads(line)["events"])
-                                   for line in body.splitlines())
+                self.events += self._body(key).count(b'"event_type":')
+
+    def verified_events(self) -> int:
+        return sum(len(batch["events"]) for _, batch in self.batches())
+
+    def batches(self) -> Iterator[tuple[str, dict]]:
+        for key in self.first_seen:
+            for line in self._body(key).splitlines():
+                yield key, json.loads(line)
 
     def lags(self) -> list[float]:
         """Seconds from each file's window end to its first sight."""
@@ -71,6 +84,50 @@ class Bucket:
             newest = time.mktime(time.strptime(stamp[:14], "%Y%m%d%H%M%S")) - time.timezone
             lags.append(seen - (newest // WINDOW_S + 1) * WINDOW_S)
         return sorted(lags)
+
+    def session_lags(self, last_sent: dict[str, float], gap_s: int) -> list[float]:
+        """Seconds from each session's end (its device's last batch sent, plus the
+        gap) to the first sight of the file that holds it."""
+        lags = {}
+        for key, batch in self.batches():
+            device = batch["mp_deviceid"]
+            lags[device] = max(lags.get(device, 0.0),
+                               self.first_seen[key] - last_sent[device] - gap_s)
+        return sorted(lags.values())
+
+    def _keys(self) -> Iterator[str]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name):
+            for item in page.get("Contents", ()):
+                key = item["Key"]
+                if "Verification" not in key and "_dead_letters" not in key:
+                    yield key
+
+    def _body(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+
+
+class Memory:
+    """The RSS of the pipeline's process tree (launcher, runner, SDK harness), sampled
+    every second in a thread while the run goes."""
+
+    def __init__(self, pid: int):
+        self.samples: list[tuple[float, int]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, pid: int) -> None:
+        while not self._done.wait(1.0):
+            self.samples.append((time.time(), sum(tree_rss(pid))))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def peak_mib(self, since: float, until: float) -> float | None:
+        """The peak between two times (time.time()), MiB."""
+        within = [rss for at, rss in self.samples if since <= at < until]
+        return max(within) / 2**20 if within else None
 
 
 def new_subscription(publisher, subscriber) -> tuple[str, str]:
@@ -82,12 +139,13 @@ def new_subscription(publisher, subscriber) -> tuple[str, str]:
     return topic, subscription
 
 
-def start_pipeline(runner: str, endpoint: str, bucket: str, subscription: str, log: Path):
+def start_pipeline(runner: str, endpoint: str, bucket: str, subscription: str, log: Path,
+                   *flags: str):
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline", f"--s3_bucket_name={bucket}",
          f"--s3_endpoint_url={endpoint}", f"--input_subscription={subscription}",
          f"--window_size_s={WINDOW_S}", "--skip_bucket_check=true", f"--runner={runner}",
-         *os.environ.get("LIVE_FLAGS", "").split()],
+         *flags, *os.environ.get("LIVE_FLAGS", "").split()],
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
@@ -99,18 +157,28 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
-def publish(publisher, topic: str, batches: list[dict]) -> None:
-    futures = [publisher.publish(topic, batch_json.encode(moved_to(b, int(time.time() * 1000))))
-               for b in batches]
-    for future in futures:
-        future.result()
+def encoded(batches: list[dict], now_ms: int) -> list[bytes]:
+    return [batch_json.encode(moved_to(batch, now_ms)) for batch in batches]
+
+
+def publish(publisher, topic: str, payloads: list[bytes]) -> None:
+    """Publishes in requests of PUBLISH_CHUNK messages built as raw protobufs: the
+    client's own per-message path would cost the machine a large part of a core at
+    these rates, beside the pipeline under test."""
+    from google.pubsub_v1.types import pubsub
+
+    message, request = pubsub.PubsubMessage.pb(), pubsub.PublishRequest.pb()
+    for start in range(0, len(payloads), PUBLISH_CHUNK):
+        raw = request(topic=topic, messages=[
+            message(data=data) for data in payloads[start:start + PUBLISH_CHUNK]])
+        publisher.api.publish(request=pubsub.PublishRequest.wrap(raw))
 
 
 def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
     topic, subscription = new_subscription(publisher, subscriber)
     batches = list(generate(backlog, 2_000, seed=71))
     expected = forwarded_events(batches)
-    publish(publisher, topic, batches)
+    publish(publisher, topic, encoded(batches, int(time.time() * 1000)))
     bucket = f"drain-{runner.lower()}"
     s3.create_bucket(Bucket=bucket)
     watched = Bucket(s3, bucket)
@@ -127,22 +195,46 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
         stop(process)
     seconds = time.time() - started
     return {"batches": backlog, "seconds": seconds, "per_s": backlog / seconds,
-            "complete": watched.events == expected}
+            "complete": watched.verified_events() == expected}
 
 
-def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work) -> dict:
+def session_devices(batches: Iterator[dict], rate: int) -> Iterator[dict]:
+    """The batches, `rate` a second, moved to devices that each send a batch every
+    SESSION_EVERY_S seconds for SESSION_ACTIVE_S seconds and then stop, so that
+    sessions keep closing while new ones open."""
+    for index, batch in enumerate(batches):
+        second, nth = divmod(index, rate)
+        slot = nth + rate * (second % SESSION_EVERY_S)
+        batch["mp_deviceid"] = f"bench-{second // SESSION_ACTIVE_S}-{slot}"
+        yield batch
+
+
+def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
+           gap_s: int | None = None) -> dict:
+    """`gap_s`: sessions with this gap (`--wait_for_complete_batch=true`), else windows."""
     topic, subscription = new_subscription(publisher, subscriber)
-    bucket = f"steady-{runner.lower()}"
+    mode = "sessions" if gap_s else "windows"
+    bucket = f"steady-{mode}-{runner.lower()}"
     s3.create_bucket(Bucket=bucket)
     watched = Bucket(s3, bucket)
-    log = work / f"steady-{runner}.log"
-    process = start_pipeline(runner, endpoint, bucket, subscription, log)
+    log = work / f"steady-{mode}-{runner}.log"
+    flags = ("--wait_for_complete_batch=true", f"--session_gap_s={gap_s}") if gap_s else ()
+    process = start_pipeline(runner, endpoint, bucket, subscription, log, *flags)
+    memory = Memory(process.pid)
     try:
         while "live; Ctrl-C stops" not in log.read_text():
             time.sleep(0.5)
-        time.sleep(5)  # the source is pulling
-        batches = iter(generate(rate * duration, 5_000, seed=72))
-        sent: list[dict] = []
+        # Everything sent is made first, so that making it takes no CPU from the run.
+        batches = generate(rate * duration, 5_000, seed=72)
+        if gap_s:
+            batches = session_devices(batches, rate)
+        now_ms, seconds, expected = int(time.time() * 1000), [], 0
+        for second in range(duration):
+            chunk = list(itertools.islice(batches, rate))
+            expected += forwarded_events(chunk)
+            seconds.append((encoded(chunk, now_ms + second * 1000),
+                            [batch["mp_deviceid"] for batch in chunk]))
+        last_sent: dict[str, float] = {}
         done = threading.Event()
 
         def watch():
@@ -152,15 +244,15 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work) ->
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
+        time.sleep(5)  # the source is pulling
         began = time.time()
-        for second in range(duration):
-            chunk = list(itertools.islice(batches, rate))
-            publish(publisher, topic, chunk)
-            sent += chunk
+        for second, (payloads, devices) in enumerate(seconds):
+            sending = time.time()
+            publish(publisher, topic, payloads)
+            last_sent.update((device, sending) for device in devices)
             time.sleep(max(0.0, began + second + 1 - time.time()))
         published_s = time.time() - began
-        expected = forwarded_events(sent)
-        deadline = time.time() + 3 * WINDOW_S + 30
+        deadline = time.time() + (gap_s or 0) + 3 * WINDOW_S + 30
         while watched.events < expected and time.time() < deadline:
             time.sleep(1)
             if os.environ.get("LIVE_DEBUG"):
@@ -170,21 +262,29 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work) ->
         watcher.join()
         watched.poll()
     finally:
+        memory.stop()
         stop(process)
-    lags = watched.lags()
-    return {"rate": rate, "seconds": duration, "published_per_s": len(sent) / published_s,
-            "files": len(lags), "complete": watched.events == expected,
+    lags = watched.session_lags(last_sent, gap_s) if gap_s else watched.lags()
+    ended = memory.samples[-1][0] if memory.samples else began
+    return {"rate": rate, "seconds": duration, "published_per_s": rate * duration / published_s,
+            "files": len(watched.first_seen), "sessions": len(last_sent) if gap_s else None,
+            "complete": watched.verified_events() == expected,
             "lag_p50": lags[len(lags) // 2] if lags else None,
             "lag_p95": lags[int(len(lags) * 0.95)] if lags else None,
             "lag_max": lags[-1] if lags else None,
-            "within_10s": sum(1 for lag in lags if lag <= 10) / len(lags) if lags else 0}
+            "within_10s": sum(1 for lag in lags if lag <= 10) / len(lags) if lags else 0,
+            # from the first batch sent
+            "rss_second_minute": memory.peak_mib(began + 60, began + 120),
+            "rss_last_minute": memory.peak_mib(ended - 60, ended + 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backlog", type=int, default=40_000)
+    parser.add_argument("--backlog", type=int, default=40_000, help="0: no drain")
     parser.add_argument("--rate", type=int, default=1_000)
-    parser.add_argument("--seconds", type=int, default=120)
+    parser.add_argument("--seconds", type=int, default=120, help="0: no steady run")
+    parser.add_argument("--sessions", type=int, metavar="GAP_S",
+                        help="the steady run in sessions of this gap, not windows")
     parser.add_argument("--runners", default="DirectRunner,PrismRunner")
     args = parser.parse_args()
     port = free_port()
@@ -203,22 +303,37 @@ def main() -> None:
             tmp = os.environ.get("LIVE_LOGS", tmp)
             s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
             for runner in args.runners.split(","):
-                print(f"{runner}: draining {args.backlog:,} batches ...", flush=True)
-                result = drain(runner, endpoint, s3, publisher, subscriber, args.backlog,
-                               Path(tmp))
-                print(f"  drain: {result['seconds']:.1f} s, {result['per_s']:,.0f} batches/s, "
-                      f"every event in S3: {result['complete']}", flush=True)
-                print(f"{runner}: {args.rate:,} batches/s for {args.seconds} s ...", flush=True)
-                result = steady(runner, endpoint, s3, publisher, subscriber, args.rate,
-                                args.seconds, Path(tmp))
-                lags = (f"window end to file: median {result['lag_p50']:.1f} s, p95 "
-                        f"{result['lag_p95']:.1f} s, max {result['lag_max']:.1f} s, within "
-                        f"10 s: {result['within_10s']:.0%}") if result["files"] else "no file"
-                print(f"  steady: published {result['published_per_s']:,.0f} batches/s, "
-                      f"{result['files']:,} files, {lags}; every event in S3: "
-                      f"{result['complete']}", flush=True)
+                if args.backlog:
+                    _print_drain(runner, drain(runner, endpoint, s3, publisher, subscriber,
+                                               args.backlog, Path(tmp)))
+                if args.seconds:
+                    print(f"{runner}: {args.rate:,} batches/s for {args.seconds} s"
+                          + (f", sessions of gap {args.sessions} s" if args.sessions else "")
+                          + " ...", flush=True)
+                    _print_steady(steady(runner, endpoint, s3, publisher, subscriber, args.rate,
+                                         args.seconds, Path(tmp), args.sessions))
     finally:
         pstest.terminate()
+
+
+def _print_drain(runner: str, result: dict) -> None:
+    print(f"{runner}: drained {result['batches']:,} batches in {result['seconds']:.1f} s, "
+          f"{result['per_s']:,.0f} batches/s, every event in S3: {result['complete']}",
+          flush=True)
+
+
+def _print_steady(result: dict) -> None:
+    end = "session end (last batch + gap)" if result["sessions"] else "window end"
+    lags = (f"{end} to file: median {result['lag_p50']:.1f} s, p95 {result['lag_p95']:.1f} s, "
+            f"max {result['lag_max']:.1f} s, within 10 s: {result['within_10s']:.0%}"
+            ) if result["files"] else "no file"
+    sessions = f", {result['sessions']:,} sessions" if result["sessions"] else ""
+    memory = ", ".join(f"{label} {mib:,.0f} MiB" for label, mib in (
+        ("second minute", result["rss_second_minute"]),
+        ("last minute", result["rss_last_minute"])) if mib is not None)
+    print(f"  published {result['published_per_s']:,.0f} batches/s, {result['files']:,} files"
+          f"{sessions}, {lags}; every event in S3: {result['complete']}; peak RSS of the "
+          f"pipeline's processes: {memory or 'not sampled'}", flush=True)
 
 
 if __name__ == "__main__":

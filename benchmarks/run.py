@@ -88,6 +88,16 @@ def make_input(folder: Path, batches: int, devices: int, files: int = INPUT_FILE
             slice_bytes[largest], max(window_bytes.values()))
 
 
+def tree_rss(pid: int) -> list[int]:
+    """The RSS of a process and of each of its descendants, bytes; [] if it is gone."""
+    try:
+        tree = psutil.Process(pid)
+        return [tree.memory_info().rss] + [
+            child.memory_info().rss for child in tree.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def run_measured(command: list[str], env: dict) -> tuple[float, int, int, str]:
     """Runs a command; returns (seconds, peak RSS of its process tree, the largest
     peak RSS of one process in it, stdout)."""
@@ -96,15 +106,10 @@ def run_measured(command: list[str], env: dict) -> tuple[float, int, int, str]:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=log, text=True)
         peak = largest = 0
-        tree = psutil.Process(process.pid)
         while process.poll() is None:
-            try:
-                each = [tree.memory_info().rss] + [
-                    child.memory_info().rss for child in tree.children(recursive=True)
-                ]
+            each = tree_rss(process.pid)
+            if each:
                 peak, largest = max(peak, sum(each)), max(largest, *each)
-            except psutil.Error:
-                pass
             time.sleep(0.05)
         out = process.stdout.read()
         if process.returncode != 0:

@@ -228,27 +228,40 @@ def _stamped_sessions(element, gap_ms: int):
         yield window.TimestampedValue((device, batches), Timestamp(micros=session_end_us(end_ms)))
 
 
+# Whether a batch held by _LiveSessionsFn came late: known when it is held again after
+# a firing; for one just added, decided at the next firing (`_LiveSessionsFn`).
+ON_TIME, LATE, UNDECIDED = 0, 1, 2
+
+
 class _LiveSessionsFn(_MergingFn):
     """(device, ShuffledBatch) in the global window → each of the device's sessions,
     merged, once it has closed (live input, every runner): sessions kept by the
     forwarder rather than by the runner's merging windows, which Prism does not merge
     for a live source.
 
-    State per device: the batches of its open sessions, and a timer at the end of
-    the earliest of them (its last microsecond, as Beam's session window). When the
-    watermark passes it, the batches are split into sessions (`split_sessions`, the
-    bounded path's rule), each session that has ended is merged and goes out at its
-    end (so it is on time downstream: the timer holds the watermark there), and the
-    timer is set for the next. A batch that arrives behind a session already out
-    starts a further batch, counted as late. A device with nothing open keeps only
-    the time it was last written up to, for its allowed lateness.
+    State per device: the batches of its open sessions, and the time up to which its
+    sessions were written. A batch reads no state: it is added to the bag and sets
+    a timer at the end of the session it would make alone, tagged with its arrival's
+    gap-long slot, so that each session has a timer at its end (two batches in one
+    slot are less than a gap apart and so in one session; a later session's batch
+    is in a later slot and leaves an earlier session's timer as it is). On a
+    runner that keeps state remotely (Prism sends no cache tokens, so every read is
+    a round trip to it) this is what lets a device's batches through at the source's
+    pace. When the watermark passes a timer, the batches are split into sessions
+    (`split_sessions`, the bounded path's rule); each that has ended is merged and
+    goes out at its end (so it is on time downstream: the timer holds the watermark
+    there); the open ones keep their timers. A timer that finds nothing ended (its
+    session went on in a later slot) changes no state. A batch that arrived behind
+    the time up to which the device's sessions were written (decided at the firing
+    after it came: that time changes only at firings) starts a further batch,
+    counted as late. A device with nothing open keeps only that time, for its
+    allowed lateness.
     """
 
-    # (batch, whether it came late) of each batch of the device's open sessions
+    # (batch, ON_TIME | LATE | UNDECIDED) of each batch of the device's open sessions
     BATCHES = userstate.BagStateSpec(
-        "batches", coders.TupleCoder([ShuffledBatchCoder(), coders.BooleanCoder()]))
+        "batches", coders.TupleCoder([ShuffledBatchCoder(), coders.VarIntCoder()]))
     WRITTEN_UP_TO = userstate.ReadModifyWriteStateSpec("written_up_to", coders.VarIntCoder())
-    TIMER_AT = userstate.ReadModifyWriteStateSpec("timer_at", coders.VarIntCoder())
     CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
     EXPIRE = userstate.TimerSpec("expire", userstate.TimeDomain.WATERMARK)
 
@@ -262,20 +275,16 @@ class _LiveSessionsFn(_MergingFn):
         self,
         element: tuple[str, ShuffledBatch],
         batches=beam.DoFn.StateParam(BATCHES),
-        written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
-        timer_at=beam.DoFn.StateParam(TIMER_AT),
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
         _, shuffled = element
-        end_us = session_end_us(shuffled.arrival_ms + self._gap_ms)  # alone, its session's end
-        written = written_up_to.read()
-        # Late: it arrived behind a time up to which the device's sessions were written.
-        batches.add((shuffled, written is not None and shuffled.arrival_ms * 1000 <= written))
-        at = timer_at.read()
-        if at is None or end_us < at:
-            close.set(Timestamp(micros=end_us))
-            timer_at.write(end_us)
+        batches.add((shuffled, UNDECIDED))
+        self._close_at(close, shuffled.arrival_ms, shuffled.arrival_ms + self._gap_ms)
         return iter(())
+
+    def _close_at(self, close, last_arrival_ms: int, end_ms: int) -> None:
+        close.set(Timestamp(micros=session_end_us(end_ms)),
+                  dynamic_timer_tag=str(last_arrival_ms // self._gap_ms))
 
     @userstate.on_timer(CLOSE)
     def close_sessions(
@@ -284,7 +293,6 @@ class _LiveSessionsFn(_MergingFn):
         timestamp=beam.DoFn.TimestampParam,
         batches=beam.DoFn.StateParam(BATCHES),
         written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
-        timer_at=beam.DoFn.StateParam(TIMER_AT),
         expire=beam.DoFn.TimerParam(EXPIRE),
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
@@ -293,39 +301,40 @@ class _LiveSessionsFn(_MergingFn):
         # last millisecond (end - 1) is reached.
         now_ms = now_us // 1000
         held = list(batches.read())
-        came_late = {id(item) for item, late in held if late}
+        if not held:
+            return
+        written = written_up_to.read()
+        late = {id(item) for item, came in held if came == LATE or (
+            came == UNDECIDED and written is not None and item.arrival_ms * 1000 <= written)}
         sessions = split_sessions([item for item, _ in held], self._gap_ms)
         ended = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 <= now_ms]
         still_open = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 > now_ms]
+        for session, end_ms in still_open:  # a timer set out of order may have fired early
+            self._close_at(close, max(item.arrival_ms for item in session), end_ms)
+        if not ended:
+            return
         batches.clear()
         for session, _ in still_open:
             for item in session:
-                batches.add((item, id(item) in came_late))
-        written_up_to.write(max(written_up_to.read() or 0, now_us))
-        if still_open:
-            next_us = min(session_end_us(end_ms) for _, end_ms in still_open)
-            close.set(Timestamp(micros=next_us))
-            timer_at.write(next_us)
-        else:
-            timer_at.clear()
+                batches.add((item, LATE if id(item) in late else ON_TIME))
+        written_up_to.write(max(written or 0, now_us))
+        if not still_open:
             expire.set(Timestamp(micros=now_us + self._lateness_us))
         for session, end_ms in ended:
-            is_late = any(id(item) in came_late for item in session)
+            is_late = any(id(item) in late for item in session)
+            at = Timestamp(micros=max(session_end_us(end_ms), now_us))
             for out in self._merger.merged(key, session, is_late):
-                if isinstance(out, pvalue.TaggedOutput):
-                    yield out
-                else:
-                    yield window.TimestampedValue(out, Timestamp(micros=session_end_us(end_ms)))
+                yield out if isinstance(out, pvalue.TaggedOutput) else window.TimestampedValue(
+                    out, at)
 
     @userstate.on_timer(EXPIRE)
     def forget_device(
         self,
         batches=beam.DoFn.StateParam(BATCHES),
         written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
-        timer_at=beam.DoFn.StateParam(TIMER_AT),
     ) -> Iterator:
         """Past its allowed lateness a device with nothing open leaves no state."""
-        if timer_at.read() is None and not list(batches.read()):
+        if not list(batches.read()):
             written_up_to.clear()
         return iter(())
 
