@@ -250,7 +250,9 @@ class _LiveSessionsFn(_MergingFn):
     pace. When the watermark passes a timer, the batches are split into sessions
     (`split_sessions`, the bounded path's rule); each that has ended is merged and
     goes out at its end (so it is on time downstream: the timer holds the watermark
-    there); the open ones keep their timers. A timer that finds nothing ended (its
+    there; a runner that fires a bounded run's timers all at once, as the FnApiRunner
+    does, in any order, still stamps each session at its own end); the open ones keep
+    their timers. A timer that finds nothing ended (its
     session went on in a later slot) changes no state. A batch that arrived behind
     the time up to which the device's sessions were written (decided at the firing
     after it came: that time changes only at firings) starts a further batch,
@@ -322,7 +324,7 @@ class _LiveSessionsFn(_MergingFn):
             expire.set(Timestamp(micros=now_us + self._lateness_us))
         for session, end_ms in ended:
             is_late = any(id(item) in late for item in session)
-            at = Timestamp(micros=max(session_end_us(end_ms), now_us))
+            at = Timestamp(micros=session_end_us(end_ms))
             for out in self._merger.merged(key, session, is_late):
                 yield out if isinstance(out, pvalue.TaggedOutput) else window.TimestampedValue(
                     out, at)

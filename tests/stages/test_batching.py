@@ -15,10 +15,14 @@ import apache_beam as beam
 import pytest
 from apache_beam import coders
 from apache_beam.io.unbounded_source import UnboundedReader, UnboundedSource
+from apache_beam.metrics.execution import MetricsContainer
+from apache_beam.metrics.metricbase import MetricName
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.worker import statesampler
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
+from apache_beam.utils.counters import CounterFactory
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 from hypothesis import given, settings
@@ -32,7 +36,8 @@ from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
 from tests.pipelines import batch_pipeline, streaming_pipeline
 from tests.stages.batches import MINUTE_MS, T0, arrived, batch
-from transforms.batching import BatchPerDevice, Merger, StampArrival, per_event
+from transforms import metrics
+from transforms.batching import BatchPerDevice, Merger, StampArrival, _LiveSessionsFn, per_event
 from transforms.read import ReadBatches
 from transforms.rules import batch_json
 from transforms.rules.batch_json import as_int
@@ -595,3 +600,83 @@ def test_a_batch_behind_a_written_session_goes_out_late_and_is_counted_on_prism(
     assert sorted(live) == [[1], [2], [3, 4], [5]]  # the late batch apart, nothing lost
     counters = written["live counters"]
     assert (counters.get("late_batches"), counters.get("late_events")) == (1, 2), counters
+
+
+class _Cell:
+    """A state cell or timer family as a DoFn sees it, kept in memory, that remembers
+    whether it was read."""
+
+    def __init__(self, value=None):
+        self.value, self.reads, self.timers = value, 0, {}
+
+    def read(self):
+        self.reads += 1
+        return list(self.value or []) if isinstance(self.value, list) else self.value
+
+    def add(self, item):
+        self.value = [*(self.value or []), item]
+
+    def write(self, value):
+        self.value = value
+
+    def clear(self):
+        self.value = None
+
+    def set(self, at, dynamic_timer_tag=""):
+        self.timers[dynamic_timer_tag] = at.micros
+
+
+def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions_end():
+    """Prism keeps user state in its own process and sends no cache tokens, so every
+    read is a round trip: a batch only adds itself and sets a timer. Each session
+    keeps a timer at its end (tagged by its last arrival's gap-long slot, so a later
+    session does not move an earlier one's); a firing writes the ended sessions, and
+    decides lateness against the time written up to before it."""
+    gap_ms = 10_000
+    fn = _LiveSessionsFn(Batching(BatchingMode.SESSIONS, session_gap_s=10), NO_DICTIONARY, None)
+    container = MetricsContainer("SessionPerDevice")
+    fn.setup()
+    bag, written, close, expire = _Cell(), _Cell(), _Cell(), _Cell()
+
+    def late_batches() -> int:
+        name = MetricName(metrics.NAMESPACE, metrics.LATE_BATCHES)
+        return container.get_counter(name).get_cumulative()
+
+    def arrive(at_ms: int, event_id: int) -> None:
+        shuffled = ShuffledBatch.of(arrived("d1", at_ms, event_id), NO_DICTIONARY)
+        assert list(fn.process(("d1", shuffled), batches=bag, close=close)) == []
+
+    def fire(tag: str) -> list:
+        at = close.timers.pop(tag)
+        sampler = statesampler.StateSampler("test", CounterFactory())
+        statesampler.set_current_tracker(sampler)
+        try:  # as a runner does, so that the counters the firing adds to are kept
+            with sampler.scoped_state("test", "process", metrics_container=container):
+                return list(fn.close_sessions(
+                    key="d1", timestamp=Timestamp(micros=at), batches=bag,
+                    written_up_to=written, expire=expire, close=close))
+        finally:
+            statesampler.set_current_tracker(None)
+
+    start = T0 - T0 % gap_ms
+    arrive(start + 1_000, 1)
+    arrive(start + 4_000, 2)  # same slot, same session: its timer moves to this end
+    arrive(start + 12_000, 3)  # next slot, still the same session (8 s after)
+    arrive(start + 40_000, 4)  # a session of its own, two slots on
+    assert (bag.reads, written.reads) == (0, 0)
+    slot = start // gap_ms
+    assert close.timers == {str(slot): (start + 14_000) * 1000 - 1,
+                            str(slot + 1): (start + 22_000) * 1000 - 1,
+                            str(slot + 4): (start + 50_000) * 1000 - 1}
+    assert fire(str(slot)) == [] and written.value is None  # its session went on
+    [first] = fire(str(slot + 1))
+    assert [e["data"]["event_id"] for e in json.loads(first.value.line)["events"]] == [1, 2, 3]
+    assert first.timestamp == Timestamp(micros=(start + 22_000) * 1000 - 1)
+    assert written.value == (start + 22_000) * 1000 - 1 and late_batches() == 0
+    arrive(start + 5_000, 5)  # behind what was written: late, decided at the next firing
+    [late] = fire(str(slot))
+    assert json.loads(late.value.line)["events"][0]["data"]["event_id"] == 5
+    assert late_batches() == 1
+    [last] = fire(str(slot + 4))
+    assert json.loads(last.value.line)["events"][0]["data"]["event_id"] == 4
+    assert late_batches() == 1 and bag.value is None and expire.timers
