@@ -2,15 +2,24 @@
 
     .venv/bin/python -m benchmarks.live                        # both runners, full size
     .venv/bin/python -m benchmarks.live --backlog 2000 --rate 100 --seconds 10
+    .venv/bin/python -m benchmarks.live --runners PrismRunner --backlog 0 \
+        --rate 1000 --seconds 600 --sessions 10                # sessions, 10-second gap
 
 Starts the embedded S3 server and a local Pub/Sub server (pstest), then for each
 runner (the DirectRunner with Beam's ReadFromPubSub, Prism with PubSubSource):
-  1. drain: publishes `--backlog` batches, starts `python -m pipeline` on the
-     subscription with 10-second windows, and times from the pipeline's start to
-     the moment every forwarded event is in S3: batches/s;
-  2. steady: starts the pipeline, publishes `--rate` batches a second for
-     `--seconds`, and notes when each file first shows in S3 against the end of its
-     window: the lag distribution, and whether every event arrived.
+  1. drain (`--backlog` > 0): publishes `--backlog` batches, starts `python -m
+     pipeline` on the subscription with 10-second windows, and times from the
+     pipeline's start to the moment every forwarded event is in S3: batches/s;
+  2. steady (`--seconds` > 0): starts the pipeline, makes every batch it will send
+     (so that making them takes no CPU from the run), then publishes `--rate`
+     batches a second for `--seconds`, and notes when each file first shows in S3:
+     against its window's end, or with `--sessions GAP_S` (`--wait_for_complete_batch`,
+     devices that send a batch every 2 s for 20 s, then stop) against each session's
+     end, its device's last batch sent plus the gap. It samples the RSS of the
+     pipeline's processes every second and prints the peak of the second minute and
+     of the last one.
+While a run goes, events are counted by a byte scan of each new object; afterwards
+every object is parsed whole to say whether every event arrived.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ from pathlib import Path
 from typing import Iterator
 
 import boto3
+import psutil
 
-from benchmarks.run import tree_rss
 from pipeline.tools.local_services import free_port, moto_server, pstest_binary
 from pipeline.tools.publish_sample import moved_to
 from pipeline.tools.sample_data import generate
@@ -107,27 +116,43 @@ class Bucket:
 
 
 class Memory:
-    """The RSS of the pipeline's process tree (launcher, runner, SDK harness), sampled
-    every second in a thread while the run goes."""
+    """The RSS of the pipeline's processes (the launcher, the runner, the SDK harness),
+    sampled every second in a thread while the run goes."""
 
     def __init__(self, pid: int):
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, dict[str, int]]] = []  # (time, RSS by process)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(pid,), daemon=True)
         self._thread.start()
 
     def _sample(self, pid: int) -> None:
         while not self._done.wait(1.0):
-            self.samples.append((time.time(), sum(tree_rss(pid))))
+            try:
+                root = psutil.Process(pid)
+                rss = {"launcher": root.memory_info().rss}
+                for child in root.children(recursive=True):
+                    command = " ".join(child.cmdline())
+                    name = ("SDK harness" if "SdkHarness" in command else
+                            "Prism" if "prism" in command else child.name())
+                    rss[name] = rss.get(name, 0) + child.memory_info().rss
+            except psutil.Error:
+                continue
+            self.samples.append((time.time(), rss))
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
 
-    def peak_mib(self, since: float, until: float) -> float | None:
-        """The peak between two times (time.time()), MiB."""
+    def peak_mib(self, since: float, until: float) -> dict[str, float] | None:
+        """The peak between two times (time.time()), MiB: of all the processes
+        ("all"), and of each."""
         within = [rss for at, rss in self.samples if since <= at < until]
-        return max(within) / 2**20 if within else None
+        if not within:
+            return None
+        peaks = {"all": max(sum(rss.values()) for rss in within) / 2**20}
+        for name in sorted({name for rss in within for name in rss}):
+            peaks[name] = max(rss.get(name, 0) for rss in within) / 2**20
+        return peaks
 
 
 def new_subscription(publisher, subscriber) -> tuple[str, str]:
@@ -328,9 +353,11 @@ def _print_steady(result: dict) -> None:
             f"max {result['lag_max']:.1f} s, within 10 s: {result['within_10s']:.0%}"
             ) if result["files"] else "no file"
     sessions = f", {result['sessions']:,} sessions" if result["sessions"] else ""
-    memory = ", ".join(f"{label} {mib:,.0f} MiB" for label, mib in (
-        ("second minute", result["rss_second_minute"]),
-        ("last minute", result["rss_last_minute"])) if mib is not None)
+    memory = "; ".join(
+        f"{label} {peaks['all']:,.0f} MiB ("
+        + ", ".join(f"{name} {mib:,.0f}" for name, mib in peaks.items() if name != "all") + ")"
+        for label, peaks in (("second minute", result["rss_second_minute"]),
+                             ("last minute", result["rss_last_minute"])) if peaks)
     print(f"  published {result['published_per_s']:,.0f} batches/s, {result['files']:,} files"
           f"{sessions}, {lags}; every event in S3: {result['complete']}; peak RSS of the "
           f"pipeline's processes: {memory or 'not sampled'}", flush=True)

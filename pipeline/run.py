@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import re
@@ -190,8 +191,10 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
                 name = runner_name(options)
                 build(pipeline, config, runner=name)
                 return _run_live(config, pipeline, drains=drains_on_stop(name))
-            with _progress(config, runners.reports_progress(options)):
-                counters = _run_bounded(config, options)
+            input_bytes = functools.cache(lambda: inputs.total_input_bytes(
+                config.inputs, inputs.input_client(config.inputs, config.connection)))
+            with _progress(config, runners.reports_progress(options), input_bytes):
+                counters = _run_bounded(config, options, input_bytes)
     except ConfigError as err:  # found only once the run starts (the spill's disk)
         console.error(str(err))
         return EXIT_CONFIG
@@ -220,13 +223,15 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     return 0
 
 
-def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
-    """Runs a bounded run, sliced where the runner needs it; returns its counters."""
+def _run_bounded(config, options: PipelineOptions, input_bytes: Callable[[], int]
+                 ) -> dict[str, int]:
+    """Runs a bounded run, sliced where the runner needs it; returns its counters.
+    `input_bytes`: the input's size (listed once, when first asked)."""
 
     client = inputs.input_client(config.inputs, config.connection)
 
     def run_graph(build_graph) -> dict[str, int]:
-        runner = make_runner(options, lambda: inputs.total_input_bytes(config.inputs, client))
+        runner = make_runner(options, input_bytes)
         pipeline = beam.Pipeline(runner=runner, options=options)
         build_graph(pipeline)
         result = pipeline.run()
@@ -244,14 +249,13 @@ def _run_bounded(config, options: PipelineOptions) -> dict[str, int]:
     return run_graph(lambda pipeline: build(pipeline, config, runner=name, codec=codec))
 
 
-def _progress(config, reported: bool) -> contextlib.AbstractContextManager:
+def _progress(config, reported: bool, input_bytes: Callable[[], int]
+              ) -> contextlib.AbstractContextManager:
     """Progress lines while a bounded run reads and writes, unless turned off or its
     workers cannot report (`reported`)."""
     if not config.progress_every_s or not reported:
         return contextlib.nullcontext()
-    client = inputs.input_client(config.inputs, config.connection)
-    total_bytes = inputs.total_input_bytes(config.inputs, client)
-    return ProgressReporter(total_bytes, config.progress_every_s)
+    return ProgressReporter(input_bytes(), config.progress_every_s)
 
 
 # How long a stopped live run may take to write its open windows before it is cancelled.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import shutil
 import sys
@@ -20,6 +21,7 @@ from typing import Callable, Iterator
 
 from apache_beam.options.pipeline_options import (
     DebugOptions,
+    DirectOptions,
     PipelineOptions,
     PortableOptions,
     PrismRunnerOptions,
@@ -28,6 +30,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.errors import ConfigError
+
+_LOG = logging.getLogger(__name__)
 
 # What a user may type (any case, with or without "Runner") → the runner.
 _RUNNERS = {
@@ -214,8 +218,9 @@ def current_metrics(result):
 
 def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None = None):
     """The runner to use; fills in Prism's binary so that Beam never downloads one.
-    `input_bytes`: the size of a bounded run's input, asked only by a Dask run, which
-    sizes its partitions by it."""
+    `input_bytes`: the size of a bounded run's input, asked by a Dask run, which sizes
+    its partitions by it, and by a DirectRunner run, which takes a worker process per
+    core for a large one (`_workers_for_large_input`)."""
     name = runner_name(options)
     standard = options.view_as(StandardOptions)
     # Worker processes log as the launcher does: the forwarder's lines, and only
@@ -231,6 +236,8 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
             return "BundleBasedDirectRunner"
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+        if input_bytes is not None:
+            _workers_for_large_input(options, input_bytes)
         return FnApiRunner()
     if name == "DaskRunner":
         from pipeline import dask_runner
@@ -244,6 +251,29 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
     if name in PORTABLE:
         return portable_runner(name)
     return name
+
+
+# A bounded DirectRunner run without --direct_num_workers or --direct_running_mode takes
+# a worker process per core once its input is this large: below it, starting the
+# workers costs more than they save (README, Performance, "The bounded default").
+WORKERS_FROM_BYTES = 64 * 2**20
+
+
+def _workers_for_large_input(options: PipelineOptions, input_bytes: Callable[[], int]) -> None:
+    # The flags as given (a value equal to Beam's default, 1 worker, is a choice too).
+    flags = options._flags  # noqa: SLF001 - PipelineOptions keeps them only there
+    given = any(flag.startswith(("--direct_num_workers", "--direct_running_mode"))
+                for flag in flags)
+    cores = os.cpu_count() or 1
+    if given or cores < 2:
+        return
+    size = input_bytes()
+    if size < WORKERS_FROM_BYTES:
+        return
+    direct = options.view_as(DirectOptions)
+    direct.direct_num_workers = cores
+    direct.direct_running_mode = "multi_processing"
+    _LOG.info("%d worker processes (one per core) for %.0f MiB of input", cores, size / 2**20)
 
 
 def _sdk_harness_in_its_own_process(options: PipelineOptions) -> None:

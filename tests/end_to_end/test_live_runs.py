@@ -28,10 +28,13 @@ from tests.conftest import (
     pstest_server,
     read_and_die,
 )
+from tests.fault_proxy import FaultProxy
 from tests.tcp_fault_proxy import ConnectionCutter
 
 PROJECT = "local-project"
 WINDOW_S = 4
+# The two ways a live run groups: fixed windows (the default), and sessions by timer.
+MODES = {"windows": [], "sessions": ["--wait_for_complete_batch=true", "--session_gap_s=3"]}
 _names = itertools.count()
 
 
@@ -228,14 +231,15 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
 # The forwarder's own source (Prism's) acknowledges on finalization; Beam's
 # ReadFromPubSub, on the DirectRunner, on pull.
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+@pytest.mark.parametrize("mode", MODES)
 def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after_restart(
-    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path
+    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path, mode
 ):
     """They come again when their lease runs out, after the restarted forwarder wrote
-    their window with the other batch each device sent in it: late data, which the
-    summary printed when the run is stopped counts. The lease (60 s) leaves the restart
-    time to write the window first even on a loaded machine: with 30 s, a slow start
-    let some of them come back before the window closed, on time."""
+    their window (or session) with the other batch each device sent in it: late data,
+    which the summary printed when the run is stopped counts. The lease (60 s) leaves
+    the restart time to write the window first even on a loaded machine: with 30 s, a
+    slow start let some of them come back before the window closed, on time."""
     publisher, topic, subscription = pubsub
     window_s, lease_s = 16, 60
     while time.time() % window_s > 1:  # at a window's start: all of it falls in one
@@ -249,7 +253,7 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
         data = batch(device, [device * 10 + 3], now_ms)
         publisher.publish(topic, json.dumps(data).encode()).result()
     restarted = time.monotonic()
-    process = live_pipeline(f"--window_size_s={window_s}")
+    process = live_pipeline(f"--window_size_s={window_s}", *MODES[mode])
     expected = sorted(d * 10 + n for d in range(10) for n in (1, 2, 3))
 
     def all_events():
@@ -303,8 +307,10 @@ def test_a_message_pubsub_delivers_again_is_written_once(
 
 
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+@pytest.mark.parametrize("mode", MODES)
 def test_pubsub_connections_cut_lose_and_repeat_nothing(
-    s3_client, bucket, pubsub, pubsub_emulator, live_pipeline, runner_flags, prism, monkeypatch
+    s3_client, bucket, pubsub, pubsub_emulator, live_pipeline, runner_flags, prism, monkeypatch,
+    mode
 ):
     """The forwarder reaches Pub/Sub through a proxy that resets every connection
     within 2 s of its opening and refuses a fifth of new ones: pulls, acknowledgements
@@ -312,7 +318,7 @@ def test_pubsub_connections_cut_lose_and_repeat_nothing(
     publisher, topic, _ = pubsub  # publishes past the proxy
     with ConnectionCutter(pubsub_emulator, max_life_s=2.0, refuse_rate=0.2, seed=11) as cutter:
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", cutter.endpoint)  # the forwarder's
-        live_pipeline(f"--window_size_s={WINDOW_S}")
+        live_pipeline(f"--window_size_s={WINDOW_S}", *MODES[mode])
         expected = []
         event_ids = itertools.count(1)
         started = time.time()
@@ -338,6 +344,46 @@ def test_pubsub_connections_cut_lose_and_repeat_nothing(
     # with jitter): 4 to 8 here. Some were cut and some refused, whichever.
     assert counts["cut"] >= 3 and counts["refused"] >= 1, counts
     print(f"\n{len(expected)} events forwarded once; proxy: {counts}")
+
+
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+@pytest.mark.parametrize("mode", MODES)
+def test_s3_faults_on_a_live_run_lose_and_repeat_nothing(
+    s3_endpoint, s3_client, bucket, pubsub, live_pipeline, runner_flags, prism, tmp_path, mode
+):
+    """The forwarder reaches S3 through the fault proxy: a fifth of its requests meet
+    a 500, a 503, a 409, a reset before or after the request, or a slow answer. Every
+    event is forwarded once, every write retried to the end, and the run's counts
+    reconcile."""
+    publisher, topic, _ = pubsub
+    with FaultProxy(s3_endpoint, fault_rate=0.2, seed=21, slow_s=0.1) as proxy:
+        process = live_pipeline(f"--window_size_s={WINDOW_S}", *MODES[mode],
+                                f"--s3_endpoint_url={proxy.endpoint}")
+        expected, event_ids, started = [], itertools.count(1), time.time()
+        while time.time() - started < 3 * WINDOW_S:
+            wait_mid_window()
+            for device in range(10):
+                ids = [next(event_ids), next(event_ids)]
+                data = batch(device, ids, int(time.time() * 1000))
+                publisher.publish(topic, json.dumps(data).encode()).result()
+                expected += ids
+            time.sleep(1)
+
+        def all_events():
+            objects = read_objects(s3_client, bucket, "live/")
+            return objects if set(forwarded_ids(objects)) == set(expected) else None
+
+        objects = poll(all_events, deadline_s=90)
+        time.sleep(3)  # a bundle's counters reach the runner when it has finished
+        counters = stopped(process, tmp_path / "pipeline.log")
+    got = forwarded_ids(objects or {})
+    assert objects, f"{len(set(got))} of {len(expected)} events in 90 s; {dict(proxy.injected)}"
+    assert sorted(got) == sorted(expected)  # none twice
+    assert counters["events_forwarded"] == len(expected), counters
+    assert counters["files_written"] == len(objects), counters
+    assert sum(proxy.injected.values()) >= 5, dict(proxy.injected)
+    print(f"\n{len(expected)} events forwarded once in {len(objects)} files; "
+          f"{sum(proxy.requests.values())} requests, faults {dict(proxy.injected)}")
 
 
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])

@@ -26,3 +26,32 @@ def test_a_bounded_prism_run_outlives_the_job_server_timeout(
     assert elapsed > 2 * timeout_s  # the run did outlive the timeout
     assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
     assert len(list_keys(s3_client, bucket)) > 1
+
+
+def _direct(flags: list[str], input_bytes: int) -> tuple[int, str, list[int]]:
+    """(workers, running mode, sizes asked for) of a bounded DirectRunner run."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    from pipeline.runners import make_runner
+
+    asked = []
+    options = PipelineOptions(flags)
+    make_runner(options, lambda: asked.append(input_bytes) or input_bytes)
+    direct = options.view_as(DirectOptions)
+    return direct.direct_num_workers, direct.direct_running_mode, asked
+
+
+def test_a_large_bounded_input_gets_a_worker_process_per_core(monkeypatch):
+    from pipeline.runners import WORKERS_FROM_BYTES
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert _direct([], WORKERS_FROM_BYTES) == (4, "multi_processing", [WORKERS_FROM_BYTES])
+    assert _direct(["--runner=DirectRunner"], 10 * WORKERS_FROM_BYTES)[:2] == (
+        4, "multi_processing")
+    # Below the threshold, one core, or the user's own choice (even Beam's default): as given.
+    assert _direct([], WORKERS_FROM_BYTES - 1)[:2] == (1, "in_memory")
+    assert _direct(["--direct_num_workers=1"], 10 * WORKERS_FROM_BYTES) == (1, "in_memory", [])
+    assert _direct(["--direct_running_mode=multi_threading"], 10 * WORKERS_FROM_BYTES)[:2] == (
+        1, "multi_threading")
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert _direct([], 10 * WORKERS_FROM_BYTES)[:2] == (1, "in_memory")
