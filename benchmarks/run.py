@@ -88,16 +88,6 @@ def make_input(folder: Path, batches: int, devices: int, files: int = INPUT_FILE
             slice_bytes[largest], max(window_bytes.values()))
 
 
-def tree_rss(pid: int) -> list[int]:
-    """The RSS of a process and of each of its descendants, bytes; [] if it is gone."""
-    try:
-        tree = psutil.Process(pid)
-        return [tree.memory_info().rss] + [
-            child.memory_info().rss for child in tree.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
 def run_measured(command: list[str], env: dict) -> tuple[float, int, int, str]:
     """Runs a command; returns (seconds, peak RSS of its process tree, the largest
     peak RSS of one process in it, stdout)."""
@@ -106,10 +96,15 @@ def run_measured(command: list[str], env: dict) -> tuple[float, int, int, str]:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=log, text=True)
         peak = largest = 0
+        tree = psutil.Process(process.pid)
         while process.poll() is None:
-            each = tree_rss(process.pid)
-            if each:
+            try:
+                each = [tree.memory_info().rss] + [
+                    child.memory_info().rss for child in tree.children(recursive=True)
+                ]
                 peak, largest = max(peak, sum(each)), max(largest, *each)
+            except psutil.Error:
+                pass
             time.sleep(0.05)
         out = process.stdout.read()
         if process.returncode != 0:
@@ -173,6 +168,8 @@ def main() -> None:
                     "--skip_bucket_check=true", f"--arrival_slice_s={SLICE_S}",
                     f"--spill_dir={tmp}/spill"]
 
+        # In-process is asked for: without it a large input gets a worker per core.
+        in_process = ["--direct_num_workers=1"]
         two_workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
         dask = ["--runner=dask"]  # a local cluster: one worker process per core
         runs = [
@@ -180,13 +177,13 @@ def main() -> None:
                 sys.executable, "-m", "benchmarks.yardstick",
                 f"--input={inputs[1][0]}/*.ndjson", f"--s3_endpoint_url={endpoint}",
                 "--use_compression"]),
-            ("pipeline, DirectRunner in-process", 1, pipeline(1)),
+            ("pipeline, DirectRunner in-process", 1, pipeline(1) + in_process),
             ("pipeline, DirectRunner 2 workers", 1, pipeline(1) + two_workers),
             ("pipeline, Prism (SDK harness process)", 1, pipeline(1) + ["--runner=PrismRunner"]),
             ("pipeline, Dask local cluster, 2 workers", 1, pipeline(1) + dask),
         ]
         if args.four_x:
-            runs += [("pipeline, DirectRunner in-process", 4, pipeline(4)),
+            runs += [("pipeline, DirectRunner in-process", 4, pipeline(4) + in_process),
                      ("pipeline, DirectRunner 2 workers", 4, pipeline(4) + two_workers),
                      ("pipeline, Dask local cluster, 2 workers", 4, pipeline(4) + dask)]
         rows = [{"name": name, "scale": scale, "times": [], "peaks": [], "largests": []}

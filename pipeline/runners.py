@@ -255,7 +255,7 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
 
 # A bounded DirectRunner run without --direct_num_workers or --direct_running_mode takes
 # a worker process per core once its input is this large: below it, starting the
-# workers costs more than they save (README, Performance, "The bounded default").
+# workers costs more than they save (README, Runners: the figures).
 WORKERS_FROM_BYTES = 64 * 2**20
 
 

@@ -252,8 +252,8 @@ class _LiveSessionsFn(_MergingFn):
     goes out at its end (so it is on time downstream: the timer holds the watermark
     there; a runner that fires a bounded run's timers all at once, as the FnApiRunner
     does, in any order, still stamps each session at its own end); the open ones keep
-    their timers. A timer that finds nothing ended (its
-    session went on in a later slot) changes no state. A batch that arrived behind
+    their timers. A timer that finds nothing ended (its session went on in a later
+    slot) changes no state. A batch that arrived behind
     the time up to which the device's sessions were written (decided at the firing
     after it came: that time changes only at firings) starts a further batch,
     counted as late. A device with nothing open keeps only that time, for its
