@@ -118,6 +118,30 @@ def read_objects(client, bucket, prefix) -> dict[str, list[dict]]:
     }
 
 
+def publish_for_three_windows(publisher, topic: str) -> list[int]:
+    """Ten devices, two events each, about every second for three windows; the event
+    ids published."""
+    expected, event_ids, started = [], itertools.count(1), time.time()
+    while time.time() - started < 3 * WINDOW_S:
+        wait_mid_window()
+        for device in range(10):
+            ids = [next(event_ids), next(event_ids)]
+            data = batch(device, ids, int(time.time() * 1000))
+            publisher.publish(topic, json.dumps(data).encode()).result()
+            expected += ids
+        time.sleep(1)
+    return expected
+
+
+def poll_for_events(s3_client, bucket: str, expected: list[int], deadline_s: float):
+    """The objects under live/ once they hold every expected event; None at the deadline."""
+    def all_events():
+        objects = read_objects(s3_client, bucket, "live/")
+        return objects if set(forwarded_ids(objects)) == set(expected) else None
+
+    return poll(all_events, deadline_s=deadline_s)
+
+
 def forwarded_ids(objects) -> list[int]:
     return [e["data"]["event_id"] for batches in objects.values() for b in batches
             for e in b["events"]]
@@ -319,23 +343,8 @@ def test_pubsub_connections_cut_lose_and_repeat_nothing(
     with ConnectionCutter(pubsub_emulator, max_life_s=2.0, refuse_rate=0.2, seed=11) as cutter:
         monkeypatch.setenv("PUBSUB_EMULATOR_HOST", cutter.endpoint)  # the forwarder's
         live_pipeline(f"--window_size_s={WINDOW_S}", *MODES[mode])
-        expected = []
-        event_ids = itertools.count(1)
-        started = time.time()
-        while time.time() - started < 3 * WINDOW_S:
-            wait_mid_window()
-            for device in range(10):
-                ids = [next(event_ids), next(event_ids)]
-                data = batch(device, ids, int(time.time() * 1000))
-                publisher.publish(topic, json.dumps(data).encode()).result()
-                expected += ids
-            time.sleep(1)
-
-        def all_events():
-            objects = read_objects(s3_client, bucket, "live/")
-            return objects if set(forwarded_ids(objects)) == set(expected) else None
-
-        objects = poll(all_events, deadline_s=90)
+        expected = publish_for_three_windows(publisher, topic)
+        objects = poll_for_events(s3_client, bucket, expected, deadline_s=90)
         counts = dict(cutter.counts)
     got = forwarded_ids(objects or {})
     assert objects, f"{len(set(got))} of {len(expected)} events in 90 s; proxy: {counts}"
@@ -360,21 +369,8 @@ def test_s3_faults_on_a_live_run_lose_and_repeat_nothing(
                     fault_first=lambda method, _: method == "PUT") as proxy:
         process = live_pipeline(f"--window_size_s={WINDOW_S}", *MODES[mode],
                                 f"--s3_endpoint_url={proxy.endpoint}")
-        expected, event_ids, started = [], itertools.count(1), time.time()
-        while time.time() - started < 3 * WINDOW_S:
-            wait_mid_window()
-            for device in range(10):
-                ids = [next(event_ids), next(event_ids)]
-                data = batch(device, ids, int(time.time() * 1000))
-                publisher.publish(topic, json.dumps(data).encode()).result()
-                expected += ids
-            time.sleep(1)
-
-        def all_events():
-            objects = read_objects(s3_client, bucket, "live/")
-            return objects if set(forwarded_ids(objects)) == set(expected) else None
-
-        objects = poll(all_events, deadline_s=90)
+        expected = publish_for_three_windows(publisher, topic)
+        objects = poll_for_events(s3_client, bucket, expected, deadline_s=90)
         time.sleep(3)  # a bundle's counters reach the runner when it has finished
         counters = stopped(process, tmp_path / "pipeline.log")
     got = forwarded_ids(objects or {})
