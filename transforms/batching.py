@@ -25,6 +25,7 @@ microsecond of its window, which is what packing into files uses.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from typing import Any, Iterable, Iterator
 
@@ -228,9 +229,32 @@ def _stamped_sessions(element, gap_ms: int):
         yield window.TimestampedValue((device, batches), Timestamp(micros=session_end_us(end_ms)))
 
 
-# Whether a batch held by _LiveSessionsFn came late: known when it is held again after
-# a firing; for one just added, decided at the next firing (`_LiveSessionsFn`).
-ON_TIME, LATE, UNDECIDED = 0, 1, 2
+# Whether a batch held by _LiveSessionsFn came behind the watermark.
+ON_TIME, LATE = 0, 1
+
+# The latest time at which a live DoFn's timers fired in this process, per DoFn (by the
+# token it was built with): a bound its input watermark has reached (`WatermarkSeen`).
+_FIRED_UP_TO: dict[str, int] = {}
+
+
+class WatermarkSeen:
+    """How far a DoFn's input watermark is known to have come, in this process: the
+    latest time its event-time timers fired at (a timer fires once the watermark has
+    reached it). Beam gives a DoFn no other view of its watermark. Shared by the
+    DoFn's instances in the process (a runner may run several at once), behind the
+    real watermark by at most the time since a timer last fired, and 0 in a new
+    process until one fires: so a batch it calls late is behind the watermark, and a
+    batch just behind it may be missed, never the other way."""
+
+    def __init__(self):
+        self._token = uuid.uuid4().hex  # pickled with the DoFn: one per transform
+
+    def fired(self, at_us: int) -> None:
+        if at_us > _FIRED_UP_TO.get(self._token, 0):
+            _FIRED_UP_TO[self._token] = at_us
+
+    def behind(self, at_us: int) -> bool:
+        return at_us < _FIRED_UP_TO.get(self._token, 0)
 
 
 class _LiveSessionsFn(_MergingFn):
@@ -239,39 +263,43 @@ class _LiveSessionsFn(_MergingFn):
     forwarder rather than by the runner's merging windows, which Prism does not merge
     for a live source.
 
-    State per device: the batches of its open sessions, and the time up to which its
-    sessions were written. A batch reads no state: it is added to the bag and sets
-    a timer at the end of the session it would make alone, tagged with its arrival's
-    gap-long slot, so that each session has a timer at its end (two batches in one
-    slot are less than a gap apart and so in one session; a later session's batch
-    is in a later slot and leaves an earlier session's timer as it is). On a
-    runner that keeps state remotely (Prism sends no cache tokens, so every read is
-    a round trip to it) this is what lets a device's batches through at the source's
-    pace. When the watermark passes a timer, the batches are split into sessions
-    (`split_sessions`, the bounded path's rule); each that has ended is merged and
-    goes out at its end (so it is on time downstream: the timer holds the watermark
-    there; a runner that fires a bounded run's timers all at once, as the FnApiRunner
-    does, in any order, still stamps each session at its own end); the open ones keep
-    their timers. A timer that finds nothing ended (its session went on in a later
-    slot) changes no state. A batch that arrived behind
-    the time up to which the device's sessions were written (decided at the firing
-    after it came: that time changes only at firings) starts a further batch,
-    counted as late. A device with nothing open keeps only that time, for its
-    allowed lateness.
+    State per device: the batches of its open sessions, each with whether it came
+    late, and a timer at each open session's end; nothing once all are written. A
+    batch reads no state: it is added to the bag and sets a timer at the end of the
+    session it would make alone, tagged with its arrival's gap-long slot, so that
+    each session has a timer at its end (two batches in one slot are less than a gap
+    apart and so in one session; a later session's batch is in a later slot and
+    leaves an earlier session's timer as it is). On a runner that keeps state
+    remotely (Prism sends no cache tokens, so every read is a round trip to it) this
+    is what lets a device's batches through at the source's pace. When the
+    watermark passes a timer, the batches are split into sessions (`split_sessions`,
+    the bounded path's rule); each that has ended is merged and goes out at its end
+    (so it is on time downstream: the timer holds the watermark there; a runner that
+    fires a bounded run's timers all at once, as the FnApiRunner does, in any order,
+    still stamps each session at its own end); the open ones keep their timers. A
+    timer that finds nothing ended (its session went on in a later slot) changes no
+    state.
+
+    Late data: a batch that arrives behind the watermark (`WatermarkSeen`: as far as
+    this transform's timers have fired) came late; a session made only of such
+    batches goes out as a further batch, counted late (a late batch that joins a
+    session of on-time ones is merged into it, as Beam merges a late element into an
+    open session window). Data are in the global window, so none is ever dropped for
+    being late, and a written device keeps no state and no timer: on Prism, whose
+    watermark visits every key with a pending timer at each refresh, a timer per
+    device for the allowed lateness made a long run fall behind.
     """
 
-    # (batch, ON_TIME | LATE | UNDECIDED) of each batch of the device's open sessions
+    # (batch, ON_TIME | LATE) of each batch of the device's open sessions
     BATCHES = userstate.BagStateSpec(
         "batches", coders.TupleCoder([ShuffledBatchCoder(), coders.VarIntCoder()]))
-    WRITTEN_UP_TO = userstate.ReadModifyWriteStateSpec("written_up_to", coders.VarIntCoder())
     CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
-    EXPIRE = userstate.TimerSpec("expire", userstate.TimeDomain.WATERMARK)
 
     def __init__(self, batching: Batching, codec: ShuffleCodec,
                  input_connection: s3.S3Connection | None):
         super().__init__(codec, input_connection)
         self._gap_ms = batching.session_gap_s * 1000
-        self._lateness_us = batching.allowed_lateness_s * 1_000_000
+        self._watermark = WatermarkSeen()
 
     def process(
         self,
@@ -280,7 +308,8 @@ class _LiveSessionsFn(_MergingFn):
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
         _, shuffled = element
-        batches.add((shuffled, UNDECIDED))
+        came = LATE if self._watermark.behind(shuffled.arrival_ms * 1000) else ON_TIME
+        batches.add((shuffled, came))
         self._close_at(close, shuffled.arrival_ms, shuffled.arrival_ms + self._gap_ms)
         return iter(())
 
@@ -294,20 +323,16 @@ class _LiveSessionsFn(_MergingFn):
         key=beam.DoFn.KeyParam,
         timestamp=beam.DoFn.TimestampParam,
         batches=beam.DoFn.StateParam(BATCHES),
-        written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
-        expire=beam.DoFn.TimerParam(EXPIRE),
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
-        now_us = timestamp.micros
+        self._watermark.fired(timestamp.micros)
         # Runners keep a timer's time in milliseconds: a session has ended once its
         # last millisecond (end - 1) is reached.
-        now_ms = now_us // 1000
+        now_ms = timestamp.micros // 1000
         held = list(batches.read())
         if not held:
             return
-        written = written_up_to.read()
-        late = {id(item) for item, came in held if came == LATE or (
-            came == UNDECIDED and written is not None and item.arrival_ms * 1000 <= written)}
+        late = {id(item) for item, came in held if came == LATE}
         sessions = split_sessions([item for item, _ in held], self._gap_ms)
         ended = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 <= now_ms]
         still_open = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 > now_ms]
@@ -319,26 +344,12 @@ class _LiveSessionsFn(_MergingFn):
         for session, _ in still_open:
             for item in session:
                 batches.add((item, LATE if id(item) in late else ON_TIME))
-        written_up_to.write(max(written or 0, now_us))
-        if not still_open:
-            expire.set(Timestamp(micros=now_us + self._lateness_us))
         for session, end_ms in ended:
-            is_late = any(id(item) in late for item in session)
+            is_late = all(id(item) in late for item in session)
             at = Timestamp(micros=session_end_us(end_ms))
             for out in self._merger.merged(key, session, is_late):
                 yield out if isinstance(out, pvalue.TaggedOutput) else window.TimestampedValue(
                     out, at)
-
-    @userstate.on_timer(EXPIRE)
-    def forget_device(
-        self,
-        batches=beam.DoFn.StateParam(BATCHES),
-        written_up_to=beam.DoFn.StateParam(WRITTEN_UP_TO),
-    ) -> Iterator:
-        """Past its allowed lateness a device with nothing open leaves no state."""
-        if not list(batches.read()):
-            written_up_to.clear()
-        return iter(())
 
 
 class BatchPerDevice(beam.PTransform):

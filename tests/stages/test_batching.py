@@ -630,13 +630,15 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     """Prism keeps user state in its own process and sends no cache tokens, so every
     read is a round trip: a batch only adds itself and sets a timer. Each session
     keeps a timer at its end (tagged by its last arrival's gap-long slot, so a later
-    session does not move an earlier one's); a firing writes the ended sessions, and
-    decides lateness against the time written up to before it."""
+    session does not move an earlier one's); a firing writes the ended sessions. A
+    batch behind the time the transform's timers fired at came late: alone, it goes
+    out counted late; with on-time batches, it is merged into their session. A
+    device whose sessions are all written keeps nothing: no state, no timer."""
     gap_ms = 10_000
     fn = _LiveSessionsFn(Batching(BatchingMode.SESSIONS, session_gap_s=10), NO_DICTIONARY, None)
     container = MetricsContainer("SessionPerDevice")
     fn.setup()
-    bag, written, close, expire = _Cell(), _Cell(), _Cell(), _Cell()
+    bag, close = _Cell(), _Cell()
 
     def late_batches() -> int:
         name = MetricName(metrics.NAMESPACE, metrics.LATE_BATCHES)
@@ -653,30 +655,37 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
         try:  # as a runner does, so that the counters the firing adds to are kept
             with sampler.scoped_state("test", "process", metrics_container=container):
                 return list(fn.close_sessions(
-                    key="d1", timestamp=Timestamp(micros=at), batches=bag,
-                    written_up_to=written, expire=expire, close=close))
+                    key="d1", timestamp=Timestamp(micros=at), batches=bag, close=close))
         finally:
             statesampler.set_current_tracker(None)
+
+    def event_ids(out) -> list[int]:
+        return [e["data"]["event_id"] for e in json.loads(out.value.line)["events"]]
 
     start = T0 - T0 % gap_ms
     arrive(start + 1_000, 1)
     arrive(start + 4_000, 2)  # same slot, same session: its timer moves to this end
     arrive(start + 12_000, 3)  # next slot, still the same session (8 s after)
     arrive(start + 40_000, 4)  # a session of its own, two slots on
-    assert (bag.reads, written.reads) == (0, 0)
+    assert bag.reads == 0
     slot = start // gap_ms
     assert close.timers == {str(slot): (start + 14_000) * 1000 - 1,
                             str(slot + 1): (start + 22_000) * 1000 - 1,
                             str(slot + 4): (start + 50_000) * 1000 - 1}
-    assert fire(str(slot)) == [] and written.value is None  # its session went on
+    assert fire(str(slot)) == []  # its session went on
     [first] = fire(str(slot + 1))
-    assert [e["data"]["event_id"] for e in json.loads(first.value.line)["events"]] == [1, 2, 3]
+    assert event_ids(first) == [1, 2, 3]
     assert first.timestamp == Timestamp(micros=(start + 22_000) * 1000 - 1)
-    assert written.value == (start + 22_000) * 1000 - 1 and late_batches() == 0
-    arrive(start + 5_000, 5)  # behind what was written: late, decided at the next firing
-    [late] = fire(str(slot))
-    assert json.loads(late.value.line)["events"][0]["data"]["event_id"] == 5
-    assert late_batches() == 1
+    assert late_batches() == 0
+    arrive(start + 5_000, 5)  # behind where the timers fired: late, and alone
+    arrive(start + 21_000, 6)  # late, and 19 s before batch 4: alone too
+    [late_alone] = fire(str(slot))
+    assert event_ids(late_alone) == [5] and late_batches() == 1
+    [late_too] = fire(str(slot + 2))
+    assert event_ids(late_too) == [6] and late_batches() == 2
+    arrive(start + 30_500, 7)  # behind the last firing, but in batch 4's open session
+    arrive(start + 41_000, 8)  # on time
+    assert fire(str(slot + 3)) == []  # the session goes on: its timer moves to its end
     [last] = fire(str(slot + 4))
-    assert json.loads(last.value.line)["events"][0]["data"]["event_id"] == 4
-    assert late_batches() == 1 and bag.value is None and expire.timers
+    assert event_ids(last) == [7, 4, 8] and late_batches() == 2  # merged, on time
+    assert bag.value is None and close.timers == {}  # a written device keeps nothing
