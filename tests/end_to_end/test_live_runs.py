@@ -391,7 +391,8 @@ def test_a_stopped_run_writes_its_open_windows_before_it_ends(
     far from closing), the job ended, the counts reconciled. Prism has acknowledged
     those messages already; before the drain they were lost with the job."""
     publisher, topic, _ = pubsub
-    process = live_pipeline("--window_size_s=600")
+    # Ten-minute dead-letter files too: a 30-second one could close during the sleep.
+    process = live_pipeline("--window_size_s=600", "--dead_letter_flush_s=600")
     for device in range(5):
         data = batch(device, [device * 10 + 1, device * 10 + 2], int(time.time() * 1000))
         publisher.publish(topic, json.dumps(data).encode()).result()
@@ -485,8 +486,8 @@ def test_a_live_run_without_runner_runs_on_prism(
     assert poll(lambda: forwarded_ids(read_objects(s3_client, bucket, "live/")) == [1, 2], 30)
 
 
-# Sessions on Prism are kept per device by timer (transforms.batching._LiveSessionsFn);
-# on the DirectRunner in Beam's merging session windows.
+# Windows and sessions on Prism are kept per device by timer (transforms.batching._LiveGroupsFn);
+# on the DirectRunner in Beam's windows.
 def test_session_is_written_once_the_gap_passes(
     s3_client, bucket, pubsub, live_pipeline, runner_flags
 ):
