@@ -44,14 +44,14 @@ def forward(
     read_dead_letters: beam.PCollection | None = None,
     keyed_windows: bool | None = None,
     codec: ShuffleCodec = NO_DICTIONARY,
-    groups_by_timer: bool = True,
+    sessions_by_timer: bool = True,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
 
     `keyed_windows` (default: for bounded input) groups with the window in the
     key rather than through Beam's triggers; the results are the same.
     `codec` compresses what crosses the shuffles (see `transforms.shuffled`).
-    `groups_by_timer`: see `BatchPerDevice` and `pipeline.runners.groups_by_timer`.
+    `sessions_by_timer`: see `BatchPerDevice` and `pipeline.runners.sessions_by_timer`.
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
@@ -59,7 +59,7 @@ def forward(
     if read_dead_letters is not None:
         dead_letters.append(read_dead_letters)
     files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows,
-                                               groups_by_timer)
+                                               sessions_by_timer)
     return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config))
 
 
@@ -80,7 +80,7 @@ def batch_and_write(
     config: ForwarderConfig,
     codec: ShuffleCodec,
     keyed_windows: bool,
-    groups_by_timer: bool = True,
+    sessions_by_timer: bool = True,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """(device, ShuffledBatch) → (files written, [dead letters])."""
     # Files are packed per fixed window. In streaming, one-event batches and
@@ -90,7 +90,7 @@ def batch_and_write(
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
     batched = keyed | "BatchPerDevice" >> BatchPerDevice(
         config.batching, keyed_windows=keyed_windows, codec=codec,
-        input_connection=config.connection, groups_by_timer=groups_by_timer,
+        input_connection=config.connection, sessions_by_timer=sessions_by_timer,
     )
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
@@ -152,7 +152,7 @@ def build(
             config.input_subscription, config.input_topic,
             readers=runners.pubsub_readers(runner, config.pubsub_readers),
         )
-        return forward(records, config, groups_by_timer=runners.groups_by_timer(runner))
+        return forward(records, config, sessions_by_timer=runners.sessions_by_timer(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     if codec is None:
         codec = trained_codec(config)

@@ -144,13 +144,12 @@ def engine_name(runner) -> str:
     return name
 
 
-def groups_by_timer(name: str) -> bool:
-    """Whether live fixed windows and sessions are kept per device in state with
-    event-time timers (`transforms.batching._LiveGroupsFn`), which needs a runner that
-    holds the watermark at a pending timer: Prism, Flink, Spark, Dataflow. Not the
-    DirectRunner (its BundleBasedDirectRunner holds none for a user's timer), which
-    groups in Beam's windows instead (Prism 2.77 does not merge session windows for a
-    live source, and keeps each window's pane state for its allowed lateness)."""
+def sessions_by_timer(name: str) -> bool:
+    """Whether live sessions are kept per device in state with an event-time timer
+    (`transforms.batching._LiveSessionsFn`), which needs a runner that holds the
+    watermark at a pending timer: Prism, Flink, Spark, Dataflow. Not the DirectRunner
+    (its BundleBasedDirectRunner holds none for a user's timer), which merges Beam's
+    session windows instead; Prism 2.77 does not merge those for a live source."""
     return name != "DirectRunner"
 
 

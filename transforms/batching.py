@@ -6,22 +6,20 @@ Modes (SPEC section 4):
   per session, out once the gap has passed with no new data.
 - PER_EVENT (Send as Batch off): every event its own batch, no grouping.
 
-Windows are over arrival time. A batch that arrives after its window was already
+Windows are over arrival time. A pane that fires after its window was already
 written (late data, streaming only) goes out as a further batch and is counted.
 
 The same windows are reached four ways, all with the same rules
-(`transforms.rules.grouping`: window starts, sessions, merging): live, on a runner
-that holds the watermark at a timer (Prism, Flink, Spark, Dataflow), through a
-stateful DoFn per device with event-time timers at the groups' ends
-(`_LiveGroupsFn`: no runner's windows, which Prism does not merge for sessions of a
-live source and keeps for the allowed lateness in fixed windows); live on the
-DirectRunner, through Beam's windows and triggers (late panes); bounded input, where
-no data is late, with the window carried in the key and one GroupByKey in the global
-window, which the FnApiRunner runs several times faster; and in a sliced run's
-worker, the same keyed windows over batches held in memory (`grouped_in_memory`).
-Tests prove they write the same objects. Every way, an outbound batch's element
-timestamp is the last microsecond of its window, which is what packing into files
-uses.
+(`transforms.rules.grouping`: window starts, sessions, merging): live fixed
+windows through Beam's windows and triggers (for watermarks and late panes);
+live sessions through a stateful DoFn per device with an event-time timer
+(`_LiveSessionsFn`: no runner's merging windows, which Prism does not merge on a
+live source); bounded input, where no data is late, with the window carried in
+the key and one GroupByKey in the global window, which the FnApiRunner runs
+several times faster; and in a sliced run's worker, the same keyed windows over
+batches held in memory (`grouped_in_memory`). Tests prove they write the same
+objects. Every way, an outbound batch's element timestamp is the last
+microsecond of its window, which is what packing into files uses.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam import coders, pvalue
@@ -46,7 +44,6 @@ from transforms.rules.grouping import (
     merge_batches,
     split_per_event,
     split_sessions,
-    split_windows,
     window_start_us,
 )
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
@@ -220,15 +217,6 @@ def _stamped_fixed_window(element, size_us: int):
     )
 
 
-def device_groups(batches: list[ShuffledBatch], batching: Batching
-                  ) -> list[tuple[list[ShuffledBatch], int]]:
-    """One device's batches → its fixed windows or sessions (FIXED or SESSIONS), each
-    with its end in ms, earliest first: one rule for live groups and a sliced run's."""
-    if batching.mode is BatchingMode.SESSIONS:
-        return split_sessions(batches, batching.session_gap_s * 1000)
-    return split_windows(batches, batching.window_size_s * 1000)
-
-
 def session_end_us(end_ms: int) -> int:
     """A session's outbound batch's time: the last microsecond of its window."""
     return end_ms * 1000 - 1
@@ -269,44 +257,40 @@ class WatermarkSeen:
         return at_us < _FIRED_UP_TO.get(self._token, 0)
 
 
-class _LiveGroupsFn(_MergingFn):
-    """(device, ShuffledBatch) in the global window → each of the device's fixed
-    windows or sessions, merged, once it has closed (live input, every runner but the
-    DirectRunner): kept by the forwarder rather than by the runner's windows. Prism
-    does not merge session windows for a live source, and keeps each (device, window)
-    pane's state until the window's end plus the allowed lateness (a day by default),
-    so its memory grew with every window; here a device keeps state only while it
-    has a group open, and its data are never dropped for being late.
+class _LiveSessionsFn(_MergingFn):
+    """(device, ShuffledBatch) in the global window → each of the device's sessions,
+    merged, once it has closed (live input, every runner): sessions kept by the
+    forwarder rather than by the runner's merging windows, which Prism does not merge
+    for a live source.
 
-    State per device: the batches of its open groups, each with whether it came
-    late, and a timer at each open group's end; nothing once all are written. A
+    State per device: the batches of its open sessions, each with whether it came
+    late, and a timer at each open session's end; nothing once all are written. A
     batch reads no state: it is added to the bag and sets a timer at the end of the
-    group it would make alone (its fixed window's end; its arrival plus the gap),
-    tagged with its arrival's slot (the window, or for sessions the gap-long span it
-    falls in), so that each group has a timer at its end: in fixed windows every
-    batch of a window sets the same timer; two batches in one gap-long slot are less
-    than a gap apart and so in one session, and a later session's batch is in a
-    later slot and leaves an earlier session's timer as it is. On a runner that keeps
-    state remotely (Prism sends no cache tokens, so every read is a round trip to it)
-    this is what lets a device's batches through at the source's pace. When the
-    watermark passes a timer, the batches are split into groups (`split_windows`,
-    `split_sessions`: the bounded path's rules); each that has ended is merged and
-    goes out at its end (so it is on time downstream: the timer holds the watermark
-    there; a runner that fires a bounded run's timers all at once, as the FnApiRunner
-    does, in any order, still stamps each group at its own end); the open ones keep
-    their timers. A timer that finds nothing ended (its session went on in a later
-    slot) changes no state.
+    session it would make alone, tagged with its arrival's gap-long slot, so that
+    each session has a timer at its end (two batches in one slot are less than a gap
+    apart and so in one session; a later session's batch is in a later slot and
+    leaves an earlier session's timer as it is). On a runner that keeps state
+    remotely (Prism sends no cache tokens, so every read is a round trip to it) this
+    is what lets a device's batches through at the source's pace. When the
+    watermark passes a timer, the batches are split into sessions (`split_sessions`,
+    the bounded path's rule); each that has ended is merged and goes out at its end
+    (so it is on time downstream: the timer holds the watermark there; a runner that
+    fires a bounded run's timers all at once, as the FnApiRunner does, in any order,
+    still stamps each session at its own end); the open ones keep their timers. A
+    timer that finds nothing ended (its session went on in a later slot) changes no
+    state.
 
     Late data: a batch that arrives behind the watermark (`WatermarkSeen`: as far as
-    this transform's timers have fired) came late; a group made only of such batches
-    goes out as a further batch, counted late (a late batch that joins a group of
-    on-time ones is merged into it, as Beam merges a late element into an open
-    window). A written device keeps no state and no timer: on Prism, whose watermark
-    visits every key with a pending timer at each refresh, a timer per device for
-    the allowed lateness made a long run fall behind.
+    this transform's timers have fired) came late; a session made only of such
+    batches goes out as a further batch, counted late (a late batch that joins a
+    session of on-time ones is merged into it, as Beam merges a late element into an
+    open session window). Data are in the global window, so none is ever dropped for
+    being late, and a written device keeps no state and no timer: on Prism, whose
+    watermark visits every key with a pending timer at each refresh, a timer per
+    device for the allowed lateness made a long run fall behind.
     """
 
-    # (batch, ON_TIME | LATE) of each batch of the device's open groups
+    # (batch, ON_TIME | LATE) of each batch of the device's open sessions
     BATCHES = userstate.BagStateSpec(
         "batches", coders.TupleCoder([ShuffledBatchCoder(), coders.VarIntCoder()]))
     CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
@@ -314,10 +298,7 @@ class _LiveGroupsFn(_MergingFn):
     def __init__(self, batching: Batching, codec: ShuffleCodec,
                  input_connection: s3.S3Connection | None):
         super().__init__(codec, input_connection)
-        self._batching = batching
-        self._sessions = batching.mode is BatchingMode.SESSIONS
-        self._slot_ms = (batching.session_gap_s if self._sessions
-                         else batching.window_size_s) * 1000
+        self._gap_ms = batching.session_gap_s * 1000
         self._watermark = WatermarkSeen()
 
     def process(
@@ -329,17 +310,15 @@ class _LiveGroupsFn(_MergingFn):
         _, shuffled = element
         came = LATE if self._watermark.behind(shuffled.arrival_ms * 1000) else ON_TIME
         batches.add((shuffled, came))
-        self._close_after(close, shuffled.arrival_ms)
+        self._close_at(close, shuffled.arrival_ms, shuffled.arrival_ms + self._gap_ms)
         return iter(())
 
-    def _close_after(self, close, last_arrival_ms: int) -> None:
-        """The timer at the end of the group whose last batch arrived then."""
-        slot = last_arrival_ms // self._slot_ms
-        end_ms = last_arrival_ms + self._slot_ms if self._sessions else (slot + 1) * self._slot_ms
-        close.set(Timestamp(micros=session_end_us(end_ms)), dynamic_timer_tag=str(slot))
+    def _close_at(self, close, last_arrival_ms: int, end_ms: int) -> None:
+        close.set(Timestamp(micros=session_end_us(end_ms)),
+                  dynamic_timer_tag=str(last_arrival_ms // self._gap_ms))
 
     @userstate.on_timer(CLOSE)
-    def close_groups(
+    def close_sessions(
         self,
         key=beam.DoFn.KeyParam,
         timestamp=beam.DoFn.TimestampParam,
@@ -347,30 +326,28 @@ class _LiveGroupsFn(_MergingFn):
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
         self._watermark.fired(timestamp.micros)
-        # Runners keep a timer's time in milliseconds: a group has ended once its
+        # Runners keep a timer's time in milliseconds: a session has ended once its
         # last millisecond (end - 1) is reached.
         now_ms = timestamp.micros // 1000
         held = list(batches.read())
         if not held:
             return
         late = {id(item) for item, came in held if came == LATE}
-        groups = device_groups([item for item, _ in held], self._batching)
-        ended = [(group, end_ms) for group, end_ms in groups if end_ms - 1 <= now_ms]
-        still_open = [(group, end_ms) for group, end_ms in groups if end_ms - 1 > now_ms]
-        # A session's timer set out of order may have fired early (a window's is set
-        # by each of its batches, and nothing moves it).
-        for group, _ in still_open if self._sessions else ():
-            self._close_after(close, max(item.arrival_ms for item in group))
+        sessions = split_sessions([item for item, _ in held], self._gap_ms)
+        ended = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 <= now_ms]
+        still_open = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 > now_ms]
+        for session, end_ms in still_open:  # a timer set out of order may have fired early
+            self._close_at(close, max(item.arrival_ms for item in session), end_ms)
         if not ended:
             return
         batches.clear()
-        for group, _ in still_open:
-            for item in group:
+        for session, _ in still_open:
+            for item in session:
                 batches.add((item, LATE if id(item) in late else ON_TIME))
-        for group, end_ms in ended:
-            is_late = all(id(item) in late for item in group)
+        for session, end_ms in ended:
+            is_late = all(id(item) in late for item in session)
             at = Timestamp(micros=session_end_us(end_ms))
-            for out in self._merger.merged(key, group, is_late):
+            for out in self._merger.merged(key, session, is_late):
                 yield out if isinstance(out, pvalue.TaggedOutput) else window.TimestampedValue(
                     out, at)
 
@@ -381,10 +358,10 @@ class BatchPerDevice(beam.PTransform):
     window.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
-    `groups_by_timer`: live windows and sessions kept per device by `_LiveGroupsFn`, on
-    a runner that holds the watermark at a pending timer (`pipeline.runners`); else
-    Beam's windows (the DirectRunner, which holds no watermark for a user's timer, so
-    a batch sent from one would be late downstream).
+    `sessions_by_timer`: live sessions kept per device by `_LiveSessionsFn`, on a runner
+    that holds the watermark at a pending timer (`pipeline.runners`); else Beam's
+    merging session windows (the DirectRunner, which holds no watermark for a user's
+    timer, so a session sent from one would be late downstream).
     `codec`: how batches are compressed on their way through the shuffle.
     `input_connection`: how to read the input again for a dead letter's record.
     """
@@ -395,10 +372,10 @@ class BatchPerDevice(beam.PTransform):
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         input_connection: s3.S3Connection | None = None,
-        groups_by_timer: bool = True,
+        sessions_by_timer: bool = True,
     ):
         super().__init__()
-        self._groups_by_timer = groups_by_timer
+        self._sessions_by_timer = sessions_by_timer
         self._batching = batching
         self._mode = batching.mode
         self._keyed_windows = keyed_windows
@@ -410,11 +387,12 @@ class BatchPerDevice(beam.PTransform):
             batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
             nothing = keyed.pipeline | "NoDeadLetters" >> beam.Create([])
             return {"batches": batches, "dead_letters": nothing}
-        if self._groups_by_timer and not self._keyed_windows:
+        if self._mode is BatchingMode.SESSIONS and self._sessions_by_timer and not (
+                self._keyed_windows):
             merged = with_dead_letters(
                 keyed | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows()),
-                "GroupPerDevice",
-                _LiveGroupsFn(self._batching, self._codec, self._input_connection))
+                "SessionPerDevice",
+                _LiveSessionsFn(self._batching, self._codec, self._input_connection))
             return {"batches": merged["batches"], "dead_letters": merged["dead_letters"]}
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)
@@ -468,17 +446,24 @@ def grouped_in_memory(
     if batching.mode is BatchingMode.PER_EVENT:
         return [(forwarded, element[1].arrival_ms * 1000) for element in keyed
                 for forwarded in per_event(element, codec)], []
-    per_device: dict[str, list[ShuffledBatch]] = defaultdict(list)
+    groups: dict[Any, list[ShuffledBatch]] = defaultdict(list)
+    if batching.mode is BatchingMode.FIXED:
+        size_us = batching.window_size_us
+        for element in keyed:
+            key, shuffled = fixed_window_key(element, size_us)
+            groups[key].append(shuffled)
+        return [(out, window_end_us(start, size_us))
+                for (device, start), batches in groups.items()
+                for out in merger.merged(device, batches)], []
     for device, shuffled in keyed:
-        per_device[device].append(shuffled)
-    sessions = batching.mode is BatchingMode.SESSIONS
+        groups[device].append(shuffled)
     outbound: list[tuple[ForwardedBatch | pvalue.TaggedOutput, int]] = []
     carried = []
-    for device, batches in per_device.items():
-        for group, end_ms in device_groups(batches, batching):
-            if sessions and open_after_ms is not None and end_ms > open_after_ms:
-                carried += [(device, item) for item in group]
+    for device, batches in groups.items():
+        for session, end_ms in split_sessions(batches, batching.session_gap_s * 1000):
+            if open_after_ms is not None and end_ms > open_after_ms:
+                carried += [(device, item) for item in session]
             else:
                 outbound += [(out, session_end_us(end_ms))
-                             for out in merger.merged(device, group)]
+                             for out in merger.merged(device, session)]
     return outbound, carried

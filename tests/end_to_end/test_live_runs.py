@@ -486,8 +486,8 @@ def test_a_live_run_without_runner_runs_on_prism(
     assert poll(lambda: forwarded_ids(read_objects(s3_client, bucket, "live/")) == [1, 2], 30)
 
 
-# Windows and sessions on Prism are kept per device by timer (transforms.batching._LiveGroupsFn);
-# on the DirectRunner in Beam's windows.
+# Sessions on Prism are kept per device by timer (transforms.batching._LiveSessionsFn);
+# on the DirectRunner in Beam's merging session windows.
 def test_session_is_written_once_the_gap_passes(
     s3_client, bucket, pubsub, live_pipeline, runner_flags
 ):

@@ -16,7 +16,6 @@ import pytest
 from apache_beam import coders
 from apache_beam.io.unbounded_source import UnboundedReader, UnboundedSource
 from apache_beam.metrics.execution import MetricsContainer
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.metrics.metricbase import MetricName
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.worker import statesampler
@@ -38,7 +37,7 @@ from tests.conftest import list_keys
 from tests.pipelines import batch_pipeline, streaming_pipeline
 from tests.stages.batches import MINUTE_MS, T0, arrived, batch
 from transforms import metrics
-from transforms.batching import BatchPerDevice, Merger, StampArrival, _LiveGroupsFn, per_event
+from transforms.batching import BatchPerDevice, Merger, StampArrival, _LiveSessionsFn, per_event
 from transforms.read import ReadBatches
 from transforms.rules import batch_json
 from transforms.rules.batch_json import as_int
@@ -247,7 +246,7 @@ def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kw
     # The DirectRunner merges Beam's session windows (it holds no watermark for a
     # user's timer); the sessions kept by timer are tested on Prism below.
     batched = p | test_stream | StampArrival() | BatchPerDevice(
-        Batching(mode, **kwargs), groups_by_timer=False)
+        Batching(mode, **kwargs), sessions_by_timer=False)
     out = batched["batches"] | beam.ParDo(_Describe())
     assert_that(out, equal_to(expected))
     p.run().wait_until_finish()
@@ -345,7 +344,7 @@ def test_late_pane_becomes_a_further_file_and_redelivery_is_written_once(
         .advance_watermark_to_infinity()
     )
     p = streaming_pipeline()
-    outputs = forward(p | test_stream, config, groups_by_timer=False)  # as on the DirectRunner
+    outputs = forward(p | test_stream, config)
     assert_that(outputs.files | beam.Map(lambda w: (w.lines, w.events)),
                 equal_to([(1, 2), (1, 1)]))
     p.run().wait_until_finish()
@@ -388,7 +387,7 @@ def test_live_files_dated_by_upload_time_take_the_day_their_window_closes(
         .advance_watermark_to_infinity()
     )
     p = streaming_pipeline()
-    forward(p | test_stream, config, groups_by_timer=False)  # as on the DirectRunner
+    forward(p | test_stream, config)
     p.run().wait_until_finish()
 
     folders = {}
@@ -507,55 +506,30 @@ class _ReplayReader(UnboundedReader):
         return self._at, self._started, self._watermark_us
 
 
-SESSIONS_OF_3_S = ["--wait_for_complete_batch=true", "--session_gap_s=3"]
-
-
-class _Forward(beam.PTransform):
-    """`forward` under a label of its own, so that one pipeline forwards the same
-    records with several settings."""
-
-    def __init__(self, config):
-        super().__init__()
-        self._config = config
-
-    def expand(self, records):
-        return forward(records, self._config).files
-
-
 def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
-                      runs: dict[str, list[str]], s3_endpoint: str, s3_client) -> dict:
-    """For each of `runs` (a name and its flags), the objects that the same records
-    write live on Prism (from one `_Replayed`, by timer) and bounded (the keyed path),
-    each into a bucket of its own, and the live run's counters: {name: {"live": ...,
-    "bounded": ..., "live counters": ...}}."""
-    written: dict[str, dict] = {name: {} for name in runs}
+                      flags: list[str], s3_endpoint: str, s3_client) -> dict[str, dict]:
+    """The objects that the same records write live on Prism (from `_Replayed`, sessions
+    by timer) and bounded (the keyed path), each run into a bucket of its own."""
+    written = {}
     for mode in ("live", "bounded"):
+        bucket = f"sessions-{mode}-{os.getpid()}-{next(_buckets)}"
+        s3_client.create_bucket(Bucket=bucket)
+        source = (["--input_subscription=projects/local-project/subscriptions/unused"]
+                  if mode == "live" else ["--input=unused.ndjson", "--upload_day=2026-11-30"])
+        config, _ = load_config([f"--s3_bucket_name={bucket}",
+                                 f"--s3_endpoint_url={s3_endpoint}", *source, *flags,
+                                 "--file_flush_s=86400"])  # files once their window closes
         options = PipelineOptions(["--runner=PrismRunner"])
         options.view_as(StandardOptions).streaming = mode == "live"
-        buckets = {}
         with worker_environment():
             p = beam.Pipeline(runner=make_runner(options), options=options)
             arrivals = p | (beam.io.Read(_Replayed(records, speedup, tail_s)) if mode == "live"
                             else beam.Create(records))
-            for name, flags in runs.items():
-                buckets[name] = f"{name}-{mode}-{os.getpid()}-{next(_buckets)}"
-                s3_client.create_bucket(Bucket=buckets[name])
-                source = (["--input_subscription=projects/local-project/subscriptions/unused"]
-                          if mode == "live" else ["--input=unused.ndjson",
-                                                  "--upload_day=2026-11-30"])
-                config, _ = load_config([f"--s3_bucket_name={buckets[name]}",
-                                         f"--s3_endpoint_url={s3_endpoint}", *source, *flags,
-                                         "--file_flush_s=86400"])  # files once groups close
-                arrivals | name >> _Forward(config)
+            forward(arrivals, config)  # live: sessions by timer; bounded: keyed windows
             result = p.run()
             result.wait_until_finish()
-        query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
-        for name in runs:
-            written[name][mode] = objects(s3_client, buckets[name])
-            # Prism names a step "ref_AppliedPTransform_" + its label path joined by "-".
-            written[name][f"{mode} counters"] = counters_of(result, {"counters": [
-                c for c in query["counters"]
-                if c.key.step.split("_", 2)[-1].startswith(f"{name}-")]})
+        written[mode] = objects(s3_client, bucket)
+        written[f"{mode} counters"] = counters_of(result)
     return written
 
 
@@ -570,23 +544,23 @@ def test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism(
     windows writes three: tools/prism_repro/sessions_live.py.)"""
     records = [RawRecord(f"pubsub:{n}", json.dumps(batch("d1", T0 + n * 1000, n + 1)).encode(),
                          publish_time_ms=T0 + n * 1000) for n in range(3)]
-    written = _live_and_bounded(records, 1, 10, {"sessions": SESSIONS_OF_3_S}, s3_endpoint,
-                                s3_client)["sessions"]
+    written = _live_and_bounded(records, 1, 10, ["--wait_for_complete_batch=true",
+                                                 "--session_gap_s=3"], s3_endpoint, s3_client)
     [(key, body)] = written["live"].items()
     assert [[e["data"]["event_id"] for e in json.loads(line)["events"]]
             for line in body.splitlines()] == [[1, 2, 3]]
     assert written["live"] == written["bounded"]
 
 
-def test_live_windows_and_sessions_on_prism_write_what_a_bounded_run_writes(
+def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arrivals(
     s3_endpoint, s3_client, prism
 ):
-    """Live fixed windows and sessions kept per device by timer (`_LiveGroupsFn`), on
-    Prism from an unbounded source in many bundles, write the same objects, byte for
-    byte under the same keys, as a bounded run's (the keyed path) over the same
-    records at the same arrival times: 40 devices over some six hours (replayed 500
-    times faster), gaps on both sides of the session gap, sessions across file
-    windows, a redelivered batch."""
+    """Live sessions kept per device by timer (`_LiveSessionsFn`), on Prism from an
+    unbounded source in many bundles, write the same objects, byte for byte under the
+    same keys, as a bounded run's sessions (the keyed path) over the same records at
+    the same arrival times: 40 devices over some six hours (replayed 500 times
+    faster), gaps on both sides of the session gap, sessions across file windows, a
+    redelivered batch."""
     rng = random.Random(5)
     gap_s = 120
     records, at_ms, ids = [], T0, itertools.count(1)
@@ -598,38 +572,34 @@ def test_live_windows_and_sessions_on_prism_write_what_a_bounded_run_writes(
         if rng.random() < 0.2:  # a quiet spell: many sessions end
             at_ms += (gap_s + rng.choice([-1, 0, 1, 30])) * 1000
     records.append(records[100]._replace(source="pubsub:again", publish_time_ms=at_ms + 10))
-    windows = ["--window_size_s=300", "--use_compression=true"]
-    runs = {"windows": windows,
-            "sessions": ["--wait_for_complete_batch=true", f"--session_gap_s={gap_s}", *windows]}
-    for name, written in _live_and_bounded(records, 500, 3600, runs, s3_endpoint,
-                                           s3_client).items():
-        assert len(written["live"]) > 10, name
-        assert sorted(written["live"]) == sorted(written["bounded"]), name
-        assert written["live"] == written["bounded"], name
+    flags = ["--wait_for_complete_batch=true", f"--session_gap_s={gap_s}", "--window_size_s=300",
+             "--use_compression=true"]
+    written = _live_and_bounded(records, 500, 3600, flags, s3_endpoint, s3_client)
+    assert len(written["live"]) > 10
+    assert sorted(written["live"]) == sorted(written["bounded"])
+    assert written["live"] == written["bounded"]
 
 
-def test_a_batch_behind_a_written_window_or_session_goes_out_late_and_is_counted_on_prism(
+def test_a_batch_behind_a_written_session_goes_out_late_and_is_counted_on_prism(
     s3_endpoint, s3_client, prism
 ):
-    """A device's window or session is written once the watermark passes its end; a
-    batch of that device that arrives later but is stamped inside it goes out as a
+    """A device's session is written once the watermark passes its end; a batch of
+    that device that arrives later but is stamped inside that session goes out as a
     further batch, counted late (one batch, two events), as Beam's late panes are."""
     def record(n: int, device: str, at_ms: int, *ids: int) -> RawRecord:
         return RawRecord(f"pubsub:{n}", json.dumps(batch(device, at_ms, *ids)).encode(),
                          publish_time_ms=at_ms)
 
     records = [record(0, "d1", T0, 1), record(1, "d2", T0 + 60_000, 2),
-               record(2, "d1", T0 + 1_000, 3, 4),  # behind the watermark: d1's group is out
+               record(2, "d1", T0 + 1_000, 3, 4),  # behind the watermark: d1's session is out
                record(3, "d2", T0 + 120_000, 5)]
-    runs = {"windows": ["--window_size_s=10"], "sessions": SESSIONS_OF_3_S}
-    for name, written in _live_and_bounded(records, 20, 10, runs, s3_endpoint,
-                                           s3_client).items():
-        live = [[e["data"]["event_id"] for e in json.loads(line)["events"]]
-                for body in written["live"].values() for line in body.splitlines()]
-        assert sorted(live) == [[1], [2], [3, 4], [5]], name  # the late batch apart
-        counters = written["live counters"]
-        assert (counters.get("late_batches"), counters.get("late_events")) == (1, 2), (
-            name, counters)
+    written = _live_and_bounded(records, 20, 10, ["--wait_for_complete_batch=true",
+                                                  "--session_gap_s=3"], s3_endpoint, s3_client)
+    live = [[e["data"]["event_id"] for e in json.loads(line)["events"]]
+            for body in written["live"].values() for line in body.splitlines()]
+    assert sorted(live) == [[1], [2], [3, 4], [5]]  # the late batch apart, nothing lost
+    counters = written["live counters"]
+    assert (counters.get("late_batches"), counters.get("late_events")) == (1, 2), counters
 
 
 class _Cell:
@@ -656,41 +626,6 @@ class _Cell:
         self.timers[dynamic_timer_tag] = at.micros
 
 
-class _Driven:
-    """A `_LiveGroupsFn` for device "d1" driven as a runner would, with its state and
-    timers in memory (`_Cell`) and its counters kept."""
-
-    def __init__(self, batching: Batching):
-        self.fn = _LiveGroupsFn(batching, NO_DICTIONARY, None)
-        self.fn.setup()
-        self.bag, self.close = _Cell(), _Cell()
-        self.container = MetricsContainer("GroupPerDevice")
-
-    def late_batches(self) -> int:
-        name = MetricName(metrics.NAMESPACE, metrics.LATE_BATCHES)
-        return self.container.get_counter(name).get_cumulative()
-
-    def arrive(self, at_ms: int, event_id: int) -> None:
-        shuffled = ShuffledBatch.of(arrived("d1", at_ms, event_id), NO_DICTIONARY)
-        assert list(self.fn.process(("d1", shuffled), batches=self.bag, close=self.close)) == []
-
-    def fire(self, tag: str) -> list:
-        at = self.close.timers.pop(tag)
-        sampler = statesampler.StateSampler("test", CounterFactory())
-        statesampler.set_current_tracker(sampler)
-        try:  # as a runner does, so that the counters the firing adds to are kept
-            with sampler.scoped_state("test", "process", metrics_container=self.container):
-                return list(self.fn.close_groups(
-                    key="d1", timestamp=Timestamp(micros=at), batches=self.bag,
-                    close=self.close))
-        finally:
-            statesampler.set_current_tracker(None)
-
-
-def _event_ids(out) -> list[int]:
-    return [e["data"]["event_id"] for e in json.loads(out.value.line)["events"]]
-
-
 def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions_end():
     """Prism keeps user state in its own process and sends no cache tokens, so every
     read is a round trip: a batch only adds itself and sets a timer. Each session
@@ -700,58 +635,57 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     out counted late; with on-time batches, it is merged into their session. A
     device whose sessions are all written keeps nothing: no state, no timer."""
     gap_ms = 10_000
-    d = _Driven(Batching(BatchingMode.SESSIONS, session_gap_s=10))
+    fn = _LiveSessionsFn(Batching(BatchingMode.SESSIONS, session_gap_s=10), NO_DICTIONARY, None)
+    container = MetricsContainer("SessionPerDevice")
+    fn.setup()
+    bag, close = _Cell(), _Cell()
+
+    def late_batches() -> int:
+        name = MetricName(metrics.NAMESPACE, metrics.LATE_BATCHES)
+        return container.get_counter(name).get_cumulative()
+
+    def arrive(at_ms: int, event_id: int) -> None:
+        shuffled = ShuffledBatch.of(arrived("d1", at_ms, event_id), NO_DICTIONARY)
+        assert list(fn.process(("d1", shuffled), batches=bag, close=close)) == []
+
+    def fire(tag: str) -> list:
+        at = close.timers.pop(tag)
+        sampler = statesampler.StateSampler("test", CounterFactory())
+        statesampler.set_current_tracker(sampler)
+        try:  # as a runner does, so that the counters the firing adds to are kept
+            with sampler.scoped_state("test", "process", metrics_container=container):
+                return list(fn.close_sessions(
+                    key="d1", timestamp=Timestamp(micros=at), batches=bag, close=close))
+        finally:
+            statesampler.set_current_tracker(None)
+
+    def event_ids(out) -> list[int]:
+        return [e["data"]["event_id"] for e in json.loads(out.value.line)["events"]]
+
     start = T0 - T0 % gap_ms
-    d.arrive(start + 1_000, 1)
-    d.arrive(start + 4_000, 2)  # same slot, same session: its timer moves to this end
-    d.arrive(start + 12_000, 3)  # next slot, still the same session (8 s after)
-    d.arrive(start + 40_000, 4)  # a session of its own, two slots on
-    assert d.bag.reads == 0
+    arrive(start + 1_000, 1)
+    arrive(start + 4_000, 2)  # same slot, same session: its timer moves to this end
+    arrive(start + 12_000, 3)  # next slot, still the same session (8 s after)
+    arrive(start + 40_000, 4)  # a session of its own, two slots on
+    assert bag.reads == 0
     slot = start // gap_ms
-    assert d.close.timers == {str(slot): (start + 14_000) * 1000 - 1,
-                              str(slot + 1): (start + 22_000) * 1000 - 1,
-                              str(slot + 4): (start + 50_000) * 1000 - 1}
-    assert d.fire(str(slot)) == []  # its session went on
-    [first] = d.fire(str(slot + 1))
-    assert _event_ids(first) == [1, 2, 3]
+    assert close.timers == {str(slot): (start + 14_000) * 1000 - 1,
+                            str(slot + 1): (start + 22_000) * 1000 - 1,
+                            str(slot + 4): (start + 50_000) * 1000 - 1}
+    assert fire(str(slot)) == []  # its session went on
+    [first] = fire(str(slot + 1))
+    assert event_ids(first) == [1, 2, 3]
     assert first.timestamp == Timestamp(micros=(start + 22_000) * 1000 - 1)
-    assert d.late_batches() == 0
-    d.arrive(start + 5_000, 5)  # behind where the timers fired: late, and alone
-    d.arrive(start + 21_000, 6)  # late, and 19 s before batch 4: alone too
-    [late_alone] = d.fire(str(slot))
-    assert _event_ids(late_alone) == [5] and d.late_batches() == 1
-    [late_too] = d.fire(str(slot + 2))
-    assert _event_ids(late_too) == [6] and d.late_batches() == 2
-    d.arrive(start + 30_500, 7)  # behind the last firing, but in batch 4's open session
-    d.arrive(start + 41_000, 8)  # on time
-    assert d.fire(str(slot + 3)) == []  # the session goes on: its timer moves to its end
-    [last] = d.fire(str(slot + 4))
-    assert _event_ids(last) == [7, 4, 8] and d.late_batches() == 2  # merged, on time
-    assert d.bag.value is None and d.close.timers == {}  # a written device keeps nothing
-
-
-def test_live_windows_write_each_window_at_its_end_and_a_late_batch_apart():
-    """Fixed windows by timer: every batch of a window sets the timer at its end; a
-    firing writes the windows that have ended and keeps the later ones; a batch for a
-    written window goes out alone, counted late; nothing is kept once all are out
-    (Prism kept each window's pane state for a day of allowed lateness)."""
-    size_ms = 10_000
-    d = _Driven(Batching(BatchingMode.FIXED, window_size_s=10))
-    start = T0 - T0 % size_ms
-    slot = start // size_ms
-    d.arrive(start + 1_000, 1)
-    d.arrive(start + 9_000, 2)
-    d.arrive(start + 12_000, 3)
-    assert d.bag.reads == 0
-    assert d.close.timers == {str(slot): (start + 10_000) * 1000 - 1,
-                              str(slot + 1): (start + 20_000) * 1000 - 1}
-    [first] = d.fire(str(slot))
-    assert _event_ids(first) == [1, 2] and d.late_batches() == 0
-    assert first.timestamp == Timestamp(micros=(start + 10_000) * 1000 - 1)
-    d.arrive(start + 5_000, 4)  # its window was written: late, alone
-    d.arrive(start + 15_000, 5)  # the open window: on time
-    [late] = d.fire(str(slot))
-    assert _event_ids(late) == [4] and d.late_batches() == 1
-    [second] = d.fire(str(slot + 1))
-    assert _event_ids(second) == [3, 5] and d.late_batches() == 1
-    assert d.bag.value is None and d.close.timers == {}
+    assert late_batches() == 0
+    arrive(start + 5_000, 5)  # behind where the timers fired: late, and alone
+    arrive(start + 21_000, 6)  # late, and 19 s before batch 4: alone too
+    [late_alone] = fire(str(slot))
+    assert event_ids(late_alone) == [5] and late_batches() == 1
+    [late_too] = fire(str(slot + 2))
+    assert event_ids(late_too) == [6] and late_batches() == 2
+    arrive(start + 30_500, 7)  # behind the last firing, but in batch 4's open session
+    arrive(start + 41_000, 8)  # on time
+    assert fire(str(slot + 3)) == []  # the session goes on: its timer moves to its end
+    [last] = fire(str(slot + 4))
+    assert event_ids(last) == [7, 4, 8] and late_batches() == 2  # merged, on time
+    assert bag.value is None and close.timers == {}  # a written device keeps nothing

@@ -15,7 +15,7 @@ from pipeline.build import trained_codec
 from pipeline.config import load_config
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.pipelines import batch_pipeline
-from transforms.batching import BatchPerDevice, StampArrival, _LiveGroupsFn
+from transforms.batching import BatchPerDevice, StampArrival, _LiveSessionsFn
 from transforms.rules import batch_json
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
 from transforms.values import ArrivedBatch, Batching, BatchingMode
@@ -71,7 +71,7 @@ class _GroupInputs(PipelineVisitor):
 
     def visit_transform(self, node):
         stateful = isinstance(node.transform, beam.ParDo) and isinstance(
-            node.transform.fn, _LiveGroupsFn)
+            node.transform.fn, _LiveSessionsFn)
         if isinstance(node.transform, GroupByKey) or stateful:
             (pcoll,) = node.inputs
             self.coders.append(coders.registry.get_coder(pcoll.element_type))

@@ -188,15 +188,6 @@ def window_start_us(timestamp_us: int, size_us: int) -> int:
     return timestamp_us - timestamp_us % size_us
 
 
-def split_windows(arrived: Iterable[A], size_ms: int) -> list[tuple[list[A], int]]:
-    """One device's batches → their UTC-aligned fixed windows, each with its end, in ms,
-    earliest first (as `split_sessions`, for the same callers)."""
-    windows: dict[int, list[A]] = {}
-    for item in sorted(arrived, key=arrival_order):
-        windows.setdefault(item.arrival_ms - item.arrival_ms % size_ms, []).append(item)
-    return [(batches, start_ms + size_ms) for start_ms, batches in sorted(windows.items())]
-
-
 def split_sessions(arrived: Iterable[A], gap_ms: int) -> list[tuple[list[A], int]]:
     """One device's batches → sessions, each with its end (last arrival + gap), in ms.
 
