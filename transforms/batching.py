@@ -25,6 +25,7 @@ microsecond of its window, which is what packing into files uses.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import defaultdict
 from typing import Any, Iterable, Iterator
@@ -235,23 +236,25 @@ ON_TIME, LATE = 0, 1
 # The latest time at which a live DoFn's timers fired in this process, per DoFn (by the
 # token it was built with): a bound its input watermark has reached (`WatermarkSeen`).
 _FIRED_UP_TO: dict[str, int] = {}
+_FIRED_LOCK = threading.Lock()
 
 
 class WatermarkSeen:
     """How far a DoFn's input watermark is known to have come, in this process: the
     latest time its event-time timers fired at (a timer fires once the watermark has
     reached it). Beam gives a DoFn no other view of its watermark. Shared by the
-    DoFn's instances in the process (a runner may run several at once), behind the
-    real watermark by at most the time since a timer last fired, and 0 in a new
+    DoFn's instances in the process (a runner may run several at once); behind the
+    real watermark by as far as that moved since a timer last fired, and 0 in a new
     process until one fires: so a batch it calls late is behind the watermark, and a
-    batch just behind it may be missed, never the other way."""
+    batch just behind the watermark may be missed, never the other way."""
 
     def __init__(self):
         self._token = uuid.uuid4().hex  # pickled with the DoFn: one per transform
 
     def fired(self, at_us: int) -> None:
-        if at_us > _FIRED_UP_TO.get(self._token, 0):
-            _FIRED_UP_TO[self._token] = at_us
+        with _FIRED_LOCK:  # two bundles' firings at once: the later time stays
+            if at_us > _FIRED_UP_TO.get(self._token, 0):
+                _FIRED_UP_TO[self._token] = at_us
 
     def behind(self, at_us: int) -> bool:
         return at_us < _FIRED_UP_TO.get(self._token, 0)
