@@ -174,6 +174,19 @@ def start_pipeline(runner: str, endpoint: str, bucket: str, subscription: str, l
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
+def _summary(log: Path) -> str:
+    """The run's last status line (its final summary once it was stopped)."""
+    lines = [line for line in log.read_text().splitlines() if "late batches" in line]
+    return lines[-1].strip() if lines else "no status line"
+
+
+def _complete(result: dict) -> str:
+    if result["complete"]:
+        return "True"
+    found, expected = result["events"]
+    return f"False ({found:,} events of {expected:,})"
+
+
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -220,7 +233,8 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
         stop(process)
     seconds = time.time() - started
     return {"batches": backlog, "seconds": seconds, "per_s": backlog / seconds,
-            "complete": watched.verified_events() == expected}
+            "complete": watched.verified_events() == expected,
+            "events": (watched.verified_events(), expected)}
 
 
 def session_devices(batches: Iterator[dict], rate: int) -> Iterator[dict]:
@@ -294,6 +308,8 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     return {"rate": rate, "seconds": duration, "published_per_s": rate * duration / published_s,
             "files": len(watched.first_seen), "sessions": len(last_sent) if gap_s else None,
             "complete": watched.verified_events() == expected,
+            "events": (watched.verified_events(), expected),
+            "summary": _summary(log),
             "lag_p50": lags[len(lags) // 2] if lags else None,
             "lag_p95": lags[int(len(lags) * 0.95)] if lags else None,
             "lag_max": lags[-1] if lags else None,
@@ -343,7 +359,7 @@ def main() -> None:
 
 def _print_drain(runner: str, result: dict) -> None:
     print(f"{runner}: drained {result['batches']:,} batches in {result['seconds']:.1f} s, "
-          f"{result['per_s']:,.0f} batches/s, every event in S3: {result['complete']}",
+          f"{result['per_s']:,.0f} batches/s, every event in S3: {_complete(result)}",
           flush=True)
 
 
@@ -359,8 +375,9 @@ def _print_steady(result: dict) -> None:
         for label, peaks in (("second minute", result["rss_second_minute"]),
                              ("last minute", result["rss_last_minute"])) if peaks)
     print(f"  published {result['published_per_s']:,.0f} batches/s, {result['files']:,} files"
-          f"{sessions}, {lags}; every event in S3: {result['complete']}; peak RSS of the "
+          f"{sessions}, {lags}; every event in S3: {_complete(result)}; peak RSS of the "
           f"pipeline's processes: {memory or 'not sampled'}", flush=True)
+    print(f"  the run's last status: {result['summary']}", flush=True)
 
 
 if __name__ == "__main__":
