@@ -25,9 +25,11 @@ every object is parsed whole to say whether every event arrived.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,6 +176,23 @@ def start_pipeline(runner: str, endpoint: str, bucket: str, subscription: str, l
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
+def _missing(watched: Bucket, per_device: dict[str, int], last_sent: dict[str, float],
+             began: float, log: Path) -> None:
+    """LIVE_DEBUG: which devices' events are not all in S3, and when each sent its last
+    batch (seconds into the run); the run's log is kept beside the benchmark's."""
+    found: dict[str, int] = collections.Counter()
+    for _, batch in watched.batches():
+        found[batch["mp_deviceid"]] += len(batch["events"])
+    short = sorted((last_sent[device] - began, device, count, found[device])
+                   for device, count in per_device.items() if found[device] != count)
+    print(f"    {len(short):,} devices with events missing or doubled", flush=True)
+    for at, device, count, got in short[:40]:
+        print(f"    {device}: {got} of {count} events, last batch sent at {at:.2f} s", flush=True)
+    kept = Path(tempfile.gettempdir()) / f"live-debug-{log.name}"
+    shutil.copy(log, kept)
+    print(f"    the run's log: {kept}", flush=True)
+
+
 def _summary(log: Path) -> str:
     """The run's last status line (its final summary once it was stopped)."""
     lines = [line for line in log.read_text().splitlines() if "late batches" in line]
@@ -268,9 +287,14 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
         if gap_s:
             batches = session_devices(batches, rate)
         now_ms, seconds, expected = int(time.time() * 1000), [], 0
+        debug = os.environ.get("LIVE_DEBUG")
+        per_device: dict[str, int] = collections.Counter()
         for second in range(duration):
             chunk = list(itertools.islice(batches, rate))
             expected += forwarded_events(chunk)
+            if debug:
+                for batch in chunk:
+                    per_device[batch["mp_deviceid"]] += forwarded_events([batch])
             seconds.append((encoded(chunk, now_ms + second * 1000),
                             [batch["mp_deviceid"] for batch in chunk]))
         last_sent: dict[str, float] = {}
@@ -303,6 +327,8 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     finally:
         memory.stop()
         stop(process)
+    if debug and watched.verified_events() != expected:
+        _missing(watched, per_device, last_sent, began, log)
     lags = watched.session_lags(last_sent, gap_s) if gap_s else watched.lags()
     ended = memory.samples[-1][0] if memory.samples else began
     return {"rate": rate, "seconds": duration, "published_per_s": rate * duration / published_s,
