@@ -65,7 +65,7 @@ class Bucket:
 
     While a run goes, events are counted by a byte scan (each forwarded event has
     one "event_type" key), so that watching costs the machine little CPU beside
-    the pipeline; `verified_events` parses every object whole afterwards.
+    the pipeline; `events_by_device` parses every object whole afterwards.
     """
 
     def __init__(self, client, name: str):
@@ -79,8 +79,12 @@ class Bucket:
                 self.first_seen[key] = time.time()
                 self.events += self._body(key).count(b'"event_type":')
 
-    def verified_events(self) -> int:
-        return sum(len(batch["events"]) for _, batch in self.batches())
+    def events_by_device(self) -> collections.Counter:
+        """The events written, per device, from every object parsed whole."""
+        found: collections.Counter = collections.Counter()
+        for _, batch in self.batches():
+            found[batch["mp_deviceid"]] += len(batch["events"])
+        return found
 
     def batches(self) -> Iterator[tuple[str, dict]]:
         for key in self.first_seen:
@@ -176,13 +180,10 @@ def start_pipeline(runner: str, endpoint: str, bucket: str, subscription: str, l
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
 
-def _missing(watched: Bucket, per_device: dict[str, int], last_sent: dict[str, float],
+def _missing(found: dict[str, int], per_device: dict[str, int], last_sent: dict[str, float],
              began: float, log: Path) -> None:
     """LIVE_DEBUG: which devices' events are not all in S3, and when each sent its last
     batch (seconds into the run); the run's log is kept beside the benchmark's."""
-    found: dict[str, int] = collections.Counter()
-    for _, batch in watched.batches():
-        found[batch["mp_deviceid"]] += len(batch["events"])
     short = sorted((last_sent[device] - began, device, count, found[device])
                    for device, count in per_device.items() if found[device] != count)
     print(f"    {len(short):,} devices with events missing or doubled", flush=True)
@@ -197,6 +198,10 @@ def _summary(log: Path) -> str:
     """The run's last status line (its final summary once it was stopped)."""
     lines = [line for line in log.read_text().splitlines() if "late batches" in line]
     return lines[-1].strip() if lines else "no status line"
+
+
+def _verified(found: int, expected: int) -> dict:
+    return {"complete": found == expected, "events": (found, expected)}
 
 
 def _complete(result: dict) -> str:
@@ -252,8 +257,7 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
         stop(process)
     seconds = time.time() - started
     return {"batches": backlog, "seconds": seconds, "per_s": backlog / seconds,
-            "complete": watched.verified_events() == expected,
-            "events": (watched.verified_events(), expected)}
+            **_verified(sum(watched.events_by_device().values()), expected)}
 
 
 def session_devices(batches: Iterator[dict], rate: int) -> Iterator[dict]:
@@ -286,15 +290,12 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
         batches = generate(rate * duration, 5_000, seed=72)
         if gap_s:
             batches = session_devices(batches, rate)
-        now_ms, seconds, expected = int(time.time() * 1000), [], 0
-        debug = os.environ.get("LIVE_DEBUG")
-        per_device: dict[str, int] = collections.Counter()
+        now_ms, seconds = int(time.time() * 1000), []
+        per_device: collections.Counter = collections.Counter()
         for second in range(duration):
             chunk = list(itertools.islice(batches, rate))
-            expected += forwarded_events(chunk)
-            if debug:
-                for batch in chunk:
-                    per_device[batch["mp_deviceid"]] += forwarded_events([batch])
+            for batch in chunk:
+                per_device[batch["mp_deviceid"]] += forwarded_events([batch])
             seconds.append((encoded(chunk, now_ms + second * 1000),
                             [batch["mp_deviceid"] for batch in chunk]))
         last_sent: dict[str, float] = {}
@@ -315,6 +316,7 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
             last_sent.update((device, sending) for device in devices)
             time.sleep(max(0.0, began + second + 1 - time.time()))
         published_s = time.time() - began
+        expected = sum(per_device.values())
         deadline = time.time() + (gap_s or 0) + 3 * WINDOW_S + 30
         while watched.events < expected and time.time() < deadline:
             time.sleep(1)
@@ -327,14 +329,14 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     finally:
         memory.stop()
         stop(process)
-    if debug and watched.verified_events() != expected:
-        _missing(watched, per_device, last_sent, began, log)
+    found = watched.events_by_device()
+    if os.environ.get("LIVE_DEBUG") and found != per_device:
+        _missing(found, per_device, last_sent, began, log)
     lags = watched.session_lags(last_sent, gap_s) if gap_s else watched.lags()
     ended = memory.samples[-1][0] if memory.samples else began
     return {"rate": rate, "seconds": duration, "published_per_s": rate * duration / published_s,
             "files": len(watched.first_seen), "sessions": len(last_sent) if gap_s else None,
-            "complete": watched.verified_events() == expected,
-            "events": (watched.verified_events(), expected),
+            **_verified(sum(found.values()), expected),
             "summary": _summary(log),
             "lag_p50": lags[len(lags) // 2] if lags else None,
             "lag_p95": lags[int(len(lags) * 0.95)] if lags else None,
