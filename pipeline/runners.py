@@ -248,6 +248,8 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
         options.view_as(PrismRunnerOptions).prism_location = prism_binary(options)
         if not options.view_as(PortableOptions).environment_type:
             _sdk_harness_in_its_own_process(options)
+        if standard.streaming:
+            _no_splits_of_bundles_with_timers(options)
     if name in PORTABLE:
         return portable_runner(name)
     return name
@@ -280,6 +282,16 @@ def _sdk_harness_in_its_own_process(options: PipelineOptions) -> None:
     """Prism's loopback workers run in the launcher unless this experiment asks for a
     process (Beam starts it as `python` from PATH: see `worker_environment`)."""
     options.view_as(DebugOptions).add_experiment("use_loopback_process_worker")
+
+
+def _no_splits_of_bundles_with_timers(options: PipelineOptions) -> None:
+    """Prism 2.77 splits a running bundle that makes no progress between two of its
+    progress requests, and a bundle of the live sessions' stage holds timers, which it
+    splits wrongly (https://github.com/apache/beam/issues/35771, "Unexpected split on a
+    bundle with timers" in the log): its residual's timers fire again or never, and
+    sessions are written twice or lost. A live run asks for no splits (the source still
+    checkpoints itself); bounded runs keep them (no stage of theirs has timers)."""
+    options.view_as(DebugOptions).add_experiment("prism_disable_sdf_split")
 
 
 _WORKER_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_site")

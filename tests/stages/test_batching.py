@@ -9,12 +9,9 @@ import itertools
 import json
 import os
 import random
-import time
 
 import apache_beam as beam
 import pytest
-from apache_beam import coders
-from apache_beam.io.unbounded_source import UnboundedReader, UnboundedSource
 from apache_beam.metrics.execution import MetricsContainer
 from apache_beam.metrics.metricbase import MetricName
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -23,7 +20,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.utils.counters import CounterFactory
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,7 +31,7 @@ from pipeline.run import counters_of
 from pipeline.runners import make_runner, worker_environment
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
-from tests.pipelines import batch_pipeline, streaming_pipeline
+from tests.pipelines import Replayed, batch_pipeline, streaming_pipeline
 from tests.stages.batches import MINUTE_MS, T0, arrived, batch
 from transforms import metrics
 from transforms.batching import BatchPerDevice, Merger, StampArrival, _LiveSessionsFn, per_event
@@ -431,84 +428,9 @@ def test_keyed_and_beam_windows_write_the_same_objects(
     assert written[0] == written[1]
 
 
-class _Replayed(UnboundedSource):
-    """Records as a live source delivers them: in the list's order (publish order,
-    but for a record put behind on purpose), stamped with their publish time, each
-    when its time comes on a clock running `speedup` times faster than the wall clock
-    (so a bundle holds what came since the last); the watermark a second behind that
-    clock or the next record, whichever is earlier, never going back, as
-    PubSubSource's; `tail_s` after the last record, the end of time. Unbounded, as
-    PubSubSource is: Prism runs it as it runs Pub/Sub."""
-
-    def __init__(self, records: list[RawRecord], speedup: float, tail_s: float):
-        self._records = records
-        self._speedup = speedup
-        self._tail_ms = tail_s * 1000
-
-    def split(self, desired_num_splits, options=None):
-        return [self]
-
-    def create_reader(self, options, checkpoint_mark):
-        # The mark: (next record, wall-clock time of the first, watermark reported in
-        # µs); none at the start.
-        at, started, watermark_us = checkpoint_mark or (0, time.time(), 0)
-        return _ReplayReader(self._records, self._speedup, self._tail_ms, at, started,
-                             watermark_us)
-
-    def get_checkpoint_mark_coder(self):
-        return coders.PickleCoder()
-
-    def default_output_coder(self):
-        return coders.registry.get_coder(RawRecord)
-
-
-class _ReplayReader(UnboundedReader):
-    def __init__(self, records: list[RawRecord], speedup: float, tail_ms: float, at: int,
-                 started: float, watermark_us: int):
-        self._records, self._speedup, self._tail_ms = records, speedup, tail_ms
-        self._at, self._started, self._watermark_us = at, started, watermark_us
-
-    def _now_ms(self) -> float:
-        """The replay's clock."""
-        return (self._records[0].publish_time_ms
-                + (time.time() - self._started) * 1000 * self._speedup)
-
-    def start(self) -> bool:
-        return self.advance()
-
-    def advance(self) -> bool:
-        if self._at >= len(self._records):
-            return False
-        if self._records[self._at].publish_time_ms > self._now_ms():
-            return False  # not yet: the bundle ends here
-        self._current = self._records[self._at]
-        self._at += 1
-        return True
-
-    def get_current(self) -> RawRecord:
-        return self._current
-
-    def get_current_timestamp(self) -> Timestamp:
-        return Timestamp(micros=self._current.publish_time_ms * 1000)
-
-    def get_watermark(self) -> Timestamp:
-        now_ms = self._now_ms()
-        if self._at >= len(self._records):
-            if now_ms > self._records[-1].publish_time_ms + self._tail_ms:
-                return MAX_TIMESTAMP
-            next_ms = now_ms
-        else:
-            next_ms = min(self._records[self._at].publish_time_ms, now_ms)
-        self._watermark_us = max(self._watermark_us, int(next_ms - 1000) * 1000)
-        return Timestamp(micros=self._watermark_us)
-
-    def get_checkpoint_mark(self):
-        return self._at, self._started, self._watermark_us
-
-
 def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
                       flags: list[str], s3_endpoint: str, s3_client) -> dict[str, dict]:
-    """The objects that the same records write live on Prism (from `_Replayed`, sessions
+    """The objects that the same records write live on Prism (from `Replayed`, sessions
     by timer) and bounded (the keyed path), each run into a bucket of its own."""
     written = {}
     for mode in ("live", "bounded"):
@@ -523,7 +445,7 @@ def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
         options.view_as(StandardOptions).streaming = mode == "live"
         with worker_environment():
             p = beam.Pipeline(runner=make_runner(options), options=options)
-            arrivals = p | (beam.io.Read(_Replayed(records, speedup, tail_s)) if mode == "live"
+            arrivals = p | (beam.io.Read(Replayed(records, speedup, tail_s)) if mode == "live"
                             else beam.Create(records))
             forward(arrivals, config)  # live: sessions by timer; bounded: keyed windows
             result = p.run()
