@@ -230,34 +230,79 @@ def _stamped_sessions(element, gap_ms: int):
         yield window.TimestampedValue((device, batches), Timestamp(micros=session_end_us(end_ms)))
 
 
-# Whether a batch held by _LiveSessionsFn came behind the watermark.
+# Whether a batch held by _LiveSessionsFn came late (`WrittenSessions`).
 ON_TIME, LATE = 0, 1
 
-# The latest time at which a live DoFn's timers fired in this process, per DoFn (by the
-# token it was built with): a bound its input watermark has reached (`WatermarkSeen`).
-_FIRED_UP_TO: dict[str, int] = {}
-_FIRED_LOCK = threading.Lock()
+# How far behind the time a live sessions DoFn's timers have fired up to a batch of a
+# device it does not remember is called late: no runner holds a batch in its queue for
+# an hour of its time while the watermark passes it, and a device's written sessions
+# are remembered that long (`WrittenSessions`).
+LATE_HORIZON_MS = 3_600_000
 
 
-class WatermarkSeen:
-    """How far a DoFn's input watermark is known to have come, in this process: the
-    latest time its event-time timers fired at (a timer fires once the watermark has
-    reached it). Beam gives a DoFn no other view of its watermark. Shared by the
-    DoFn's instances in the process (a runner may run several at once); behind the
-    real watermark by as far as that moved since a timer last fired, and 0 in a new
-    process until one fires: so a batch it calls late is behind the watermark, and a
-    batch just behind the watermark may be missed, never the other way."""
+class _Written:
+    """A live sessions DoFn's memory in this process: the latest time its timers fired
+    at, and the end of each device's last written session within the horizon."""
+
+    def __init__(self):
+        self.fired_ms = 0
+        self.ends: dict[str, int] = {}
+        self.pruned_at_size = 10_000
+        self.lock = threading.Lock()
+
+
+# Per DoFn, by the token it was built with.
+_WRITTEN: dict[str, _Written] = {}
+_WRITTEN_LOCK = threading.Lock()
+
+
+class WrittenSessions:
+    """Whether a batch came late to a live sessions DoFn: after the session of its
+    device that it belongs to (or one after it) was written, or more than
+    `LATE_HORIZON_MS` behind the time the DoFn's timers have fired up to (a time its
+    input watermark has reached; a timer fires once the watermark passes it).
+
+    Judged per device: a runner may hold a batch in its queue while the watermark, and
+    other devices' timers, pass its time (Prism fires a stage's timers by the
+    watermark of the stage before it, whatever is still queued), and such a batch is
+    on time. The written ends are kept in this process's memory, for the devices
+    written within the horizon, and shared by the DoFn's instances in the process:
+    kept in the runner's state instead, each batch would read it (a round trip on
+    Prism, which sends no cache tokens) and each device would keep a timer for the
+    allowed lateness to clear it (on Prism, which visits every key with a pending
+    timer at each watermark refresh, a long run fell behind). So a batch that came
+    after its session was written is missed in a new process, or in another than
+    the one that wrote the session (a runner that moves keys between workers); it
+    then goes out as an on-time one would, uncounted. A batch delivered before its
+    session was written is never called late."""
 
     def __init__(self):
         self._token = uuid.uuid4().hex  # pickled with the DoFn: one per transform
 
-    def fired(self, at_us: int) -> None:
-        with _FIRED_LOCK:  # two bundles' firings at once: the later time stays
-            if at_us > _FIRED_UP_TO.get(self._token, 0):
-                _FIRED_UP_TO[self._token] = at_us
+    def _memory(self) -> _Written:
+        with _WRITTEN_LOCK:
+            return _WRITTEN.setdefault(self._token, _Written())
 
-    def behind(self, at_us: int) -> bool:
-        return at_us < _FIRED_UP_TO.get(self._token, 0)
+    def fired(self, at_ms: int) -> None:
+        memory = self._memory()
+        with memory.lock:  # two bundles' firings at once: the later time stays
+            memory.fired_ms = max(memory.fired_ms, at_ms)
+
+    def wrote(self, device: str, end_ms: int) -> None:
+        """A session of `device` ending at `end_ms` (its last batch plus the gap) was
+        written."""
+        memory = self._memory()
+        with memory.lock:
+            memory.ends[device] = max(memory.ends.get(device, 0), end_ms)
+            if len(memory.ends) >= memory.pruned_at_size:
+                forget_before = memory.fired_ms - LATE_HORIZON_MS
+                memory.ends = {d: e for d, e in memory.ends.items() if e >= forget_before}
+                memory.pruned_at_size = 2 * len(memory.ends) + 10_000
+
+    def late(self, device: str, at_ms: int) -> bool:
+        memory = self._memory()
+        return (at_ms < memory.ends.get(device, 0)
+                or at_ms < memory.fired_ms - LATE_HORIZON_MS)
 
 
 class _LiveSessionsFn(_MergingFn):
@@ -283,8 +328,8 @@ class _LiveSessionsFn(_MergingFn):
     timer that finds nothing ended (its session went on in a later slot) changes no
     state.
 
-    Late data: a batch that arrives behind the watermark (`WatermarkSeen`: as far as
-    this transform's timers have fired) came late; a session made only of such
+    Late data: a batch that arrives after its device's session that it belongs to
+    was written came late (`WrittenSessions`); a session made only of such
     batches goes out as a further batch, counted late (a late batch that joins a
     session of on-time ones is merged into it, as Beam merges a late element into an
     open session window). Data are in the global window, so none is ever dropped for
@@ -302,7 +347,7 @@ class _LiveSessionsFn(_MergingFn):
                  input_connection: s3.S3Connection | None):
         super().__init__(codec, input_connection)
         self._gap_ms = batching.session_gap_s * 1000
-        self._watermark = WatermarkSeen()
+        self._written = WrittenSessions()
 
     def process(
         self,
@@ -310,8 +355,8 @@ class _LiveSessionsFn(_MergingFn):
         batches=beam.DoFn.StateParam(BATCHES),
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
-        _, shuffled = element
-        came = LATE if self._watermark.behind(shuffled.arrival_ms * 1000) else ON_TIME
+        device, shuffled = element
+        came = LATE if self._written.late(device, shuffled.arrival_ms) else ON_TIME
         batches.add((shuffled, came))
         self._close_at(close, shuffled.arrival_ms, shuffled.arrival_ms + self._gap_ms)
         return iter(())
@@ -328,10 +373,10 @@ class _LiveSessionsFn(_MergingFn):
         batches=beam.DoFn.StateParam(BATCHES),
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
-        self._watermark.fired(timestamp.micros)
         # Runners keep a timer's time in milliseconds: a session has ended once its
         # last millisecond (end - 1) is reached.
         now_ms = timestamp.micros // 1000
+        self._written.fired(now_ms)
         held = list(batches.read())
         if not held:
             return
@@ -348,6 +393,7 @@ class _LiveSessionsFn(_MergingFn):
             for item in session:
                 batches.add((item, LATE if id(item) in late else ON_TIME))
         for session, end_ms in ended:
+            self._written.wrote(key, end_ms)
             is_late = all(id(item) in late for item in session)
             at = Timestamp(micros=session_end_us(end_ms))
             for out in self._merger.merged(key, session, is_late):

@@ -553,31 +553,36 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     read is a round trip: a batch only adds itself and sets a timer. Each session
     keeps a timer at its end (tagged by its last arrival's gap-long slot, so a later
     session does not move an earlier one's); a firing writes the ended sessions. A
-    batch behind the time the transform's timers fired at came late: alone, it goes
-    out counted late; with on-time batches, it is merged into their session. A
-    device whose sessions are all written keeps nothing: no state, no timer."""
+    batch that comes after the session of its device that it belongs to was written
+    came late: alone, it goes out counted late; with on-time batches, it is merged into
+    their session. A batch of another device as far behind, which the runner held in
+    its queue while the watermark passed, is on time. A device whose sessions are all
+    written keeps nothing: no state, no timer."""
     gap_ms = 10_000
     fn = _LiveSessionsFn(Batching(BatchingMode.SESSIONS, session_gap_s=10), NO_DICTIONARY, None)
     container = MetricsContainer("SessionPerDevice")
     fn.setup()
-    bag, close = _Cell(), _Cell()
+    cells = {device: (_Cell(), _Cell()) for device in ("d1", "d2")}
+    bag, close = cells["d1"]
 
     def late_batches() -> int:
         name = MetricName(metrics.NAMESPACE, metrics.LATE_BATCHES)
         return container.get_counter(name).get_cumulative()
 
-    def arrive(at_ms: int, event_id: int) -> None:
-        shuffled = ShuffledBatch.of(arrived("d1", at_ms, event_id), NO_DICTIONARY)
-        assert list(fn.process(("d1", shuffled), batches=bag, close=close)) == []
+    def arrive(at_ms: int, event_id: int, device: str = "d1") -> None:
+        shuffled = ShuffledBatch.of(arrived(device, at_ms, event_id), NO_DICTIONARY)
+        bag, close = cells[device]
+        assert list(fn.process((device, shuffled), batches=bag, close=close)) == []
 
-    def fire(tag: str) -> list:
+    def fire(tag: str, device: str = "d1") -> list:
+        bag, close = cells[device]
         at = close.timers.pop(tag)
         sampler = statesampler.StateSampler("test", CounterFactory())
         statesampler.set_current_tracker(sampler)
         try:  # as a runner does, so that the counters the firing adds to are kept
             with sampler.scoped_state("test", "process", metrics_container=container):
                 return list(fn.close_sessions(
-                    key="d1", timestamp=Timestamp(micros=at), batches=bag, close=close))
+                    key=device, timestamp=Timestamp(micros=at), batches=bag, close=close))
         finally:
             statesampler.set_current_tracker(None)
 
@@ -599,15 +604,19 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     assert event_ids(first) == [1, 2, 3]
     assert first.timestamp == Timestamp(micros=(start + 22_000) * 1000 - 1)
     assert late_batches() == 0
+    arrive(start + 2_000, 9, "d2")  # behind the firing, but d2 has had no session written
+    [queued] = fire(str(slot), "d2")
+    assert event_ids(queued) == [9] and late_batches() == 0
     arrive(start + 5_000, 5)  # behind where the timers fired: late, and alone
     arrive(start + 21_000, 6)  # late, and 19 s before batch 4: alone too
     [late_alone] = fire(str(slot))
     assert event_ids(late_alone) == [5] and late_batches() == 1
     [late_too] = fire(str(slot + 2))
     assert event_ids(late_too) == [6] and late_batches() == 2
-    arrive(start + 30_500, 7)  # behind the last firing, but in batch 4's open session
+    arrive(start + 30_500, 7)  # late (in batch 6's written session), but in batch 4's open one
     arrive(start + 41_000, 8)  # on time
     assert fire(str(slot + 3)) == []  # the session goes on: its timer moves to its end
     [last] = fire(str(slot + 4))
     assert event_ids(last) == [7, 4, 8] and late_batches() == 2  # merged, on time
-    assert bag.value is None and close.timers == {}  # a written device keeps nothing
+    # a written device keeps nothing
+    assert all(bag.value is None and close.timers == {} for bag, close in cells.values())
