@@ -1,32 +1,40 @@
-"""Throughput and memory benchmark: the pipeline against a plain-Python yardstick.
+"""Throughput and memory benchmark: the pipeline against plain Python, on several
+input shapes.
 
-    .venv/bin/python -m benchmarks.run                      # 1,000,000 events (≈250,000 batches)
-    .venv/bin/python -m benchmarks.run --batches 2000       # a smoke run
+    .venv/bin/python -m benchmarks.run                      # every shape, 3 repeats
+    .venv/bin/python -m benchmarks.run --shapes default --repeats 1 --scale 0.01  # a smoke run
     .venv/bin/python -m benchmarks.run --no-4x              # without the memory rows at 4x
-    .venv/bin/python -m benchmarks.run --repeats 3          # medians of 3 alternated runs
 
-Generates deterministic batches (`pipeline.tools.sample_data`: 20,000 devices, 1-8
-events a batch), starts the embedded S3 server, and runs on that input, gzip on,
-default file bounds, slices of SLICE_S, each into its own bucket, every run timed
-as a whole process from start to exit:
-  1. the yardstick (benchmarks/yardstick.py), one process;
-  2. the pipeline on the DirectRunner in-process;
-  3. the pipeline on the DirectRunner with 2 worker processes;
-  4. the pipeline on Prism (Beam's portable runner, built by ./run_local.sh), whose
+Shapes (deterministic batches from `pipeline.tools.sample_data`, NDJSON in
+INPUT_FILES files; `--scale` multiplies the batches):
+  default     250,000 batches from 20,000 devices, 1-8 events each, about 1.7 input
+              batches per outbound batch;
+  many-small  200,000 batches from 10,000 devices, busier: about 5 per outbound batch;
+  few-large   20,000 batches of 40-80 events from 20,000 devices: about 1 per outbound;
+  sessions    the default input, --wait_for_complete_batch=true (30-minute gap);
+  gzip-input  the default input, each file gzipped.
+For each, with the embedded S3 server, gzip output, default file bounds, each run
+into its own bucket and timed as a whole process from start to exit, alternated
+over `--repeats`:
+  1. plain Python, one process (`benchmarks/plain.py`: the same work, importing
+     nothing of the forwarder or Beam);
+  2. plain Python on every core (`benchmarks/plain.py --processes N`);
+  3. the pipeline on the DirectRunner in-process;
+  4. the pipeline on the DirectRunner with a worker process per core;
+  5. the pipeline on Prism (Beam's portable runner, built by ./run_local.sh), whose
      Go process does the shuffles while the Python code runs in an SDK harness
-     process of its own (Prism starts one per environment);
-  5. the pipeline on a local Dask cluster (`--runner=dask`: a scheduler in the
+     process of its own;
+  6. the pipeline on a local Dask cluster (`--runner=dask`: a scheduler in the
      launcher, one worker process per core);
-then measures the S3 server's ceiling (a raw boto3 PUT loop with the same object
-sizes, at concurrency 1 and 2) and prints one table: events/s, batches, files,
-bytes, peak RSS of the whole process tree, speed against the yardstick, and the
-uploads as a fraction of the ceiling. Then, at four times the input (the same
-devices over four times the days, in four times the files of the same size), runs
-2, 3 and 5 again and prints their peak RSS
-beside the 1x figure, the largest peak of one process of the run, and the sizes of
-the largest slice and the largest window.
-It checks that every run at one size forwarded the same events (counts by event
-id) and reports whether the objects are identical.
+and prints a table per shape: the median time and its spread, events/s, batches,
+files, bytes, peak RSS of the whole process tree, and speed against both plain
+jobs. It checks that every run of a shape forwarded the same events (counts by event
+id), and says whether the objects are byte-identical under identical keys. Then,
+for the default shape at four times the input (the same devices over four times the
+days, in four times the files of the same size), runs 3, 4 and 6 again and prints
+their peak RSS beside the 1x figure, the largest peak of one process of the run, and
+the sizes of the largest slice and the largest window; and the S3 server's ceiling
+(a raw boto3 PUT loop with the default shape's object sizes, at concurrency 1 and 2).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -59,23 +68,40 @@ INPUT_FILES = 8  # the input is split so that workers can share it
 # The input spans about 9 hours of arrival time at 1x and 36 at 4x (same devices,
 # four times the batches each): slices of 6 hours make both span several.
 SLICE_S = 6 * 3600
+CORES = os.cpu_count() or 1
+
+# name → (batches, devices, sample_data.generate's keywords, pipeline flags,
+# benchmarks.plain flags, gzipped input files)
+SHAPES = {
+    "default": (250_000, 20_000, {}, [], [], False),
+    "many-small": (200_000, 10_000, {"quiet_share": 0.05}, [], [], False),
+    "few-large": (20_000, 20_000, {"events_per_batch": (40, 80)}, [], [], False),
+    "sessions": (250_000, 20_000, {}, ["--wait_for_complete_batch=true"], ["--sessions=1800"],
+                 False),
+    "gzip-input": (250_000, 20_000, {}, [], [], True),
+}
 
 
-def make_input(folder: Path, batches: int, devices: int, files: int = INPUT_FILES
-               ) -> tuple[int, int, int, int]:
-    """Writes the batches over `files` NDJSON files; returns their bytes, the
-    batches and NDJSON bytes of the largest slice of arrival time (SLICE_S), and the
-    NDJSON bytes of the largest 10-minute window (what a sliced run of fixed windows
-    groups at once)."""
+def make_input(folder: Path, batches: int, devices: int, files: int = INPUT_FILES,
+               compressed: bool = False, **shape) -> tuple[int, int, int, int]:
+    """Writes the batches over `files` NDJSON files (gzipped if `compressed`); returns
+    their bytes, the batches and NDJSON bytes of the largest slice of arrival time
+    (SLICE_S), and the NDJSON bytes of the largest 10-minute window (what a sliced
+    run of fixed windows groups at once). `shape`: `generate`'s keywords."""
     folder.mkdir(parents=True, exist_ok=True)
-    generated = iter(generate(batches, devices))
+    generated = iter(generate(batches, devices, **shape))
     per_file = -(-batches // files)
     slices: Counter = Counter()
     slice_bytes: Counter = Counter()
     window_bytes: Counter = Counter()
     for index in range(files):
         chunk = [b for _, b in zip(range(per_file), generated, strict=False)]
-        write_ndjson(str(folder / f"part-{index}.ndjson"), iter(chunk))
+        path = folder / f"part-{index}.ndjson"
+        write_ndjson(str(path), iter(chunk))
+        if compressed:
+            with open(path, "rb") as plain, gzip.open(f"{path}.gz", "wb", compresslevel=6) as out:
+                out.write(plain.read())
+            path.unlink()
         for batch in chunk:
             arrival_ms = int(batch["timestamp_unixtime_ms"])
             size = len(json.dumps(batch, separators=(",", ":"))) + 1
@@ -138,98 +164,157 @@ def put_ceiling(client, bucket: str, sizes: list[int], concurrency: int) -> floa
     return time.monotonic() - started
 
 
+def _measure(runs: list[tuple], repeats: int, client, env: dict, keep_objects: bool,
+             tag: str) -> list[dict]:
+    """Runs each (name, scale, command) `repeats` times, alternated (every run once, then
+    again); returns a row per run with its times, peaks, and what it forwarded."""
+    rows = [{"name": name, "scale": scale, "times": [], "peaks": [], "largests": []}
+            for name, scale, _ in runs]
+    for repeat in range(repeats):
+        for number, (name, scale, command) in enumerate(runs):
+            bucket = f"bench-{tag}-{repeat}-{number}"
+            client.create_bucket(Bucket=bucket)
+            print(f"running {tag}: {name} at {scale}x (repeat {repeat + 1} of {repeats}) ...",
+                  flush=True)
+            seconds, peak, largest, _ = run_measured(command(bucket), env)
+            row = rows[number]
+            row["times"].append(seconds)
+            row["peaks"].append(peak)
+            row["largests"].append(largest)
+            events, objects, batches = read_back(client, bucket)
+            out_bytes = sum(len(body) for body in objects.values())
+            if not keep_objects or repeat:
+                objects = {k: hashlib.sha256(v).digest() for k, v in objects.items()}
+            if repeat == 0:
+                row.update(events=events, objects=objects, batches=batches, out_bytes=out_bytes)
+            elif events != row["events"]:
+                raise RuntimeError(f"{name} forwarded other events in repeat {repeat + 1}")
+            _empty(client, bucket)
+    for row in rows:
+        row.update(seconds=statistics.median(row["times"]),
+                   peak=statistics.median(row["peaks"]),
+                   largest=statistics.median(row["largests"]))
+    return rows
+
+
+def _empty(client, bucket: str) -> None:
+    """Deletes a bucket's objects (the embedded server keeps them in memory)."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=250_000)
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiplies every shape's batches (0.01: a smoke run)")
+    parser.add_argument("--repeats", type=int, default=3,
                         help="run every configuration this many times, alternated; the "
                         "tables show medians and the spread of the times")
-    parser.add_argument("--devices", type=int, default=20_000)
     parser.add_argument("--no-4x", dest="four_x", action="store_false",
                         help="skip the memory rows at four times the input")
+    parser.add_argument("--no-dask", dest="dask", action="store_false",
+                        help="skip the Dask runs")
     args = parser.parse_args()
+    shapes = args.shapes.split(",")
+    unknown = set(shapes) - set(SHAPES)
+    if unknown:
+        parser.error(f"unknown shapes: {', '.join(sorted(unknown))}")
 
     with tempfile.TemporaryDirectory() as tmp, moto_server() as endpoint:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(ROOT)}
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="local", aws_secret_access_key="local")
-        inputs = {}
-        for scale in (1, 4) if args.four_x else (1,):
-            print(f"generating {scale}x: {args.batches * scale:,} batches from "
-                  f"{args.devices:,} devices ...", flush=True)
-            folder = Path(tmp) / f"x{scale}"
-            inputs[scale] = (folder, *make_input(folder, args.batches * scale, args.devices,
-                                                 INPUT_FILES * scale))
-
-        def pipeline(scale: int) -> list[str]:
-            return [sys.executable, "-m", "pipeline", f"--input={inputs[scale][0]}/*.ndjson",
-                    f"--s3_endpoint_url={endpoint}", "--use_compression=true",
-                    "--skip_bucket_check=true", f"--arrival_slice_s={SLICE_S}",
-                    f"--spill_dir={tmp}/spill"]
-
-        # In-process is asked for: without it a large input gets a worker per core.
-        in_process = ["--direct_num_workers=1"]
-        two_workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-        dask = ["--runner=dask"]  # a local cluster: one worker process per core
-        runs = [
-            ("yardstick (plain Python)", 1, [
-                sys.executable, "-m", "benchmarks.yardstick",
-                f"--input={inputs[1][0]}/*.ndjson", f"--s3_endpoint_url={endpoint}",
-                "--use_compression"]),
-            ("pipeline, DirectRunner in-process", 1, pipeline(1) + in_process),
-            ("pipeline, DirectRunner 2 workers", 1, pipeline(1) + two_workers),
-            ("pipeline, Prism (SDK harness process)", 1, pipeline(1) + ["--runner=PrismRunner"]),
-            ("pipeline, Dask local cluster, 2 workers", 1, pipeline(1) + dask),
-        ]
-        if args.four_x:
-            runs += [("pipeline, DirectRunner in-process", 4, pipeline(4) + in_process),
-                     ("pipeline, DirectRunner 2 workers", 4, pipeline(4) + two_workers),
-                     ("pipeline, Dask local cluster, 2 workers", 4, pipeline(4) + dask)]
-        rows = [{"name": name, "scale": scale, "times": [], "peaks": [], "largests": []}
-                for name, scale, _ in runs]
-        for repeat in range(args.repeats):  # alternated: every run once, then again
-            for number, (name, scale, command) in enumerate(runs):
-                bucket = f"bench-{repeat}-{number}"
-                client.create_bucket(Bucket=bucket)
-                print(f"running: {name} at {scale}x (repeat {repeat + 1} of "
-                      f"{args.repeats}) ...", flush=True)
-                seconds, peak, largest, _ = run_measured(
-                    command + [f"--s3_bucket_name={bucket}"], env)
-                row = rows[number]
-                row["times"].append(seconds)
-                row["peaks"].append(peak)
-                row["largests"].append(largest)
-                events, objects, batches = read_back(client, bucket)
-                if scale != 1 or repeat:
-                    # Only the 1x objects are kept whole (the S3 ceiling's sizes).
-                    objects = {k: hashlib.sha256(v).digest() for k, v in objects.items()}
-                if repeat == 0:
-                    row.update(events=events, objects=objects, batches=batches)
-                elif events != row["events"]:
-                    raise RuntimeError(f"{name} forwarded other events in repeat {repeat + 1}")
-        for row in rows:
-            row.update(seconds=statistics.median(row["times"]),
-                       peak=statistics.median(row["peaks"]),
-                       largest=statistics.median(row["largests"]))
-
-        one_x = [row for row in rows if row["scale"] == 1]
-        sizes = [len(body) for body in one_x[0]["objects"].values()]
-        client.create_bucket(Bucket="bench-ceiling")
-        ceiling = {c: put_ceiling(client, "bench-ceiling", sizes, c) for c in (1, 2)}
-        _print_throughput(one_x, ceiling, sizes, inputs[1][1])
-        if args.four_x:
-            _print_memory(rows, inputs)
         ok = True
-        for scale in inputs:
-            same = [row for row in rows if row["scale"] == scale]
-            same_events = all(row["events"] == same[0]["events"] for row in same)
-            same_objects = all(row["objects"] == same[0]["objects"] for row in same)
+        default_rows = None
+        for shape in shapes:
+            batches, devices, generated, flags, plain_flags, compressed = SHAPES[shape]
+            batches = max(100, int(batches * args.scale))
+            print(f"generating {shape}: {batches:,} batches from {devices:,} devices ...",
+                  flush=True)
+            folder = Path(tmp) / shape
+            stats = make_input(folder, batches, devices, compressed=compressed, **generated)
+            input_bytes = stats[0]
+            pattern = f"{folder}/*.ndjson" + (".gz" if compressed else "")
+            rows = _measure(_runs(pattern, endpoint, tmp, flags, plain_flags, args.dask),
+                            args.repeats, client, env, keep_objects=shape == "default",
+                            tag=shape)
+            _print_throughput(shape, rows, input_bytes, compressed)
+            same_events = all(row["events"] == rows[0]["events"] for row in rows)
+            same_objects = all(row["objects"] == rows[0]["objects"] for row in rows)
             ok &= same_events
-            print(f"{scale}x: same forwarded events (counts by event id) in every run: "
-                  f"{same_events}; byte-identical objects under identical keys: {same_objects}")
+            print(f"{shape}: same forwarded events (counts by event id) in every run: "
+                  f"{same_events}; byte-identical objects under identical keys: "
+                  f"{same_objects}", flush=True)
+            shutil.rmtree(folder)
+            if shape == "default":
+                default_rows, default_stats = rows, stats
+        if args.four_x and default_rows:
+            _memory_at_4x(args, default_rows, default_stats, tmp, endpoint, client, env)
+        if default_rows:
+            sizes = [len(body) for body in default_rows[0]["objects"].values()]
+            client.create_bucket(Bucket="bench-ceiling")
+            ceiling = {c: put_ceiling(client, "bench-ceiling", sizes, c) for c in (1, 2)}
+            print(f"S3 server ceiling for the default shape's {len(sizes):,} objects: "
+                  f"{ceiling[1]:.2f} s at concurrency 1, {ceiling[2]:.2f} s at 2 "
+                  f"({len(sizes) / ceiling[1]:,.0f} and {len(sizes) / ceiling[2]:,.0f} "
+                  "PUT/s); the runs above took "
+                  f"{min(row['seconds'] for row in default_rows):.1f} s and more.")
         if not ok:
             sys.exit(1)
+
+
+def _runs(pattern: str, endpoint: str, tmp: str, flags: list[str], plain_flags: list[str],
+          dask: bool, scale: int = 1, plain: bool = True) -> list[tuple]:
+    """(name, scale, command for a bucket) of each run of one input."""
+    def pipeline(*more: str):
+        return lambda bucket: [
+            sys.executable, "-m", "pipeline", f"--input={pattern}",
+            f"--s3_endpoint_url={endpoint}", "--use_compression=true",
+            "--skip_bucket_check=true", f"--arrival_slice_s={SLICE_S}",
+            f"--spill_dir={tmp}/spill", f"--s3_bucket_name={bucket}", *flags, *more]
+
+    def plain_job(*more: str):
+        return lambda bucket: [
+            sys.executable, "-m", "benchmarks.plain", f"--input={pattern}",
+            f"--bucket={bucket}", f"--endpoint_url={endpoint}", "--gzip", *plain_flags,
+            *more]
+
+    runs = []
+    if plain:
+        runs += [("plain Python, one process", scale, plain_job()),
+                 (f"plain Python, {CORES} processes", scale,
+                  plain_job(f"--processes={CORES}"))]
+    # In-process is asked for: without it a large input gets a worker per core.
+    runs += [("pipeline, DirectRunner in-process", scale, pipeline("--direct_num_workers=1")),
+             (f"pipeline, DirectRunner {CORES} workers", scale, pipeline(
+                 f"--direct_num_workers={CORES}", "--direct_running_mode=multi_processing"))]
+    if plain:  # Prism's memory grows with the input (its shuffles hold it): no 4x row
+        runs.append(("pipeline, Prism (SDK harness process)", scale,
+                     pipeline("--runner=PrismRunner")))
+    if dask:
+        runs.append((f"pipeline, Dask local cluster, {CORES} workers", scale,
+                     pipeline("--runner=dask")))
+    return runs
+
+
+def _memory_at_4x(args, default_rows: list[dict], default_stats: tuple, tmp: str,
+                  endpoint: str, client, env):
+    """The default shape at four times the input, beside its 1x rows."""
+    batches, devices, generated, flags, plain_flags, _ = SHAPES["default"]
+    batches = max(100, int(batches * args.scale))
+    folder = Path(tmp) / "memory-4x"
+    print(f"generating the default shape at 4x: {4 * batches:,} batches ...", flush=True)
+    inputs = {1: default_stats,
+              4: make_input(folder, 4 * batches, devices, 4 * INPUT_FILES, **generated)}
+    rows = _measure(_runs(f"{folder}/*.ndjson", endpoint, tmp, flags, plain_flags,
+                          args.dask, scale=4, plain=False),
+                    args.repeats, client, env, keep_objects=False, tag="4x")
+    _print_memory(default_rows + rows, inputs)
 
 
 def _spread(row: dict) -> str:
@@ -239,38 +324,31 @@ def _spread(row: dict) -> str:
     return f"{min(row['times']):.1f}-{max(row['times']):.1f}"
 
 
-def _print_throughput(rows: list[dict], ceiling: dict, sizes: list[int], input_bytes: int):
-    yard = rows[0]
-    total_events = sum(yard["events"].values())
+def _print_throughput(shape: str, rows: list[dict], input_bytes: int, compressed: bool):
+    one, every = rows[0], rows[1]  # the plain jobs
+    total_events = sum(one["events"].values())
     print()
-    print(f"input: {yard['batches']:,} batches forwarded, {total_events:,} events, "
-          f"{input_bytes / 2**20:,.1f} MiB NDJSON in {INPUT_FILES} files; "
-          f"{os.cpu_count()} cores; slices of {SLICE_S // 3600} h")
-    header = (f"{'run':<38} {'s':>7} {'(min-max)':>13} {'events/s':>10} {'batches':>9} "
-              f"{'files':>6} "
-              f"{'MiB out':>8} {'peak RSS MiB':>12} {'RSS/input':>9} {'vs yardstick':>12} "
-              f"{'S3 ceiling share':>16}")
+    print(f"{shape}: {one['batches']:,} outbound batches, {total_events:,} events forwarded, "
+          f"{input_bytes / 2**20:,.1f} MiB {'gzipped ' if compressed else ''}NDJSON in "
+          f"{INPUT_FILES} files; {CORES} cores; medians of {len(one['times'])}")
+    header = (f"{'run':<42} {'s':>7} {'(min-max)':>13} {'events/s':>10} {'files':>6} "
+              f"{'MiB out':>8} {'peak RSS MiB':>12} {'vs plain 1':>10} "
+              f"{f'vs plain {CORES}':>10}")
     print(header)
     print("-" * len(header))
-    for row, concurrency in zip(rows, (1, 1, 2, 2, 2), strict=True):
-        out_bytes = sum(len(b) for b in row["objects"].values())
-        share = ceiling[concurrency] / row["seconds"]
-        print(f"{row['name']:<38} {row['seconds']:>7.1f} {_spread(row):>13} "
-              f"{total_events / row['seconds']:>10,.0f} {row['batches']:>9,} "
-              f"{len(row['objects']):>6,} {out_bytes / 2**20:>8.1f} "
-              f"{row['peak'] / 2**20:>12,.0f} {row['peak'] / input_bytes:>9.2f} "
-              f"{yard['seconds'] / row['seconds']:>11.2f}x {share:>15.0%}")
-    print(f"S3 server ceiling for these {len(sizes):,} objects: "
-          f"{ceiling[1]:.2f} s at concurrency 1, {ceiling[2]:.2f} s at 2 "
-          f"({len(sizes) / ceiling[1]:,.0f} and {len(sizes) / ceiling[2]:,.0f} PUT/s). "
-          "Share = that time / the run's time: how much of the run the server bounds.")
+    for row in rows:
+        print(f"{row['name']:<42} {row['seconds']:>7.1f} {_spread(row):>13} "
+              f"{total_events / row['seconds']:>10,.0f} {len(row['objects']):>6,} "
+              f"{row['out_bytes'] / 2**20:>8.1f} {row['peak'] / 2**20:>12,.0f} "
+              f"{one['seconds'] / row['seconds']:>9.2f}x "
+              f"{every['seconds'] / row['seconds']:>9.2f}x")
 
 
 def _print_memory(rows: list[dict], inputs: dict):
     print()
     print(f"memory at 1x and 4x the input (same devices, four times the days and files), "
           f"slices of {SLICE_S // 3600} h:")
-    header = (f"{'run':<38} {'scale':>5} {'input MiB':>9} {'largest slice':>22} "
+    header = (f"{'run':<42} {'scale':>5} {'input MiB':>9} {'largest slice':>22} "
               f"{'largest window':>14} {'s':>7} {'(min-max)':>13} {'events/s':>10} "
               f"{'peak RSS MiB':>12} "
               f"{'4x/1x':>6} {'one process MiB':>15}")
@@ -278,13 +356,13 @@ def _print_memory(rows: list[dict], inputs: dict):
     print("-" * len(header))
     peaks = {}
     for row in rows:
-        if row["name"].startswith("yardstick") or "Prism" in row["name"]:
+        if row["name"].startswith("plain") or "Prism" in row["name"]:
             continue
-        _, input_bytes, slice_batches, slice_bytes, window_bytes = inputs[row["scale"]]
+        input_bytes, slice_batches, slice_bytes, window_bytes = inputs[row["scale"]]
         peaks[(row["name"], row["scale"])] = row["peak"]
         ratio = row["peak"] / peaks[(row["name"], 1)] if row["scale"] != 1 else None
         largest = f"{slice_batches:,} b, {slice_bytes / 2**20:,.0f} MiB"
-        print(f"{row['name']:<38} {row['scale']:>4}x {input_bytes / 2**20:>9,.0f} "
+        print(f"{row['name']:<42} {row['scale']:>4}x {input_bytes / 2**20:>9,.0f} "
               f"{largest:>22} {window_bytes / 2**20:>10,.1f} MiB {row['seconds']:>7.1f} "
               f"{_spread(row):>13} "
               f"{sum(row['events'].values()) / row['seconds']:>10,.0f} "

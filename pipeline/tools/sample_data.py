@@ -62,8 +62,11 @@ def _event(rng: random.Random, event_type: str, at_ms: int, session: tuple) -> d
     return {"data": data, "event_type": event_type}
 
 
-def generate(batches: int, devices: int, seed: int = 7) -> Iterator[dict]:
-    """`batches` batches spread over `devices` devices, in arrival order."""
+def generate(batches: int, devices: int, seed: int = 7,
+             events_per_batch: tuple[int, int] = (1, 8), quiet_share: float = 0.5) -> Iterator[dict]:
+    """`batches` batches spread over `devices` devices, in arrival order: each with
+    `events_per_batch` (fewest, most) events; before each, the device was busy (5 s to 2 min
+    since its last batch) or, `quiet_share` of the time, quiet (30 min to 2 h)."""
     rng = random.Random(seed)
     types = [t for t, weight in EVENT_MIX for _ in range(weight)]
     state = []
@@ -75,13 +78,17 @@ def generate(batches: int, devices: int, seed: int = 7) -> Iterator[dict]:
         })
     for _ in range(batches):
         device = rng.choice(state)
-        gap_ms = rng.choice((rng.randint(5_000, 120_000), rng.randint(1_800_000, 7_200_000)))
+        busy_ms, quiet_ms = rng.randint(5_000, 120_000), rng.randint(1_800_000, 7_200_000)
+        if quiet_share == 0.5:  # the same draws as ever, so the same data for a seed
+            gap_ms = rng.choice((busy_ms, quiet_ms))
+        else:
+            gap_ms = quiet_ms if rng.random() < quiet_share else busy_ms
         device["clock"] += gap_ms
         if device["session"] is None or gap_ms > 1_800_000:
             device["session"] = (_int64(rng), _uuid(rng), device["clock"])
         events = []
         at = device["clock"]
-        for _ in range(rng.randint(1, 8)):
+        for _ in range(rng.randint(*events_per_batch)):
             at += rng.randint(50, 20_000)
             events.append(_event(rng, rng.choice(types), at, device["session"]))
         yield _batch(rng, device, events, at + rng.randint(100, 5_000))
