@@ -63,10 +63,11 @@ def _event(rng: random.Random, event_type: str, at_ms: int, session: tuple) -> d
 
 
 def generate(batches: int, devices: int, seed: int = 7,
-             events_per_batch: tuple[int, int] = (1, 8), quiet_share: float = 0.5) -> Iterator[dict]:
+             events_per_batch: tuple[int, int] = (1, 8),
+             quiet_share: float = 0.5) -> Iterator[dict]:
     """`batches` batches spread over `devices` devices, in arrival order: each with
-    `events_per_batch` (fewest, most) events; before each, the device was busy (5 s to 2 min
-    since its last batch) or, `quiet_share` of the time, quiet (30 min to 2 h)."""
+    `events_per_batch` (fewest, most) events; before each, the device was busy (5 s to
+    2 min since its last batch) or, `quiet_share` of the time, quiet (30 min to 2 h)."""
     rng = random.Random(seed)
     types = [t for t, weight in EVENT_MIX for _ in range(weight)]
     state = []
