@@ -1,4 +1,5 @@
-"""Test pipelines on named local engines (no Prism download, ever)."""
+"""Test pipelines on named local engines (no Prism download, ever), and `Replayed`, an
+unbounded source that replays records in real time as Pub/Sub delivers them."""
 
 from __future__ import annotations
 
