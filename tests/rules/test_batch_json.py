@@ -7,6 +7,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import SAMPLE_BATCH
 from transforms.rules import batch_json
@@ -110,3 +112,35 @@ def test_a_number_is_written_the_same_beside_an_integer_beyond_64_bits():
     beside = batch_json.encode({**neighbours, "big": 2**65})
     assert beside == alone[:-1] + b',"big":36893488147419103232}'
     assert batch_json.decode(beside)["big"] == 2**65
+
+
+def _depth(value) -> int:
+    """Nesting depth as its definition reads: one more than the deepest child."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=3), children, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(_JSON_VALUES)
+def test_nesting_depth_is_how_deep_arrays_and_objects_go(value):
+    assert batch_json.nesting_depth(value) == _depth(value)
+
+
+@pytest.mark.parametrize("levels, accepted", [(100, True), (101, False)])
+def test_a_record_may_nest_100_levels_deep_and_no_more(levels, accepted):
+    raw = '{"a":' * (levels - 2) + '[1, "]]]", {}]' + "}" * (levels - 2)
+    if accepted:
+        assert batch_json.nesting_depth(batch_json.decode(raw)) == levels
+    else:
+        with pytest.raises(batch_json.BadRecord, match="nested 101 levels deep"):
+            batch_json.decode(raw)

@@ -78,17 +78,23 @@ _NOT_READ = object()
 
 
 def nesting_depth(value: Any) -> int:
-    """How many arrays and objects deep a decoded value goes (a scalar is 0)."""
-    deepest = 0
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            pending.extend((child, depth + 1) for child in children
-                           if isinstance(child, (dict, list)))
-    return deepest
+    """How many arrays and objects deep a decoded value goes (a scalar is 0).
+
+    A level at a time, in comprehensions over exact types (what JSON decoders make):
+    a quarter of the time of a walk with a stack of (item, depth) pairs, which took a
+    fifth of the SDK harness's bundle time on batches of 40-80 events (README,
+    Performance)."""
+    depth = 0
+    level = [value] if type(value) in _CONTAINERS else []
+    while level:
+        depth += 1
+        level = [child for item in level
+                 for child in (item.values() if type(item) is dict else item)
+                 if type(child) in _CONTAINERS]
+    return depth
+
+
+_CONTAINERS = (dict, list)
 
 
 def _has_wide_integer(raw: bytes) -> bool:
