@@ -269,8 +269,10 @@ def main() -> None:
 
 
 def _runs(pattern: str, endpoint: str, tmp: str, flags: list[str], plain_flags: list[str],
-          dask: bool, scale: int = 1, plain: bool = True) -> list[tuple]:
-    """(name, scale, command for a bucket) of each run of one input."""
+          dask: bool, scale: int = 1, speed_rows: bool = True) -> list[tuple]:
+    """(name, scale, command for a bucket) of each run of one input. `speed_rows`: the
+    plain jobs and Prism too; without, only the runners whose memory the 4x rows
+    compare (the plain jobs hold the whole input, and Prism's shuffles hold it)."""
     def pipeline(*more: str):
         return lambda bucket: [
             sys.executable, "-m", "pipeline", f"--input={pattern}",
@@ -285,7 +287,7 @@ def _runs(pattern: str, endpoint: str, tmp: str, flags: list[str], plain_flags: 
             *more]
 
     runs = []
-    if plain:
+    if speed_rows:
         runs += [("plain Python, one process", scale, plain_job()),
                  (f"plain Python, {CORES} processes", scale,
                   plain_job(f"--processes={CORES}"))]
@@ -293,7 +295,7 @@ def _runs(pattern: str, endpoint: str, tmp: str, flags: list[str], plain_flags: 
     runs += [("pipeline, DirectRunner in-process", scale, pipeline("--direct_num_workers=1")),
              (f"pipeline, DirectRunner {CORES} workers", scale, pipeline(
                  f"--direct_num_workers={CORES}", "--direct_running_mode=multi_processing"))]
-    if plain:  # Prism's memory grows with the input (its shuffles hold it): no 4x row
+    if speed_rows:
         runs.append(("pipeline, Prism (SDK harness process)", scale,
                      pipeline("--runner=PrismRunner")))
     if dask:
@@ -312,7 +314,7 @@ def _memory_at_4x(args, default_rows: list[dict], default_stats: tuple, tmp: str
     inputs = {1: default_stats,
               4: make_input(folder, 4 * batches, devices, 4 * INPUT_FILES, **generated)}
     rows = _measure(_runs(f"{folder}/*.ndjson", endpoint, tmp, flags, plain_flags,
-                          args.dask, scale=4, plain=False),
+                          args.dask, scale=4, speed_rows=False),
                     args.repeats, client, env, keep_objects=False, tag="4x")
     _print_memory(default_rows + rows, inputs)
 
