@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,7 @@ if lease_s:  # the lease its last extension gave what it holds
     pubsub_source.ACK_DEADLINE_S = int(lease_s)
 reader = PubSubReader(subscription)
 got, has, deadline = 0, reader.start(), time.monotonic() + float(deadline_s)
+print("pulling", flush=True)
 while got < int(count) and time.monotonic() < deadline:
     if has:
         got += 1
@@ -159,20 +161,26 @@ def read_in_another_process(subscription: str, count: int, deadline_s: float,
          "finalize", ""],
         cwd=ROOT, capture_output=True, text=True, env=env or dict(os.environ),
         timeout=deadline_s + 60)
-    assert done.stdout.startswith("read "), done.stderr[-2000:]
-    return int(done.stdout.split()[1])
+    assert "read " in done.stdout, done.stderr[-2000:]
+    return int(done.stdout.split("read ")[1].split()[0])
 
 
-def read_and_die(subscription: str, count: int, lease_s: int | None = None) -> None:
+def read_and_die(subscription: str, count: int, lease_s: int | None = None,
+                 publish: Callable[[], None] | None = None) -> None:
     """Reads `count` messages with the forwarder's PubSubReader in a process of its
     own, cuts their checkpoint, and kills the process (SIGKILL) before the checkpoint
     is finalized, as a crash between a bundle's reading and its commit would. What it
-    held comes again when its lease (`lease_s`, default the source's) runs out."""
+    held comes again when its lease (`lease_s`, default the source's) runs out.
+    `publish`, if given, is called once the reader is pulling: what it publishes is
+    read at once, not a process start-up later."""
     killed = subprocess.Popen(
         [sys.executable, "-c", _READER_PROCESS, subscription, str(count), "600", "hold",
          str(lease_s or "")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
+        assert killed.stdout.readline().strip() == "pulling"
+        if publish is not None:
+            publish()
         assert killed.stdout.readline().strip() == f"read {count}"
     finally:
         killed.send_signal(signal.SIGKILL)  # its leases stop being extended
