@@ -7,7 +7,7 @@ import json
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SAMPLE_BATCH
@@ -46,6 +46,21 @@ def test_every_integer_near_and_beyond_64_bits_reads_as_the_standard_library_rea
             assert decoded == expected and [type(v) for v in _values(decoded)] == [
                 type(v) for v in _values(expected)
             ], raw
+
+
+@settings(max_examples=500)
+@given(st.lists(st.integers(min_value=-(10**25), max_value=10**25)
+                | st.text(alphabet="-0129", max_size=30), max_size=6))
+def test_integers_and_strings_of_digits_and_dashes_read_as_the_standard_library_reads_them(
+    values,
+):
+    """The 64-bit check finds its candidates by searching the text: "--9" and 18
+    digits in a string once made it fail (AttributeError) instead of reading it."""
+    for raw in (json.dumps(values), '["--9000000000000000000"]', '{"a":"x--9223372036854775809"}'):
+        decoded = batch_json.decode(raw)
+        expected = json.loads(raw)
+        assert decoded == expected and [type(v) for v in _values(decoded)] == [
+            type(v) for v in _values(expected)]
 
 
 def _values(document):
