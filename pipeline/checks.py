@@ -44,8 +44,11 @@ def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> 
 def check_output_writable(config: ForwarderConfig) -> list[str]:
     """Writes the verification objects of the bucket and of the dead-letter location;
     returns where. Raises BucketCheckError saying what was denied."""
-    written = [f"s3://{config.bucket}/"
-               + check_bucket_writable(config.connection, config.bucket, config.layout.folder)]
+    # Beside Parquet files the object is hidden (a leading "_"), as Athena, Hive and
+    # Spark skip such files: a table over the folder reads Parquet files only.
+    hidden = config.layout.output_format == "parquet"
+    written = [f"s3://{config.bucket}/" + check_bucket_writable(
+        config.connection, config.bucket, config.layout.folder, hidden=hidden)]
     bucket, prefix = stores.split_location(config.dead_letter_location)
     if bucket is None:
         _check_local_directory(prefix)
@@ -62,6 +65,7 @@ def check_output_writable(config: ForwarderConfig) -> list[str]:
 def check_bucket_writable(
     connection: s3.S3Connection, bucket: str, folder: str | None,
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc),
+    hidden: bool = False,
 ) -> str:
     """Writes mParticle's verification object (`{}`) as every object is written
     (`stores.S3Store`: If-None-Match, the content hash, server-side encryption);
@@ -69,7 +73,7 @@ def check_bucket_writable(
     was denied. Transient errors are retried for the start-up checks' shorter deadline.
     """
     connection = connection.for_checks()
-    key = naming.verification_key(folder, now())
+    key = naming.verification_key(folder, now(), hidden)
     where = f"bucket {bucket!r} in {connection.where}"
     store = stores.S3Store(connection, bucket)
     try:

@@ -29,7 +29,7 @@ from transforms.io.s3 import SSE_METHODS, S3Connection
 from transforms.rules import naming
 from transforms.rules.naming import DateFolders
 from transforms.rules.settings import EXCLUDABLE_METADATA_FIELDS, ForwardingSettings
-from transforms.values import Batching, BatchingMode, FileLayout
+from transforms.values import OUTPUT_FORMATS, Batching, BatchingMode, FileLayout
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -119,6 +119,14 @@ def date_folders_of(value: Any) -> DateFolders:
             f"--store_data_in_folders_by_date must be one of {choices} (or true, false), "
             f"not {value!r}."
         ) from None
+
+
+def output_format_of(value: Any) -> str:
+    word = str(value or "json").strip().lower()
+    if word not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {value!r}.")
+    return word
 
 
 def _metadata_field_exclusion(values: list[str]) -> tuple[str, ...]:
@@ -444,6 +452,7 @@ def config_from_values(
             folder=folder,
             compress=values["use_compression"],
             date_folders=date_folders_of(values["store_data_in_folders_by_date"] or "none"),
+            output_format=output_format_of(values["output_format"]),
             shards=values["file_shards"],
             max_batches=values["max_batches_per_file"],
             max_bytes=values["max_file_bytes"],

@@ -68,7 +68,13 @@ OPTIONS: tuple[Option, ...] = (
         "YYYY-MM-DD folder per file: none, event_time, upload_time or "
         "event_time_or_upload_time (true: event_time, false: none).",
     ),
-    Option("use_compression", bool, False, "gzip the files (.txt.gz)."),
+    Option("use_compression", bool, False,
+           "gzip the files (.txt.gz); with --output_format=parquet: zstd, else snappy."),
+    Option(
+        "output_format", str, "json",
+        "json: mParticle's NDJSON; parquet: one row per event in a fixed schema (.parquet; "
+        "dead letters stay NDJSON).",
+    ),
     Option(
         "upload_day", str, None,
         "Bounded runs, date folders by upload time: the day (YYYY-MM-DD, UTC) they name; "

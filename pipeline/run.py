@@ -42,6 +42,7 @@ from pipeline.config import (
     date_folders_of,
     log_level_of,
     merged_values,
+    output_format_of,
     validate_bucket_name,
 )
 from pipeline.errors import EngineGone
@@ -175,7 +176,8 @@ def _printed(values: dict, prints: dict) -> str:
         )
     folder = (values["folder_name"] or "").strip("/") or None
     return athena.ddl_text(
-        bucket, folder, date_folders_of(values["store_data_in_folders_by_date"] or "none")
+        bucket, folder, date_folders_of(values["store_data_in_folders_by_date"] or "none"),
+        parquet=output_format_of(values["output_format"]) == "parquet",
     )
 
 

@@ -104,6 +104,10 @@ class Batching:
         return self.window_size_s * 1_000_000
 
 
+# --output_format: mParticle's NDJSON, or Parquet (`transforms.rules.parquet_rows`).
+OUTPUT_FORMATS = ("json", "parquet")
+
+
 @dataclasses.dataclass(frozen=True)
 class FileLayout:
     """How forwarded batches become files: their folder, compression, date folders,
@@ -112,6 +116,7 @@ class FileLayout:
     folder: str | None = None
     compress: bool = False
     date_folders: DateFolders = DateFolders.NONE
+    output_format: str = "json"  # OUTPUT_FORMATS
     shards: int = 1
     max_batches: int = DEFAULT_MAX_BATCHES_PER_FILE
     max_bytes: int = DEFAULT_MAX_FILE_BYTES

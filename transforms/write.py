@@ -22,7 +22,7 @@ from apache_beam.transforms.window import IntervalWindow
 from transforms import metrics
 from transforms.batching import late_firing_windowing
 from transforms.io import progress, s3, stores
-from transforms.rules import batch_json, naming, packing
+from transforms.rules import batch_json, naming, packing, parquet_rows
 from transforms.rules.grouping import window_start_us
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.values import Batching, FileContent, FileLayout, FileWritten, ForwardedBatch
@@ -40,14 +40,15 @@ def stable_shard(text: str, shards: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BatchFileNamer:
-    """`[folder/][YYYY-MM-DD/]<App>_<timestamp>_<digits>.txt[.gz]`."""
+    """`[folder/][YYYY-MM-DD/]<App>_<timestamp>_<digits>.txt[.gz]` (`.parquet`)."""
 
     folder: str | None
     compress: bool
+    parquet: bool = False
 
     @classmethod
     def of(cls, layout: FileLayout) -> BatchFileNamer:
-        return cls(layout.folder, layout.compress)
+        return cls(layout.folder, layout.compress, layout.output_format == "parquet")
 
     def key(self, content: FileContent, sha256: str, attempt: int) -> str:
         name = naming.file_name(
@@ -55,6 +56,7 @@ class BatchFileNamer:
             content.newest_arrival_ms,
             naming.file_digits(sha256, attempt),
             self.compress,
+            self.parquet,
         )
         return naming.join_key(self.folder, content.date_folder, name)
 
@@ -65,15 +67,19 @@ class DeadLetterNamer:
 
     prefix: str
     compress: bool = False
+    parquet: bool = False  # dead letters are NDJSON, whatever the output format
 
     def key(self, content: FileContent, sha256: str, attempt: int) -> str:
         suffix = f"_{attempt}" if attempt else ""
         return naming.join_key(self.prefix, f"dead_letters_{sha256[:20]}{suffix}.ndjson")
 
 
-def file_body(lines: list[bytes], compress: bool) -> bytes:
+def file_body(lines: list[bytes], compress: bool, parquet: bool = False) -> bytes:
     """NDJSON: each line and a newline; gzip with no timestamp, so the same lines
-    give the same bytes (and the same name) on every run."""
+    give the same bytes (and the same name) on every run. Or the lines' rows in
+    Parquet (`parquet_rows`), deterministic too."""
+    if parquet:
+        return parquet_rows.file_bytes(lines, compress)
     body = b"\n".join(lines) + b"\n"
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if compress else body
 
@@ -109,7 +115,7 @@ def write_file(
     store: stores.ObjectStore, prefix: str, namer, content: FileContent
 ) -> tuple[str, stores.Outcome, int]:
     """One file, written once under the name its content gives: (key, outcome, bytes)."""
-    body = file_body(content.lines, namer.compress)
+    body = file_body(content.lines, namer.compress, namer.parquet)
     sha256 = hashlib.sha256(body).hexdigest()
 
     def key_for_attempt(attempt: int) -> str:

@@ -9,11 +9,15 @@ timestamps as bigint (the SerDe reads numbers and strings of digits alike),
 `events` as an array of structs, identities in the outbound form. With date
 folders on, the table is partitioned by them through partition projection, so no
 partition ever needs adding. Fields not listed here are skipped by the SerDe.
+
+With `--output_format=parquet`: one row per event, the columns of
+`parquet_rows.SCHEMA` (typed ids, times and names; free-form parts as JSON text,
+read with `json_extract`), STORED AS PARQUET, partitioned the same way.
 """
 
 from __future__ import annotations
 
-from transforms.rules import naming
+from transforms.rules import naming, parquet_rows
 from transforms.rules.naming import DateFolders
 
 _LOCATION = "struct<latitude:double,longitude:double,accuracy:double>"
@@ -67,21 +71,26 @@ PARTITION = "dt"
 
 def ddl_text(
     bucket: str, folder: str | None, date_folders: DateFolders,
-    table: str = "mparticle_events",
+    table: str = "mparticle_events", parquet: bool = False,
 ) -> str:
-    """The CREATE EXTERNAL TABLE statement for this bucket, folder and date folders."""
+    """The CREATE EXTERNAL TABLE statement for this bucket, folder and date folders;
+    `parquet`: over the Parquet files (one row per event, `parquet_rows.SCHEMA`)."""
     location = f"s3://{naming.join_key(bucket, folder)}/"
-    columns = ",\n".join(f"  `{name}` {kind}" for name, kind in COLUMNS)
+    kinds = parquet_rows.hive_columns() if parquet else COLUMNS
+    columns = ",\n".join(f"  `{name}` {kind}" for name, kind in kinds)
     lines = [f"CREATE EXTERNAL TABLE IF NOT EXISTS `{table}` (", columns, ")"]
     if date_folders is not DateFolders.NONE:
         lines.append(f"PARTITIONED BY (`{PARTITION}` string)")
-    lines += [
-        "ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'",
-        "WITH SERDEPROPERTIES ('ignore.malformed.json' = 'true')",
-        "STORED AS INPUTFORMAT 'org.apache.hadoop.mapred.TextInputFormat'",
-        "OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'",
-        f"LOCATION '{location}'",
-    ]
+    if parquet:
+        lines.append("STORED AS PARQUET")
+    else:
+        lines += [
+            "ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'",
+            "WITH SERDEPROPERTIES ('ignore.malformed.json' = 'true')",
+            "STORED AS INPUTFORMAT 'org.apache.hadoop.mapred.TextInputFormat'",
+            "OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'",
+        ]
+    lines.append(f"LOCATION '{location}'")
     if date_folders is not DateFolders.NONE:
         lines += [
             "TBLPROPERTIES (",

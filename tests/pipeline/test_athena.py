@@ -19,7 +19,7 @@ from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, run_main
 from transforms.rules import batch_json
 
-_PRIMITIVES = {"string": "VARCHAR", "bigint": "BIGINT", "double": "DOUBLE",
+_PRIMITIVES = {"string": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "double": "DOUBLE",
                "boolean": "BOOLEAN"}
 
 

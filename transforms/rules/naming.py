@@ -101,9 +101,11 @@ def file_digits(content_sha256: str, attempt: int = 0) -> int:
     return (int(content_sha256[:12], 16) + attempt) % FILE_DIGITS
 
 
-def file_name(app_name: str, unix_ms: int, digits: int, compressed: bool) -> str:
-    """`<App Name>_<UTC timestamp>_<5 digits>.txt`, `.txt.gz` when gzipped."""
-    suffix = ".txt.gz" if compressed else ".txt"
+def file_name(app_name: str, unix_ms: int, digits: int, compressed: bool,
+              parquet: bool = False) -> str:
+    """`<App Name>_<UTC timestamp>_<5 digits>.txt`, `.txt.gz` when gzipped; `.parquet`
+    for Parquet (compressed inside)."""
+    suffix = ".parquet" if parquet else ".txt.gz" if compressed else ".txt"
     return f"{app_name}_{file_timestamp(unix_ms)}_{digits:05d}{suffix}"
 
 
@@ -112,6 +114,8 @@ def join_key(*parts: str | None) -> str:
     return "/".join(part.strip("/") for part in parts if part and part.strip("/"))
 
 
-def verification_key(folder: str | None, now: datetime.datetime) -> str:
-    """Where the start-up write check puts its `{}` object, as mParticle names it."""
-    return join_key(folder, f"mParticle_Bucket_Verification_{now:%Y%m%d-%H%M%S}.txt")
+def verification_key(folder: str | None, now: datetime.datetime, hidden: bool = False) -> str:
+    """Where the start-up write check puts its `{}` object, as mParticle names it
+    (`hidden`: with a leading "_", which table readers skip)."""
+    name = f"mParticle_Bucket_Verification_{now:%Y%m%d-%H%M%S}.txt"
+    return join_key(folder, f"_{name}" if hidden else name)
