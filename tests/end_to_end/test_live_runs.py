@@ -8,6 +8,7 @@ bucket with a deadline. Windows are seconds long so they close quickly.
 from __future__ import annotations
 
 import calendar
+import io
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import (
@@ -30,6 +32,7 @@ from tests.conftest import (
 )
 from tests.fault_proxy import FaultProxy
 from tests.tcp_fault_proxy import ConnectionCutter
+from transforms.rules import parquet_rows
 
 PROJECT = "local-project"
 WINDOW_S = 4
@@ -250,6 +253,41 @@ def test_one_batch_per_event_is_written_within_seconds(s3_client, bucket, pubsub
     print(f"\nper-event batches written {time.monotonic() - published:.1f} s after publishing")
     batches = [b for v in objects.values() for b in v]
     assert len(batches) == 6 and all(len(b["events"]) == 1 for b in batches)
+
+
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+def test_a_live_run_writes_parquet_files_that_hold_its_batches(
+    s3_client, bucket, pubsub, live_pipeline, runner_flags, prism
+):
+    """--output_format=parquet live: the files come within seconds, named .parquet in
+    the date folders, and their rows give back the batches sent."""
+    publisher, topic, _ = pubsub
+    live_pipeline("--send_as_batch=false", "--file_flush_s=1", "--output_format=parquet",
+                  "--use_compression=true")
+    sent = []
+    for device in range(3):
+        sent.append(batch(device, [device * 10 + 1, device * 10 + 2], int(time.time() * 1000)))
+        publisher.publish(topic, json.dumps(sent[-1]).encode()).result()
+
+    def parquet_batches():
+        keys = [k for k in list_keys(s3_client, bucket, "live/")
+                if "Verification" not in k and "/_dead_letters/" not in k]
+        tables = [pq.read_table(io.BytesIO(
+            s3_client.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in keys]
+        batches = [b for table in tables for b in parquet_rows.batches_of(table)]
+        return (keys, batches) if sum(len(b["events"]) for b in batches) == 6 else None
+
+    found = poll(parquet_batches, deadline_s=30, every_s=0.5)
+    assert found, "the Parquet files did not hold every event within 30 s"
+    keys, batches = found
+    assert all(re.fullmatch(r"live/\d{4}-\d{2}-\d{2}/Live_App_\d{20}_\d{5}\.parquet", k)
+               for k in keys), keys
+    # One event per batch (--send_as_batch=false), each as its batch sent it.
+    expected = sorted((b["mp_deviceid"], e["data"]["event_id"]) for b in sent for e in b["events"])
+    assert sorted((b["mp_deviceid"], b["events"][0]["data"]["event_id"]) for b in batches) == (
+        expected)
+    assert all(len(b["events"]) == 1 and b["events"][0]["event_type"] == "custom_event"
+               for b in batches)
 
 
 # The forwarder's own source (Prism's) acknowledges on finalization; Beam's
