@@ -8,16 +8,18 @@ sampler cannot tell a thread that runs from one that waits for the GIL at the sa
 line. So here each step the pipeline takes for a batch runs alone, in one thread,
 over the same batches (`--batches` of each shape, from `sample_data.generate` with
 the shape's parameters), and its time is the best of `--repeats` passes, in µs per
-input batch. The steps the plain job (`benchmarks.plain`) also takes are timed in
-its own code beside them. What no step here covers (Beam's per-element calls
-between the steps, the runner's shuffles, threads, S3) is the rest of a run's CPU
-time, which `benchmarks.profile` attributes.
+input batch, with Python's garbage collector off during a pass (it would otherwise
+scan the batches this process keeps for the other steps). The steps the plain job
+(`benchmarks.plain`) also takes are timed in its own code beside them. What no step
+here covers (Beam's per-element calls between the steps, the runner's shuffles,
+threads, S3) is the rest of a run's CPU time, which `benchmarks.profile` attributes.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import time
 from typing import Callable
 
@@ -40,9 +42,14 @@ def best_us(step: Callable[[], None], count: int, repeats: int) -> float:
     """The best of `repeats` runs of `step` (which does `count` items), in µs per item."""
     best = float("inf")
     for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - started)
+        gc.collect()
+        gc.disable()  # what this process holds for the other steps is not theirs to scan
+        try:
+            started = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - started)
+        finally:
+            gc.enable()
     return best / count * 1e6
 
 
@@ -82,7 +89,10 @@ def ledger(shape: str, batches: int, repeats: int) -> list[tuple[str, float, str
         group.sort(key=lambda b: (b[0], b[1]))
 
     def each(items, function):
-        return lambda: [function(item) for item in items]
+        def step():
+            for item in items:
+                function(item)
+        return step
 
     rows = [
         ("parse JSON (orjson)", best_us(each(lines, orjson.loads), n, repeats),

@@ -62,6 +62,16 @@ def ddl_columns(ddl: str) -> dict[str, str]:
     return columns
 
 
+def sample_inputs(source, batches: int, devices: int, seed: int):
+    """mParticle's sample batch, its forwarded example, and generated batches (gzipped)
+    in a new folder; returns it."""
+    source.mkdir()
+    (source / "sample.json").write_text(SAMPLE_BATCH.read_text())
+    (source / "forwarded.ndjson").write_text(FORWARDED_EXAMPLE.read_text())
+    write_ndjson(str(source / "generated.ndjson.gz"), generate(batches, devices, seed=seed))
+    return source
+
+
 def test_hive_types_translate():
     assert duckdb_type("array<struct<a:bigint,b:map<string,string>>>") == (
         'STRUCT("a" BIGINT, "b" MAP(VARCHAR, VARCHAR))[]')
@@ -71,11 +81,7 @@ def test_hive_types_translate():
 def test_the_ddl_reads_every_written_file_with_its_types(
     s3_endpoint, s3_client, bucket, tmp_path, mode
 ):
-    source = tmp_path / "in"
-    source.mkdir()
-    (source / "sample.json").write_text(SAMPLE_BATCH.read_text())
-    (source / "forwarded.ndjson").write_text(FORWARDED_EXAMPLE.read_text())
-    write_ndjson(str(source / "generated.ndjson.gz"), generate(300, 20, seed=3))
+    source = sample_inputs(tmp_path / "in", 300, 20, seed=3)
     flags = [f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
              "--folder_name=mp", f"--store_data_in_folders_by_date={mode}"]
     code, _, err = run_main(flags + [f"--input={source}/*", "--use_compression=true",

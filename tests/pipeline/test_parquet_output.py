@@ -20,9 +20,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.tools.sample_data import generate, write_ndjson
-from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, run_main
-from tests.pipeline.test_athena import ddl_columns, duckdb_type
+from tests.conftest import SAMPLE_BATCH, list_keys, run_main
+from tests.pipeline.test_athena import ddl_columns, duckdb_type, sample_inputs
 from transforms.rules import parquet_rows
 
 
@@ -47,11 +46,7 @@ def test_parquet_files_hold_the_json_outputs_batches_and_duckdb_reads_them_with_
 ):
     if engine:
         request.getfixturevalue("prism")
-    source = tmp_path / "in"
-    source.mkdir()
-    (source / "sample.json").write_text(SAMPLE_BATCH.read_text())
-    (source / "forwarded.ndjson").write_text(FORWARDED_EXAMPLE.read_text())
-    write_ndjson(str(source / "generated.ndjson.gz"), generate(400, 30, seed=5))
+    source = sample_inputs(tmp_path / "in", 400, 30, seed=5)
     common = [f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
               "--store_data_in_folders_by_date=event_time", "--use_compression=true",
               "--unique_id=acme", *engine]
