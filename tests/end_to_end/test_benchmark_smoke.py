@@ -23,3 +23,21 @@ def test_benchmark_command_smoke_run():
     assert "plain Python, one process" in result.stdout
     assert "pipeline, Prism" in result.stdout
     assert "4x/1x" in result.stdout
+
+
+def test_parquet_and_cost_benchmarks_smoke_run():
+    """`benchmarks.parquet` (whose DuckDB counts must agree with the NDJSON's) and
+    `benchmarks.costs` on a few batches."""
+    parquet = subprocess.run(
+        [sys.executable, "-m", "benchmarks.parquet", "--scale", "0.002", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert parquet.returncode == 0, parquet.stdout[-3000:] + parquet.stderr[-3000:]
+    assert "| Parquet, zstd |" in parquet.stdout and "query: events of type" in parquet.stdout
+    costs = subprocess.run(
+        [sys.executable, "-m", "benchmarks.costs", "--batches", "300", "--repeats", "1",
+         "--shapes", "default,sessions"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert costs.returncode == 0, costs.stdout[-3000:] + costs.stderr[-3000:]
+    assert "| 64-bit integer check |" in costs.stdout and "| gzip output |" in costs.stdout
