@@ -18,8 +18,8 @@ file would hold, in the same order) as rows of `SCHEMA`:
 A field goes to its typed column only when its value has exactly that type (an
 int64 column takes a JSON integer within 64 bits, not a string of digits, a float
 or `true`); otherwise, like an integer beyond 64 bits, it stays in the `_other`
-text, written by `batch_json.encode` with every digit. So `batch_and_event` rebuilds
-every event, and its batch's context, exactly as the NDJSON output holds them (a
+text, written by `batch_json.encode` with every digit. So `batches_of` rebuilds
+every batch, and each of its events, exactly as the NDJSON output holds them (a
 property test checks it), and every file of every run has the same columns.
 """
 
@@ -54,10 +54,11 @@ def _is_bool(value: Any) -> bool:
     return type(value) is bool
 
 
-_KINDS: dict[str, tuple[pa.DataType, Callable[[Any], bool], str]] = {
-    "int64": (pa.int64(), _is_int64, "bigint"),
-    "string": (pa.string(), _is_str, "string"),
-    "bool": (pa.bool_(), _is_bool, "boolean"),
+# kind → (Arrow type, whether a JSON value has exactly that type)
+_KINDS: dict[str, tuple[pa.DataType, Callable[[Any], bool]]] = {
+    "int64": (pa.int64(), _is_int64),
+    "string": (pa.string(), _is_str),
+    "bool": (pa.bool_(), _is_bool),
 }
 
 # (column, path in the batch, kind), in mParticle's order.
