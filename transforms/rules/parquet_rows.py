@@ -132,15 +132,16 @@ def hive_columns() -> list[tuple[str, str]]:
     return [(field.name, hive[field.type]) for field in SCHEMA]
 
 
-def _take(value: dict, path: tuple[str, ...]) -> tuple[bool, Any]:
-    """(found, value) at `path`, removing it from its object (which the caller owns)."""
+def _take(value: dict, path: tuple[str, ...], accepts: Callable[[Any], bool]) -> tuple[bool, Any]:
+    """(found, value) at `path`, removed from its object (which the caller owns) if
+    `accepts` it; else (False, None), `value` left as it is."""
     *parents, leaf = path
     holder = value
     for name in parents:
         holder = holder.get(name)
         if not isinstance(holder, dict):
             return False, None
-    if leaf not in holder:
+    if leaf not in holder or not accepts(holder[leaf]):
         return False, None
     return True, holder.pop(leaf)
 
@@ -155,28 +156,26 @@ def _owned(value: dict, paths: Iterable[tuple[str, ...]]) -> dict:
     return copy
 
 
+def _any(_: Any) -> bool:
+    return True
+
+
 def _split(value: dict, fields, json_fields, row: dict) -> dict:
-    """Moves `value`'s typed and JSON fields into `row`; the rest of it."""
+    """Moves `value`'s typed fields (those of their column's type) and JSON fields into
+    `row`; the rest of it."""
     rest = _owned(value, [path for _, path, _ in fields] + [path for _, path in json_fields])
     for name, path, kind in fields:
-        found, item = _take(rest, path)
-        if found and _KINDS[kind][1](item):
-            row[name] = item
-        else:
-            row[name] = None
-            if found:  # not of the column's type: kept as it is, in the rest
-                _put(rest, path, item)
+        row[name] = _take(rest, path, _KINDS[kind][1])[1]
     for name, path in json_fields:
-        found, item = _take(rest, path)
+        found, item = _take(rest, path, _any)
         row[name] = batch_json.encode(item).decode("utf-8") if found else None
     return rest
 
 
-def _put(value: dict, path: tuple[str, ...], item: Any) -> None:
-    holder = value
-    for name in path[:-1]:
-        holder = holder[name]
-    holder[path[-1]] = item
+# The event columns of a row without an event (a batch without events, or an event
+# that is not an object, whose JSON is then in EVENT_OTHER).
+_NO_EVENT_FIELDS = dict.fromkeys(
+    [name for name, _, _ in EVENT_FIELDS] + [name for name, _ in EVENT_JSON])
 
 
 def rows_of(batch: dict) -> Iterator[dict]:
@@ -184,25 +183,21 @@ def rows_of(batch: dict) -> Iterator[dict]:
     context: dict[str, Any] = {}
     without_events = {key: value for key, value in batch.items() if key != "events"}
     rest = _split(without_events, BATCH_FIELDS, BATCH_JSON, context)
-    context[BATCH_OTHER] = batch_json.encode(rest).decode("utf-8")
     events = batch.get("events")
     if not isinstance(events, list) or not events:
-        row = dict(context, **{EVENT_INDEX: None, EVENT_OTHER: None})
-        row.update({name: None for name, _, _ in EVENT_FIELDS})
-        row.update({name: None for name, _ in EVENT_JSON})
         if "events" in batch:  # [] or a value the settings let through: kept
-            rest["events"] = batch["events"]
-            row[BATCH_OTHER] = batch_json.encode(rest).decode("utf-8")
-        yield row
+            rest["events"] = events
+        context[BATCH_OTHER] = batch_json.encode(rest).decode("utf-8")
+        yield dict(context, **_NO_EVENT_FIELDS, **{EVENT_INDEX: None, EVENT_OTHER: None})
         return
+    context[BATCH_OTHER] = batch_json.encode(rest).decode("utf-8")
     for index, event in enumerate(events):
         row = dict(context)
         row[EVENT_INDEX] = index
         if isinstance(event, dict):
             event_rest = _split(event, EVENT_FIELDS, EVENT_JSON, row)
         else:  # forwarded as it came
-            row.update({name: None for name, _, _ in EVENT_FIELDS})
-            row.update({name: None for name, _ in EVENT_JSON})
+            row.update(_NO_EVENT_FIELDS)
             event_rest = event
         row[EVENT_OTHER] = batch_json.encode(event_rest).decode("utf-8")
         yield row
@@ -226,30 +221,31 @@ def file_bytes(lines: list[bytes], compress: bool) -> bytes:
     return sink.getvalue()
 
 
-def batch_and_event(row: dict) -> tuple[dict, Any]:
-    """A row → (its batch without events, its event: any JSON value, None for null or,
-    where `row[EVENT_INDEX]` is None, for a batch without events): what `rows_of` took
-    them from."""
+def _batch_of(row: dict) -> dict:
+    """A row's batch, without its events, as `rows_of` took it apart."""
     batch = batch_json.decode(row[BATCH_OTHER])
     _restore(batch, row, BATCH_FIELDS, BATCH_JSON)
-    if row[EVENT_INDEX] is None:
-        return batch, None
+    return batch
+
+
+def _event_of(row: dict) -> Any:
+    """A row's event (any JSON value) as `rows_of` took it apart."""
     event = batch_json.decode(row[EVENT_OTHER])
     if isinstance(event, dict):
         _restore(event, row, EVENT_FIELDS, EVENT_JSON)
-    return batch, event
+    return event
 
 
 def _restore(value: dict, row: dict, fields, json_fields) -> None:
     for name, path, _ in fields:
         if row[name] is not None:
-            _put_creating(value, path, row[name])
+            _put(value, path, row[name])
     for name, path in json_fields:
         if row[name] is not None:
-            _put_creating(value, path, batch_json.decode(row[name]))
+            _put(value, path, batch_json.decode(row[name]))
 
 
-def _put_creating(value: dict, path: tuple[str, ...], item: Any) -> None:
+def _put(value: dict, path: tuple[str, ...], item: Any) -> None:
     holder = value
     for name in path[:-1]:
         holder = holder.setdefault(name, {})
@@ -260,12 +256,11 @@ def batches_of(table: pa.Table) -> list[dict]:
     """A Parquet file's rows → its batches, as the NDJSON file holds them."""
     batches: list[dict] = []
     for row in table.to_pylist():
-        batch, event = batch_and_event(row)
         if row[EVENT_INDEX] is None:
-            batches.append(batch)
+            batches.append(_batch_of(row))
             continue
-        if row[EVENT_INDEX] == 0:
-            batch["events"] = []
-            batches.append(batch)
-        batches[-1]["events"].append(event)
+        if row[EVENT_INDEX] == 0:  # the context is the same on each of its events' rows
+            batches.append(_batch_of(row))
+            batches[-1]["events"] = []
+        batches[-1]["events"].append(_event_of(row))
     return batches
