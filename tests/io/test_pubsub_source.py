@@ -19,6 +19,7 @@ from transforms.io.pubsub_source import PubSubReader
 
 PROJECT = "ack-project"
 ACK_DEADLINE_S = 10  # Pub/Sub's least
+LEASE_S = 4
 
 
 @pytest.fixture
@@ -52,27 +53,37 @@ def read_all(reader: PubSubReader, expected: int, deadline_s: float) -> list[byt
     return got
 
 
-def test_messages_come_again_unless_their_checkpoint_is_finalized(subscription):
-    read_and_die(subscription, 20)
+def short_leases(monkeypatch) -> None:
+    """Leases of LEASE_S, extended every second: what this process holds and does not
+    acknowledge comes again LEASE_S after its last extension (not the source's 30 s)."""
+    monkeypatch.setattr(pubsub_source, "ACK_DEADLINE_S", LEASE_S)
+    monkeypatch.setattr(pubsub_source, "EXTEND_EVERY_S", 1)
+
+
+def test_messages_come_again_unless_their_checkpoint_is_finalized(subscription, monkeypatch):
+    short_leases(monkeypatch)
+    read_and_die(subscription, 20, LEASE_S)
 
     reader = PubSubReader(subscription)
-    again = read_all(reader, 20, deadline_s=pubsub_source.ACK_DEADLINE_S + 15)
+    again = read_all(reader, 20, deadline_s=LEASE_S + 15)
     assert sorted(again) == sorted(f"batch {n}".encode() for n in range(20))
     reader.get_checkpoint_mark().finalize_checkpoint()  # the runner committed them
     reader.close()
 
+    # Unacknowledged, they would come again LEASE_S after the close (no more extensions).
     after = PubSubReader(subscription)
-    assert read_all(after, 1, deadline_s=pubsub_source.ACK_DEADLINE_S + 5) == []
+    assert read_all(after, 1, deadline_s=3 * LEASE_S) == []
     after.close()
 
 
-def test_a_reader_extends_the_leases_of_what_it_holds(subscription):
-    """Held past the subscription's 10-second ack deadline, unfinalized messages are not
-    handed to another reader."""
+def test_a_reader_extends_the_leases_of_what_it_holds(subscription, monkeypatch):
+    """Held past the subscription's 10-second ack deadline and several of the reader's
+    own leases, unfinalized messages are not handed to another reader."""
+    short_leases(monkeypatch)
     holder = PubSubReader(subscription)
     assert len(read_all(holder, 20, deadline_s=20)) == 20
     other = PubSubReader(subscription)
-    assert read_all(other, 1, deadline_s=pubsub_source.ACK_DEADLINE_S + 5) == []
+    assert read_all(other, 1, deadline_s=max(ACK_DEADLINE_S, 3 * LEASE_S) + 2) == []
     holder.get_checkpoint_mark().finalize_checkpoint()
     holder.close()
     other.close()
