@@ -15,6 +15,7 @@ workers, with the same rules (`build_sliced`, `transforms.spill`).
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -24,6 +25,7 @@ from pipeline.config import ForwarderConfig
 from transforms.apply_settings import ApplySettings
 from transforms.batching import BatchPerDevice, StampArrival
 from transforms.io.inputs import input_client, sample_records
+from transforms.io.pubsub_source import sample_messages
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches
@@ -31,6 +33,8 @@ from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.spill import SpillGroupAndWrite
 from transforms.values import BatchingMode
 from transforms.write import WriteBatchFiles, WriteDeadLetters
+
+_LOG = logging.getLogger(__name__)
 
 
 class Outputs(NamedTuple):
@@ -147,22 +151,33 @@ def build(
     and how live sessions are kept. `codec`: for bounded input, the shuffle codec
     (default: one trained on the input).
     """
+    if codec is None:
+        codec = trained_codec(config)
     if config.streaming:
         records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
             config.input_subscription, config.input_topic,
             readers=runners.pubsub_readers(runner, config.pubsub_readers),
         )
-        return forward(records, config, sessions_by_timer=runners.sessions_by_timer(runner))
+        return forward(records, config, codec=codec,
+                       sessions_by_timer=runners.sessions_by_timer(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
-    if codec is None:
-        codec = trained_codec(config)
     return forward(read["records"], config, read["dead_letters"], codec=codec)
 
 
 def trained_codec(config: ForwarderConfig) -> ShuffleCodec:
-    """A shuffle codec with a dictionary trained on the first records of the input.
-
-    Live input has no sample to train on before it starts, and goes without.
+    """A shuffle codec with a dictionary trained on the first records of the input,
+    or on the messages waiting in the subscription (handed back at once, for the run
+    to read). A live run that starts on an empty subscription, or on a topic (read
+    through a subscription made when the pipeline is built), goes without one.
     """
+    if config.streaming:
+        if not config.input_subscription:
+            return NO_DICTIONARY
+        samples = sample_messages(config.input_subscription)
+        codec = ShuffleCodec.trained_on(samples)
+        _LOG.info("the shuffle's dictionary: %s",
+                  f"trained on {len(samples)} waiting messages" if codec.dictionary
+                  else f"none ({len(samples)} messages waiting)")
+        return codec
     client = input_client(config.inputs, config.connection)
     return ShuffleCodec.trained_on(list(sample_records(list(config.inputs), client)))

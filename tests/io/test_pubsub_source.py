@@ -76,6 +76,20 @@ def test_messages_come_again_unless_their_checkpoint_is_finalized(subscription, 
     after.close()
 
 
+def test_a_sample_of_the_waiting_messages_is_handed_back_for_the_run_to_read(subscription):
+    """What a live run trains its shuffle's dictionary on: the messages waiting, which
+    a reader then gets at once, not after the subscription's ack deadline."""
+    sample = pubsub_source.sample_messages(subscription)
+    assert sorted(sample) == sorted(f"batch {n}".encode() for n in range(20))
+    reader = PubSubReader(subscription)
+    assert len(read_all(reader, 20, deadline_s=ACK_DEADLINE_S / 2)) == 20
+    reader.get_checkpoint_mark().finalize_checkpoint()
+    reader.close()
+    started = time.monotonic()
+    assert pubsub_source.sample_messages(subscription) == []  # none waiting: no wait
+    assert time.monotonic() - started < 2
+
+
 def test_a_reader_extends_the_leases_of_what_it_holds(subscription, monkeypatch):
     """Held past the subscription's 10-second ack deadline and several of the reader's
     own leases, unfinalized messages are not handed to another reader."""

@@ -45,6 +45,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from typing import Any
 
 from apache_beam import coders
@@ -67,6 +68,7 @@ ACK_TIMEOUT_S = 10.0  # then an Acknowledge is left to the puller to send again
 LEASE_CALL_TIMEOUT_S = 5.0
 IDLE_WATERMARK_LAG_S = 1.0  # how far behind an empty pull's start the idle watermark is
 PULL_TIMEOUT_S = 5.0
+WATERMARK_EVERY_S = 0.05
 # Queued messages no reader asked for in this long go back to Pub/Sub, and
 # pulling pauses until a reader asks again.
 UNDRAINED_S = 15.0
@@ -110,6 +112,29 @@ def _retrying(timeout_s: float):
 def _in_chunks(ids: list[str]):
     for start in range(0, len(ids), ACK_CHUNK):
         yield ids[start:start + ACK_CHUNK]
+
+
+def _request(kind: str, **fields):
+    """A request of the client's `kind`, made as the protobuf under its wrapper: the
+    client's conversion of a dict, field by field, took as long per ack id as the call."""
+    from google.pubsub_v1 import types
+
+    wrapper = getattr(types, kind)
+    return wrapper.wrap(wrapper.pb()(**fields))
+
+
+def _modify_deadline(subscription: str, ack_ids: list[str], seconds: int, doing: str) -> None:
+    """Sets the ack deadline of `ack_ids` (0: hands them back); a failure is logged, as it
+    only means a redelivery, or a message coming again after its deadline."""
+    client = _subscriber()
+    for chunk in _in_chunks(ack_ids):
+        try:
+            client.modify_ack_deadline(
+                request=_request("ModifyAckDeadlineRequest", subscription=subscription,
+                                 ack_ids=chunk, ack_deadline_seconds=seconds),
+                retry=_retrying(LEASE_CALL_TIMEOUT_S), timeout=LEASE_CALL_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - a lease lost means a redelivery, no more
+            _LOG.warning("%s %d messages of %s failed: %s", doing, len(chunk), subscription, err)
 
 
 class _Leases:
@@ -226,7 +251,8 @@ def _acknowledge(subscription: str, ack_ids: list[str]) -> None:
     sent = 0
     try:
         for chunk in _in_chunks(ack_ids):
-            client.acknowledge(request={"subscription": subscription, "ack_ids": chunk},
+            client.acknowledge(request=_request("AcknowledgeRequest",
+                                                subscription=subscription, ack_ids=chunk),
                                retry=_retrying(ACK_TIMEOUT_S), timeout=ACK_TIMEOUT_S)
             sent += len(chunk)
     except exceptions.GoogleAPIError as err:
@@ -234,6 +260,35 @@ def _acknowledge(subscription: str, ack_ids: list[str]) -> None:
                      len(ack_ids) - sent, subscription, err)
         LEASES.ack_failed(subscription, ack_ids[sent:])
     LEASES.release(ack_ids[:sent])
+
+
+def sample_messages(subscription: str, count: int = MAX_MESSAGES_PER_PULL) -> list[bytes]:
+    """The data of up to `count` messages waiting in `subscription`, handed back at
+    once (ack deadline 0), so that the run reads them as if they had not been pulled.
+
+    For the shuffle's compression dictionary (`ShuffleCodec.trained_on`), before a live
+    run starts: an empty subscription gives none at once (nothing waits for messages),
+    and so does a failure (the run itself reports an unreachable server). A hand-back
+    that fails delays its messages by the subscription's ack deadline; none is lost.
+    """
+    from google.api_core import exceptions
+
+    client = _subscriber()
+    try:
+        with warnings.catch_warnings():  # return_immediately: deprecated for pulling
+            warnings.simplefilter("ignore", DeprecationWarning)  # in a loop, not here
+            response = client.pull(
+                request={"subscription": subscription, "max_messages": count,
+                         "return_immediately": True},
+                retry=_retrying(PULL_TIMEOUT_S), timeout=PULL_TIMEOUT_S)
+    except exceptions.GoogleAPIError as err:
+        _LOG.info("%s: no messages sampled for the shuffle's dictionary: %s",
+                  subscription, err)
+        return []
+    received = type(response).pb(response).received_messages
+    _modify_deadline(subscription, [each.ack_id for each in received], 0,
+                     "handing back (they come again after its ack deadline) sampled")
+    return [each.message.data for each in received]
 
 
 class _Puller:
@@ -382,7 +437,7 @@ class _Puller:
         if not unsent:
             return
         LEASES.release(unsent)
-        self._modify_deadline(unsent, 0, "handing back messages of")
+        _modify_deadline(self._subscription, unsent, 0, "handing back")
 
     def _acknowledge_again(self) -> None:
         again = LEASES.take_unacked(self._subscription)
@@ -393,17 +448,7 @@ class _Puller:
         self._extend(LEASES.held(self._subscription))
 
     def _extend(self, ack_ids: list[str]) -> None:
-        self._modify_deadline(ack_ids, ACK_DEADLINE_S, "extending ack deadlines on")
-
-    def _modify_deadline(self, ack_ids: list[str], seconds: int, doing: str) -> None:
-        for chunk in _in_chunks(ack_ids):
-            try:
-                self._client.modify_ack_deadline(request={
-                    "subscription": self._subscription, "ack_ids": chunk,
-                    "ack_deadline_seconds": seconds},
-                    retry=_retrying(LEASE_CALL_TIMEOUT_S), timeout=LEASE_CALL_TIMEOUT_S)
-            except Exception as err:  # noqa: BLE001 - a lease lost means a redelivery, no more
-                _LOG.warning("%s %s failed: %s", doing, self._subscription, err)
+        _modify_deadline(self._subscription, ack_ids, ACK_DEADLINE_S, "extending the leases of")
 
 
 class PubSubReader(UnboundedReader):
@@ -416,6 +461,7 @@ class PubSubReader(UnboundedReader):
         self._emitted: list[str] = []  # ack ids since the last checkpoint
         self._current: tuple[RawRecord, Timestamp] | None = None
         self._watermark = Timestamp(0)
+        self._next_watermark = 0.0  # monotonic time at which it is worked out again
         self._oldest_held = metrics.gauge(metrics.OLDEST_UNACKED_MS)
 
     def start(self) -> bool:
@@ -445,9 +491,12 @@ class PubSubReader(UnboundedReader):
         return self._current[1]
 
     def get_watermark(self) -> Timestamp:
+        """Asked after every message emitted: worked out again at most every
+        WATERMARK_EVERY_S (a watermark a moment old is only a moment behind)."""
         if self._puller is not None and self._current is None and self._puller.drained():
             self._watermark = MAX_TIMESTAMP  # the end: the runner closes every window
-        elif self._puller is not None:
+        elif self._puller is not None and time.monotonic() >= self._next_watermark:
+            self._next_watermark = time.monotonic() + WATERMARK_EVERY_S
             self._watermark = max(self._watermark, self._puller.watermark() or self._watermark)
             held_s = oldest_held_s(self._subscription)
             self._oldest_held.set(int((held_s or 0) * 1000))  # the live run's lag
