@@ -435,10 +435,18 @@ def test_a_stopped_run_writes_its_open_windows_before_it_ends(
 ):
     """SIGTERM drains: no more pulls, every open window written (here ten-minute ones,
     far from closing), the job ended, the counts reconciled. Prism has acknowledged
-    those messages already; before the drain they were lost with the job."""
+    those messages already; before the drain they were lost with the job.
+    The run starts on a backlog, on which it trains its shuffle's dictionary first (the
+    messages handed back at once): those are forwarded too, once each."""
     publisher, topic, _ = pubsub
+    backlog = [batch(device, [device * 10 + 1, device * 10 + 2], int(time.time() * 1000))
+               for device in range(5, 300)]
+    for future in [publisher.publish(topic, json.dumps(data).encode()) for data in backlog]:
+        future.result()
     # Ten-minute dead-letter files too: a 30-second one could close during the sleep.
     process = live_pipeline("--window_size_s=600", "--dead_letter_flush_s=600")
+    assert "the shuffle's dictionary: trained on 295 waiting messages" in (
+        tmp_path / "pipeline.log").read_text()
     for device in range(5):
         data = batch(device, [device * 10 + 1, device * 10 + 2], int(time.time() * 1000))
         publisher.publish(topic, json.dumps(data).encode()).result()
@@ -449,12 +457,12 @@ def test_a_stopped_run_writes_its_open_windows_before_it_ends(
     counters = stopped(process, tmp_path / "pipeline.log")
     objects = read_objects(s3_client, bucket, "live/")
     forwarded = {k: v for k, v in objects.items() if "/_dead_letters/" not in k}
-    assert sorted(forwarded_ids(forwarded)) == sorted(d * 10 + n for d in range(5)
+    assert sorted(forwarded_ids(forwarded)) == sorted(d * 10 + n for d in range(300)
                                                       for n in (1, 2))
     assert sum(len(v) for k, v in objects.items() if "/_dead_letters/" in k) == 1
     log = (tmp_path / "pipeline.log").read_text()
     assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in log
-    assert counters["events_forwarded"] == 10 and counters["records_dead_lettered"] == 1
+    assert counters["events_forwarded"] == 600 and counters["records_dead_lettered"] == 1
     print(f"\ndrained in {time.monotonic() - stopping:.1f} s")
 
 
