@@ -148,8 +148,8 @@ def build(
 
     `runner`: the runner's name (`pipeline.runners`), which decides how live input is
     read (the forwarder's own source, and how many readers, or Beam's ReadFromPubSub)
-    and how live sessions are kept. `codec`: for bounded input, the shuffle codec
-    (default: one trained on the input).
+    and how live sessions are kept. `codec`: the shuffle codec (default: one trained on
+    the input, `trained_codec`).
     """
     if codec is None:
         codec = trained_codec(config)

@@ -26,6 +26,8 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
   none are held it is the start of the last pull that found nothing (less a
   second), so windows of quiet devices close, and a message published during a
   slow pull is not behind it.
+- `sample_messages`: what a live run's launcher trains the shuffle's compression
+  dictionary on, messages waiting in the subscription, handed back at once.
 - `split(n)` gives n readers of the same subscription: in one process they share
   the queue; in several, Pub/Sub shares the messages out between them.
 - A drain (the launcher creates the file that DRAIN_FILE_ENV names): the puller
@@ -275,8 +277,8 @@ def sample_messages(subscription: str, count: int = MAX_MESSAGES_PER_PULL) -> li
 
     client = _subscriber()
     try:
-        with warnings.catch_warnings():  # return_immediately: deprecated for pulling
-            warnings.simplefilter("ignore", DeprecationWarning)  # in a loop, not here
+        with warnings.catch_warnings():  # return_immediately is deprecated for polling
+            warnings.simplefilter("ignore", DeprecationWarning)  # (one pull at start is not)
             response = client.pull(
                 request={"subscription": subscription, "max_messages": count,
                          "return_immediately": True},
@@ -286,8 +288,7 @@ def sample_messages(subscription: str, count: int = MAX_MESSAGES_PER_PULL) -> li
                   subscription, err)
         return []
     received = type(response).pb(response).received_messages
-    _modify_deadline(subscription, [each.ack_id for each in received], 0,
-                     "handing back (they come again after its ack deadline) sampled")
+    _modify_deadline(subscription, [each.ack_id for each in received], 0, "handing back sampled")
     return [each.message.data for each in received]
 
 
