@@ -90,6 +90,24 @@ def test_a_sample_of_the_waiting_messages_is_handed_back_for_the_run_to_read(sub
     assert time.monotonic() - started < 2
 
 
+def test_a_sample_that_cannot_reach_pubsub_is_empty_and_takes_nothing(
+    subscription, pubsub_emulator, monkeypatch
+):
+    """Pub/Sub refusing every connection: the sample is empty once its retries end (the
+    run then goes without a dictionary), and raises nothing; every message is still
+    there for the run."""
+    with ConnectionCutter(pubsub_emulator, max_life_s=3600, refuse_rate=1.0) as cutter:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", cutter.endpoint)
+        started = time.monotonic()
+        assert pubsub_source.sample_messages(subscription) == []
+        assert time.monotonic() - started < pubsub_source.PULL_TIMEOUT_S + 5
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
+    reader = PubSubReader(subscription)
+    assert len(read_all(reader, 20, deadline_s=ACK_DEADLINE_S / 2)) == 20
+    reader.get_checkpoint_mark().finalize_checkpoint()
+    reader.close()
+
+
 def test_a_reader_extends_the_leases_of_what_it_holds(subscription, monkeypatch):
     """Held past the subscription's 10-second ack deadline and several of the reader's
     own leases, unfinalized messages are not handed to another reader."""
