@@ -23,7 +23,7 @@ import apache_beam as beam
 from pipeline import runners
 from pipeline.config import ForwarderConfig
 from transforms.apply_settings import ApplySettings
-from transforms.batching import BatchPerDevice, StampArrival
+from transforms.batching import BatchPerDevice, LiveSessions, StampArrival
 from transforms.io.inputs import input_client, sample_records
 from transforms.io.pubsub_source import sample_messages
 from transforms.parse import ParseBatches
@@ -48,14 +48,14 @@ def forward(
     read_dead_letters: beam.PCollection | None = None,
     keyed_windows: bool | None = None,
     codec: ShuffleCodec = NO_DICTIONARY,
-    sessions_by_timer: bool = True,
+    live_sessions: LiveSessions = LiveSessions(),
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
 
     `keyed_windows` (default: for bounded input) groups with the window in the
     key rather than through Beam's triggers; the results are the same.
     `codec` compresses what crosses the shuffles (see `transforms.shuffled`).
-    `sessions_by_timer`: see `BatchPerDevice` and `pipeline.runners.sessions_by_timer`.
+    `live_sessions`: see `BatchPerDevice` and `pipeline.runners.live_sessions`.
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
@@ -63,7 +63,7 @@ def forward(
     if read_dead_letters is not None:
         dead_letters.append(read_dead_letters)
     files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows,
-                                               sessions_by_timer)
+                                               live_sessions)
     return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config))
 
 
@@ -84,7 +84,7 @@ def batch_and_write(
     config: ForwarderConfig,
     codec: ShuffleCodec,
     keyed_windows: bool,
-    sessions_by_timer: bool = True,
+    live_sessions: LiveSessions = LiveSessions(),
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """(device, ShuffledBatch) → (files written, [dead letters])."""
     # Files are packed per fixed window. In streaming, one-event batches and
@@ -94,7 +94,7 @@ def batch_and_write(
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
     batched = keyed | "BatchPerDevice" >> BatchPerDevice(
         config.batching, keyed_windows=keyed_windows, codec=codec,
-        input_connection=config.connection, sessions_by_timer=sessions_by_timer,
+        input_connection=config.connection, live_sessions=live_sessions,
     )
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
@@ -159,7 +159,7 @@ def build(
             readers=runners.pubsub_readers(runner, config.pubsub_readers),
         )
         return forward(records, config, codec=codec,
-                       sessions_by_timer=runners.sessions_by_timer(runner))
+                       live_sessions=runners.live_sessions(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     return forward(read["records"], config, read["dead_letters"], codec=codec)
 

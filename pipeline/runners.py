@@ -30,6 +30,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipeline.errors import ConfigError
+from transforms.batching import LiveSessions
 
 _LOG = logging.getLogger(__name__)
 
@@ -144,13 +145,25 @@ def engine_name(runner) -> str:
     return name
 
 
-def sessions_by_timer(name: str) -> bool:
-    """Whether live sessions are kept per device in state with an event-time timer
-    (`transforms.batching._LiveSessionsFn`), which needs a runner that holds the
-    watermark at a pending timer: Prism, Flink, Spark, Dataflow. Not the DirectRunner
-    (its BundleBasedDirectRunner holds none for a user's timer), which merges Beam's
-    session windows instead; Prism 2.77 does not merge those for a live source."""
-    return name != "DirectRunner"
+# Prism's live sessions are held under one of this many shards of the device
+# (`LiveSessions`): Prism keeps a state entry for every key it has seen.
+PRISM_SESSION_SHARDS = 4096
+
+
+def live_sessions(name: str) -> LiveSessions:
+    """How live sessions are kept (`transforms.batching.LiveSessions`). Per device in
+    state with an event-time timer (`_LiveSessionsFn`), which needs a runner that
+    holds the watermark at a pending timer: Flink, Spark, Dataflow; and Prism, under
+    one of `PRISM_SESSION_SHARDS` shards of the device, because Prism 2.77 keeps an
+    entry for each key of a stateful stage in the global window, emptied but never
+    dropped (`engine/elementmanager.go`, `PersistBundle`), so a run keyed by device
+    grows with every device it sees. Not the DirectRunner (its
+    BundleBasedDirectRunner holds no watermark for a user's timer), which merges
+    Beam's session windows instead; Prism 2.77 does not merge those for a live
+    source."""
+    if name == "DirectRunner":
+        return LiveSessions(by_timer=False)
+    return LiveSessions(shards=PRISM_SESSION_SHARDS if name == "PrismRunner" else 0)
 
 
 def reports_progress(options: PipelineOptions) -> bool:

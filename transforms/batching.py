@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+import zlib
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 from apache_beam import coders, pvalue
@@ -305,28 +306,57 @@ class WrittenSessions:
                 or at_ms < memory.fired_ms - LATE_HORIZON_MS)
 
 
-class _LiveSessionsFn(_MergingFn):
-    """(device, ShuffledBatch) in the global window → each of the device's sessions,
-    merged, once it has closed (live input, every runner): sessions kept by the
-    forwarder rather than by the runner's merging windows, which Prism does not merge
-    for a live source.
+class LiveSessions(NamedTuple):
+    """How a live run keeps sessions (`BatchPerDevice`, `pipeline.runners.live_sessions`).
 
-    State per device: the batches of its open sessions, each with whether it came
-    late, and a timer at each open session's end; nothing once all are written. A
-    batch reads no state: it is added to the bag and sets a timer at the end of the
-    session it would make alone, tagged with its arrival's gap-long slot, so that
-    each session has a timer at its end (two batches in one slot are less than a gap
-    apart and so in one session; a later session's batch is in a later slot and
-    leaves an earlier session's timer as it is). On a runner that keeps state
-    remotely (Prism sends no cache tokens, so every read is a round trip to it) this
-    is what lets a device's batches through at the source's pace. When the
-    watermark passes a timer, the batches are split into sessions (`split_sessions`,
-    the bounded path's rule); each that has ended is merged and goes out at its end
-    (so it is on time downstream: the timer holds the watermark there; a runner that
-    fires a bounded run's timers all at once, as the FnApiRunner does, in any order,
-    still stamps each session at its own end); the open ones keep their timers. A
-    timer that finds nothing ended (its session went on in a later slot) changes no
-    state.
+    `by_timer`: in the forwarder's own state with an event-time timer
+    (`_LiveSessionsFn`), else Beam's merging session windows.
+    `shards`: 0 to key that state by device; else by one of this many shards of the
+    device, for a runner that keeps an entry for every key it has ever seen (Prism:
+    a state entry, emptied but never dropped, per key of a stateful stage in the
+    global window), so that its memory stays flat as devices come and go.
+    """
+
+    by_timer: bool = True
+    shards: int = 0
+
+
+# Sessions are judged closed this often at most, per shard (`_LiveSessionsFn`).
+SHARD_SLOT_MS = 1_000
+
+
+def session_key(keyed: tuple[str, ShuffledBatch], shards: int):
+    """(the key a device's batch is held under, (device, batch)): the device, or its
+    shard (CRC-32 of its id, the same in every process)."""
+    device, shuffled = keyed
+    key = str(zlib.crc32(device.encode()) % shards) if shards else device
+    return key, (device, shuffled)
+
+
+class _LiveSessionsFn(_MergingFn):
+    """(key, (device, ShuffledBatch)) in the global window → each of the device's
+    sessions, merged, once it has closed (live input, every runner): sessions kept by
+    the forwarder rather than by the runner's merging windows, which Prism does not
+    merge for a live source. The key is the device, or a shard of devices
+    (`LiveSessions.shards`, `session_key`).
+
+    State per key: the batches of its devices' open sessions, each with its device
+    and whether it came late, and a timer at each open session's end, within a slot
+    of it; nothing once all are written. A batch reads no state: it is added to the
+    bag and sets a timer at the end of the session it would make alone, tagged with
+    its arrival's slot: a gap long when keyed by device (two batches in one slot are
+    less than a gap apart and so in one session; a later session's batch is in a
+    later slot and leaves an earlier session's timer as it is), `SHARD_SLOT_MS` when
+    keyed by shard (a later batch of another device in the slot moves the timer less
+    than a slot on). On a runner that keeps state remotely (Prism sends no cache
+    tokens, so every read is a round trip to it) this is what lets batches through at
+    the source's pace. When the watermark passes a timer, each device's batches are
+    split into sessions (`split_sessions`, the bounded path's rule); each that has
+    ended is merged and goes out at its end (so it is on time downstream: the timer
+    holds the watermark there; a runner that fires a bounded run's timers all at
+    once, as the FnApiRunner does, in any order, still stamps each session at its own
+    end); each slot with open ones has its timer set at the earliest of their ends. A
+    timer that finds nothing ended changes no state.
 
     Late data: a batch that arrives after its device's session that it belongs to
     was written came late (`WrittenSessions`); a session made only of such
@@ -338,37 +368,38 @@ class _LiveSessionsFn(_MergingFn):
     device for the allowed lateness made a long run fall behind.
     """
 
-    # (batch, ON_TIME | LATE) of each batch of the device's open sessions
-    BATCHES = userstate.BagStateSpec(
-        "batches", coders.TupleCoder([ShuffledBatchCoder(), coders.VarIntCoder()]))
+    # (device, batch, ON_TIME | LATE) of each batch of the key's open sessions
+    BATCHES = userstate.BagStateSpec("batches", coders.TupleCoder(
+        [coders.StrUtf8Coder(), ShuffledBatchCoder(), coders.VarIntCoder()]))
     CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
 
     def __init__(self, batching: Batching, codec: ShuffleCodec,
-                 input_connection: s3.S3Connection | None):
+                 input_connection: s3.S3Connection | None, shards: int = 0):
         super().__init__(codec, input_connection)
         self._gap_ms = batching.session_gap_s * 1000
+        self._slot_ms = min(self._gap_ms, SHARD_SLOT_MS) if shards else self._gap_ms
         self._written = WrittenSessions()
 
     def process(
         self,
-        element: tuple[str, ShuffledBatch],
+        element: tuple[str, tuple[str, ShuffledBatch]],
         batches=beam.DoFn.StateParam(BATCHES),
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
-        device, shuffled = element
+        _, (device, shuffled) = element
         came = LATE if self._written.late(device, shuffled.arrival_ms) else ON_TIME
-        batches.add((shuffled, came))
-        self._close_at(close, shuffled.arrival_ms, shuffled.arrival_ms + self._gap_ms)
+        batches.add((device, shuffled, came))
+        self._close_at(close, shuffled.arrival_ms // self._slot_ms,
+                       shuffled.arrival_ms + self._gap_ms)
         return iter(())
 
-    def _close_at(self, close, last_arrival_ms: int, end_ms: int) -> None:
-        close.set(Timestamp(micros=session_end_us(end_ms)),
-                  dynamic_timer_tag=str(last_arrival_ms // self._gap_ms))
+    @staticmethod
+    def _close_at(close, slot: int, end_ms: int) -> None:
+        close.set(Timestamp(micros=session_end_us(end_ms)), dynamic_timer_tag=str(slot))
 
     @userstate.on_timer(CLOSE)
     def close_sessions(
         self,
-        key=beam.DoFn.KeyParam,
         timestamp=beam.DoFn.TimestampParam,
         batches=beam.DoFn.StateParam(BATCHES),
         close=beam.DoFn.TimerParam(CLOSE),
@@ -380,23 +411,31 @@ class _LiveSessionsFn(_MergingFn):
         held = list(batches.read())
         if not held:
             return
-        late = {id(item) for item, came in held if came == LATE}
-        sessions = split_sessions([item for item, _ in held], self._gap_ms)
-        ended = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 <= now_ms]
-        still_open = [(session, end_ms) for session, end_ms in sessions if end_ms - 1 > now_ms]
-        for session, end_ms in still_open:  # a timer set out of order may have fired early
-            self._close_at(close, max(item.arrival_ms for item in session), end_ms)
+        late = {id(item) for _, item, came in held if came == LATE}
+        per_device: dict[str, list[ShuffledBatch]] = defaultdict(list)
+        for device, item, _ in held:
+            per_device[device].append(item)
+        ended, still_open = [], []
+        for device, items in per_device.items():
+            for session, end_ms in split_sessions(items, self._gap_ms):
+                (ended if end_ms - 1 <= now_ms else still_open).append((device, session, end_ms))
+        next_ends: dict[int, int] = {}  # a timer set out of order may have fired early
+        for _, session, end_ms in still_open:
+            slot = session[-1].arrival_ms // self._slot_ms
+            next_ends[slot] = min(end_ms, next_ends.get(slot, end_ms))
+        for slot, end_ms in next_ends.items():
+            self._close_at(close, slot, end_ms)
         if not ended:
             return
         batches.clear()
-        for session, _ in still_open:
+        for device, session, _ in still_open:
             for item in session:
-                batches.add((item, LATE if id(item) in late else ON_TIME))
-        for session, end_ms in ended:
-            self._written.wrote(key, end_ms)
+                batches.add((device, item, LATE if id(item) in late else ON_TIME))
+        for device, session, end_ms in ended:
+            self._written.wrote(device, end_ms)
             is_late = all(id(item) in late for item in session)
             at = Timestamp(micros=session_end_us(end_ms))
-            for out in self._merger.merged(key, session, is_late):
+            for out in self._merger.merged(device, session, is_late):
                 yield out if isinstance(out, pvalue.TaggedOutput) else window.TimestampedValue(
                     out, at)
 
@@ -407,10 +446,10 @@ class BatchPerDevice(beam.PTransform):
     window.
 
     `keyed_windows`: bounded input only; the window goes into the key (see above).
-    `sessions_by_timer`: live sessions kept per device by `_LiveSessionsFn`, on a runner
-    that holds the watermark at a pending timer (`pipeline.runners`); else Beam's
-    merging session windows (the DirectRunner, which holds no watermark for a user's
-    timer, so a session sent from one would be late downstream).
+    `live_sessions`: how live sessions are kept (`LiveSessions`): by `_LiveSessionsFn`
+    on a runner that holds the watermark at a pending timer (`pipeline.runners`); else
+    by Beam's merging session windows (the DirectRunner, which holds no watermark for
+    a user's timer, so a session sent from one would be late downstream).
     `codec`: how batches are compressed on their way through the shuffle.
     `input_connection`: how to read the input again for a dead letter's record.
     """
@@ -421,10 +460,10 @@ class BatchPerDevice(beam.PTransform):
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         input_connection: s3.S3Connection | None = None,
-        sessions_by_timer: bool = True,
+        live_sessions: LiveSessions = LiveSessions(),
     ):
         super().__init__()
-        self._sessions_by_timer = sessions_by_timer
+        self._live_sessions = live_sessions
         self._batching = batching
         self._mode = batching.mode
         self._keyed_windows = keyed_windows
@@ -436,12 +475,15 @@ class BatchPerDevice(beam.PTransform):
             batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
             nothing = keyed.pipeline | "NoDeadLetters" >> beam.Create([])
             return {"batches": batches, "dead_letters": nothing}
-        if self._mode is BatchingMode.SESSIONS and self._sessions_by_timer and not (
+        if self._mode is BatchingMode.SESSIONS and self._live_sessions.by_timer and not (
                 self._keyed_windows):
-            merged = with_dead_letters(
-                keyed | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows()),
-                "SessionPerDevice",
-                _LiveSessionsFn(self._batching, self._codec, self._input_connection))
+            shards = self._live_sessions.shards
+            held = (keyed
+                    | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                    | "KeyBySessionShard" >> beam.Map(session_key, shards).with_output_types(
+                        tuple[str, tuple[str, ShuffledBatch]]))
+            merged = with_dead_letters(held, "SessionPerDevice", _LiveSessionsFn(
+                self._batching, self._codec, self._input_connection, shards))
             return {"batches": merged["batches"], "dead_letters": merged["dead_letters"]}
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import random
+import zlib
 
 import apache_beam as beam
 import pytest
@@ -28,13 +29,22 @@ from hypothesis import strategies as st
 from pipeline.build import forward
 from pipeline.config import load_config
 from pipeline.run import counters_of
-from pipeline.runners import make_runner, worker_environment
+from pipeline.runners import live_sessions, make_runner, worker_environment
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
 from tests.pipelines import Replayed, batch_pipeline, streaming_pipeline
 from tests.stages.batches import MINUTE_MS, T0, arrived, batch
 from transforms import metrics
-from transforms.batching import BatchPerDevice, Merger, StampArrival, _LiveSessionsFn, per_event
+from transforms.batching import (
+    SHARD_SLOT_MS,
+    BatchPerDevice,
+    LiveSessions,
+    Merger,
+    StampArrival,
+    _LiveSessionsFn,
+    per_event,
+    session_key,
+)
 from transforms.read import ReadBatches
 from transforms.rules import batch_json
 from transforms.rules.batch_json import as_int
@@ -243,7 +253,7 @@ def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kw
     # The DirectRunner merges Beam's session windows (it holds no watermark for a
     # user's timer); the sessions kept by timer are tested on Prism below.
     batched = p | test_stream | StampArrival() | BatchPerDevice(
-        Batching(mode, **kwargs), sessions_by_timer=False)
+        Batching(mode, **kwargs), live_sessions=LiveSessions(by_timer=False))
     out = batched["batches"] | beam.ParDo(_Describe())
     assert_that(out, equal_to(expected))
     p.run().wait_until_finish()
@@ -429,9 +439,11 @@ def test_keyed_and_beam_windows_write_the_same_objects(
 
 
 def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
-                      flags: list[str], s3_endpoint: str, s3_client) -> dict[str, dict]:
+                      flags: list[str], s3_endpoint: str, s3_client,
+                      kept: LiveSessions = live_sessions("PrismRunner"),
+                      ) -> dict[str, dict]:
     """The objects that the same records write live on Prism (from `Replayed`, sessions
-    by timer) and bounded (the keyed path), each run into a bucket of its own."""
+    by timer, kept as `kept` says: by default as a live run on Prism keeps them) and bounded (the keyed path), each run into a bucket of its own."""
     written = {}
     for mode in ("live", "bounded"):
         bucket = f"sessions-{mode}-{os.getpid()}-{next(_buckets)}"
@@ -447,7 +459,8 @@ def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
             p = beam.Pipeline(runner=make_runner(options), options=options)
             arrivals = p | (beam.io.Read(Replayed(records, speedup, tail_s)) if mode == "live"
                             else beam.Create(records))
-            forward(arrivals, config)  # live: sessions by timer; bounded: keyed windows
+            # live: sessions by timer; bounded: keyed windows
+            forward(arrivals, config, live_sessions=kept)
             result = p.run()
             result.wait_until_finish()
         written[mode] = objects(s3_client, bucket)
@@ -463,11 +476,13 @@ def test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism(
 ):
     """Three batches of one device a second apart, 3-second gap, from an unbounded
     source in real time: one session, one batch. (Prism 2.77 with Beam's session
-    windows writes three: tools/prism_repro/sessions_live.py.)"""
+    windows writes three: tools/prism_repro/sessions_live.py.) Kept per device, as a
+    run on Flink, Spark or Dataflow keeps them."""
     records = [RawRecord(f"pubsub:{n}", json.dumps(batch("d1", T0 + n * 1000, n + 1)).encode(),
                          publish_time_ms=T0 + n * 1000) for n in range(3)]
     written = _live_and_bounded(records, 1, 10, ["--wait_for_complete_batch=true",
-                                                 "--session_gap_s=3"], s3_endpoint, s3_client)
+                                                 "--session_gap_s=3"], s3_endpoint, s3_client,
+                                LiveSessions(shards=0))
     [(key, body)] = written["live"].items()
     assert [[e["data"]["event_id"] for e in json.loads(line)["events"]]
             for line in body.splitlines()] == [[1, 2, 3]]
@@ -477,12 +492,13 @@ def test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism(
 def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arrivals(
     s3_endpoint, s3_client, prism
 ):
-    """Live sessions kept per device by timer (`_LiveSessionsFn`), on Prism from an
-    unbounded source in many bundles, write the same objects, byte for byte under the
-    same keys, as a bounded run's sessions (the keyed path) over the same records at
-    the same arrival times: 40 devices over some six hours (replayed 500 times
-    faster), gaps on both sides of the session gap, sessions across file windows, a
-    redelivered batch."""
+    """Live sessions kept by timer (`_LiveSessionsFn`), on Prism from an unbounded
+    source in many bundles, write the same objects, byte for byte under the same keys,
+    as a bounded run's sessions (the keyed path) over the same records at the same
+    arrival times: 40 devices over some six hours (replayed 500 times faster), gaps
+    on both sides of the session gap, sessions across file windows, a redelivered
+    batch. The devices are held under 8 shards, five or so to a shard, as a live run
+    on Prism holds a busy app's devices under its 4,096."""
     rng = random.Random(5)
     gap_s = 120
     records, at_ms, ids = [], T0, itertools.count(1)
@@ -496,7 +512,8 @@ def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arr
     records.append(records[100]._replace(source="pubsub:again", publish_time_ms=at_ms + 10))
     flags = ["--wait_for_complete_batch=true", f"--session_gap_s={gap_s}", "--window_size_s=300",
              "--use_compression=true"]
-    written = _live_and_bounded(records, 500, 3600, flags, s3_endpoint, s3_client)
+    written = _live_and_bounded(records, 500, 3600, flags, s3_endpoint, s3_client,
+                                LiveSessions(shards=8))
     assert len(written["live"]) > 10
     assert sorted(written["live"]) == sorted(written["bounded"])
     assert written["live"] == written["bounded"]
@@ -548,52 +565,73 @@ class _Cell:
         self.timers[dynamic_timer_tag] = at.micros
 
 
-def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions_end():
-    """Prism keeps user state in its own process and sends no cache tokens, so every
-    read is a round trip: a batch only adds itself and sets a timer. Each session
-    keeps a timer at its end (tagged by its last arrival's gap-long slot, so a later
-    session does not move an earlier one's); a firing writes the ended sessions. A
-    batch that comes after the session of its device that it belongs to was written
-    came late: alone, it goes out counted late; with on-time batches, it is merged into
-    their session. A batch of another device as far behind, which the runner held in
-    its queue while the watermark passed, is on time. A device whose sessions are all
-    written keeps nothing: no state, no timer."""
-    gap_ms = 10_000
-    fn = _LiveSessionsFn(Batching(BatchingMode.SESSIONS, session_gap_s=10), NO_DICTIONARY, None)
-    container = MetricsContainer("SessionPerDevice")
-    fn.setup()
-    cells = {device: (_Cell(), _Cell()) for device in ("d1", "d2")}
-    bag, close = cells["d1"]
+class _HeldSessions:
+    """A `_LiveSessionsFn` driven as a runner drives it, with each key's state and
+    timers in `_Cell`s and the counters of its firings kept."""
 
-    def late_batches() -> int:
+    def __init__(self, gap_s: int, shards: int = 0):
+        self.fn = _LiveSessionsFn(Batching(BatchingMode.SESSIONS, session_gap_s=gap_s),
+                                  NO_DICTIONARY, None, shards)
+        self.fn.setup()
+        self.container = MetricsContainer("SessionPerDevice")
+        self.cells: dict[str, tuple[_Cell, _Cell]] = {}
+
+    def late_batches(self) -> int:
         name = MetricName(metrics.NAMESPACE, metrics.LATE_BATCHES)
-        return container.get_counter(name).get_cumulative()
+        return self.container.get_counter(name).get_cumulative()
 
-    def arrive(at_ms: int, event_id: int, device: str = "d1") -> None:
+    def arrive(self, key: str, device: str, at_ms: int, event_id: int) -> None:
         shuffled = ShuffledBatch.of(arrived(device, at_ms, event_id), NO_DICTIONARY)
-        bag, close = cells[device]
-        assert list(fn.process((device, shuffled), batches=bag, close=close)) == []
+        bag, close = self.cells.setdefault(key, (_Cell(), _Cell()))
+        assert list(self.fn.process((key, (device, shuffled)), batches=bag, close=close)) == []
 
-    def fire(tag: str, device: str = "d1") -> list:
-        bag, close = cells[device]
+    def fire(self, key: str, tag: str) -> list:
+        bag, close = self.cells[key]
         at = close.timers.pop(tag)
         sampler = statesampler.StateSampler("test", CounterFactory())
         statesampler.set_current_tracker(sampler)
         try:  # as a runner does, so that the counters the firing adds to are kept
-            with sampler.scoped_state("test", "process", metrics_container=container):
-                return list(fn.close_sessions(
-                    key=device, timestamp=Timestamp(micros=at), batches=bag, close=close))
+            with sampler.scoped_state("test", "process", metrics_container=self.container):
+                return list(self.fn.close_sessions(
+                    timestamp=Timestamp(micros=at), batches=bag, close=close))
         finally:
             statesampler.set_current_tracker(None)
 
-    def event_ids(out) -> list[int]:
-        return [e["data"]["event_id"] for e in json.loads(out.value.line)["events"]]
+    def keep_nothing(self) -> bool:
+        return all(bag.value is None and close.timers == {}
+                   for bag, close in self.cells.values())
 
+
+def _event_ids(out) -> list[int]:
+    return [e["data"]["event_id"] for e in json.loads(out.value.line)["events"]]
+
+
+def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions_end():
+    """Prism keeps user state in its own process and sends no cache tokens, so every
+    read is a round trip: a batch only adds itself and sets a timer. Keyed by device,
+    each session keeps a timer at its end (tagged by its last arrival's gap-long slot,
+    so a later session does not move an earlier one's); a firing writes the ended
+    sessions. A batch that comes after the session of its device that it belongs to
+    was written came late: alone, it goes out counted late; with on-time batches, it
+    is merged into their session. A batch of another device as far behind, which the
+    runner held in its queue while the watermark passed, is on time. A device whose
+    sessions are all written keeps nothing: no state, no timer."""
+    gap_ms = 10_000
+    held = _HeldSessions(10)
+
+    def arrive(at_ms: int, event_id: int, device: str = "d1") -> None:
+        held.arrive(device, device, at_ms, event_id)
+
+    def fire(tag: str, device: str = "d1") -> list:
+        return held.fire(device, tag)
+
+    late_batches, event_ids = held.late_batches, _event_ids
     start = T0 - T0 % gap_ms
     arrive(start + 1_000, 1)
     arrive(start + 4_000, 2)  # same slot, same session: its timer moves to this end
     arrive(start + 12_000, 3)  # next slot, still the same session (8 s after)
     arrive(start + 40_000, 4)  # a session of its own, two slots on
+    bag, close = held.cells["d1"]
     assert bag.reads == 0
     slot = start // gap_ms
     assert close.timers == {str(slot): (start + 14_000) * 1000 - 1,
@@ -618,5 +656,51 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     assert fire(str(slot + 3)) == []  # the session goes on: its timer moves to its end
     [last] = fire(str(slot + 4))
     assert event_ids(last) == [7, 4, 8] and late_batches() == 2  # merged, on time
-    # a written device keeps nothing
-    assert all(bag.value is None and close.timers == {} for bag, close in cells.values())
+    assert held.keep_nothing()  # a written device keeps nothing
+
+
+def test_live_sessions_keyed_by_shard_go_out_per_device_within_a_slot_of_their_end():
+    """Keyed by shard (as on Prism, `LiveSessions.shards`), one key holds several
+    devices' batches: each device's sessions are split and merged apart, each goes
+    out stamped at its own end, and its timer fires within `SHARD_SLOT_MS` of that
+    end (another device's later batch in the slot moves the slot's timer less than a
+    slot on; after each firing, each slot with open sessions is set at the earliest
+    of their ends). Late batches are judged per device. The shard keeps nothing once
+    all are written."""
+    held = _HeldSessions(10, shards=4)
+    start = T0 - T0 % 10_000
+    slot = start // SHARD_SLOT_MS
+    held.arrive("0", "d1", start + 100, 1)
+    held.arrive("0", "d2", start + 900, 2)  # the same slot: its timer moves 800 ms on
+    held.arrive("0", "d1", start + 5_000, 3)  # d1's session goes on
+    held.arrive("0", "d3", start + 5_500, 4)
+    bag, close = held.cells["0"]
+    assert bag.reads == 0
+    assert close.timers == {str(slot): (start + 10_900) * 1000 - 1,
+                            str(slot + 5): (start + 15_500) * 1000 - 1}
+    [d2] = held.fire("0", str(slot))
+    assert (d2.value.device, _event_ids(d2)) == ("d2", [2])
+    assert d2.timestamp == Timestamp(micros=(start + 10_900) * 1000 - 1)
+    # the earliest open end in slot + 5 is d1's, 500 ms before d3's
+    assert close.timers == {str(slot + 5): (start + 15_000) * 1000 - 1}
+    held.arrive("0", "d2", start + 3_000, 5)  # d2's session is written: late
+    held.arrive("0", "d4", start + 3_200, 6)  # as far behind, but d4 has had none: on time
+    [d2_late, d4] = sorted(held.fire("0", str(slot + 3)), key=lambda out: out.value.device)
+    assert (d2_late.value.device, _event_ids(d2_late), d4.value.device, _event_ids(d4)) == (
+        "d2", [5], "d4", [6])
+    assert held.late_batches() == 1
+    [d1] = held.fire("0", str(slot + 5))
+    assert (d1.value.device, _event_ids(d1)) == ("d1", [1, 3])
+    assert d1.timestamp == Timestamp(micros=(start + 15_000) * 1000 - 1)
+    [d3] = held.fire("0", str(slot + 5))  # set again at d3's end
+    assert (d3.value.device, _event_ids(d3)) == ("d3", [4])
+    assert d3.timestamp == Timestamp(micros=(start + 15_500) * 1000 - 1)
+    assert held.keep_nothing() and held.late_batches() == 1
+
+
+def test_a_devices_shard_is_the_same_in_every_process():
+    """CRC-32 of the device's id, not Python's hash (salted per process)."""
+    shuffled = ShuffledBatch.of(arrived("mpid:-8", T0, 1), NO_DICTIONARY)
+    assert session_key(("mpid:-8", shuffled), 4096) == (
+        str(zlib.crc32(b"mpid:-8") % 4096), ("mpid:-8", shuffled))
+    assert session_key(("mpid:-8", shuffled), 0) == ("mpid:-8", ("mpid:-8", shuffled))
