@@ -22,6 +22,8 @@ setuptools.setup(
         "orjson==3.13.0",
         # What crosses a shuffle is compressed (Beam itself depends on it too).
         "zstandard==0.25.0",
+        # Live sessions' memory of written devices as arrays (Beam depends on it too).
+        "numpy==2.4.6",
         # Live forwarding: Beam's ReadFromPubSub uses the standard client.
         "google-cloud-pubsub==2.44.0",
         # --runner=dask (pipeline/dask_runner.py): backfills on a Dask cluster.

@@ -23,7 +23,7 @@ import apache_beam as beam
 from pipeline import runners
 from pipeline.config import ForwarderConfig
 from transforms.apply_settings import ApplySettings
-from transforms.batching import BatchPerDevice, LiveSessions, StampArrival
+from transforms.batching import BY_DEVICE, BatchPerDevice, LiveSessions, StampArrival
 from transforms.io.inputs import input_client, sample_records
 from transforms.io.pubsub_source import sample_messages
 from transforms.parse import ParseBatches
@@ -48,7 +48,7 @@ def forward(
     read_dead_letters: beam.PCollection | None = None,
     keyed_windows: bool | None = None,
     codec: ShuffleCodec = NO_DICTIONARY,
-    live_sessions: LiveSessions = LiveSessions(),
+    live_sessions: LiveSessions = BY_DEVICE,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
 
@@ -84,7 +84,7 @@ def batch_and_write(
     config: ForwarderConfig,
     codec: ShuffleCodec,
     keyed_windows: bool,
-    live_sessions: LiveSessions = LiveSessions(),
+    live_sessions: LiveSessions = BY_DEVICE,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """(device, ShuffledBatch) → (files written, [dead letters])."""
     # Files are packed per fixed window. In streaming, one-event batches and

@@ -32,6 +32,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam import coders, pvalue
 from apache_beam.transforms import trigger, userstate, window
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -243,14 +244,51 @@ LATE_HORIZON_MS = 3_600_000
 
 class _Written:
     """A live sessions DoFn's memory in this process: the latest time its timers fired
-    at, and the end of each device's last written session within the horizon."""
+    at, and the end of each device's last written session within the horizon: those
+    written lately by device; the others as two arrays, of the devices' hashes
+    (Python's, fixed within the process) in order and of their ends, 16 bytes a device,
+    merged and pruned once the recent ones are an eighth as many."""
 
     def __init__(self):
         self.fired_ms = 0
-        self.ends: dict[str, int] = {}
-        self.pruned_at_size = 10_000
+        self.recent: dict[str, int] = {}
+        self.sealed = (np.empty(0, np.int64), np.empty(0, np.int64))  # (hashes, ends)
+        self.seal_at = SEAL_AT
         self.lock = threading.Lock()
 
+    def end(self, device: str) -> int:
+        """The end of `device`'s last written session remembered, or 0."""
+        recent = self.recent.get(device, 0)  # before `sealed`: see `seal`
+        hashes, ends = self.sealed
+        at = int(np.searchsorted(hashes, hash(device)))
+        if at < len(hashes) and hashes[at] == hash(device):
+            return max(recent, int(ends[at]))
+        return recent
+
+    def wrote(self, device: str, end_ms: int) -> None:
+        self.recent[device] = max(self.recent.get(device, 0), end_ms)
+        if len(self.recent) >= max(self.seal_at, len(self.sealed[0]) // 8):
+            self.seal()
+
+    def seal(self) -> None:
+        """The recent ends into the arrays; those past the horizon out."""
+        hashes, ends = self.sealed
+        kept = ends >= self.fired_ms - LATE_HORIZON_MS
+        hashes = np.concatenate([hashes[kept], np.fromiter(
+            (hash(device) for device in self.recent), np.int64, len(self.recent))])
+        ends = np.concatenate([ends[kept], np.fromiter(
+            self.recent.values(), np.int64, len(self.recent))])
+        order = np.lexsort((ends, hashes))
+        hashes, ends = hashes[order], ends[order]
+        last = np.append(hashes[1:] != hashes[:-1], True)  # a device's latest end
+        # `sealed` before `recent`, so that a reader that finds `recent` emptied finds
+        # them sealed
+        self.sealed = (hashes[last], ends[last])
+        self.recent = {}
+
+
+# The fewest recent ends that `_Written` merges into its arrays at once.
+SEAL_AT = 4096
 
 # Per DoFn, by the token it was built with.
 _WRITTEN: dict[str, _Written] = {}
@@ -267,7 +305,9 @@ class WrittenSessions:
     other devices' timers, pass its time (Prism fires a stage's timers by the
     watermark of the stage before it, whatever is still queued), and such a batch is
     on time. The written ends are kept in this process's memory, for the devices
-    written within the horizon, and shared by the DoFn's instances in the process:
+    written within the horizon (`_Written`: some 16 bytes a device, so an hour of a
+    million devices' sessions is some 16 MB), and shared by the DoFn's instances in
+    the process:
     kept in the runner's state instead, each batch would read it (a round trip on
     Prism, which sends no cache tokens) and each device would keep a timer for the
     allowed lateness to clear it (on Prism, which visits every key with a pending
@@ -294,16 +334,11 @@ class WrittenSessions:
         written."""
         memory = self._memory()
         with memory.lock:
-            memory.ends[device] = max(memory.ends.get(device, 0), end_ms)
-            if len(memory.ends) >= memory.pruned_at_size:
-                forget_before = memory.fired_ms - LATE_HORIZON_MS
-                memory.ends = {d: e for d, e in memory.ends.items() if e >= forget_before}
-                memory.pruned_at_size = 2 * len(memory.ends) + 10_000
+            memory.wrote(device, end_ms)
 
     def late(self, device: str, at_ms: int) -> bool:
         memory = self._memory()
-        return (at_ms < memory.ends.get(device, 0)
-                or at_ms < memory.fired_ms - LATE_HORIZON_MS)
+        return at_ms < memory.end(device) or at_ms < memory.fired_ms - LATE_HORIZON_MS
 
 
 class LiveSessions(NamedTuple):
@@ -320,6 +355,8 @@ class LiveSessions(NamedTuple):
     by_timer: bool = True
     shards: int = 0
 
+
+BY_DEVICE = LiveSessions()
 
 # Sessions are judged closed this often at most, per shard (`_LiveSessionsFn`).
 SHARD_SLOT_MS = 1_000
@@ -460,7 +497,7 @@ class BatchPerDevice(beam.PTransform):
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         input_connection: s3.S3Connection | None = None,
-        live_sessions: LiveSessions = LiveSessions(),
+        live_sessions: LiveSessions = BY_DEVICE,
     ):
         super().__init__()
         self._live_sessions = live_sessions

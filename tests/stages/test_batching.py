@@ -23,7 +23,7 @@ from apache_beam.transforms import window
 from apache_beam.utils.counters import CounterFactory
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.build import forward
@@ -36,11 +36,13 @@ from tests.pipelines import Replayed, batch_pipeline, streaming_pipeline
 from tests.stages.batches import MINUTE_MS, T0, arrived, batch
 from transforms import metrics
 from transforms.batching import (
+    LATE_HORIZON_MS,
     SHARD_SLOT_MS,
     BatchPerDevice,
     LiveSessions,
     Merger,
     StampArrival,
+    WrittenSessions,
     _LiveSessionsFn,
     per_event,
     session_key,
@@ -440,10 +442,11 @@ def test_keyed_and_beam_windows_write_the_same_objects(
 
 def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
                       flags: list[str], s3_endpoint: str, s3_client,
-                      kept: LiveSessions = live_sessions("PrismRunner"),
-                      ) -> dict[str, dict]:
+                      kept: LiveSessions | None = None) -> dict[str, dict]:
     """The objects that the same records write live on Prism (from `Replayed`, sessions
-    by timer, kept as `kept` says: by default as a live run on Prism keeps them) and bounded (the keyed path), each run into a bucket of its own."""
+    by timer, kept as `kept` says, by default as a live run on Prism keeps them) and
+    bounded (the keyed path), each run into a bucket of its own."""
+    kept = live_sessions("PrismRunner") if kept is None else kept
     written = {}
     for mode in ("live", "bounded"):
         bucket = f"sessions-{mode}-{os.getpid()}-{next(_buckets)}"
@@ -704,3 +707,38 @@ def test_a_devices_shard_is_the_same_in_every_process():
     assert session_key(("mpid:-8", shuffled), 4096) == (
         str(zlib.crc32(b"mpid:-8") % 4096), ("mpid:-8", shuffled))
     assert session_key(("mpid:-8", shuffled), 0) == ("mpid:-8", ("mpid:-8", shuffled))
+
+
+# Times near whole late horizons, where what is pruned and what is behind meet.
+_NEAR_HORIZONS = st.builds(lambda horizons, ms: max(0, horizons * LATE_HORIZON_MS + ms),
+                           st.integers(0, 3), st.integers(-3_000, 3_000))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("wrote"), st.sampled_from("abcdefgh"), _NEAR_HORIZONS),
+    st.tuples(st.just("fired"), st.just(""), _NEAR_HORIZONS),
+    st.tuples(st.just("late"), st.sampled_from("abcdefgh"), _NEAR_HORIZONS),
+), max_size=60))
+@example([("wrote", "a", LATE_HORIZON_MS + 500), ("wrote", "b", 0),  # merged
+          ("fired", "", 2 * LATE_HORIZON_MS), ("wrote", "c", 5), ("wrote", "d", 5),  # pruned
+          ("late", "a", LATE_HORIZON_MS + 200)])  # a's end, 300 ms within the horizon, kept
+def test_the_written_sessions_judge_lateness_as_a_memory_of_every_end_would(steps):
+    """`WrittenSessions` keeps recent ends by device and the rest as sorted arrays of
+    hashes, pruned past the late horizon (here merged at every second write): whatever
+    the order of writes, firings and questions, a batch is late exactly when a memory
+    of every device's latest end, never pruned, says so."""
+    written, ends, fired_ms = WrittenSessions(), {}, 0
+    written._memory().seal_at = 2  # noqa: SLF001 - merged often, to be tested
+    for step, device, at_ms in steps:
+        if step == "wrote":
+            written.wrote(device, at_ms)
+            ends[device] = max(ends.get(device, 0), at_ms)
+        elif step == "fired":
+            written.fired(at_ms)
+            fired_ms = max(fired_ms, at_ms)
+        else:
+            assert written.late(device, at_ms) == (
+                at_ms < ends.get(device, 0) or at_ms < fired_ms - LATE_HORIZON_MS)
+    sealed, _ = written._memory().sealed  # noqa: SLF001
+    assert len(sealed) <= len(ends)
