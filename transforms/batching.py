@@ -358,8 +358,10 @@ class LiveSessions(NamedTuple):
 
 BY_DEVICE = LiveSessions()
 
-# Sessions are judged closed this often at most, per shard (`_LiveSessionsFn`).
-SHARD_SLOT_MS = 1_000
+
+def timer_tag(device: str, slot: int) -> str:
+    """A live session's timer's tag: its device and its last arrival's gap-long slot."""
+    return f"{slot} {device}"
 
 
 def session_key(keyed: tuple[str, ShuffledBatch], shards: int):
@@ -378,22 +380,22 @@ class _LiveSessionsFn(_MergingFn):
     (`LiveSessions.shards`, `session_key`).
 
     State per key: the batches of its devices' open sessions, each with its device
-    and whether it came late, and a timer at each open session's end, within a slot
-    of it; nothing once all are written. A batch reads no state: it is added to the
-    bag and sets a timer at the end of the session it would make alone, tagged with
-    its arrival's slot: a gap long when keyed by device (two batches in one slot are
-    less than a gap apart and so in one session; a later session's batch is in a
-    later slot and leaves an earlier session's timer as it is), `SHARD_SLOT_MS` when
-    keyed by shard (a later batch of another device in the slot moves the timer less
-    than a slot on). On a runner that keeps state remotely (Prism sends no cache
-    tokens, so every read is a round trip to it) this is what lets batches through at
-    the source's pace. When the watermark passes a timer, each device's batches are
-    split into sessions (`split_sessions`, the bounded path's rule); each that has
-    ended is merged and goes out at its end (so it is on time downstream: the timer
-    holds the watermark there; a runner that fires a bounded run's timers all at
-    once, as the FnApiRunner does, in any order, still stamps each session at its own
-    end); each slot with open ones has its timer set at the earliest of their ends. A
-    timer that finds nothing ended changes no state.
+    and whether it came late, and a timer at each open session's end; nothing once
+    all are written. A batch reads no state: it is added to the bag and sets a timer
+    at the end of the session it would make alone, tagged with its device and its
+    arrival's gap-long slot (`timer_tag`), so that each session has a timer at its
+    end (two batches of a device in one slot are less than a gap apart and so in one
+    session; a later session's batch is in a later slot and leaves an earlier
+    session's timer as it is; another device's batch has a tag of its own). On a
+    runner that keeps state remotely (Prism sends no cache tokens, so every read is a
+    round trip to it) this is what lets batches through at the source's pace. When
+    the watermark passes a timer, each device's batches are split into sessions
+    (`split_sessions`, the bounded path's rule); each that has ended is merged and
+    goes out at its end (so it is on time downstream: the timer holds the watermark
+    there; a runner that fires a bounded run's timers all at once, as the FnApiRunner
+    does, in any order, still stamps each session at its own end); the open ones keep
+    their timers. A timer that finds nothing ended (its session went on in a later
+    slot) changes no state.
 
     Late data: a batch that arrives after its device's session that it belongs to
     was written came late (`WrittenSessions`); a session made only of such
@@ -411,10 +413,9 @@ class _LiveSessionsFn(_MergingFn):
     CLOSE = userstate.TimerSpec("close", userstate.TimeDomain.WATERMARK)
 
     def __init__(self, batching: Batching, codec: ShuffleCodec,
-                 input_connection: s3.S3Connection | None, shards: int = 0):
+                 input_connection: s3.S3Connection | None):
         super().__init__(codec, input_connection)
         self._gap_ms = batching.session_gap_s * 1000
-        self._slot_ms = min(self._gap_ms, SHARD_SLOT_MS) if shards else self._gap_ms
         self._written = WrittenSessions()
 
     def process(
@@ -426,13 +427,12 @@ class _LiveSessionsFn(_MergingFn):
         _, (device, shuffled) = element
         came = LATE if self._written.late(device, shuffled.arrival_ms) else ON_TIME
         batches.add((device, shuffled, came))
-        self._close_at(close, shuffled.arrival_ms // self._slot_ms,
-                       shuffled.arrival_ms + self._gap_ms)
+        self._close_at(close, device, shuffled.arrival_ms, shuffled.arrival_ms + self._gap_ms)
         return iter(())
 
-    @staticmethod
-    def _close_at(close, slot: int, end_ms: int) -> None:
-        close.set(Timestamp(micros=session_end_us(end_ms)), dynamic_timer_tag=str(slot))
+    def _close_at(self, close, device: str, last_arrival_ms: int, end_ms: int) -> None:
+        close.set(Timestamp(micros=session_end_us(end_ms)),
+                  dynamic_timer_tag=timer_tag(device, last_arrival_ms // self._gap_ms))
 
     @userstate.on_timer(CLOSE)
     def close_sessions(
@@ -456,12 +456,8 @@ class _LiveSessionsFn(_MergingFn):
         for device, items in per_device.items():
             for session, end_ms in split_sessions(items, self._gap_ms):
                 (ended if end_ms - 1 <= now_ms else still_open).append((device, session, end_ms))
-        next_ends: dict[int, int] = {}  # a timer set out of order may have fired early
-        for _, session, end_ms in still_open:
-            slot = session[-1].arrival_ms // self._slot_ms
-            next_ends[slot] = min(end_ms, next_ends.get(slot, end_ms))
-        for slot, end_ms in next_ends.items():
-            self._close_at(close, slot, end_ms)
+        for device, session, end_ms in still_open:  # a timer set out of order may have fired early
+            self._close_at(close, device, session[-1].arrival_ms, end_ms)
         if not ended:
             return
         batches.clear()
@@ -520,7 +516,7 @@ class BatchPerDevice(beam.PTransform):
                     | "KeyBySessionShard" >> beam.Map(session_key, shards).with_output_types(
                         tuple[str, tuple[str, ShuffledBatch]]))
             merged = with_dead_letters(held, "SessionPerDevice", _LiveSessionsFn(
-                self._batching, self._codec, self._input_connection, shards))
+                self._batching, self._codec, self._input_connection))
             return {"batches": merged["batches"], "dead_letters": merged["dead_letters"]}
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)

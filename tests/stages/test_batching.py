@@ -37,7 +37,6 @@ from tests.stages.batches import MINUTE_MS, T0, arrived, batch
 from transforms import metrics
 from transforms.batching import (
     LATE_HORIZON_MS,
-    SHARD_SLOT_MS,
     BatchPerDevice,
     LiveSessions,
     Merger,
@@ -46,6 +45,7 @@ from transforms.batching import (
     _LiveSessionsFn,
     per_event,
     session_key,
+    timer_tag,
 )
 from transforms.read import ReadBatches
 from transforms.rules import batch_json
@@ -572,9 +572,9 @@ class _HeldSessions:
     """A `_LiveSessionsFn` driven as a runner drives it, with each key's state and
     timers in `_Cell`s and the counters of its firings kept."""
 
-    def __init__(self, gap_s: int, shards: int = 0):
+    def __init__(self, gap_s: int):
         self.fn = _LiveSessionsFn(Batching(BatchingMode.SESSIONS, session_gap_s=gap_s),
-                                  NO_DICTIONARY, None, shards)
+                                  NO_DICTIONARY, None)
         self.fn.setup()
         self.container = MetricsContainer("SessionPerDevice")
         self.cells: dict[str, tuple[_Cell, _Cell]] = {}
@@ -611,10 +611,10 @@ def _event_ids(out) -> list[int]:
 
 def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions_end():
     """Prism keeps user state in its own process and sends no cache tokens, so every
-    read is a round trip: a batch only adds itself and sets a timer. Keyed by device,
-    each session keeps a timer at its end (tagged by its last arrival's gap-long slot,
-    so a later session does not move an earlier one's); a firing writes the ended
-    sessions. A batch that comes after the session of its device that it belongs to
+    read is a round trip: a batch only adds itself and sets a timer. Each session
+    keeps a timer at its end (tagged by its device and its last arrival's gap-long
+    slot, so a later session does not move an earlier one's); a firing writes the
+    ended sessions. A batch that comes after the session of its device that it belongs to
     was written came late: alone, it goes out counted late; with on-time batches, it
     is merged into their session. A batch of another device as far behind, which the
     runner held in its queue while the watermark passed, is on time. A device whose
@@ -625,8 +625,8 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     def arrive(at_ms: int, event_id: int, device: str = "d1") -> None:
         held.arrive(device, device, at_ms, event_id)
 
-    def fire(tag: str, device: str = "d1") -> list:
-        return held.fire(device, tag)
+    def fire(slot: int, device: str = "d1") -> list:
+        return held.fire(device, timer_tag(device, slot))
 
     late_batches, event_ids = held.late_batches, _event_ids
     start = T0 - T0 % gap_ms
@@ -637,67 +637,62 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     bag, close = held.cells["d1"]
     assert bag.reads == 0
     slot = start // gap_ms
-    assert close.timers == {str(slot): (start + 14_000) * 1000 - 1,
-                            str(slot + 1): (start + 22_000) * 1000 - 1,
-                            str(slot + 4): (start + 50_000) * 1000 - 1}
-    assert fire(str(slot)) == []  # its session went on
-    [first] = fire(str(slot + 1))
+    assert close.timers == {timer_tag("d1", slot): (start + 14_000) * 1000 - 1,
+                            timer_tag("d1", slot + 1): (start + 22_000) * 1000 - 1,
+                            timer_tag("d1", slot + 4): (start + 50_000) * 1000 - 1}
+    assert fire(slot) == []  # its session went on
+    [first] = fire(slot + 1)
     assert event_ids(first) == [1, 2, 3]
     assert first.timestamp == Timestamp(micros=(start + 22_000) * 1000 - 1)
     assert late_batches() == 0
     arrive(start + 2_000, 9, "d2")  # behind the firing, but d2 has had no session written
-    [queued] = fire(str(slot), "d2")
+    [queued] = fire(slot, "d2")
     assert event_ids(queued) == [9] and late_batches() == 0
     arrive(start + 5_000, 5)  # behind where the timers fired: late, and alone
     arrive(start + 21_000, 6)  # late, and 19 s before batch 4: alone too
-    [late_alone] = fire(str(slot))
+    [late_alone] = fire(slot)
     assert event_ids(late_alone) == [5] and late_batches() == 1
-    [late_too] = fire(str(slot + 2))
+    [late_too] = fire(slot + 2)
     assert event_ids(late_too) == [6] and late_batches() == 2
     arrive(start + 30_500, 7)  # late (in batch 6's written session), but in batch 4's open one
     arrive(start + 41_000, 8)  # on time
-    assert fire(str(slot + 3)) == []  # the session goes on: its timer moves to its end
-    [last] = fire(str(slot + 4))
+    assert fire(slot + 3) == []  # the session goes on: its timer moves to its end
+    [last] = fire(slot + 4)
     assert event_ids(last) == [7, 4, 8] and late_batches() == 2  # merged, on time
     assert held.keep_nothing()  # a written device keeps nothing
 
 
-def test_live_sessions_keyed_by_shard_go_out_per_device_within_a_slot_of_their_end():
+def test_live_sessions_keyed_by_shard_keep_each_devices_sessions_and_timers_apart():
     """Keyed by shard (as on Prism, `LiveSessions.shards`), one key holds several
-    devices' batches: each device's sessions are split and merged apart, each goes
-    out stamped at its own end, and its timer fires within `SHARD_SLOT_MS` of that
-    end (another device's later batch in the slot moves the slot's timer less than a
-    slot on; after each firing, each slot with open sessions is set at the earliest
-    of their ends). Late batches are judged per device. The shard keeps nothing once
-    all are written."""
-    held = _HeldSessions(10, shards=4)
+    devices' batches: each device's sessions are split and merged apart, each has its
+    own timer (tagged with its device) and goes out at its own end, and late batches
+    are judged per device. The shard keeps nothing once all are written."""
+    held = _HeldSessions(10)
     start = T0 - T0 % 10_000
-    slot = start // SHARD_SLOT_MS
+    slot = start // 10_000
+
+    def fire(device: str, slot: int) -> list:
+        return held.fire("0", timer_tag(device, slot))
+
     held.arrive("0", "d1", start + 100, 1)
-    held.arrive("0", "d2", start + 900, 2)  # the same slot: its timer moves 800 ms on
+    held.arrive("0", "d2", start + 900, 2)  # the same slot, a timer of its own
     held.arrive("0", "d1", start + 5_000, 3)  # d1's session goes on
-    held.arrive("0", "d3", start + 5_500, 4)
     bag, close = held.cells["0"]
     assert bag.reads == 0
-    assert close.timers == {str(slot): (start + 10_900) * 1000 - 1,
-                            str(slot + 5): (start + 15_500) * 1000 - 1}
-    [d2] = held.fire("0", str(slot))
+    assert close.timers == {timer_tag("d1", slot): (start + 15_000) * 1000 - 1,
+                            timer_tag("d2", slot): (start + 10_900) * 1000 - 1}
+    [d2] = fire("d2", slot)
     assert (d2.value.device, _event_ids(d2)) == ("d2", [2])
     assert d2.timestamp == Timestamp(micros=(start + 10_900) * 1000 - 1)
-    # the earliest open end in slot + 5 is d1's, 500 ms before d3's
-    assert close.timers == {str(slot + 5): (start + 15_000) * 1000 - 1}
-    held.arrive("0", "d2", start + 3_000, 5)  # d2's session is written: late
-    held.arrive("0", "d4", start + 3_200, 6)  # as far behind, but d4 has had none: on time
-    [d2_late, d4] = sorted(held.fire("0", str(slot + 3)), key=lambda out: out.value.device)
-    assert (d2_late.value.device, _event_ids(d2_late), d4.value.device, _event_ids(d4)) == (
-        "d2", [5], "d4", [6])
-    assert held.late_batches() == 1
-    [d1] = held.fire("0", str(slot + 5))
+    held.arrive("0", "d2", start + 3_000, 4)  # d2's session is written: late
+    held.arrive("0", "d3", start + 3_200, 5)  # as far behind, but d3 has had none: on time
+    [d2_late] = fire("d2", slot)
+    assert (d2_late.value.device, _event_ids(d2_late), held.late_batches()) == ("d2", [4], 1)
+    [d3] = fire("d3", slot)
+    assert (d3.value.device, _event_ids(d3), held.late_batches()) == ("d3", [5], 1)
+    [d1] = fire("d1", slot)
     assert (d1.value.device, _event_ids(d1)) == ("d1", [1, 3])
     assert d1.timestamp == Timestamp(micros=(start + 15_000) * 1000 - 1)
-    [d3] = held.fire("0", str(slot + 5))  # set again at d3's end
-    assert (d3.value.device, _event_ids(d3)) == ("d3", [4])
-    assert d3.timestamp == Timestamp(micros=(start + 15_500) * 1000 - 1)
     assert held.keep_nothing() and held.late_batches() == 1
 
 
