@@ -12,9 +12,9 @@ written (late data, streaming only) goes out as a further batch and is counted.
 The same windows are reached four ways, all with the same rules
 (`transforms.rules.grouping`: window starts, sessions, merging): live fixed
 windows through Beam's windows and triggers (for watermarks and late panes);
-live sessions through a stateful DoFn per device with an event-time timer
-(`_LiveSessionsFn`: no runner's merging windows, which Prism does not merge on a
-live source); bounded input, where no data is late, with the window carried in
+live sessions through a stateful DoFn per device (or shard of devices) with
+event-time timers (`_LiveSessionsFn`: no runner's merging windows, which Prism does
+not merge on a live source); bounded input, where no data is late, with the window carried in
 the key and one GroupByKey in the global window, which the FnApiRunner runs
 several times faster; and in a sliced run's worker, the same keyed windows over
 batches held in memory (`grouped_in_memory`). Tests prove they write the same
@@ -349,7 +349,7 @@ class LiveSessions(NamedTuple):
     `shards`: 0 to key that state by device; else by one of this many shards of the
     device, for a runner that keeps an entry for every key it has ever seen (Prism:
     a state entry, emptied but never dropped, per key of a stateful stage in the
-    global window), so that its memory stays flat as devices come and go.
+    global window), so that its entries stop growing once every shard has been seen.
     """
 
     by_timer: bool = True
