@@ -260,8 +260,9 @@ class _Written:
         """The end of `device`'s last written session remembered, or 0."""
         recent = self.recent.get(device, 0)  # before `sealed`: see `seal`
         hashes, ends = self.sealed
-        at = int(np.searchsorted(hashes, hash(device)))
-        if at < len(hashes) and hashes[at] == hash(device):
+        hashed = hash(device)
+        at = int(np.searchsorted(hashes, hashed))
+        if at < len(hashes) and hashes[at] == hashed:
             return max(recent, int(ends[at]))
         return recent
 
