@@ -88,11 +88,10 @@ def test_per_device_shuffle_uses_the_shuffled_batch_coder(keyed_windows, mode):
     p.visit(groups)
     (kv_coder,) = groups.coders
     _, value_coder = kv_coder.coders()
-    if keyed_windows or mode is BatchingMode.FIXED:
-        assert isinstance(value_coder, ShuffledBatchCoder)
-    else:  # live sessions: (device, batch) under the device or its shard
+    if not keyed_windows and mode is BatchingMode.SESSIONS:
+        # live sessions: (device, batch) under the device or its shard
         _, value_coder = value_coder.coders()
-        assert isinstance(value_coder, ShuffledBatchCoder)
+    assert isinstance(value_coder, ShuffledBatchCoder)
 
 
 def test_bounded_runs_train_their_dictionary_on_the_input(tmp_path):
