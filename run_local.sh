@@ -9,8 +9,8 @@
 #
 # The virtualenv lives in .venv and is reused while setup.py is unchanged; the local
 # Pub/Sub server (Google's pstest, tools/pstest) is built with `go build` into .local/bin,
-# and Prism (Beam's portable runner, at the pinned apache-beam's version) with
-# `go install` into .venv/bin.
+# and Prism (Beam's portable runner, at the pinned apache-beam's version, with the
+# patches in tools/prism) with `go build` into .venv/bin.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -34,11 +34,12 @@ bootstrap() {
   go_stamp="$ROOT/.local/pstest-$(cat tools/pstest/go.mod tools/pstest/go.sum tools/pstest/main.go | sha256sum | cut -c1-16)"
   local beam_version
   beam_version=$(sed -n 's/.*"apache-beam==\([0-9.]*\)".*/\1/p' setup.py)
-  if [ ! -x "$VENV/bin/prism" ] || [ ! -f "$VENV/.prism-$beam_version" ]; then
-    echo "== building Prism $beam_version (Beam's portable runner) with go install"
-    GOBIN="$VENV/bin" go install "github.com/apache/beam/sdks/v2/go/cmd/prism@v$beam_version"
+  local prism_stamp
+  prism_stamp="$VENV/.prism-$beam_version-$(cat tools/prism/go.mod tools/prism/go.sum tools/prism/*.patch | sha256sum | cut -c1-16)"
+  if [ ! -x "$VENV/bin/prism" ] || [ ! -f "$prism_stamp" ]; then
+    build_prism "$beam_version"
     rm -f "$VENV"/.prism-*
-    touch "$VENV/.prism-$beam_version"
+    touch "$prism_stamp"
   fi
   if [ ! -x "$PSTEST" ] || [ ! -f "$go_stamp" ]; then
     echo "== building the local Pub/Sub server (pstest) with go build"
@@ -47,6 +48,32 @@ bootstrap() {
     rm -f "$ROOT"/.local/pstest-*
     touch "$go_stamp"
   fi
+}
+
+# Prism, Beam's portable runner, from Beam's Go module at the pinned apache-beam's
+# version (from the Go module proxy) with tools/prism's patches applied: see
+# tools/prism/README.md for what each one mends.
+build_prism() {
+  local version=$1 source
+  echo "== building Prism $version (Beam's portable runner, tools/prism's patches) with go build"
+  mkdir -p "$ROOT/.local"
+  if ! grep -q "github.com/apache/beam/sdks/v2 v$version " tools/prism/go.mod; then
+    echo "tools/prism/go.mod does not require Beam's Go module v$version (setup.py's apache-beam)" >&2
+    exit 1
+  fi
+  source=$(cd "$ROOT/.local" && go mod download -json "github.com/apache/beam/sdks/v2@v$version" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  if [ -z "$source" ]; then
+    echo "go mod download found no github.com/apache/beam/sdks/v2@v$version" >&2
+    exit 1
+  fi
+  rm -rf "$ROOT/.local/beam-sdks"
+  cp -r "$source" "$ROOT/.local/beam-sdks"
+  chmod -R u+w "$ROOT/.local/beam-sdks"
+  for change in tools/prism/*.patch; do
+    patch --quiet --forward -p1 -d "$ROOT/.local/beam-sdks" <"$change"
+  done
+  (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism)
 }
 
 free_port() {

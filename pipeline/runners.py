@@ -3,8 +3,8 @@
 The DirectRunner name maps to Beam's FnApiRunner for bounded runs and to the
 BundleBasedDirectRunner for live ones (Beam's DirectRunner would first try to
 download Prism). Prism runs the binary that `./run_local.sh` builds with
-`go install` into the virtualenv (or one on PATH, or `--prism_location`), and
-never downloads one. As on Flink and Spark, the Python code then runs in an SDK
+`go build` into the virtualenv, from Beam's Go module with the patches of
+`tools/prism` (or one on PATH, or `--prism_location`), and never downloads one. As on Flink and Spark, the Python code then runs in an SDK
 harness process of its own, which Prism starts through a loopback worker pool
 (unless `--environment_type` says otherwise).
 """
@@ -96,7 +96,7 @@ def prism_binary(options: PipelineOptions) -> str:
     if not found:
         raise ConfigError(
             "--runner=PrismRunner needs the prism binary: ./run_local.sh builds it into "
-            ".venv/bin with go install, or pass --prism_location=PATH."
+            ".venv/bin with go build, or pass --prism_location=PATH."
         )
     return found
 
