@@ -4,9 +4,10 @@ The DirectRunner name maps to Beam's FnApiRunner for bounded runs and to the
 BundleBasedDirectRunner for live ones (Beam's DirectRunner would first try to
 download Prism). Prism runs the binary that `./run_local.sh` builds with
 `go build` into the virtualenv, from Beam's Go module with the patches of
-`tools/prism` (or one on PATH, or `--prism_location`), and never downloads one. As on Flink and Spark, the Python code then runs in an SDK
-harness process of its own, which Prism starts through a loopback worker pool
-(unless `--environment_type` says otherwise).
+`tools/prism` (or one on PATH, or `--prism_location`), and never downloads one.
+As on Flink and Spark, the Python code then runs in an SDK harness process of its
+own, which Prism starts through a loopback worker pool (unless
+`--environment_type` says otherwise).
 """
 
 from __future__ import annotations
