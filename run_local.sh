@@ -20,8 +20,13 @@ PYTHON=${PYTHON:-python3}
 PSTEST="$ROOT/.local/bin/pstest"
 export PSTEST
 
+# What a build step was made from, in 16 hex digits: its stamp, so a change rebuilds it.
+digest() {
+  cat "$@" | sha256sum | cut -c1-16
+}
+
 bootstrap() {
-  local stamp="$VENV/.installed-$(sha256sum setup.py | cut -c1-16)"
+  local stamp="$VENV/.installed-$(digest setup.py)"
   if [ ! -f "$stamp" ]; then
     echo "== setting up $VENV"
     "$PYTHON" -m venv "$VENV"
@@ -31,11 +36,11 @@ bootstrap() {
     touch "$stamp"
   fi
   local go_stamp
-  go_stamp="$ROOT/.local/pstest-$(cat tools/pstest/go.mod tools/pstest/go.sum tools/pstest/main.go | sha256sum | cut -c1-16)"
+  go_stamp="$ROOT/.local/pstest-$(digest tools/pstest/go.mod tools/pstest/go.sum tools/pstest/main.go)"
   local beam_version
   beam_version=$(sed -n 's/.*"apache-beam==\([0-9.]*\)".*/\1/p' setup.py)
   local prism_stamp
-  prism_stamp="$VENV/.prism-$beam_version-$(cat tools/prism/go.mod tools/prism/go.sum tools/prism/*.patch | sha256sum | cut -c1-16)"
+  prism_stamp="$VENV/.prism-$beam_version-$(digest tools/prism/go.mod tools/prism/go.sum tools/prism/*.patch)"
   if [ ! -x "$VENV/bin/prism" ] || [ ! -f "$prism_stamp" ]; then
     build_prism "$beam_version"
     rm -f "$VENV"/.prism-*
