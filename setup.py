@@ -34,6 +34,8 @@ setuptools.setup(
         "test": [
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
+            # Two test processes: most of the suite waits on leases, windows and gaps.
+            "pytest-xdist==3.8.0",
             "moto[server]==5.2.5",
             "ruff==0.17.6",
             "psutil==7.2.2",  # the benchmark's peak-memory sampling
