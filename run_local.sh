@@ -186,7 +186,7 @@ case "${1:-}" in
     shift
     "$VENV/bin/ruff" check .
     # Two processes (pytest-xdist): the suite spends most of its time waiting on
-    # leases, windows and session gaps, not on the CPU (121% of 2 cores with two).
+    # leases, windows and session gaps, not on the CPU (121-136% of 2 cores with two).
     # Later arguments win: `./run_local.sh test -n 0 -k ...` runs in this process.
     exec "$VENV/bin/python" -m pytest tests --numprocesses=2 "$@"
     ;;
