@@ -76,7 +76,7 @@ build_prism() {
   cp -r "$source" "$ROOT/.local/beam-sdks"
   chmod -R u+w "$ROOT/.local/beam-sdks"
   for change in tools/prism/*.patch; do
-    patch --quiet --forward -p1 -d "$ROOT/.local/beam-sdks" <"$change"
+    patch --quiet --forward --no-backup-if-mismatch -p1 -d "$ROOT/.local/beam-sdks" <"$change"
   done
   (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism)
 }
