@@ -322,8 +322,11 @@ class WrittenSessions:
         self._token = uuid.uuid4().hex  # pickled with the DoFn: one per transform
 
     def _memory(self) -> _Written:
-        with _WRITTEN_LOCK:
-            return _WRITTEN.setdefault(self._token, _Written())
+        memory = _WRITTEN.get(self._token)  # made once per process, not per batch
+        if memory is None:
+            with _WRITTEN_LOCK:
+                memory = _WRITTEN.setdefault(self._token, _Written())
+        return memory
 
     def fired(self, at_ms: int) -> None:
         memory = self._memory()
