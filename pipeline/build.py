@@ -92,10 +92,11 @@ def batch_and_write(
     # rather than when that packing window closes.
     not_fixed = config.batching.mode is not BatchingMode.FIXED
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
-    batched = keyed | "BatchPerDevice" >> BatchPerDevice(
+    batcher = BatchPerDevice(
         config.batching, keyed_windows=keyed_windows, codec=codec,
         input_connection=config.connection, live_sessions=live_sessions,
     )
+    batched = keyed | "BatchPerDevice" >> batcher
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
         config.output_location,
         config.connection,
@@ -105,6 +106,8 @@ def batch_and_write(
         keyed_windows=keyed_windows,
         codec=codec,
         upload_day=config.upload_day,
+        # in the stage, and so the harness, that keeps the sessions
+        placed=live_sessions.in_harness if batcher.keeps_live_sessions else lambda t: t,
     )
     return files, [batched["dead_letters"]]
 

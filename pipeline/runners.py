@@ -161,10 +161,15 @@ def live_sessions(name: str) -> LiveSessions:
     grows with every device it sees. Not the DirectRunner (its
     BundleBasedDirectRunner holds no watermark for a user's timer), which merges
     Beam's session windows instead; Prism 2.77 does not merge those for a live
-    source."""
+    source. On Prism the sessions and their files have an SDK harness of their own
+    (Prism starts one harness process per environment, so one environment would leave
+    a whole live run to one Python process: one core at most; README, Performance →
+    Live, for the figures)."""
     if name == "DirectRunner":
         return LiveSessions(by_timer=False)
-    return LiveSessions(shards=PRISM_SESSION_SHARDS if name == "PrismRunner" else 0)
+    if name == "PrismRunner":
+        return LiveSessions(shards=PRISM_SESSION_SHARDS, own_harness=True)
+    return LiveSessions()
 
 
 def reports_progress(options: PipelineOptions) -> bool:

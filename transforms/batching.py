@@ -35,6 +35,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import coders, pvalue
 from apache_beam.transforms import trigger, userstate, window
+from apache_beam.transforms.resources import ResourceHint
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
@@ -345,6 +346,19 @@ class WrittenSessions:
         return at_ms < memory.end(device) or at_ms < memory.fired_ms - LATE_HORIZON_MS
 
 
+class SdkHarnessHint(ResourceHint):
+    """A resource hint that asks for no resource: a transform with another value of
+    it is in another environment than the pipeline's default one, and a runner that
+    starts an SDK harness per environment (Prism) runs its stages in a harness
+    process of their own. Runners that do not know it ignore it (Prism reads no
+    resource hint)."""
+
+    urn = "mparticle-s3-forwarder:resources:sdk_harness:v1"
+
+
+ResourceHint.register_resource_hint("sdk_harness", SdkHarnessHint)
+
+
 class LiveSessions(NamedTuple):
     """How a live run keeps sessions (`BatchPerDevice`, `pipeline.runners.live_sessions`).
 
@@ -354,10 +368,22 @@ class LiveSessions(NamedTuple):
     device, for a runner that keeps an entry for every key it has ever seen (Prism:
     a state entry, emptied but never dropped, per key of a stateful stage in the
     global window), so that its entries stop growing once every shard has been seen.
+    `own_harness`: the stage that keeps the sessions runs in an SDK harness of its
+    own (`SdkHarnessHint`, `in_harness`), beside the one that reads, parses and
+    stamps, and packs and writes files: on a runner with one harness process per
+    environment (Prism), one environment would leave a live run to one Python
+    process, one core at most.
     """
 
     by_timer: bool = True
     shards: int = 0
+    own_harness: bool = False
+
+    def in_harness(self, transform: beam.PTransform) -> beam.PTransform:
+        """`transform`, in the sessions' harness when they have one of their own."""
+        if not self.own_harness:
+            return transform
+        return transform.with_resource_hints(sdk_harness="live sessions")
 
 
 BY_DEVICE = LiveSessions()
@@ -507,20 +533,27 @@ class BatchPerDevice(beam.PTransform):
         self._codec = codec
         self._input_connection = input_connection
 
+    @property
+    def keeps_live_sessions(self) -> bool:
+        """Whether sessions are kept by `_LiveSessionsFn` (in the sessions' own SDK
+        harness if `live_sessions` says so)."""
+        return (self._mode is BatchingMode.SESSIONS and self._live_sessions.by_timer
+                and not self._keyed_windows)
+
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:
             batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
             nothing = keyed.pipeline | "NoDeadLetters" >> beam.Create([])
             return {"batches": batches, "dead_letters": nothing}
-        if self._mode is BatchingMode.SESSIONS and self._live_sessions.by_timer and not (
-                self._keyed_windows):
+        if self.keeps_live_sessions:
             shards = self._live_sessions.shards
             held = (keyed
                     | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
                     | "KeyBySessionShard" >> beam.Map(session_key, shards).with_output_types(
                         tuple[str, tuple[str, ShuffledBatch]]))
             merged = with_dead_letters(held, "SessionPerDevice", _LiveSessionsFn(
-                self._batching, self._codec, self._input_connection))
+                self._batching, self._codec, self._input_connection),
+                placed=self._live_sessions.in_harness)
             return {"batches": merged["batches"], "dead_letters": merged["dead_letters"]}
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)

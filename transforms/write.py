@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import zlib
 from multiprocessing.pool import ThreadPool
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.transforms import window
@@ -288,6 +288,7 @@ class WriteBatchFiles(beam.PTransform):
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         upload_day: str | None = None,
+        placed: Callable[[beam.PTransform], beam.PTransform] = lambda t: t,
     ):
         """Files are packed per fixed window of `batching`; late panes within its
         allowed lateness go out as further files.
@@ -295,7 +296,10 @@ class WriteBatchFiles(beam.PTransform):
         and the grouping is in the global window (see `transforms.batching`).
         `codec`: how lines are compressed on their way through the shuffle.
         `upload_day`: YYYY-MM-DD for date folders by upload time in a bounded run;
-        None: each file's window close (live)."""
+        None: each file's window close (live).
+        `placed`: each step before the files' grouping (which a runner runs in the
+        stage that made the batches) → the step applied, for example in that
+        stage's SDK harness (`transforms.batching.LiveSessions.in_harness`)."""
         super().__init__()
         self._output = output
         self._connection = connection
@@ -305,21 +309,22 @@ class WriteBatchFiles(beam.PTransform):
         self._keyed_windows = keyed_windows
         self._codec = codec
         self._upload_day = upload_day
+        self._placed = placed
 
     def _grouped(self, forwarded):
-        layout = self._layout
+        layout, placed = self._layout, self._placed
         if self._keyed_windows:
-            return forwarded | "KeyByFileWindow" >> beam.Map(
+            return forwarded | "KeyByFileWindow" >> placed(beam.Map(
                 _file_entry_in_window, layout, self._codec, self._batching.window_size_us
-            ) | "GroupPerFile" >> beam.GroupByKey()
+            )) | "GroupPerFile" >> beam.GroupByKey()
         return (
             forwarded
-            | "KeyByFile" >> beam.Map(_file_entry, layout, self._codec)
-            | "WindowForFiles" >> late_firing_windowing(
+            | "KeyByFile" >> placed(beam.Map(_file_entry, layout, self._codec))
+            | "WindowForFiles" >> placed(late_firing_windowing(
                 window.FixedWindows(self._batching.window_size_s),
                 self._batching.allowed_lateness_s,
                 self._early_firing_s,
-            )
+            ))
             | "GroupPerFile" >> beam.GroupByKey()
         )
 
