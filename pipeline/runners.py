@@ -161,7 +161,7 @@ def live_sessions(name: str) -> LiveSessions:
     grows with every device it sees. Not the DirectRunner (its
     BundleBasedDirectRunner holds no watermark for a user's timer), which merges
     Beam's session windows instead; Prism 2.77 does not merge those for a live
-    source. On Prism the sessions and their files have an SDK harness of their own
+    source. On Prism the stage that keeps the sessions has an SDK harness of its own
     (Prism starts one harness process per environment, so one environment would leave
     a whole live run to one Python process: one core at most; README, Performance →
     Live, for the figures)."""
