@@ -106,8 +106,7 @@ def batch_and_write(
         keyed_windows=keyed_windows,
         codec=codec,
         upload_day=config.upload_day,
-        # in the stage, and so the harness, that keeps the sessions
-        placed=live_sessions.in_harness if batcher.keeps_live_sessions else lambda t: t,
+        placed=batcher.placed,  # in the stage, and so the harness, that made the batches
     )
     return files, [batched["dead_letters"]]
 

@@ -540,6 +540,12 @@ class BatchPerDevice(beam.PTransform):
         return (self._mode is BatchingMode.SESSIONS and self._live_sessions.by_timer
                 and not self._keyed_windows)
 
+    def placed(self, transform: beam.PTransform) -> beam.PTransform:
+        """`transform`, placed where the stage that makes the batches runs: for a step
+        that a runner fuses into it (the keying of their files)."""
+        return self._live_sessions.in_harness(transform) if self.keeps_live_sessions else (
+            transform)
+
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:
             batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
@@ -553,7 +559,7 @@ class BatchPerDevice(beam.PTransform):
                         tuple[str, tuple[str, ShuffledBatch]]))
             merged = with_dead_letters(held, "SessionPerDevice", _LiveSessionsFn(
                 self._batching, self._codec, self._input_connection),
-                placed=self._live_sessions.in_harness)
+                placed=self.placed)
             return {"batches": merged["batches"], "dead_letters": merged["dead_letters"]}
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)

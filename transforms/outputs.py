@@ -9,8 +9,14 @@ import apache_beam as beam
 from transforms.rules.dead_letters import DEAD_LETTERS
 
 
+def as_is(transform: beam.PTransform) -> beam.PTransform:
+    """A transform placed as the pipeline's others are (no resource hints): the
+    default of the `placed` arguments here and in `transforms.write`."""
+    return transform
+
+
 def with_dead_letters(pcoll, label: str, fn: beam.DoFn, main: str = "batches",
-                      placed: Callable[[beam.PTransform], beam.PTransform] = lambda t: t,
+                      placed: Callable[[beam.PTransform], beam.PTransform] = as_is,
                       ) -> dict:
     """`pcoll | label >> ParDo(fn)`, whose tagged DEAD_LETTERS go apart:
     {main: what goes on, "dead_letters": dead letters}. `placed`: the ParDo → the

@@ -22,6 +22,7 @@ from apache_beam.transforms.window import IntervalWindow
 from transforms import metrics
 from transforms.batching import late_firing_windowing
 from transforms.io import progress, s3, stores
+from transforms.outputs import as_is
 from transforms.rules import batch_json, naming, packing, parquet_rows
 from transforms.rules.grouping import window_start_us
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
@@ -288,7 +289,7 @@ class WriteBatchFiles(beam.PTransform):
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         upload_day: str | None = None,
-        placed: Callable[[beam.PTransform], beam.PTransform] = lambda t: t,
+        placed: Callable[[beam.PTransform], beam.PTransform] = as_is,
     ):
         """Files are packed per fixed window of `batching`; late panes within its
         allowed lateness go out as further files.
@@ -299,7 +300,7 @@ class WriteBatchFiles(beam.PTransform):
         None: each file's window close (live).
         `placed`: each step before the files' grouping (which a runner runs in the
         stage that made the batches) → the step applied, for example in that
-        stage's SDK harness (`transforms.batching.LiveSessions.in_harness`)."""
+        stage's SDK harness (`transforms.batching.BatchPerDevice.placed`)."""
         super().__init__()
         self._output = output
         self._connection = connection
