@@ -421,11 +421,15 @@ class _LiveSessionsFn(_MergingFn):
     round trip to it) this is what lets batches through at the source's pace. When
     the watermark passes a timer, each device's batches are split into sessions
     (`split_sessions`, the bounded path's rule); each that has ended is merged and
-    goes out at its end (so it is on time downstream: the timer holds the watermark
-    there; a runner that fires a bounded run's timers all at once, as the FnApiRunner
-    does, in any order, still stamps each session at its own end); the open ones keep
-    their timers. A timer that finds nothing ended (its session went on in a later
-    slot) changes no state.
+    goes out stamped at its end (its last microsecond, as the bounded path stamps it;
+    a runner that fires a bounded run's timers all at once, as the FnApiRunner does,
+    in any order, still stamps each session at its own end); the open ones keep their
+    timers. A session's timer is at the millisecond after it (`_close_at`), which holds
+    the watermark downstream until the session is out, but for that millisecond: a
+    file window that ends exactly where a session does may close first, and the
+    session's batch then goes into a further file of that window, as late data does.
+    A timer that finds nothing ended (its session went on in a later slot) changes no
+    state.
 
     Late data: a batch that arrives after its device's session that it belongs to
     was written came late (`WrittenSessions`); a session made only of such
@@ -461,7 +465,11 @@ class _LiveSessionsFn(_MergingFn):
         return iter(())
 
     def _close_at(self, close, device: str, last_arrival_ms: int, end_ms: int) -> None:
-        close.set(Timestamp(micros=session_end_us(end_ms)),
+        # At the session's end, the first millisecond after it, not at its last one:
+        # Prism fires a timer once its watermark reaches the timer's time, and a
+        # watermark at a time says nothing of batches at that very millisecond, which
+        # may still be on their way (a batch a gap less 1 ms after the last one).
+        close.set(Timestamp(micros=end_ms * 1000),
                   dynamic_timer_tag=timer_tag(device, last_arrival_ms // self._gap_ms))
 
     @userstate.on_timer(CLOSE)
@@ -472,7 +480,7 @@ class _LiveSessionsFn(_MergingFn):
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
         # Runners keep a timer's time in milliseconds: a session has ended once its
-        # last millisecond (end - 1) is reached.
+        # end is reached.
         now_ms = timestamp.micros // 1000
         self._written.fired(now_ms)
         held = list(batches.read())
@@ -485,7 +493,7 @@ class _LiveSessionsFn(_MergingFn):
         ended, still_open = [], []
         for device, items in per_device.items():
             for session, end_ms in split_sessions(items, self._gap_ms):
-                (ended if end_ms - 1 <= now_ms else still_open).append((device, session, end_ms))
+                (ended if end_ms <= now_ms else still_open).append((device, session, end_ms))
         for device, session, end_ms in still_open:  # a timer set out of order may have fired early
             self._close_at(close, device, session[-1].arrival_ms, end_ms)
         if not ended:

@@ -43,6 +43,7 @@ from transforms.batching import (
     StampArrival,
     WrittenSessions,
     _LiveSessionsFn,
+    grouped_in_memory,
     per_event,
     session_key,
     timer_tag,
@@ -585,21 +586,18 @@ def test_a_batch_behind_a_written_session_goes_out_late_and_is_counted_on_prism(
 
 
 class _Cell:
-    """A state cell or timer family as a DoFn sees it, kept in memory, that remembers
-    whether it was read."""
+    """A bag state or a timer family as a DoFn sees it, kept in memory, that remembers
+    whether it was read. A bag emptied reads as empty, as a runner's does."""
 
-    def __init__(self, value=None):
-        self.value, self.reads, self.timers = value, 0, {}
+    def __init__(self):
+        self.value, self.reads, self.timers = None, 0, {}
 
     def read(self):
         self.reads += 1
-        return list(self.value or []) if isinstance(self.value, list) else self.value
+        return list(self.value or [])
 
     def add(self, item):
         self.value = [*(self.value or []), item]
-
-    def write(self, value):
-        self.value = value
 
     def clear(self):
         self.value = None
@@ -677,9 +675,9 @@ def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions
     bag, close = held.cells["d1"]
     assert bag.reads == 0
     slot = start // gap_ms
-    assert close.timers == {timer_tag("d1", slot): (start + 14_000) * 1000 - 1,
-                            timer_tag("d1", slot + 1): (start + 22_000) * 1000 - 1,
-                            timer_tag("d1", slot + 4): (start + 50_000) * 1000 - 1}
+    assert close.timers == {timer_tag("d1", slot): (start + 14_000) * 1000,
+                            timer_tag("d1", slot + 1): (start + 22_000) * 1000,
+                            timer_tag("d1", slot + 4): (start + 50_000) * 1000}
     assert fire(slot) == []  # its session went on
     [first] = fire(slot + 1)
     assert event_ids(first) == [1, 2, 3]
@@ -719,8 +717,8 @@ def test_live_sessions_keyed_by_shard_keep_each_devices_sessions_and_timers_apar
     held.arrive("0", "d1", start + 5_000, 3)  # d1's session goes on
     bag, close = held.cells["0"]
     assert bag.reads == 0
-    assert close.timers == {timer_tag("d1", slot): (start + 15_000) * 1000 - 1,
-                            timer_tag("d2", slot): (start + 10_900) * 1000 - 1}
+    assert close.timers == {timer_tag("d1", slot): (start + 15_000) * 1000,
+                            timer_tag("d2", slot): (start + 10_900) * 1000}
     [d2] = fire("d2", slot)
     assert (d2.value.device, _event_ids(d2)) == ("d2", [2])
     assert d2.timestamp == Timestamp(micros=(start + 10_900) * 1000 - 1)
@@ -735,6 +733,72 @@ def test_live_sessions_keyed_by_shard_keep_each_devices_sessions_and_timers_apar
     assert d1.timestamp == Timestamp(micros=(start + 15_000) * 1000 - 1)
     assert held.keep_nothing() and held.late_batches() == 1
 
+
+
+# A device's batches as gaps after its previous one: any, or about the session gap.
+_GAP_MS = 10_000
+_after_previous = st.one_of(st.sampled_from([_GAP_MS - 1, _GAP_MS]), st.integers(0, 2 * _GAP_MS))
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), _after_previous, st.integers(1, 5)),
+                min_size=1, max_size=14),
+       st.sampled_from([0, 1, 2]), st.data())
+def test_live_sessions_write_the_bounded_sessions_in_whatever_order_a_runner_goes(
+    sends, shards, data
+):
+    """`_LiveSessionsFn` driven as a runner may drive it, in any order that its
+    watermark allows: a batch is delivered whenever, however far behind or ahead of
+    others (a runner's queues, Pub/Sub's order); the watermark stays at or behind
+    every batch not yet delivered; a timer fires once the watermark reaches it, as
+    Prism fires them (its time, in milliseconds, at or before the watermark: so while
+    a batch at that very millisecond may still be on its way), each key's timers in
+    time order, the keys in any order. Whatever the order, it writes the sessions the
+    bounded path writes (`grouped_in_memory`) at the same times, none counted late,
+    and keeps nothing once all are written. Devices under one key, two or their own
+    (`shards`); batches about a gap apart, and event ids that repeat."""
+    held, at_ms = _HeldSessions(_GAP_MS // 1000), {}
+    pending = []
+    for device, after_ms, event_id in sends:
+        at_ms[device] = at_ms.get(device, T0) + after_ms
+        key = session_key((device, None), shards)[0]
+        pending.append((key, device, at_ms[device], event_id))
+    pending = list({(device, at): (key, device, at, event_id)  # one a device and ms
+                    for key, device, at, event_id in pending}.values())
+    expected = grouped_in_memory(
+        [(device, ShuffledBatch.of(arrived(device, at, event_id), NO_DICTIONARY))
+         for _, device, at, event_id in pending],
+        Batching(BatchingMode.SESSIONS, session_gap_s=_GAP_MS // 1000), NO_DICTIONARY,
+        Merger(NO_DICTIONARY))[0]
+    watermark_ms, written = T0, []
+
+    def fire_a_due_timer() -> bool:
+        due = sorted({key for key, (_, close) in held.cells.items()
+                      if any(at // 1000 <= watermark_ms for at in close.timers.values())})
+        if not due:
+            return False
+        key = data.draw(st.sampled_from(due))
+        tag = min(held.cells[key][1].timers, key=held.cells[key][1].timers.get)
+        written.extend(held.fire(key, tag))
+        return True
+
+    while pending:
+        step = data.draw(st.sampled_from(["deliver", "watermark", "timer"]))
+        if step == "deliver":
+            key, device, at, event_id = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
+            held.arrive(key, device, at, event_id)
+        elif step == "watermark":
+            behind = min(at for _, _, at, _ in pending)  # as far as it may go: here
+            watermark_ms = data.draw(st.just(behind) | st.integers(watermark_ms, behind))
+        else:
+            fire_a_due_timer()
+    watermark_ms = 2**62
+    while fire_a_due_timer():
+        pass
+    assert sorted((out.value.device, out.value.line, out.timestamp.micros) for out in written) == (
+        sorted((out.device, out.line, at_us) for out, at_us in expected))
+    assert held.late_batches() == 0
+    assert held.keep_nothing()
 
 def test_a_devices_shard_is_the_same_in_every_process():
     """CRC-32 of the device's id, not Python's hash (salted per process)."""
