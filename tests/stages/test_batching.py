@@ -738,39 +738,32 @@ def test_live_sessions_keyed_by_shard_keep_each_devices_sessions_and_timers_apar
 # A device's batches as gaps after its previous one: any, or about the session gap.
 _GAP_MS = 10_000
 _after_previous = st.one_of(st.sampled_from([_GAP_MS - 1, _GAP_MS]), st.integers(0, 2 * _GAP_MS))
+_sends = st.lists(st.tuples(st.sampled_from("abcd"), _after_previous, st.integers(1, 5)),
+                  min_size=1, max_size=14)
 
 
-@settings(max_examples=400, derandomize=True, database=None, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from("abcd"), _after_previous, st.integers(1, 5)),
-                min_size=1, max_size=14),
-       st.sampled_from([0, 1, 2]), st.data())
-def test_live_sessions_write_the_bounded_sessions_in_whatever_order_a_runner_goes(
-    sends, shards, data
-):
-    """`_LiveSessionsFn` driven as a runner may drive it, in any order that its
-    watermark allows: a batch is delivered whenever, however far behind or ahead of
-    others (a runner's queues, Pub/Sub's order); the watermark stays at or behind
-    every batch not yet delivered; a timer fires once the watermark reaches it, as
-    Prism fires them (its time, in milliseconds, at or before the watermark: so while
-    a batch at that very millisecond may still be on its way), each key's timers in
-    time order, the keys in any order. Whatever the order, it writes the sessions the
-    bounded path writes (`grouped_in_memory`) at the same times, none counted late,
-    and keeps nothing once all are written. Devices under one key, two or their own
-    (`shards`); batches about a gap apart, and event ids that repeat."""
-    held, at_ms = _HeldSessions(_GAP_MS // 1000), {}
-    pending = []
+def _sent(sends, shards: int) -> list[tuple[str, str, int, int]]:
+    """(key, device, arrival, event id) of each batch sent, one a device and millisecond."""
+    at_ms, sent = {}, {}
     for device, after_ms, event_id in sends:
         at_ms[device] = at_ms.get(device, T0) + after_ms
         key = session_key((device, None), shards)[0]
-        pending.append((key, device, at_ms[device], event_id))
-    pending = list({(device, at): (key, device, at, event_id)  # one a device and ms
-                    for key, device, at, event_id in pending}.values())
-    expected = grouped_in_memory(
-        [(device, ShuffledBatch.of(arrived(device, at, event_id), NO_DICTIONARY))
-         for _, device, at, event_id in pending],
-        Batching(BatchingMode.SESSIONS, session_gap_s=_GAP_MS // 1000), NO_DICTIONARY,
-        Merger(NO_DICTIONARY))[0]
-    watermark_ms, written = T0, []
+        sent[device, at_ms[device]] = (key, device, at_ms[device], event_id)
+    return list(sent.values())
+
+
+def _as_a_runner(held: _HeldSessions, pending: list, data, past_batches: bool = False):
+    """Drives `held` through `pending` as a runner may, choices drawn from `data`:
+    a batch delivered whenever, however far behind or ahead of others (a runner's
+    queues, Pub/Sub's order); the watermark advanced at or behind every batch still
+    to come, or with `past_batches` past some of them (they then come late); a timer
+    fired once the watermark reaches it, as Prism fires them (its time, in
+    milliseconds, at or before the watermark: so while a batch at that very
+    millisecond may still be on its way), each key's timers in time order, the keys
+    in any order; at the end, every timer. → (what was written, how many batches came
+    behind the watermark)."""
+    watermark_ms, written, behind_it = T0, [], 0
+    pending = list(pending)
 
     def fire_a_due_timer() -> bool:
         due = sorted({key for key, (_, close) in held.cells.items()
@@ -786,19 +779,59 @@ def test_live_sessions_write_the_bounded_sessions_in_whatever_order_a_runner_goe
         step = data.draw(st.sampled_from(["deliver", "watermark", "timer"]))
         if step == "deliver":
             key, device, at, event_id = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
+            behind_it += at < watermark_ms
             held.arrive(key, device, at, event_id)
         elif step == "watermark":
-            behind = min(at for _, _, at, _ in pending)  # as far as it may go: here
-            watermark_ms = data.draw(st.just(behind) | st.integers(watermark_ms, behind))
+            up_to = min(at for _, _, at, _ in pending)  # as far as it may go: here
+            if past_batches:
+                up_to = max(watermark_ms, max(at for _, _, at, _ in pending) + 2 * _GAP_MS)
+            watermark_ms = data.draw(st.just(up_to) | st.integers(watermark_ms, up_to))
         else:
             fire_a_due_timer()
     watermark_ms = 2**62
     while fire_a_due_timer():
         pass
+    return written, behind_it
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(_sends, st.sampled_from([0, 1, 2]), st.data())
+def test_live_sessions_write_the_bounded_sessions_in_whatever_order_a_runner_goes(
+    sends, shards, data
+):
+    """`_LiveSessionsFn` driven in any order that a runner's watermark allows
+    (`_as_a_runner`) writes the sessions the bounded path writes (`grouped_in_memory`)
+    at the same times, none counted late, and keeps nothing once all are written.
+    Devices under one key, two or their own (`shards`); batches about a gap apart,
+    and event ids that repeat."""
+    held, sent = _HeldSessions(_GAP_MS // 1000), _sent(sends, shards)
+    expected = grouped_in_memory(
+        [(device, ShuffledBatch.of(arrived(device, at, event_id), NO_DICTIONARY))
+         for _, device, at, event_id in sent],
+        Batching(BatchingMode.SESSIONS, session_gap_s=_GAP_MS // 1000), NO_DICTIONARY,
+        Merger(NO_DICTIONARY))[0]
+    written, _ = _as_a_runner(held, sent, data)
     assert sorted((out.value.device, out.value.line, out.timestamp.micros) for out in written) == (
         sorted((out.device, out.line, at_us) for out, at_us in expected))
     assert held.late_batches() == 0
     assert held.keep_nothing()
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(_sends, st.sampled_from([0, 1, 2]), st.data())
+def test_live_sessions_lose_and_double_nothing_whatever_comes_late(sends, shards, data):
+    """With the watermark let past batches not yet delivered (late data: a reader's
+    idle watermark, a runner's), every batch still goes out, once, in a batch of
+    its device; none is counted late unless some batch came behind the watermark; and
+    nothing is kept once all are written."""
+    held = _HeldSessions(_GAP_MS // 1000)
+    sent = [(key, device, at, n) for n, (key, device, at, _) in enumerate(_sent(sends, shards))]
+    written, behind_it = _as_a_runner(held, sent, data, past_batches=True)
+    out = sorted((o.value.device, event_id) for o in written for event_id in _event_ids(o))
+    assert out == sorted((device, n) for _, device, _, n in sent)
+    assert held.late_batches() <= behind_it
+    assert held.keep_nothing()
+
 
 def test_a_devices_shard_is_the_same_in_every_process():
     """CRC-32 of the device's id, not Python's hash (salted per process)."""
