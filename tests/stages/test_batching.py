@@ -734,7 +734,6 @@ def test_live_sessions_keyed_by_shard_keep_each_devices_sessions_and_timers_apar
     assert held.keep_nothing() and held.late_batches() == 1
 
 
-
 # A device's batches as gaps after its previous one: any, or about the session gap.
 _GAP_MS = 10_000
 _after_previous = st.one_of(st.sampled_from([_GAP_MS - 1, _GAP_MS]), st.integers(0, 2 * _GAP_MS))
