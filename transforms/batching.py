@@ -551,8 +551,9 @@ class BatchPerDevice(beam.PTransform):
     def placed(self, transform: beam.PTransform) -> beam.PTransform:
         """`transform`, placed where the stage that makes the batches runs: for a step
         that a runner fuses into it (the keying of their files)."""
-        return self._live_sessions.in_harness(transform) if self.keeps_live_sessions else (
-            transform)
+        if not self.keeps_live_sessions:
+            return transform
+        return self._live_sessions.in_harness(transform)
 
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:

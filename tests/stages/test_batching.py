@@ -770,7 +770,8 @@ def _as_a_runner(held: _HeldSessions, pending: list, data, past_batches: bool = 
         if not due:
             return False
         key = data.draw(st.sampled_from(due))
-        tag = min(held.cells[key][1].timers, key=held.cells[key][1].timers.get)
+        timers = held.cells[key][1].timers
+        tag = min(timers, key=timers.get)
         written.extend(held.fire(key, tag))
         return True
 
@@ -781,9 +782,10 @@ def _as_a_runner(held: _HeldSessions, pending: list, data, past_batches: bool = 
             behind_it += at < watermark_ms
             held.arrive(key, device, at, event_id)
         elif step == "watermark":
-            up_to = min(at for _, _, at, _ in pending)  # as far as it may go: here
             if past_batches:
                 up_to = max(watermark_ms, max(at for _, _, at, _ in pending) + 2 * _GAP_MS)
+            else:  # as far as it may go: the first batch still to come
+                up_to = min(at for _, _, at, _ in pending)
             watermark_ms = data.draw(st.just(up_to) | st.integers(watermark_ms, up_to))
         else:
             fire_a_due_timer()
