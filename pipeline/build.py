@@ -161,7 +161,7 @@ def build(
             readers=runners.pubsub_readers(runner, config.pubsub_readers),
         )
         return forward(records, config, codec=codec,
-                       live_sessions=runners.live_sessions(runner))
+                       live_sessions=runners.live_sessions(runner, config.session_harnesses))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     return forward(read["records"], config, read["dead_letters"], codec=codec)
 

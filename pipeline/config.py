@@ -54,6 +54,7 @@ class ForwarderConfig:
     dead_letter_flush_s: int = 30
     progress_every_s: int = 10
     pubsub_readers: int = 0  # 0: the runner's own number (`runners.pubsub_readers`)
+    session_harnesses: int = 0  # 0: the runner's own number (`runners.live_sessions`)
     arrival_slice_s: int = 0  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None = None
     # Date folders by upload time: the day a bounded run names them; None when live
@@ -272,6 +273,8 @@ def _check(values: dict[str, Any]) -> None:
                  "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s",
                  "s3_connect_timeout_s", "s3_read_timeout_s", "s3_write_deadline_s"):
         _as_int(name, values[name], minimum=1)
+    for name in ("pubsub_readers", "session_harnesses"):  # 0: the runner's own number
+        _as_int(name, values[name], minimum=0)
     _check_slices(values)
     log_level_of(values["log_level"])
     if values["folder_name"] and values["folder_name"].strip("/") == "":
@@ -464,6 +467,7 @@ def config_from_values(
         dead_letter_flush_s=values["dead_letter_flush_s"],
         progress_every_s=values["progress_every_s"],
         pubsub_readers=values["pubsub_readers"],
+        session_harnesses=values["session_harnesses"],
         arrival_slice_s=values["arrival_slice_s"],
         spill_dir=values["spill_dir"],
         upload_day=upload_day,

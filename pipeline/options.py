@@ -131,6 +131,11 @@ OPTIONS: tuple[Option, ...] = (
         "runner's own number (one on Prism, two on Flink and Spark).",
     ),
     Option(
+        "session_harnesses", int, 0,
+        "Live sessions on Prism: SDK harness processes that keep them, each with its "
+        "part of the devices; 0: one. More use more cores where one is the limit.",
+    ),
+    Option(
         "progress_every_s", int, 10,
         "Seconds between progress lines (bounded runs on this machine) or status lines "
         "(live runs); 0: none.",

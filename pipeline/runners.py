@@ -151,7 +151,7 @@ def engine_name(runner) -> str:
 PRISM_SESSION_SHARDS = 4096
 
 
-def live_sessions(name: str) -> LiveSessions:
+def live_sessions(name: str, harnesses: int = 0) -> LiveSessions:
     """How live sessions are kept (`transforms.batching.LiveSessions`). Per device in
     state with an event-time timer (`_LiveSessionsFn`), which needs a runner that
     holds the watermark at a pending timer: Flink, Spark, Dataflow; and Prism, under
@@ -164,11 +164,13 @@ def live_sessions(name: str) -> LiveSessions:
     source. On Prism the stage that keeps the sessions has an SDK harness of its own
     (Prism starts one harness process per environment, so one environment would leave
     a whole live run to one Python process: one core at most; README, Performance →
-    Live, for the figures)."""
+    Live, for the figures), or `harnesses` of their own, each with its part of the
+    shards, where one harness is the limit; other runners have their own parallelism
+    and ignore it."""
     if name == "DirectRunner":
         return LiveSessions(by_timer=False)
     if name == "PrismRunner":
-        return LiveSessions(shards=PRISM_SESSION_SHARDS, own_harness=True)
+        return LiveSessions(shards=PRISM_SESSION_SHARDS, harnesses=harnesses or 1)
     return LiveSessions()
 
 

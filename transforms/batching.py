@@ -368,22 +368,25 @@ class LiveSessions(NamedTuple):
     device, for a runner that keeps an entry for every key it has ever seen (Prism:
     a state entry, emptied but never dropped, per key of a stateful stage in the
     global window), so that its entries stop growing once every shard has been seen.
-    `own_harness`: the stage that keeps the sessions runs in an SDK harness of its
-    own (`SdkHarnessHint`, `in_harness`), beside the one that reads, parses and
-    stamps, and packs and writes files: on a runner with one harness process per
+    `harnesses`: 0 to keep the sessions in the pipeline's SDK harness; else in this
+    many of their own (`SdkHarnessHint`, `in_harness`), beside the one that reads,
+    parses and stamps, and packs and writes files, each keeping the sessions of its
+    part of the keys (`session_part`): on a runner with one harness process per
     environment (Prism), one environment would leave a live run to one Python
     process, one core at most.
     """
 
     by_timer: bool = True
     shards: int = 0
-    own_harness: bool = False
+    harnesses: int = 0
 
-    def in_harness(self, transform: beam.PTransform) -> beam.PTransform:
-        """`transform`, in the sessions' harness when they have one of their own."""
-        if not self.own_harness:
+    def in_harness(self, transform: beam.PTransform, part: int = 0) -> beam.PTransform:
+        """`transform`, in the harness of the sessions' `part` of the keys when they
+        have harnesses of their own."""
+        if not self.harnesses:
             return transform
-        return transform.with_resource_hints(sdk_harness="live sessions")
+        name = "live sessions" if self.harnesses == 1 else f"live sessions {part}"
+        return transform.with_resource_hints(sdk_harness=name)
 
 
 BY_DEVICE = LiveSessions()
@@ -400,6 +403,12 @@ def session_key(keyed: tuple[str, ShuffledBatch], shards: int):
     device, shuffled = keyed
     key = str(zlib.crc32(device.encode()) % shards) if shards else device
     return key, (device, shuffled)
+
+
+def session_part(held: tuple[str, Any], parts: int) -> int:
+    """Which of `parts` SDK harnesses keeps the sessions held under this key (a shard's
+    number, or a device's id): CRC-32 of the key, the same in every process."""
+    return zlib.crc32(held[0].encode()) % parts
 
 
 class _LiveSessionsFn(_MergingFn):
@@ -550,8 +559,10 @@ class BatchPerDevice(beam.PTransform):
 
     def placed(self, transform: beam.PTransform) -> beam.PTransform:
         """`transform`, placed where the stage that makes the batches runs: for a step
-        that a runner fuses into it (the keying of their files)."""
-        if not self.keeps_live_sessions:
+        that a runner fuses into it (the keying of their files). Sessions kept in
+        several harnesses are flattened, and the step goes where the pipeline's
+        others are."""
+        if not self.keeps_live_sessions or self._live_sessions.harnesses > 1:
             return transform
         return self._live_sessions.in_harness(transform)
 
@@ -566,10 +577,7 @@ class BatchPerDevice(beam.PTransform):
                     | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
                     | "KeyBySessionShard" >> beam.Map(session_key, shards).with_output_types(
                         tuple[str, tuple[str, ShuffledBatch]]))
-            merged = with_dead_letters(held, "SessionPerDevice", _LiveSessionsFn(
-                self._batching, self._codec, self._input_connection),
-                placed=self.placed)
-            return {"batches": merged["batches"], "dead_letters": merged["dead_letters"]}
+            return self._kept_live(held)
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)
         else:
@@ -580,6 +588,23 @@ class BatchPerDevice(beam.PTransform):
             window.GlobalWindows()
         )
         return {"batches": merged["batches"], "dead_letters": dead_letters}
+
+    def _kept_live(self, held) -> dict:
+        """Sessions kept by `_LiveSessionsFn`, in one step, or in one step per SDK
+        harness of their own (`LiveSessions.harnesses`), each with its part of the keys."""
+        def kept(part_of_held, label: str, part: int = 0) -> dict:
+            return with_dead_letters(part_of_held, label, _LiveSessionsFn(
+                self._batching, self._codec, self._input_connection),
+                placed=lambda transform: self._live_sessions.in_harness(transform, part))
+
+        parts = self._live_sessions.harnesses
+        if parts <= 1:
+            return kept(held, "SessionPerDevice")
+        split = held | "SplitSessionsPerHarness" >> beam.Partition(session_part, parts)
+        merged = [kept(split[part], f"SessionPerDevice{part}", part) for part in range(parts)]
+        return {out: [each[out] for each in merged] | f"AllSessions{out.title()}" >> (
+                    beam.Flatten())
+                for out in ("batches", "dead_letters")}
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:

@@ -140,6 +140,9 @@ def test_settings_file_and_flags_override_it(tmp_path, suffix):
         (BASE + ["--use_compression=maybe"], "--use_compression must be true or false"),
         (BASE + ["--window_size_s=ten"], "--window_size_s must be a whole number"),
         (BASE + ["--max_file_bytes=0"], "--max_file_bytes must be a whole number of at least 1"),
+        (BASE + ["--session_harnesses=-1"],
+         "--session_harnesses must be a whole number of at least 0"),
+        (BASE + ["--pubsub_readers=two"], "--pubsub_readers must be a whole number"),
         (BASE + ["--settings_file=/nonexistent.yaml"], "cannot be read"),
         (
             BASE + ["--input_subscription=projects/p/subscriptions/s"],

@@ -46,6 +46,7 @@ from transforms.batching import (
     grouped_in_memory,
     per_event,
     session_key,
+    session_part,
     timer_tag,
 )
 from transforms.read import ReadBatches
@@ -493,8 +494,9 @@ def test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism(
     assert written["live"] == written["bounded"]
 
 
+@pytest.mark.parametrize("harnesses", [1, 2])
 def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arrivals(
-    s3_endpoint, s3_client, prism
+    harnesses, s3_endpoint, s3_client, prism
 ):
     """Live sessions kept by timer (`_LiveSessionsFn`), on Prism from an unbounded
     source in many bundles, write the same objects, byte for byte under the same keys,
@@ -503,8 +505,8 @@ def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arr
     on both sides of the session gap, sessions across file windows, a redelivered
     batch. The devices are held under 8 shards, five or so to a shard, as a live run
     on Prism holds a busy app's devices under its 4,096, in the sessions' own SDK
-    harness, as on Prism (Prism as released fails this run: see
-    `tools/prism/metrics-short-ids-per-environment.patch`)."""
+    harness, as on Prism, or split between two (`--session_harnesses=2`) (Prism as
+    released fails this run: see `tools/prism/metrics-short-ids-per-environment.patch`)."""
     rng = random.Random(5)
     gap_s = 120
     records, at_ms, ids = [], T0, itertools.count(1)
@@ -519,7 +521,7 @@ def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arr
     flags = ["--wait_for_complete_batch=true", f"--session_gap_s={gap_s}", "--window_size_s=300",
              "--use_compression=true"]
     written = _live_and_bounded(records, 500, 3600, flags, s3_endpoint, s3_client,
-                                live_sessions("PrismRunner")._replace(shards=8))
+                                live_sessions("PrismRunner", harnesses)._replace(shards=8))
     assert len(written["live"]) > 10
     assert sorted(written["live"]) == sorted(written["bounded"])
     assert written["live"] == written["bounded"]
@@ -536,7 +538,8 @@ def _environments(runner: str, flags: list[str]) -> dict[str, set[str]]:
     build(p, config, runner, codec=NO_DICTIONARY)
     found: dict[str, set[str]] = {}
     steps = ("ReadPubSub/", "ParseBatches/", "BatchPerDevice/KeyBySessionShard",
-             "BatchPerDevice/SessionPerDevice", "WriteBatchFiles/KeyByFile",
+             "BatchPerDevice/SessionPerDevice", "BatchPerDevice/SessionPerDevice0",
+             "BatchPerDevice/SessionPerDevice1", "WriteBatchFiles/KeyByFile",
              "WriteBatchFiles/WindowForFiles", "WriteBatchFiles/PackFiles",
              "WriteBatchFiles/WriteFiles")
     for transform in p.to_runner_api().components.transforms.values():
@@ -559,8 +562,28 @@ def test_live_sessions_have_an_sdk_harness_of_their_own_on_prism():
     assert len(set().union(*(prism[step] for step in kept))) == 1
     assert len(set().union(*(ids for step, ids in prism.items() if step not in kept))) == 1
     assert prism["ParseBatches"] != prism["BatchPerDevice/SessionPerDevice"]
-    for runner, flags in [("FlinkRunner", sessions), ("PrismRunner", [])]:
+    for runner, flags in [("FlinkRunner", sessions), ("PrismRunner", []),
+                          ("FlinkRunner", [*sessions, "--session_harnesses=2"])]:
         assert len(set().union(*_environments(runner, flags).values())) == 1, (runner, flags)
+
+
+def test_live_sessions_in_two_sdk_harnesses_on_prism_each_keep_their_part():
+    """`--session_harnesses=2` on Prism: two steps keep the sessions, each in an
+    environment of its own, and so in a harness process of its own; the keys are
+    split between them, and what they write is flattened into the keying of files,
+    in the default environment with the reading, parsing and writing."""
+    prism = _environments("PrismRunner", ["--wait_for_complete_batch=true",
+                                          "--session_harnesses=2"])
+    default = prism["ParseBatches"]
+    [first], [second] = prism["BatchPerDevice/SessionPerDevice0"], prism[
+        "BatchPerDevice/SessionPerDevice1"]
+    assert len({first, second, *default}) == 3
+    for step in ("BatchPerDevice/KeyBySessionShard", "WriteBatchFiles/KeyByFile",
+                 "WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"):
+        assert prism[step] == default, step
+    # Prism's 4,096 shards are shared about evenly
+    firsts = sum(session_part((str(shard), None), 2) == 0 for shard in range(4096))
+    assert 0.45 < firsts / 4096 < 0.55
 
 
 def test_a_batch_behind_a_written_session_goes_out_late_and_is_counted_on_prism(
