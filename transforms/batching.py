@@ -600,11 +600,16 @@ class BatchPerDevice(beam.PTransform):
         parts = self._live_sessions.harnesses
         if parts <= 1:
             return kept(held, "SessionPerDevice")
-        split = held | "SplitSessionsPerHarness" >> beam.Partition(session_part, parts)
-        merged = [kept(split[part], f"SessionPerDevice{part}", part) for part in range(parts)]
-        return {out: [each[out] for each in merged] | f"AllSessions{out.title()}" >> (
-                    beam.Flatten())
-                for out in ("batches", "dead_letters")}
+        # Filters, not a Partition: they keep the element type, and so the coders.
+        merged = [kept(held | f"SessionsOfHarness{part}" >> beam.Filter(
+                           lambda kv, part: session_part(kv, parts) == part, part),
+                       f"SessionPerDevice{part}", part)
+                  for part in range(parts)]
+        return {
+            "batches": [each["batches"] for each in merged] | "AllSessions" >> beam.Flatten(),
+            "dead_letters": [each["dead_letters"] for each in merged]
+            | "AllSessionsDeadLetters" >> beam.Flatten(),
+        }
 
     def _group_windowed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:
