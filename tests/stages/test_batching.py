@@ -527,22 +527,27 @@ def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arr
     assert written["live"] == written["bounded"]
 
 
-def _environments(runner: str, flags: list[str]) -> dict[str, set[str]]:
-    """The environments of a live run's graph on `runner`, by the step of the
-    transforms in them: reading, parsing, keying by device (or shard), keeping
-    sessions, writing files."""
+def _live_graph(runner: str, flags: list[str]):
+    """The components of a live run's graph on `runner`, as it goes to the runner."""
     config, _ = load_config(["--s3_bucket_name=graph",
                              "--input_subscription=projects/local-project/subscriptions/graph",
                              *flags])
     p = beam.Pipeline(options=PipelineOptions(["--streaming"]))
     build(p, config, runner, codec=NO_DICTIONARY)
+    return p.to_runner_api().components
+
+
+def _environments(runner: str, flags: list[str]) -> dict[str, set[str]]:
+    """The environments of a live run's graph on `runner`, by the step of the
+    transforms in them: reading, parsing, keying by device (or shard), keeping
+    sessions, writing files."""
     found: dict[str, set[str]] = {}
     steps = ("ReadPubSub/", "ParseBatches/", "BatchPerDevice/KeyBySessionShard",
              "BatchPerDevice/SessionPerDevice", "BatchPerDevice/SessionPerDevice0",
              "BatchPerDevice/SessionPerDevice1", "WriteBatchFiles/KeyByFile",
              "WriteBatchFiles/WindowForFiles", "WriteBatchFiles/PackFiles",
              "WriteBatchFiles/WriteFiles")
-    for transform in p.to_runner_api().components.transforms.values():
+    for transform in _live_graph(runner, flags).transforms.values():
         for step in steps:
             if transform.environment_id and transform.unique_name.startswith(step):
                 found.setdefault(step.strip("/"), set()).add(transform.environment_id)
@@ -584,6 +589,30 @@ def test_live_sessions_in_two_sdk_harnesses_on_prism_each_keep_their_part():
     # Prism's 4,096 shards are shared about evenly
     firsts = sum(session_part((str(shard), None), 2) == 0 for shard in range(4096))
     assert 0.45 < firsts / 4096 < 0.55
+
+
+def test_live_sessions_split_between_harnesses_keep_their_coders():
+    """What each harness's sessions step takes in is coded as with one harness (the key
+    as a string, the batch with its own coder), not pickled: a split that loses the
+    element type (a Partition's outputs) makes the key's coder one Beam cannot
+    promise to be deterministic, and the batches cost a pickle each way."""
+    def input_coders(flags: list[str]) -> list[str]:
+        graph = _live_graph("PrismRunner", ["--wait_for_complete_batch=true", *flags])
+
+        def spelled(coder_id: str) -> str:
+            coder = graph.coders[coder_id]
+            parts = ",".join(spelled(part) for part in coder.component_coder_ids)
+            return f"{coder.spec.urn}({parts})"
+
+        return [spelled(graph.pcollections[pcoll].coder_id)
+                for transform in graph.transforms.values()
+                if transform.unique_name.startswith("BatchPerDevice/SessionPerDevice")
+                and transform.unique_name.endswith("/ParDo(_LiveSessionsFn)")
+                for pcoll in transform.inputs.values()]
+
+    [one] = input_coders([])
+    assert one.startswith("beam:coder:kv:v1(beam:coder:string_utf8:v1(),")
+    assert input_coders(["--session_harnesses=2"]) == [one, one]
 
 
 def test_a_batch_behind_a_written_session_goes_out_late_and_is_counted_on_prism(
