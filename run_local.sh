@@ -8,9 +8,9 @@
 #   ./run_local.sh test [pytest args]    bootstrap, then the whole test suite
 #
 # The virtualenv lives in .venv and is reused while setup.py is unchanged; the local
-# Pub/Sub server (Google's pstest, tools/pstest) is built with `go build` into .local/bin,
-# and Prism (Beam's portable runner, at the pinned apache-beam's version, with the
-# patches in tools/prism) with `go build` into .venv/bin.
+# Pub/Sub server (Google's pstest, with the patches in tools/pstest) is built with
+# `go build` into .local/bin, and Prism (Beam's portable runner, at the pinned
+# apache-beam's version, with the patches in tools/prism) with `go build` into .venv/bin.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -36,7 +36,7 @@ bootstrap() {
     touch "$stamp"
   fi
   local go_stamp
-  go_stamp="$ROOT/.local/pstest-$(digest tools/pstest/go.mod tools/pstest/go.sum tools/pstest/main.go)"
+  go_stamp="$ROOT/.local/pstest-$(digest tools/pstest/go.mod tools/pstest/go.sum tools/pstest/*.go tools/pstest/*.patch)"
   local beam_version
   beam_version=$(sed -n 's/.*"apache-beam==\([0-9.]*\)".*/\1/p' setup.py)
   local prism_stamp
@@ -47,9 +47,7 @@ bootstrap() {
     touch "$prism_stamp"
   fi
   if [ ! -x "$PSTEST" ] || [ ! -f "$go_stamp" ]; then
-    echo "== building the local Pub/Sub server (pstest) with go build"
-    mkdir -p "$ROOT/.local/bin"
-    (cd tools/pstest && go build -o "$PSTEST" .)
+    build_pstest
     rm -f "$ROOT"/.local/pstest-*
     touch "$go_stamp"
   fi
@@ -59,26 +57,44 @@ bootstrap() {
 # version (from the Go module proxy) with tools/prism's patches applied: see
 # tools/prism/README.md for what each one mends.
 build_prism() {
-  local version=$1 source
+  local version=$1
   echo "== building Prism $version (Beam's portable runner, tools/prism's patches) with go build"
-  mkdir -p "$ROOT/.local"
   if ! grep -q "github.com/apache/beam/sdks/v2 v$version " tools/prism/go.mod; then
     echo "tools/prism/go.mod does not require Beam's Go module v$version (setup.py's apache-beam)" >&2
     exit 1
   fi
-  source=$(cd "$ROOT/.local" && go mod download -json "github.com/apache/beam/sdks/v2@v$version" |
+  patched_module "github.com/apache/beam/sdks/v2@v$version" beam-sdks tools/prism
+  (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism)
+}
+
+# Google's Pub/Sub fake from the Go module that tools/pstest/go.mod requires, with
+# tools/pstest's patches applied: see tools/pstest/README.md for what each one mends.
+build_pstest() {
+  local version
+  version=$(sed -n 's#^require cloud.google.com/go/pubsub/v2 \(v[^ ]*\)$#\1#p' tools/pstest/go.mod)
+  echo "== building the local Pub/Sub server (pstest $version, tools/pstest's patches) with go build"
+  patched_module "cloud.google.com/go/pubsub/v2@$version" pubsub-v2 tools/pstest
+  mkdir -p "$ROOT/.local/bin"
+  (cd tools/pstest && go build -o "$PSTEST" .)
+}
+
+# A Go module from the module proxy (`go mod download`), copied to .local/$2 with the
+# patches in $3 applied; the go.mod in $3 replaces the module with that copy.
+patched_module() {
+  local module=$1 copy="$ROOT/.local/$2" patches=$3 source
+  mkdir -p "$ROOT/.local"
+  source=$(cd "$ROOT/.local" && go mod download -json "$module" |
     sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   if [ -z "$source" ]; then
-    echo "go mod download found no github.com/apache/beam/sdks/v2@v$version" >&2
+    echo "go mod download found no $module" >&2
     exit 1
   fi
-  rm -rf "$ROOT/.local/beam-sdks"
-  cp -r "$source" "$ROOT/.local/beam-sdks"
-  chmod -R u+w "$ROOT/.local/beam-sdks"
-  for change in tools/prism/*.patch; do
-    patch --quiet --forward --no-backup-if-mismatch -p1 -d "$ROOT/.local/beam-sdks" <"$change"
+  rm -rf "$copy"
+  cp -r "$source" "$copy"
+  chmod -R u+w "$copy"
+  for change in "$patches"/*.patch; do
+    patch --quiet --forward --no-backup-if-mismatch -p1 -d "$copy" <"$change"
   done
-  (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism)
 }
 
 free_port() {

@@ -51,12 +51,12 @@ def moto_server(env: dict | None = None) -> Iterator[str]:
 
 
 def pstest_binary() -> str:
-    """Google's Pub/Sub fake, as `./run_local.sh` builds it; built here if missing."""
+    """Google's Pub/Sub fake with tools/pstest's patches, as `./run_local.sh` builds it
+    (from the Go module proxy, patched: tools/pstest/README.md)."""
     binary = Path(os.environ.get("PSTEST", ROOT / ".local" / "bin" / "pstest"))
     if not binary.exists():
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "build", "-o", str(binary), "."], cwd=ROOT / "tools" / "pstest",
-                       check=True)
+        raise FileNotFoundError(
+            f"no local Pub/Sub server at {binary}: `./run_local.sh test` builds it")
     return str(binary)
 
 

@@ -36,3 +36,5 @@ require (
 	google.golang.org/grpc v1.84.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace cloud.google.com/go/pubsub/v2 => ../../.local/pubsub-v2

@@ -3,6 +3,7 @@
 //
 //	pstest -port 8085
 //	pstest -port 8085 -lose_acks_for 8s
+//	pstest -port 8085 -cpuprofile pstest.prof
 //
 // Clients reach it with PUBSUB_EMULATOR_HOST=127.0.0.1:8085. It prints one line,
 // "listening on HOST:PORT", once it accepts connections, and stops on SIGINT or SIGTERM.
@@ -18,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -66,7 +68,21 @@ func main() {
 	port := flag.Int("port", 8085, "loopback port to listen on (0: any free port)")
 	loseAcksFor := flag.Duration("lose_acks_for", 0,
 		"forget acknowledgements and lease extensions for this long after the first publish")
+	cpuProfile := flag.String("cpuprofile", "",
+		"write a CPU profile of the whole run to this file (go tool pprof reads it)")
 	flag.Parse()
+
+	if *cpuProfile != "" {
+		out, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(out)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	var options []pstest.ServerReactorOption
 	if *loseAcksFor > 0 {
