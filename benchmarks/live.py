@@ -19,11 +19,7 @@ runner (the DirectRunner with Beam's ReadFromPubSub, Prism with PubSubSource):
      pipeline's processes every second and prints the peak of the second minute and
      of the last one.
 While a run goes, events are counted by a byte scan of each new object; afterwards
-every object is parsed whole to say whether every event arrived. The bucket is
-watched every half second, listing only the names of recent files (a listing of
-the whole bucket costs the S3 server and the benchmark CPU in proportion to the
-files written, which a long run on a small machine takes from the pipeline), and
-whole every `FULL_LISTING_S`.
+every object is parsed whole to say whether every event arrived.
 """
 
 from __future__ import annotations
@@ -49,7 +45,6 @@ from pipeline.tools.local_services import free_port, moto_server, pstest_binary
 from pipeline.tools.publish_sample import moved_to
 from pipeline.tools.sample_data import generate
 from transforms.rules import batch_json
-from transforms.rules.naming import file_timestamp
 from transforms.rules.settings import ForwardingSettings, apply_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,9 +53,6 @@ PUBLISH_CHUNK = 500
 SESSION_EVERY_S = 2  # a sessions run's device sends a batch this often ...
 SESSION_ACTIVE_S = 20  # ... for this long, then stops
 PROJECT = "bench-project"
-RECENT_S = 300  # a poll lists the files whose newest batch arrived this recently ...
-FULL_LISTING_S = 30  # ... and the whole bucket this often,
-LIST_WHOLE_UNDER = 200  # and every time while the bucket has fewer files than this
 _names = itertools.count()
 
 
@@ -74,42 +66,18 @@ class Bucket:
     While a run goes, events are counted by a byte scan (each forwarded event has
     one "event_type" key), so that watching costs the machine little CPU beside
     the pipeline; `events_by_device` parses every object whole afterwards.
-
-    A file's name is its folder, the app's name and the arrival time of its newest
-    batch (`transforms.rules.naming.file_name`), so that in a folder the names sort
-    by that time: once the bucket has `LIST_WHOLE_UNDER` files, most polls list,
-    for each folder and app seen, only the names after the time `RECENT_S` ago;
-    every `FULL_LISTING_S` a poll lists the whole bucket, which finds a new folder's
-    files and any file whose newest batch is older (`missed_by_recent` counts those:
-    their lag is then overstated by up to `FULL_LISTING_S`).
     """
 
     def __init__(self, client, name: str):
         self.client, self.name = client, name
         self.first_seen: dict[str, float] = {}
         self.events = 0
-        self.missed_by_recent = 0
-        self._prefixes: set[str] = set()  # folder/app_ of every file seen
-        self._listed_whole = 0.0
 
-    def poll(self, whole: bool = False) -> None:
-        now = time.time()
-        always_whole = len(self.first_seen) < LIST_WHOLE_UNDER
-        since = file_timestamp(int((now - RECENT_S) * 1000))
-        if whole or always_whole or now - self._listed_whole >= FULL_LISTING_S:
-            self._listed_whole = now
-            keys = self._keys()
-        else:
-            keys = (key for prefix in sorted(self._prefixes)
-                    for key in self._keys(Prefix=prefix, StartAfter=prefix + since))
-        for key in keys:
+    def poll(self) -> None:
+        for key in self._keys():
             if key not in self.first_seen:
                 self.first_seen[key] = time.time()
                 self.events += self._body(key).count(b'"event_type":')
-                prefix, stamp, _ = key.rsplit("_", 2)
-                if not always_whole and (prefix + "_" not in self._prefixes or stamp < since):
-                    self.missed_by_recent += 1
-                self._prefixes.add(prefix + "_")
 
     def events_by_device(self) -> collections.Counter:
         """The events written, per device, from every object parsed whole."""
@@ -142,9 +110,8 @@ class Bucket:
                                self.first_seen[key] - last_sent[device] - gap_s)
         return sorted(lags.values())
 
-    def _keys(self, **narrowed) -> Iterator[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, **narrowed)
-        for page in pages:
+    def _keys(self) -> Iterator[str]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name):
             for item in page.get("Contents", ()):
                 key = item["Key"]
                 if "Verification" not in key and "_dead_letters" not in key:
@@ -282,7 +249,7 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
     try:
         while watched.events < expected and time.time() - started < 900:
             time.sleep(1)
-            watched.poll(whole=True)  # a drain's files are named for batches published before it
+            watched.poll()
             if os.environ.get("LIVE_DEBUG"):
                 print(f"    {time.time() - started:.0f} s: {watched.events:,} of {expected:,} "
                       "events in S3", flush=True)
@@ -358,7 +325,7 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
                       "events in S3", flush=True)
         done.set()
         watcher.join()
-        watched.poll(whole=True)
+        watched.poll()
     finally:
         memory.stop()
         stop(process)
@@ -369,7 +336,6 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     ended = memory.samples[-1][0] if memory.samples else began
     return {"rate": rate, "seconds": duration, "published_per_s": rate * duration / published_s,
             "files": len(watched.first_seen), "sessions": len(last_sent) if gap_s else None,
-            "missed_by_recent": watched.missed_by_recent,
             **_verified(sum(found.values()), expected),
             "summary": _summary(log),
             "lag_p50": lags[len(lags) // 2] if lags else None,
@@ -436,10 +402,8 @@ def _print_steady(result: dict) -> None:
         + ", ".join(f"{name} {mib:,.0f}" for name, mib in peaks.items() if name != "all") + ")"
         for label, peaks in (("second minute", result["rss_second_minute"]),
                              ("last minute", result["rss_last_minute"])) if peaks)
-    missed = (f" ({result['missed_by_recent']:,} found only by a whole listing)"
-              if result["missed_by_recent"] else "")
     print(f"  published {result['published_per_s']:,.0f} batches/s, {result['files']:,} files"
-          f"{missed}{sessions}, {lags}; every event in S3: {_complete(result)}; peak RSS of the "
+          f"{sessions}, {lags}; every event in S3: {_complete(result)}; peak RSS of the "
           f"pipeline's processes: {memory or 'not sampled'}", flush=True)
     print(f"  the run's last status: {result['summary']}", flush=True)
 
