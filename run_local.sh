@@ -72,6 +72,10 @@ build_prism() {
 build_pstest() {
   local version
   version=$(sed -n 's#^require cloud.google.com/go/pubsub/v2 \(v[^ ]*\)$#\1#p' tools/pstest/go.mod)
+  if [ -z "$version" ]; then
+    echo "tools/pstest/go.mod has no one-line require of cloud.google.com/go/pubsub/v2" >&2
+    exit 1
+  fi
   echo "== building the local Pub/Sub server (pstest $version, tools/pstest's patches) with go build"
   patched_module "cloud.google.com/go/pubsub/v2@$version" pubsub-v2 tools/pstest
   mkdir -p "$ROOT/.local/bin"
