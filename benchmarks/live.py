@@ -29,6 +29,7 @@ import collections
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ import psutil
 from pipeline.tools.local_services import free_port, moto_server, pstest_binary
 from pipeline.tools.publish_sample import moved_to
 from pipeline.tools.sample_data import generate
+from transforms import metrics
 from transforms.rules import batch_json
 from transforms.rules.settings import ForwardingSettings, apply_settings
 
@@ -200,6 +202,14 @@ def _summary(log: Path) -> str:
     return lines[-1].strip() if lines else "no status line"
 
 
+def _file_panes(log: Path) -> str:
+    """The run summary's count of file groups by pane timing (`metrics.FILE_PANES_PREFIX`):
+    how many of the files went out early, on time and late."""
+    found = re.findall(rf"^\s+{re.escape(metrics.FILE_PANES_PREFIX)}(\w+)\s+([\d,]+)$",
+                       log.read_text(), re.MULTILINE)
+    return ", ".join(f"{timing} {count}" for timing, count in found) or "not in the log"
+
+
 def _verified(found: int, expected: int) -> dict:
     return {"complete": found == expected, "events": (found, expected)}
 
@@ -214,7 +224,7 @@ def _complete(result: dict) -> str:
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=150)  # a stopped live run writes its open windows first
     except subprocess.TimeoutExpired:
         process.kill()
 
@@ -337,7 +347,7 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     return {"rate": rate, "seconds": duration, "published_per_s": rate * duration / published_s,
             "files": len(watched.first_seen), "sessions": len(last_sent) if gap_s else None,
             **_verified(sum(found.values()), expected),
-            "summary": _summary(log),
+            "summary": _summary(log), "file_panes": _file_panes(log),
             "lag_p50": lags[len(lags) // 2] if lags else None,
             "lag_p95": lags[int(len(lags) * 0.95)] if lags else None,
             "lag_max": lags[-1] if lags else None,
@@ -406,6 +416,7 @@ def _print_steady(result: dict) -> None:
           f"{sessions}, {lags}; every event in S3: {_complete(result)}; peak RSS of the "
           f"pipeline's processes: {memory or 'not sampled'}", flush=True)
     print(f"  the run's last status: {result['summary']}", flush=True)
+    print(f"  file panes by timing, from the run's summary: {result['file_panes']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ LATE_EVENTS = "late_events"
 FILES_WRITTEN = "files_written"
 FILES_ALREADY_PRESENT = "files_already_present"
 BYTES_WRITTEN = "bytes_written"
+# Forwarded files' groups (app, date folder, shard, window) by their pane's timing:
+# file_panes.early, .on_time, .late (each pane of a group is one file or more).
+FILE_PANES_PREFIX = "file_panes."
 DEAD_LETTER_RECORDS = "dead_letter_records_written"
 DEAD_LETTER_FILES = "dead_letter_files_written"
 DEAD_LETTER_BYTES = "dead_letter_bytes_written"

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 import apache_beam as beam
 from apache_beam.transforms import window
 from apache_beam.transforms.window import IntervalWindow
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms import metrics
 from transforms.batching import late_firing_windowing
@@ -130,25 +131,47 @@ class _PackFilesFn(beam.DoFn):
     """((app, date, shard[, window]), [file_entry]) → FileContent, in a stable order.
 
     `upload_day`: the day that names files whose date folder is their upload day;
-    None: the day their window closes (live files)."""
+    None: the day their window closes (live files).
+    `count_panes`: count the groups by their pane's timing (`metrics.FILE_PANES_PREFIX`):
+    how many fired early, on time and late, which is what decides how many files a
+    live run writes per window."""
 
     def __init__(
-        self, max_batches: int, max_bytes: int, codec: ShuffleCodec, upload_day: str | None = None
+        self, max_batches: int, max_bytes: int, codec: ShuffleCodec, upload_day: str | None = None,
+        count_panes: bool = False,
     ):
         self._max_batches = max_batches
         self._max_bytes = max_bytes
         self._codec = codec
         self._upload_day = upload_day
+        self._count_panes = count_panes
+
+    def setup(self):
+        self._panes = {
+            timing: metrics.counter(metrics.FILE_PANES_PREFIX + name)
+            for timing, name in _PANE_TIMINGS.items()
+        } if self._count_panes else {}
 
     def process(
-        self, element: tuple[tuple, Iterable[tuple]], window=beam.DoFn.WindowParam
+        self, element: tuple[tuple, Iterable[tuple]], window=beam.DoFn.WindowParam,
+        pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[FileContent]:
+        if self._panes:
+            self._panes[pane.timing].inc()
         upload_day = self._upload_day
         if upload_day is None and isinstance(window, IntervalWindow):
             upload_day = naming.window_close_day(window.end.micros // 1000)
         yield from packed_files(
             element, self._max_batches, self._max_bytes, self._codec, upload_day
         )
+
+
+_PANE_TIMINGS = {
+    PaneInfoTiming.EARLY: "early",
+    PaneInfoTiming.ON_TIME: "on_time",
+    PaneInfoTiming.LATE: "late",
+    PaneInfoTiming.UNKNOWN: "unknown",  # a group outside windowing: a bounded run's keyed windows
+}
 
 
 def packed_files(
@@ -334,16 +357,17 @@ class WriteBatchFiles(beam.PTransform):
             self._grouped(forwarded), self._layout, self._codec, self._upload_day,
             _WriteFilesFn(self._output, self._connection, BatchFileNamer.of(self._layout),
                           BATCH_FILE_COUNTERS),
+            count_panes=not self._keyed_windows,
         )
 
 
 def _packed_and_written(grouped, layout: FileLayout, codec: ShuffleCodec,
-                        upload_day: str | None, write_fn: _WriteFilesFn):
+                        upload_day: str | None, write_fn: _WriteFilesFn, count_panes: bool = False):
     """File groups → their files packed within the layout's bounds → written."""
     return (
         grouped
         | "PackFiles" >> beam.ParDo(
-            _PackFilesFn(layout.max_batches, layout.max_bytes, codec, upload_day))
+            _PackFilesFn(layout.max_batches, layout.max_bytes, codec, upload_day, count_panes))
         | "WriteFiles" >> beam.ParDo(write_fn)
     )
 

@@ -32,6 +32,7 @@ from tests.conftest import (
 )
 from tests.fault_proxy import FaultProxy
 from tests.tcp_fault_proxy import ConnectionCutter
+from transforms import metrics
 from transforms.rules import parquet_rows
 
 PROJECT = "local-project"
@@ -93,6 +94,12 @@ def stopped(process: subprocess.Popen, log) -> dict[str, int]:
     summary = text[text.rindex("Run summary:"):]
     return {name: int(value.replace(",", ""))
             for name, value in re.findall(r"^  (\w[\w.]*)\s+([\d,]+)$", summary, re.M)}
+
+
+def file_panes(counters: dict[str, int]) -> int:
+    """The file groups' panes the run counted (`metrics.FILE_PANES_PREFIX`), of every timing."""
+    return sum(value for name, value in counters.items()
+               if name.startswith(metrics.FILE_PANES_PREFIX))
 
 
 def batch(device: int, event_ids: list[int], now_ms: int) -> dict:
@@ -339,6 +346,8 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
     # Each device's window was written with its on-time batch: the held ones are late.
     assert counters["late_batches"] == 10 and counters["late_events"] == 20, (
         counters, {key: [b["mp_deviceid"] for b in batches] for key, batches in objects.items()})
+    assert file_panes(counters) == counters["files_written"] == len(objects), counters
+    print(f"file panes: {({k: v for k, v in counters.items() if k.startswith('file_panes.')})}")
 
 
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
@@ -424,6 +433,7 @@ def test_s3_faults_on_a_live_run_lose_and_repeat_nothing(
     assert sorted(got) == sorted(expected)  # none twice
     assert counters["events_forwarded"] == len(expected), counters
     assert counters["files_written"] == len(objects), counters
+    assert file_panes(counters) == len(objects), counters  # each pane in one file here
     assert sum(proxy.injected.values()) >= len(objects), dict(proxy.injected)
     print(f"\n{len(expected)} events forwarded once in {len(objects)} files; "
           f"{sum(proxy.requests.values())} requests, faults {dict(proxy.injected)}")
