@@ -271,7 +271,6 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
             _sdk_harness_in_its_own_process(options)
         if standard.streaming:
             _no_splits_of_bundles_with_timers(options)
-            _user_state_cache(options)
     if name in PORTABLE:
         return portable_runner(name)
     return name
@@ -314,21 +313,6 @@ def _no_splits_of_bundles_with_timers(options: PipelineOptions) -> None:
     sessions are written twice or lost. A live run asks for no splits (the source still
     checkpoints itself); bounded runs keep them (no stage of theirs has timers)."""
     options.view_as(DebugOptions).add_experiment("prism_disable_sdf_split")
-
-
-# The SDK harness's cache of user state on a live Prism run, MiB per harness, unless
-# --max_cache_memory_usage_mb is given (Beam's default, 0, keeps none).
-PRISM_STATE_CACHE_MB = 100
-
-
-def _user_state_cache(options: PipelineOptions) -> None:
-    """The live sessions' harnesses read a key's batches back at each of its timers.
-    Prism as built here gives each harness a cache token for user state
-    (`tools/prism/user-state-cache-tokens.patch`), so with a cache those reads are
-    answered in the harness rather than by a round trip to Prism."""
-    flags = options._flags  # noqa: SLF001 - as in _workers_for_large_input
-    if not any(flag.startswith("--max_cache_memory_usage_mb") for flag in flags):
-        options.view_as(WorkerOptions).max_cache_memory_usage_mb = PRISM_STATE_CACHE_MB
 
 
 _WORKER_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_site")
