@@ -49,6 +49,7 @@ def forward(
     keyed_windows: bool | None = None,
     codec: ShuffleCodec = NO_DICTIONARY,
     live_sessions: LiveSessions = BY_DEVICE,
+    late_files_batched: bool = False,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
 
@@ -56,6 +57,9 @@ def forward(
     key rather than through Beam's triggers; the results are the same.
     `codec` compresses what crosses the shuffles (see `transforms.shuffled`).
     `live_sessions`: see `BatchPerDevice` and `pipeline.runners.live_sessions`.
+    `late_files_batched`: in streaming, a file window's late batches go out together
+    `--file_flush_s` after the first of them (`pipeline.runners.batches_late_files`),
+    rather than a file per late batch.
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
@@ -63,7 +67,7 @@ def forward(
     if read_dead_letters is not None:
         dead_letters.append(read_dead_letters)
     files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows,
-                                               live_sessions)
+                                               live_sessions, late_files_batched)
     return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config))
 
 
@@ -85,6 +89,7 @@ def batch_and_write(
     codec: ShuffleCodec,
     keyed_windows: bool,
     live_sessions: LiveSessions = BY_DEVICE,
+    late_files_batched: bool = False,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """(device, ShuffledBatch) → (files written, [dead letters])."""
     # Files are packed per fixed window. In streaming, one-event batches and
@@ -92,6 +97,7 @@ def batch_and_write(
     # rather than when that packing window closes.
     not_fixed = config.batching.mode is not BatchingMode.FIXED
     early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
+    late_firing_s = config.file_flush_s if config.streaming and late_files_batched else 0
     batcher = BatchPerDevice(
         config.batching, keyed_windows=keyed_windows, codec=codec,
         input_connection=config.connection, live_sessions=live_sessions,
@@ -103,6 +109,7 @@ def batch_and_write(
         config.layout,
         config.batching,
         early_firing_s=early_firing_s,
+        late_firing_s=late_firing_s,
         keyed_windows=keyed_windows,
         codec=codec,
         upload_day=config.upload_day,
@@ -161,7 +168,8 @@ def build(
             readers=runners.pubsub_readers(runner, config.pubsub_readers),
         )
         return forward(records, config, codec=codec,
-                       live_sessions=runners.live_sessions(runner, config.session_harnesses))
+                       live_sessions=runners.live_sessions(runner, config.session_harnesses),
+                       late_files_batched=runners.batches_late_files(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
     return forward(read["records"], config, read["dead_letters"], codec=codec)
 

@@ -122,7 +122,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "file_flush_s", int, 5,
         "Streaming, one-event and session batches: seconds a finished batch may wait "
-        "for its file (fixed windows are written when they close).",
+        "for its file (fixed windows are written when they close); late batches: "
+        "seconds the first of them waits for others to share its file (not on the "
+        "DirectRunner).",
     ),
     Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
     Option(

@@ -174,6 +174,20 @@ def live_sessions(name: str, harnesses: int = 0) -> LiveSessions:
     return LiveSessions()
 
 
+def batches_late_files(name: str) -> bool:
+    """Whether a live run's late batches of a file window go out together, a pane
+    `--file_flush_s` after the first of them (`transforms.batching.late_firing_windowing`),
+    rather than a pane, and so a file, each: the batches a dead reader held, come again
+    all at once, would make a small file apiece. Such a pane is only safe on a runner
+    that fires a window's pending elements when the window closes, or a late batch
+    that came within that time of its window's end plus the allowed lateness (or of
+    the end of a drained run) would be dropped: Prism (its closing firing,
+    `engine/elementmanager.go`), Flink, Spark and Dataflow (Beam's ReduceFnRunner fires
+    a non-empty pane at a window's close) do. Not the DirectRunner: Python's trigger
+    driver fires no pane when a window closes."""
+    return name != "DirectRunner"
+
+
 def reports_progress(options: PipelineOptions) -> bool:
     """Whether a bounded run's workers can tell the launcher what they have done
     (`transforms.io.progress`): processes of this machine, which inherit its

@@ -56,19 +56,27 @@ from transforms.values import ArrivedBatch, Batching, BatchingMode, ForwardedBat
 _LOG = logging.getLogger(__name__)
 
 
-def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: float = 0):
+def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: float = 0,
+                          late_firing_s: float = 0):
     """WindowInto with one on-time pane, then one pane per late element, discarding.
 
     `early_firing_s` > 0 also fires that many seconds (processing time) after
     the first element of a pane, for output "within seconds" in streaming.
-    Without early firings this is Beam's default trigger (once at the watermark,
-    then once per late element), which Prism also runs on merging windows
-    (sessions); it does not run an AfterWatermark with late firings on them
+    `late_firing_s` > 0: a late pane that many seconds (processing time) after its
+    first late element, with every late element come by then, rather than one per
+    late element (a burst of redelivered batches would make a file each); only for
+    a runner that fires a window's pending elements when it closes
+    (`pipeline.runners.batches_late_files`).
+    Without either this is Beam's default trigger (once at the watermark, then
+    once per late element), which Prism also runs on merging windows (sessions); it
+    does not run an AfterWatermark with late firings on them
     (https://github.com/apache/beam/issues/31438).
     """
-    if early_firing_s:
+    if early_firing_s or late_firing_s:
         fires = trigger.AfterWatermark(
-            early=trigger.AfterProcessingTime(early_firing_s), late=trigger.AfterCount(1)
+            early=trigger.AfterProcessingTime(early_firing_s) if early_firing_s else None,
+            late=trigger.AfterProcessingTime(late_firing_s) if late_firing_s
+            else trigger.AfterCount(1),
         )
     else:
         fires = trigger.DefaultTrigger()

@@ -309,6 +309,7 @@ class WriteBatchFiles(beam.PTransform):
         batching: Batching,
         *,
         early_firing_s: float = 0,
+        late_firing_s: float = 0,
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         upload_day: str | None = None,
@@ -316,6 +317,7 @@ class WriteBatchFiles(beam.PTransform):
     ):
         """Files are packed per fixed window of `batching`; late panes within its
         allowed lateness go out as further files.
+        `early_firing_s`, `late_firing_s`: see `transforms.batching.late_firing_windowing`.
         `keyed_windows`: bounded input only; the file's window goes into the key
         and the grouping is in the global window (see `transforms.batching`).
         `codec`: how lines are compressed on their way through the shuffle.
@@ -330,6 +332,7 @@ class WriteBatchFiles(beam.PTransform):
         self._layout = layout
         self._batching = batching
         self._early_firing_s = early_firing_s
+        self._late_firing_s = late_firing_s
         self._keyed_windows = keyed_windows
         self._codec = codec
         self._upload_day = upload_day
@@ -348,6 +351,7 @@ class WriteBatchFiles(beam.PTransform):
                 window.FixedWindows(self._batching.window_size_s),
                 self._batching.allowed_lateness_s,
                 self._early_firing_s,
+                self._late_firing_s,
             ))
             | "GroupPerFile" >> beam.GroupByKey()
         )

@@ -448,29 +448,39 @@ def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
     """The objects that the same records write live on Prism (from `Replayed`, sessions
     by timer, kept as `kept` says, by default as a live run on Prism keeps them) and
     bounded (the keyed path), each run into a bucket of its own."""
-    kept = live_sessions("PrismRunner") if kept is None else kept
     written = {}
     for mode in ("live", "bounded"):
-        bucket = f"sessions-{mode}-{os.getpid()}-{next(_buckets)}"
-        s3_client.create_bucket(Bucket=bucket)
-        source = (["--input_subscription=projects/local-project/subscriptions/unused"]
-                  if mode == "live" else ["--input=unused.ndjson", "--upload_day=2026-11-30"])
-        config, _ = load_config([f"--s3_bucket_name={bucket}",
-                                 f"--s3_endpoint_url={s3_endpoint}", *source, *flags,
-                                 "--file_flush_s=86400"])  # files once their window closes
-        options = PipelineOptions(["--runner=PrismRunner"])
-        options.view_as(StandardOptions).streaming = mode == "live"
-        with worker_environment():
-            p = beam.Pipeline(runner=make_runner(options), options=options)
-            arrivals = p | (beam.io.Read(Replayed(records, speedup, tail_s)) if mode == "live"
-                            else beam.Create(records))
-            # live: sessions by timer; bounded: keyed windows
-            forward(arrivals, config, live_sessions=kept)
-            result = p.run()
-            result.wait_until_finish()
-        written[mode] = objects(s3_client, bucket)
-        written[f"{mode} counters"] = counters_of(result)
+        written[mode], written[f"{mode} counters"] = _written_on_prism(
+            mode, records, speedup, tail_s, flags, s3_endpoint, s3_client, kept)
     return written
+
+
+def _written_on_prism(mode: str, records: list[RawRecord], speedup: float, tail_s: float,
+                      flags: list[str], s3_endpoint: str, s3_client,
+                      kept: LiveSessions | None = None,
+                      late_files_batched: bool = False) -> tuple[dict, dict]:
+    """(objects, counters) of the records forwarded on Prism into a bucket of their
+    own, "live" (from `Replayed`) or "bounded"; see `_live_and_bounded`."""
+    kept = live_sessions("PrismRunner") if kept is None else kept
+    bucket = f"sessions-{mode}-{os.getpid()}-{next(_buckets)}"
+    s3_client.create_bucket(Bucket=bucket)
+    source = (["--input_subscription=projects/local-project/subscriptions/unused"]
+              if mode == "live" else ["--input=unused.ndjson", "--upload_day=2026-11-30"])
+    config, _ = load_config([f"--s3_bucket_name={bucket}",
+                             f"--s3_endpoint_url={s3_endpoint}", *source,
+                             "--file_flush_s=86400",  # files once their window closes
+                             *flags])
+    options = PipelineOptions(["--runner=PrismRunner"])
+    options.view_as(StandardOptions).streaming = mode == "live"
+    with worker_environment():
+        p = beam.Pipeline(runner=make_runner(options), options=options)
+        arrivals = p | (beam.io.Read(Replayed(records, speedup, tail_s)) if mode == "live"
+                        else beam.Create(records))
+        # live: sessions by timer; bounded: keyed windows
+        forward(arrivals, config, live_sessions=kept, late_files_batched=late_files_batched)
+        result = p.run()
+        result.wait_until_finish()
+    return objects(s3_client, bucket), counters_of(result)
 
 
 _buckets = itertools.count()
@@ -635,6 +645,38 @@ def test_a_batch_behind_a_written_session_goes_out_late_and_is_counted_on_prism(
     assert sorted(live) == [[1], [2], [3, 4], [5]]  # the late batch apart, nothing lost
     counters = written["live counters"]
     assert (counters.get("late_batches"), counters.get("late_events")) == (1, 2), counters
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "a-pane-each"])
+def test_late_batches_of_a_written_window_go_out_together_on_prism(
+    batched, s3_endpoint, s3_client, prism
+):
+    """Five devices' window is written, then a batch of each comes behind the
+    watermark (as the batches a dead reader held come again, all at once). Batched
+    (`runners.batches_late_files`, as a live run on Prism has it) their pane waits
+    `--file_flush_s` after the first of them, here longer than the run: so they can
+    only have gone out in the window's closing firing when the stream ends, in one
+    late file, nothing lost; a pane each (the DirectRunner's way), a file each."""
+    def record(n: int, device: str, at_ms: int, *ids: int) -> RawRecord:
+        return RawRecord(f"pubsub:{n}", json.dumps(batch(device, at_ms, *ids)).encode(),
+                         publish_time_ms=at_ms)
+
+    devices = [f"d{n}" for n in range(5)]
+    records = [record(n, device, T0 + n, n + 1) for n, device in enumerate(devices)]
+    records.append(record(5, "d9", T0 + 60_000, 100))  # the watermark passes the window
+    records += [record(6 + n, device, T0 + 1_000 + n, 10 + n)  # late, each
+                for n, device in enumerate(devices)]
+    records.append(record(11, "d9", T0 + 120_000, 200))
+    written, counters = _written_on_prism(
+        "live", records, 20, 10, ["--window_size_s=10"], s3_endpoint, s3_client,
+        late_files_batched=batched)
+    lines = [json.loads(line) for body in written.values() for line in body.splitlines()]
+    assert sorted(e["data"]["event_id"] for b in lines for e in b["events"]) == sorted(
+        [n + 1 for n in range(5)] + [10 + n for n in range(5)] + [100, 200])
+    assert (counters.get("late_batches"), counters.get("late_events")) == (5, 5), counters
+    late_panes = counters.get(metrics.FILE_PANES_PREFIX + "late")
+    assert late_panes == (1 if batched else 5), counters
+    assert len(written) == counters["files_written"] == 3 + late_panes, counters
 
 
 class _Cell:
