@@ -58,7 +58,8 @@ _LOG = logging.getLogger(__name__)
 
 def late_firing_windowing(windowfn, allowed_lateness_s: int, early_firing_s: float = 0,
                           late_firing_s: float = 0):
-    """WindowInto with one on-time pane, then one pane per late element, discarding.
+    """WindowInto with one on-time pane, then late panes, discarding: one per late
+    element, or one per `late_firing_s` of them.
 
     `early_firing_s` > 0 also fires that many seconds (processing time) after
     the first element of a pane, for output "within seconds" in streaming.

@@ -170,7 +170,7 @@ _PANE_TIMINGS = {
     PaneInfoTiming.EARLY: "early",
     PaneInfoTiming.ON_TIME: "on_time",
     PaneInfoTiming.LATE: "late",
-    PaneInfoTiming.UNKNOWN: "unknown",  # a group outside windowing: a bounded run's keyed windows
+    PaneInfoTiming.UNKNOWN: "unknown",  # a runner that says none
 }
 
 
