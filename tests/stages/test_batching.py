@@ -656,7 +656,8 @@ def test_late_batches_of_a_written_window_go_out_together_on_prism(
     (`runners.batches_late_files`, as a live run on Prism has it) their pane waits
     `--file_flush_s` after the first of them, here longer than the run: so they can
     only have gone out in the window's closing firing when the stream ends, in one
-    late file, nothing lost; a pane each (the DirectRunner's way), a file each."""
+    late file, nothing lost; a pane each (the DirectRunner's way), a file per late
+    batch, or per bundle of them (Prism fires the late trigger once per bundle)."""
     def record(n: int, device: str, at_ms: int, *ids: int) -> RawRecord:
         return RawRecord(f"pubsub:{n}", json.dumps(batch(device, at_ms, *ids)).encode(),
                          publish_time_ms=at_ms)
@@ -675,7 +676,10 @@ def test_late_batches_of_a_written_window_go_out_together_on_prism(
         [n + 1 for n in range(5)] + [10 + n for n in range(5)] + [100, 200])
     assert (counters.get("late_batches"), counters.get("late_events")) == (5, 5), counters
     late_panes = counters.get(metrics.FILE_PANES_PREFIX + "late")
-    assert late_panes == (1 if batched else 5), counters
+    if batched:
+        assert late_panes == 1, counters
+    else:  # 5 here, and 4 once with two in one bundle: as Prism's bundles fall
+        assert 1 <= late_panes <= 5, counters
     assert len(written) == counters["files_written"] == 3 + late_panes, counters
 
 
