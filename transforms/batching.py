@@ -242,28 +242,43 @@ def _stamped_sessions(element, gap_ms: int):
         yield window.TimestampedValue((device, batches), Timestamp(micros=session_end_us(end_ms)))
 
 
-# Whether a batch held by _LiveSessionsFn came late (`WrittenSessions`).
+# Whether a batch held by _LiveSessionsFn came late (`SessionsMemory`).
 ON_TIME, LATE = 0, 1
 
 # How far behind the time a live sessions DoFn's timers have fired up to a batch of a
 # device it does not remember is called late: no runner holds a batch in its queue for
 # an hour of its time while the watermark passes it, and a device's written sessions
-# are remembered that long (`WrittenSessions`).
+# are remembered that long (`SessionsMemory`).
 LATE_HORIZON_MS = 3_600_000
 
+# The most devices whose open session a live sessions DoFn's process remembers
+# (`_Memory.opened`, some 200 bytes a device): past it, it forgets them all at once.
+# Each device's entry goes when the process writes that session, so only the devices
+# whose sessions another process wrote (a runner that moves keys) stay behind.
+OPENED_AT_MOST = 200_000
 
-class _Written:
-    """A live sessions DoFn's memory in this process: the latest time its timers fired
-    at, and the end of each device's last written session within the horizon: those
-    written lately by device; the others as two arrays, of the devices' hashes
-    (Python's, fixed within the process) in order and of their ends, 16 bytes a device,
-    merged and pruned once the recent ones are an eighth as many."""
 
-    def __init__(self):
+class _Memory:
+    """A live sessions DoFn's memory in this process.
+
+    Written sessions: the latest time its timers fired at, and the end of each
+    device's last written session within the horizon: those written lately by
+    device; the others as two arrays, of the devices' hashes (Python's, fixed within
+    the process) in order and of their ends, 16 bytes a device, merged and pruned once
+    the recent ones are an eighth as many.
+
+    Open sessions: for each device, the first and the latest arrival of batches this
+    process knows to be in one session of the device (each less than a gap from
+    one before it): the first names that session's timer, the latest sets it
+    (`SessionsMemory.arrived`)."""
+
+    def __init__(self, gap_ms: int):
+        self.gap_ms = gap_ms
         self.fired_ms = 0
         self.recent: dict[str, int] = {}
         self.sealed = (np.empty(0, np.int64), np.empty(0, np.int64))  # (hashes, ends)
         self.seal_at = SEAL_AT
+        self.opened: dict[str, tuple[int, int]] = {}
         self.lock = threading.Lock()
 
     def end(self, device: str) -> int:
@@ -276,10 +291,32 @@ class _Written:
             return max(recent, int(ends[at]))
         return recent
 
+    def session(self, device: str, at_ms: int) -> tuple[int, int]:
+        """(the first, the latest arrival) known of the session of `device` that a
+        batch arriving at `at_ms` is in, with it: the device's open session when the
+        batch is less than a gap from its latest arrival (so in it, as
+        `split_sessions` has it); else a session of its own, which is the device's
+        open one from then on unless the batch is older (a late one, or one delivered
+        out of order)."""
+        known = self.opened.get(device)
+        if known is not None and abs(at_ms - known[1]) < self.gap_ms:
+            known = (known[0], max(known[1], at_ms))
+        elif known is not None and at_ms < known[1]:
+            return at_ms, at_ms
+        else:
+            if known is None and len(self.opened) >= OPENED_AT_MOST:
+                self.opened = {}
+            known = (at_ms, at_ms)
+        self.opened[device] = known
+        return known
+
     def wrote(self, device: str, end_ms: int) -> None:
         self.recent[device] = max(self.recent.get(device, 0), end_ms)
         if len(self.recent) >= max(self.seal_at, len(self.sealed[0]) // 8):
             self.seal()
+        opened = self.opened.get(device)
+        if opened is not None and opened[1] + self.gap_ms <= end_ms:  # that session, or one before
+            del self.opened[device]
 
     def seal(self) -> None:
         """The recent ends into the arrays; those past the horizon out."""
@@ -298,45 +335,61 @@ class _Written:
         self.recent = {}
 
 
-# The fewest recent ends that `_Written` merges into its arrays at once.
+# The fewest recent ends that `_Memory` merges into its arrays at once.
 SEAL_AT = 4096
 
 # Per DoFn, by the token it was built with.
-_WRITTEN: dict[str, _Written] = {}
-_WRITTEN_LOCK = threading.Lock()
+_MEMORIES: dict[str, _Memory] = {}
+_MEMORIES_LOCK = threading.Lock()
 
 
-class WrittenSessions:
-    """Whether a batch came late to a live sessions DoFn: after the session of its
-    device that it belongs to (or one after it) was written, or more than
-    `LATE_HORIZON_MS` behind the time the DoFn's timers have fired up to (a time its
-    input watermark has reached; a timer fires once the watermark passes it).
+class SessionsMemory:
+    """What a live sessions DoFn remembers in its process, shared by its instances
+    there (`_Memory`): whether a batch came late, and which timer its session has.
 
-    Judged per device: a runner may hold a batch in its queue while the watermark, and
-    other devices' timers, pass its time (Prism fires a stage's timers by the
-    watermark of the stage before it, whatever is still queued), and such a batch is
-    on time. The written ends are kept in this process's memory, for the devices
-    written within the horizon (`_Written`: some 16 bytes a device, so an hour of a
-    million devices' sessions is some 16 MB), and shared by the DoFn's instances in
-    the process:
-    kept in the runner's state instead, each batch would read it (a round trip on
-    Prism, which sends no cache tokens) and each device would keep a timer for the
-    allowed lateness to clear it (on Prism, which visits every key with a pending
-    timer at each watermark refresh, a long run fell behind). So a batch that came
-    after its session was written is missed in a new process, or in another than
-    the one that wrote the session (a runner that moves keys between workers); it
-    then goes out as an on-time one would, uncounted. A batch delivered before its
-    session was written is never called late."""
+    Late: a batch came after the session of its device that it belongs to (or one
+    after it) was written, or more than `LATE_HORIZON_MS` behind the time the DoFn's
+    timers have fired up to (a time its input watermark has reached; a timer fires
+    once the watermark passes it). Judged per device: a runner may hold a batch in
+    its queue while the watermark, and other devices' timers, pass its time (Prism
+    fires a stage's timers by the watermark of the stage before it, whatever is still
+    queued), and such a batch is on time. The written ends are kept for the devices
+    written within the horizon (some 16 bytes a device, so an hour of a million
+    devices' sessions is some 16 MB): kept in the runner's state instead, each batch
+    would read it (a round trip on Prism, which sends no cache tokens) and each device
+    would keep a timer for the allowed lateness to clear it (on Prism, which visits
+    every key with a pending timer at each watermark refresh, a long run fell
+    behind). So a batch that came after its session was written is missed in a new
+    process, or in another than the one that wrote the session (a runner that moves
+    keys between workers); it then goes out as an on-time one would, uncounted. A
+    batch delivered before its session was written is never called late.
 
-    def __init__(self):
+    Timers: a batch names its session's timer by the first arrival this process
+    knows of that session and sets it at the end of the session so far (its latest
+    arrival known, plus the gap; `_Memory.session`), so the batches of a session set
+    one timer, each moving it on, and it fires once, when the session has ended.
+    What is remembered only saves firings: a session whose batches the process did
+    not all see in order (a new process, another worker, an older batch delivered
+    after a newer session's) has a timer per part it saw, and a firing that finds
+    its session still open sets the timer at its end, as any firing does."""
+
+    def __init__(self, gap_ms: int):
+        self._gap_ms = gap_ms
         self._token = uuid.uuid4().hex  # pickled with the DoFn: one per transform
 
-    def _memory(self) -> _Written:
-        memory = _WRITTEN.get(self._token)  # made once per process, not per batch
+    def _memory(self) -> _Memory:
+        memory = _MEMORIES.get(self._token)  # made once per process, not per batch
         if memory is None:
-            with _WRITTEN_LOCK:
-                memory = _WRITTEN.setdefault(self._token, _Written())
+            with _MEMORIES_LOCK:
+                memory = _MEMORIES.setdefault(self._token, _Memory(self._gap_ms))
         return memory
+
+    def arrived(self, device: str, at_ms: int) -> tuple[bool, tuple[int, int]]:
+        """(whether a batch of `device` arriving at `at_ms` came late, (the first,
+        the latest arrival) known of its session, with it: its timer's name and time)."""
+        memory = self._memory()
+        with memory.lock:
+            return self.late(device, at_ms), memory.session(device, at_ms)
 
     def fired(self, at_ms: int) -> None:
         memory = self._memory()
@@ -401,9 +454,9 @@ class LiveSessions(NamedTuple):
 BY_DEVICE = LiveSessions()
 
 
-def timer_tag(device: str, slot: int) -> str:
-    """A live session's timer's tag: its device and its last arrival's gap-long slot."""
-    return f"{slot} {device}"
+def timer_tag(device: str, first_ms: int) -> str:
+    """A live session's timer's tag: its device and the first arrival known of it."""
+    return f"{first_ms} {device}"
 
 
 def session_key(keyed: tuple[str, ShuffledBatch], shards: int):
@@ -429,28 +482,32 @@ class _LiveSessionsFn(_MergingFn):
 
     State per key: the batches of its devices' open sessions, each with its device
     and whether it came late, and a timer at each open session's end; nothing once
-    all are written. A batch reads no state: it is added to the bag and sets a timer
-    at the end of the session it would make alone, tagged with its device and its
-    arrival's gap-long slot (`timer_tag`), so that each session has a timer at its
-    end (two batches of a device in one slot are less than a gap apart and so in one
-    session; a later session's batch is in a later slot and leaves an earlier
-    session's timer as it is; another device's batch has a tag of its own). On a
-    runner that keeps state remotely (Prism sends no cache tokens, so every read is a
-    round trip to it) this is what lets batches through at the source's pace. When
-    the watermark passes a timer, each device's batches are split into sessions
-    (`split_sessions`, the bounded path's rule); each that has ended is merged and
-    goes out stamped at its end (its last microsecond, as the bounded path stamps it;
-    a runner that fires a bounded run's timers all at once, as the FnApiRunner does,
-    in any order, still stamps each session at its own end); the open ones keep their
-    timers. A session's timer is at the millisecond after it (`_close_at`), which holds
-    the watermark downstream until the session is out, but for that millisecond: a
-    file window that ends exactly where a session does may close first, and the
-    session's batch then goes into a further file of that window, as late data does.
-    A timer that finds nothing ended (its session went on in a later slot) changes no
-    state.
+    all are written. A batch reads no state: it is added to the bag and sets its
+    session's timer, tagged with its device and the first arrival known of the
+    session (`timer_tag`), at the end of the session so far: its latest arrival
+    known, plus the gap. What is known of a device's open session is the process's
+    memory (`SessionsMemory`): batches each less than a gap from one before it, so in
+    one session. So the batches of a session move one timer, which fires once, when
+    the session has ended; a later session's batches have a timer of their own and
+    leave an earlier session's as it is; another device's batch has a tag of its own.
+    On a runner that keeps state remotely (Prism sends no cache tokens, so every read
+    is a round trip to it) this is what lets batches through at the source's pace,
+    and a firing is a read of the key's bag. When the watermark passes a timer, each
+    device's batches are split into sessions (`split_sessions`, the bounded path's
+    rule); each that has ended is merged and goes out stamped at its end (its last
+    microsecond, as the bounded path stamps it; a runner that fires a bounded run's
+    timers all at once, as the FnApiRunner does, in any order, still stamps each
+    session at its own end); each still open gets a timer at its end, tagged with its
+    first arrival (a timer that fired before its session's end: a batch of it not
+    known to this process, or delivered out of order). A session's timer is at the
+    millisecond after it (`_close_at`), which holds the watermark downstream until the
+    session is out, but for that millisecond: a file window that ends exactly where a
+    session does may close first, and the session's batch then goes into a further
+    file of that window, as late data does. A timer that finds nothing ended changes
+    no state.
 
     Late data: a batch that arrives after its device's session that it belongs to
-    was written came late (`WrittenSessions`); a session made only of such
+    was written came late (`SessionsMemory`); a session made only of such
     batches goes out as a further batch, counted late (a late batch that joins a
     session of on-time ones is merged into it, as Beam merges a late element into an
     open session window). Data are in the global window, so none is ever dropped for
@@ -468,7 +525,7 @@ class _LiveSessionsFn(_MergingFn):
                  input_connection: s3.S3Connection | None):
         super().__init__(codec, input_connection)
         self._gap_ms = batching.session_gap_s * 1000
-        self._written = WrittenSessions()
+        self._memory = SessionsMemory(self._gap_ms)
 
     def process(
         self,
@@ -477,18 +534,18 @@ class _LiveSessionsFn(_MergingFn):
         close=beam.DoFn.TimerParam(CLOSE),
     ) -> Iterator:
         _, (device, shuffled) = element
-        came = LATE if self._written.late(device, shuffled.arrival_ms) else ON_TIME
-        batches.add((device, shuffled, came))
-        self._close_at(close, device, shuffled.arrival_ms, shuffled.arrival_ms + self._gap_ms)
+        late, (first_ms, last_ms) = self._memory.arrived(device, shuffled.arrival_ms)
+        batches.add((device, shuffled, LATE if late else ON_TIME))
+        self._close_at(close, device, first_ms, last_ms + self._gap_ms)
         return iter(())
 
-    def _close_at(self, close, device: str, last_arrival_ms: int, end_ms: int) -> None:
+    def _close_at(self, close, device: str, first_ms: int, end_ms: int) -> None:
         # At the session's end, the first millisecond after it, not at its last one:
         # Prism fires a timer once its watermark reaches the timer's time, and a
         # watermark at a time says nothing of batches at that very millisecond, which
         # may still be on their way (a batch a gap less 1 ms after the last one).
         close.set(Timestamp(micros=end_ms * 1000),
-                  dynamic_timer_tag=timer_tag(device, last_arrival_ms // self._gap_ms))
+                  dynamic_timer_tag=timer_tag(device, first_ms))
 
     @userstate.on_timer(CLOSE)
     def close_sessions(
@@ -500,7 +557,7 @@ class _LiveSessionsFn(_MergingFn):
         # Runners keep a timer's time in milliseconds: a session has ended once its
         # end is reached.
         now_ms = timestamp.micros // 1000
-        self._written.fired(now_ms)
+        self._memory.fired(now_ms)
         held = list(batches.read())
         if not held:
             return
@@ -513,7 +570,7 @@ class _LiveSessionsFn(_MergingFn):
             for session, end_ms in split_sessions(items, self._gap_ms):
                 (ended if end_ms <= now_ms else still_open).append((device, session, end_ms))
         for device, session, end_ms in still_open:  # a timer set out of order may have fired early
-            self._close_at(close, device, session[-1].arrival_ms, end_ms)
+            self._close_at(close, device, session[0].arrival_ms, end_ms)
         if not ended:
             return
         batches.clear()
@@ -521,7 +578,7 @@ class _LiveSessionsFn(_MergingFn):
             for item in session:
                 batches.add((device, item, LATE if id(item) in late else ON_TIME))
         for device, session, end_ms in ended:
-            self._written.wrote(device, end_ms)
+            self._memory.wrote(device, end_ms)
             is_late = all(id(item) in late for item in session)
             at = Timestamp(micros=session_end_us(end_ms))
             for out in self._merger.merged(device, session, is_late):

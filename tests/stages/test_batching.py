@@ -40,8 +40,8 @@ from transforms.batching import (
     BatchPerDevice,
     LiveSessions,
     Merger,
+    SessionsMemory,
     StampArrival,
-    WrittenSessions,
     _LiveSessionsFn,
     grouped_in_memory,
     per_event,
@@ -747,55 +747,81 @@ def _event_ids(out) -> list[int]:
 
 def test_live_sessions_read_no_state_per_batch_and_keep_a_timer_at_each_sessions_end():
     """Prism keeps user state in its own process and sends no cache tokens, so every
-    read is a round trip: a batch only adds itself and sets a timer. Each session
-    keeps a timer at its end (tagged by its device and its last arrival's gap-long
-    slot, so a later session does not move an earlier one's); a firing writes the
-    ended sessions. A batch that comes after the session of its device that it belongs to
-    was written came late: alone, it goes out counted late; with on-time batches, it
-    is merged into their session. A batch of another device as far behind, which the
-    runner held in its queue while the watermark passed, is on time. A device whose
-    sessions are all written keeps nothing: no state, no timer."""
-    gap_ms = 10_000
+    read is a round trip: a batch only adds itself and sets its session's timer, and
+    each firing reads the bag. A session's batches move one timer (tagged by its
+    device and its first arrival), which fires once, at the session's end; a later
+    session has a timer of its own. A batch that comes after the session of its
+    device that it belongs to was written came late: alone, it goes out counted late;
+    with on-time batches, it is merged into their session. A batch of another device
+    as far behind, which the runner held in its queue while the watermark passed, is
+    on time. A device whose sessions are all written keeps nothing: no state, no
+    timer."""
     held = _HeldSessions(10)
 
     def arrive(at_ms: int, event_id: int, device: str = "d1") -> None:
         held.arrive(device, device, at_ms, event_id)
 
-    def fire(slot: int, device: str = "d1") -> list:
-        return held.fire(device, timer_tag(device, slot))
+    def fire(first_ms: int, device: str = "d1") -> list:
+        return held.fire(device, timer_tag(device, first_ms))
 
     late_batches, event_ids = held.late_batches, _event_ids
-    start = T0 - T0 % gap_ms
+    start = T0
     arrive(start + 1_000, 1)
-    arrive(start + 4_000, 2)  # same slot, same session: its timer moves to this end
-    arrive(start + 12_000, 3)  # next slot, still the same session (8 s after)
-    arrive(start + 40_000, 4)  # a session of its own, two slots on
+    arrive(start + 4_000, 2)  # the same session: its timer moves to this end
+    arrive(start + 12_000, 3)  # still the same session (8 s after), the same timer
+    arrive(start + 40_000, 4)  # a session of its own, and a timer
     bag, close = held.cells["d1"]
     assert bag.reads == 0
-    slot = start // gap_ms
-    assert close.timers == {timer_tag("d1", slot): (start + 14_000) * 1000,
-                            timer_tag("d1", slot + 1): (start + 22_000) * 1000,
-                            timer_tag("d1", slot + 4): (start + 50_000) * 1000}
-    assert fire(slot) == []  # its session went on
-    [first] = fire(slot + 1)
-    assert event_ids(first) == [1, 2, 3]
+    assert close.timers == {timer_tag("d1", start + 1_000): (start + 22_000) * 1000,
+                            timer_tag("d1", start + 40_000): (start + 50_000) * 1000}
+    [first] = fire(start + 1_000)
+    assert event_ids(first) == [1, 2, 3] and bag.reads == 1
     assert first.timestamp == Timestamp(micros=(start + 22_000) * 1000 - 1)
     assert late_batches() == 0
     arrive(start + 2_000, 9, "d2")  # behind the firing, but d2 has had no session written
-    [queued] = fire(slot, "d2")
+    [queued] = fire(start + 2_000, "d2")
     assert event_ids(queued) == [9] and late_batches() == 0
     arrive(start + 5_000, 5)  # behind where the timers fired: late, and alone
     arrive(start + 21_000, 6)  # late, and 19 s before batch 4: alone too
-    [late_alone] = fire(slot)
+    [late_alone] = fire(start + 5_000)
     assert event_ids(late_alone) == [5] and late_batches() == 1
-    [late_too] = fire(slot + 2)
+    [late_too] = fire(start + 21_000)
     assert event_ids(late_too) == [6] and late_batches() == 2
     arrive(start + 30_500, 7)  # late (in batch 6's written session), but in batch 4's open one
-    arrive(start + 41_000, 8)  # on time
-    assert fire(slot + 3) == []  # the session goes on: its timer moves to its end
-    [last] = fire(slot + 4)
+    arrive(start + 41_000, 8)  # on time: the session's timer moves on
+    assert close.timers == {timer_tag("d1", start + 40_000): (start + 51_000) * 1000}
+    [last] = fire(start + 40_000)
     assert event_ids(last) == [7, 4, 8] and late_batches() == 2  # merged, on time
     assert held.keep_nothing()  # a written device keeps nothing
+
+
+def test_a_live_session_whose_batches_a_process_did_not_all_see_still_goes_out_at_its_end():
+    """What the process remembers of a device's open session only saves firings: a
+    batch of a session whose earlier batches it does not know (another process had
+    them, or it restarted) sets a timer of its own; the earlier part's timer then
+    fires before the session's end, finds it open and sets one at its end; the
+    session goes out once, whole, at its end."""
+    held = _HeldSessions(10)
+    start = T0
+
+    def arrive(at_ms: int, event_id: int) -> None:
+        held.arrive("d1", "d1", at_ms, event_id)
+
+    arrive(start + 1_000, 1)
+    held.fn._memory._memory().opened.clear()  # noqa: SLF001 - as a new process knows nothing
+    arrive(start + 6_000, 2)
+    arrive(start + 3_000, 3)  # out of order, in the part it knows: that timer stays
+    _, close = held.cells["d1"]
+    assert close.timers == {timer_tag("d1", start + 1_000): (start + 11_000) * 1000,
+                            timer_tag("d1", start + 6_000): (start + 16_000) * 1000}
+    assert held.fire("d1", timer_tag("d1", start + 1_000)) == []  # the session goes on
+    assert close.timers == {timer_tag("d1", start + 6_000): (start + 16_000) * 1000,
+                            timer_tag("d1", start + 1_000): (start + 16_000) * 1000}
+    [session] = held.fire("d1", timer_tag("d1", start + 1_000))
+    assert _event_ids(session) == [1, 3, 2] and held.late_batches() == 0
+    assert session.timestamp == Timestamp(micros=(start + 16_000) * 1000 - 1)
+    assert held.fire("d1", timer_tag("d1", start + 6_000)) == []  # nothing left
+    assert held.keep_nothing()
 
 
 def test_live_sessions_keyed_by_shard_keep_each_devices_sessions_and_timers_apart():
@@ -804,29 +830,28 @@ def test_live_sessions_keyed_by_shard_keep_each_devices_sessions_and_timers_apar
     own timer (tagged with its device) and goes out at its own end, and late batches
     are judged per device. The shard keeps nothing once all are written."""
     held = _HeldSessions(10)
-    start = T0 - T0 % 10_000
-    slot = start // 10_000
+    start = T0
 
-    def fire(device: str, slot: int) -> list:
-        return held.fire("0", timer_tag(device, slot))
+    def fire(device: str, first_ms: int) -> list:
+        return held.fire("0", timer_tag(device, first_ms))
 
     held.arrive("0", "d1", start + 100, 1)
-    held.arrive("0", "d2", start + 900, 2)  # the same slot, a timer of its own
+    held.arrive("0", "d2", start + 900, 2)  # a timer of its own
     held.arrive("0", "d1", start + 5_000, 3)  # d1's session goes on
     bag, close = held.cells["0"]
     assert bag.reads == 0
-    assert close.timers == {timer_tag("d1", slot): (start + 15_000) * 1000,
-                            timer_tag("d2", slot): (start + 10_900) * 1000}
-    [d2] = fire("d2", slot)
+    assert close.timers == {timer_tag("d1", start + 100): (start + 15_000) * 1000,
+                            timer_tag("d2", start + 900): (start + 10_900) * 1000}
+    [d2] = fire("d2", start + 900)
     assert (d2.value.device, _event_ids(d2)) == ("d2", [2])
     assert d2.timestamp == Timestamp(micros=(start + 10_900) * 1000 - 1)
     held.arrive("0", "d2", start + 3_000, 4)  # d2's session is written: late
     held.arrive("0", "d3", start + 3_200, 5)  # as far behind, but d3 has had none: on time
-    [d2_late] = fire("d2", slot)
+    [d2_late] = fire("d2", start + 3_000)
     assert (d2_late.value.device, _event_ids(d2_late), held.late_batches()) == ("d2", [4], 1)
-    [d3] = fire("d3", slot)
+    [d3] = fire("d3", start + 3_200)
     assert (d3.value.device, _event_ids(d3), held.late_batches()) == ("d3", [5], 1)
-    [d1] = fire("d1", slot)
+    [d1] = fire("d1", start + 100)
     assert (d1.value.device, _event_ids(d1)) == ("d1", [1, 3])
     assert d1.timestamp == Timestamp(micros=(start + 15_000) * 1000 - 1)
     assert held.keep_nothing() and held.late_batches() == 1
@@ -857,12 +882,17 @@ def _as_a_runner(held: _HeldSessions, pending: list, data, past_batches: bool = 
     fired once the watermark reaches it, as Prism fires them (its time, in
     milliseconds, at or before the watermark: so while a batch at that very
     millisecond may still be on its way), each key's timers in time order, the keys
-    in any order; at the end, every timer. → (what was written, how many batches came
-    behind the watermark)."""
+    in any order; the process's memory of open sessions lost (a batch handled by
+    another process, a restart); at the end, every timer. → (what was written, how
+    many batches came behind the watermark, how many sessions went out behind the
+    watermark downstream: the input watermark held at the earliest pending timer, as
+    a runner holds it, past the session's end)."""
     watermark_ms, written, behind_it = T0, [], 0
+    downstream_ms, behind_downstream = T0, 0
     pending = list(pending)
 
     def fire_a_due_timer() -> bool:
+        nonlocal downstream_ms, behind_downstream
         due = sorted({key for key, (_, close) in held.cells.items()
                       if any(at // 1000 <= watermark_ms for at in close.timers.values())})
         if not due:
@@ -870,11 +900,15 @@ def _as_a_runner(held: _HeldSessions, pending: list, data, past_batches: bool = 
         key = data.draw(st.sampled_from(due))
         timers = held.cells[key][1].timers
         tag = min(timers, key=timers.get)
-        written.extend(held.fire(key, tag))
+        holds = [at // 1000 for _, close in held.cells.values() for at in close.timers.values()]
+        downstream_ms = max(downstream_ms, min([watermark_ms, *holds]))
+        out = held.fire(key, tag)
+        behind_downstream += sum((o.timestamp.micros + 1) // 1000 < downstream_ms for o in out)
+        written.extend(out)
         return True
 
     while pending:
-        step = data.draw(st.sampled_from(["deliver", "watermark", "timer"]))
+        step = data.draw(st.sampled_from(["deliver", "watermark", "timer", "forget"]))
         if step == "deliver":
             key, device, at, event_id = pending.pop(data.draw(st.integers(0, len(pending) - 1)))
             behind_it += at < watermark_ms
@@ -885,12 +919,14 @@ def _as_a_runner(held: _HeldSessions, pending: list, data, past_batches: bool = 
             else:  # as far as it may go: the first batch still to come
                 up_to = min(at for _, _, at, _ in pending)
             watermark_ms = data.draw(st.just(up_to) | st.integers(watermark_ms, up_to))
-        else:
+        elif step == "timer":
             fire_a_due_timer()
+        else:
+            held.fn._memory._memory().opened.clear()  # noqa: SLF001
     watermark_ms = 2**62
     while fire_a_due_timer():
         pass
-    return written, behind_it
+    return written, behind_it, behind_downstream
 
 
 @settings(max_examples=400, derandomize=True, database=None, deadline=None)
@@ -900,7 +936,9 @@ def test_live_sessions_write_the_bounded_sessions_in_whatever_order_a_runner_goe
 ):
     """`_LiveSessionsFn` driven in any order that a runner's watermark allows
     (`_as_a_runner`) writes the sessions the bounded path writes (`grouped_in_memory`)
-    at the same times, none counted late, and keeps nothing once all are written.
+    at the same times, none counted late, none behind the watermark downstream (each
+    session holds it with a timer until it is out), and keeps nothing once all are
+    written.
     Devices under one key, two or their own (`shards`); batches about a gap apart,
     and event ids that repeat."""
     held, sent = _HeldSessions(_GAP_MS // 1000), _sent(sends, shards)
@@ -909,10 +947,10 @@ def test_live_sessions_write_the_bounded_sessions_in_whatever_order_a_runner_goe
          for _, device, at, event_id in sent],
         Batching(BatchingMode.SESSIONS, session_gap_s=_GAP_MS // 1000), NO_DICTIONARY,
         Merger(NO_DICTIONARY))[0]
-    written, _ = _as_a_runner(held, sent, data)
+    written, _, behind_downstream = _as_a_runner(held, sent, data)
     assert sorted((out.value.device, out.value.line, out.timestamp.micros) for out in written) == (
         sorted((out.device, out.line, at_us) for out, at_us in expected))
-    assert held.late_batches() == 0
+    assert held.late_batches() == 0 and behind_downstream == 0
     assert held.keep_nothing()
 
 
@@ -925,7 +963,7 @@ def test_live_sessions_lose_and_double_nothing_whatever_comes_late(sends, shards
     nothing is kept once all are written."""
     held = _HeldSessions(_GAP_MS // 1000)
     sent = [(key, device, at, n) for n, (key, device, at, _) in enumerate(_sent(sends, shards))]
-    written, behind_it = _as_a_runner(held, sent, data, past_batches=True)
+    written, behind_it, _ = _as_a_runner(held, sent, data, past_batches=True)
     out = sorted((o.value.device, event_id) for o in written for event_id in _event_ids(o))
     assert out == sorted((device, n) for _, device, _, n in sent)
     assert held.late_batches() <= behind_it
@@ -955,11 +993,11 @@ _NEAR_HORIZONS = st.builds(lambda horizons, ms: max(0, horizons * LATE_HORIZON_M
           ("fired", "", 2 * LATE_HORIZON_MS), ("wrote", "c", 5), ("wrote", "d", 5),  # pruned
           ("late", "a", LATE_HORIZON_MS + 200)])  # a's end, 300 ms within the horizon, kept
 def test_the_written_sessions_judge_lateness_as_a_memory_of_every_end_would(steps):
-    """`WrittenSessions` keeps recent ends by device and the rest as sorted arrays of
+    """`SessionsMemory` keeps recent ends by device and the rest as sorted arrays of
     hashes, pruned past the late horizon (here merged at every second write): whatever
     the order of writes, firings and questions, a batch is late exactly when a memory
     of every device's latest end, never pruned, says so."""
-    written, ends, fired_ms = WrittenSessions(), {}, 0
+    written, ends, fired_ms = SessionsMemory(_GAP_MS), {}, 0
     written._memory().seal_at = 2  # noqa: SLF001 - merged often, to be tested
     for step, device, at_ms in steps:
         if step == "wrote":
