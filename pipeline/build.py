@@ -59,7 +59,8 @@ def forward(
     `live_sessions`: see `BatchPerDevice` and `pipeline.runners.live_sessions`.
     `late_files_batched`: in streaming, a file window's late batches go out together
     `--file_flush_s` after the first of them (`pipeline.runners.batches_late_files`),
-    rather than a file per late batch.
+    rather than a file per late batch; and late dead letters `--dead_letter_flush_s`
+    after the first of them.
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
@@ -68,7 +69,8 @@ def forward(
         dead_letters.append(read_dead_letters)
     files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows,
                                                live_sessions, late_files_batched)
-    return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config))
+    return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config,
+                                             late_files_batched))
 
 
 def arrive(
@@ -119,7 +121,7 @@ def batch_and_write(
 
 
 def write_dead_letters(
-    dead_letters: list[beam.PCollection], config: ForwarderConfig
+    dead_letters: list[beam.PCollection], config: ForwarderConfig, late_batched: bool = False
 ) -> beam.PCollection:
     return (dead_letters | "AllDeadLetters" >> beam.Flatten()) | "WriteDeadLetters" >> (
         WriteDeadLetters(
@@ -127,6 +129,7 @@ def write_dead_letters(
             config.connection,
             flush_after_s=config.dead_letter_flush_s if config.streaming else None,
             allowed_lateness_s=config.batching.allowed_lateness_s,
+            late_batched=late_batched,
         )
     )
 

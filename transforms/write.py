@@ -386,15 +386,20 @@ class WriteDeadLetters(beam.PTransform):
         bounds: FileLayout = DEFAULT_LAYOUT,
         flush_after_s: int | None = None,
         allowed_lateness_s: int = 0,
+        late_batched: bool = False,
     ):
         """`bounds`: the records and bytes of one file (its `max_batches`, `max_bytes`).
-        `flush_after_s`: in streaming, a file per that many seconds of records."""
+        `flush_after_s`: in streaming, a file per that many seconds of records.
+        `late_batched`: a window's late records go out together, a pane `flush_after_s`
+        after the first of them, rather than a file each (as `WriteBatchFiles`'s
+        `late_firing_s`: `pipeline.runners.batches_late_files`)."""
         super().__init__()
         self._write_fn = _WriteFilesFn(location, connection, DeadLetterNamer(""),
                                        _DEAD_LETTER_COUNTERS)
         self._bounds = bounds
         self._flush_after_s = flush_after_s
         self._allowed_lateness_s = allowed_lateness_s
+        self._late_batched = late_batched
 
     def _windowing(self):
         if self._flush_after_s is None:
@@ -402,7 +407,8 @@ class WriteDeadLetters(beam.PTransform):
         # Streaming: windows over the records' own time (the publish time), as for
         # forwarded files; late records go out in a further file.
         return late_firing_windowing(
-            window.FixedWindows(self._flush_after_s), allowed_lateness_s=self._allowed_lateness_s
+            window.FixedWindows(self._flush_after_s), allowed_lateness_s=self._allowed_lateness_s,
+            late_firing_s=self._flush_after_s if self._late_batched else 0,
         )
 
     def expand(self, letters):

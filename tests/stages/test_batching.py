@@ -652,12 +652,15 @@ def test_late_batches_of_a_written_window_go_out_together_on_prism(
     batched, s3_endpoint, s3_client, prism
 ):
     """Five devices' window is written, then a batch of each comes behind the
-    watermark (as the batches a dead reader held come again, all at once). Batched
-    (`runners.batches_late_files`, as a live run on Prism has it) their pane waits
-    `--file_flush_s` after the first of them, here longer than the run: so they can
-    only have gone out in the window's closing firing when the stream ends, in one
-    late file, nothing lost; a pane each (the DirectRunner's way), a file per late
-    batch, or per bundle of them (Prism fires the late trigger once per bundle)."""
+    watermark (as the batches a dead reader held come again, all at once), and five
+    records that are not batches. Batched (`runners.batches_late_files`, as a live
+    run on Prism has it) their pane waits `--file_flush_s` after the first of them,
+    here longer than the run: so they can only have gone out in the window's closing
+    firing when the stream ends, in one late file, nothing lost; and the dead
+    letters' pane `--dead_letter_flush_s` (10 s: they come within it) after the first
+    of them, one late dead-letter file; a pane each (the
+    DirectRunner's way), a file per late batch, or per bundle of them (Prism fires the
+    late trigger once per bundle)."""
     def record(n: int, device: str, at_ms: int, *ids: int) -> RawRecord:
         return RawRecord(f"pubsub:{n}", json.dumps(batch(device, at_ms, *ids)).encode(),
                          publish_time_ms=at_ms)
@@ -667,20 +670,26 @@ def test_late_batches_of_a_written_window_go_out_together_on_prism(
     records.append(record(5, "d9", T0 + 60_000, 100))  # the watermark passes the window
     records += [record(6 + n, device, T0 + 1_000 + n, 10 + n)  # late, each
                 for n, device in enumerate(devices)]
-    records.append(record(11, "d9", T0 + 120_000, 200))
+    records += [RawRecord(f"pubsub:{11 + n}", b"{not a batch", publish_time_ms=T0 + 1_000 + n)
+                for n in range(5)]  # late dead letters
+    records.append(record(16, "d9", T0 + 120_000, 200))
     written, counters = _written_on_prism(
-        "live", records, 20, 10, ["--window_size_s=10"], s3_endpoint, s3_client,
-        late_files_batched=batched)
-    lines = [json.loads(line) for body in written.values() for line in body.splitlines()]
+        "live", records, 20, 10, ["--window_size_s=10", "--dead_letter_flush_s=10"],
+        s3_endpoint, s3_client, late_files_batched=batched)
+    letters = {key: body for key, body in written.items() if "_dead_letters/" in key}
+    files = {key: body for key, body in written.items() if key not in letters}
+    lines = [json.loads(line) for body in files.values() for line in body.splitlines()]
     assert sorted(e["data"]["event_id"] for b in lines for e in b["events"]) == sorted(
         [n + 1 for n in range(5)] + [10 + n for n in range(5)] + [100, 200])
     assert (counters.get("late_batches"), counters.get("late_events")) == (5, 5), counters
     late_panes = counters.get(metrics.FILE_PANES_PREFIX + "late")
+    assert sum(len(body.splitlines()) for body in letters.values()) == 5
+    assert len(letters) == counters["dead_letter_files_written"]
     if batched:
-        assert late_panes == 1, counters
+        assert late_panes == 1 and len(letters) == 1, counters
     else:  # 5 here, and 4 once with two in one bundle: as Prism's bundles fall
-        assert 1 <= late_panes <= 5, counters
-    assert len(written) == counters["files_written"] == 3 + late_panes, counters
+        assert 1 <= late_panes <= 5 and 1 <= len(letters) <= 5, counters
+    assert len(files) == counters["files_written"] == 3 + late_panes, counters
 
 
 class _Cell:
