@@ -639,10 +639,10 @@ class BatchPerDevice(beam.PTransform):
             return {"batches": batches, "dead_letters": nothing}
         if self.keeps_live_sessions:
             shards = self._live_sessions.shards
-            held = (keyed
-                    | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-                    | "KeyBySessionShard" >> beam.Map(session_key, shards).with_output_types(
-                        tuple[str, tuple[str, ShuffledBatch]]))
+            if not keyed.windowing.is_default():  # a live source's are: no step per batch
+                keyed = keyed | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+            held = keyed | "KeyBySessionShard" >> beam.Map(session_key, shards).with_output_types(
+                tuple[str, tuple[str, ShuffledBatch]])
             return self._kept_live(held)
         if self._keyed_windows:
             grouped = self._group_keyed(keyed)
