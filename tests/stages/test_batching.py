@@ -658,9 +658,9 @@ def test_late_batches_of_a_written_window_go_out_together_on_prism(
     here longer than the run: so they can only have gone out in the window's closing
     firing when the stream ends, in one late file, nothing lost; and the dead
     letters' pane `--dead_letter_flush_s` (10 s: they come within it) after the first
-    of them, one late dead-letter file; a pane each (the
-    DirectRunner's way), a file per late batch, or per bundle of them (Prism fires the
-    late trigger once per bundle)."""
+    of them, one late dead-letter file; a pane each (the DirectRunner's way), a file
+    per late batch, or per bundle of them (Prism fires the late trigger once per
+    bundle)."""
     def record(n: int, device: str, at_ms: int, *ids: int) -> RawRecord:
         return RawRecord(f"pubsub:{n}", json.dumps(batch(device, at_ms, *ids)).encode(),
                          publish_time_ms=at_ms)
