@@ -291,6 +291,10 @@ class _Memory:
             return max(recent, int(ends[at]))
         return recent
 
+    def late(self, device: str, at_ms: int) -> bool:
+        """Whether a batch of `device` arriving at `at_ms` came late (`SessionsMemory`)."""
+        return at_ms < self.end(device) or at_ms < self.fired_ms - LATE_HORIZON_MS
+
     def session(self, device: str, at_ms: int) -> tuple[int, int]:
         """(the first, the latest arrival) known of the session of `device` that a
         batch arriving at `at_ms` is in, with it: the device's open session when the
@@ -389,7 +393,7 @@ class SessionsMemory:
         the latest arrival) known of its session, with it: its timer's name and time)."""
         memory = self._memory()
         with memory.lock:
-            return self.late(device, at_ms), memory.session(device, at_ms)
+            return memory.late(device, at_ms), memory.session(device, at_ms)
 
     def fired(self, at_ms: int) -> None:
         memory = self._memory()
@@ -404,8 +408,7 @@ class SessionsMemory:
             memory.wrote(device, end_ms)
 
     def late(self, device: str, at_ms: int) -> bool:
-        memory = self._memory()
-        return at_ms < memory.end(device) or at_ms < memory.fired_ms - LATE_HORIZON_MS
+        return self._memory().late(device, at_ms)
 
 
 class SdkHarnessHint(ResourceHint):
