@@ -30,11 +30,25 @@ bootstrap() {
   if [ ! -f "$stamp" ]; then
     echo "== setting up $VENV"
     "$PYTHON" -m venv "$VENV"
+  fi
+  # The Go builds (a few minutes on a fresh machine, CPU-bound) go on beside pip's
+  # install (mostly downloads), in the background.
+  build_go_tools &
+  local go_tools=$!
+  if [ ! -f "$stamp" ]; then
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -e ".[test]"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
   fi
+  if ! wait "$go_tools"; then
+    echo "building Prism or the local Pub/Sub server failed (above)" >&2
+    exit 1
+  fi
+}
+
+# Prism and the local Pub/Sub server, each unless built from what is here already.
+build_go_tools() {
   local go_stamp
   go_stamp="$ROOT/.local/pstest-$(digest tools/pstest/go.mod tools/pstest/go.sum tools/pstest/*.go tools/pstest/*.patch)"
   local beam_version
