@@ -14,7 +14,8 @@ runner (the DirectRunner with Beam's ReadFromPubSub, Prism with PubSubSource):
      (so that making them takes no CPU from the run), then publishes `--rate`
      batches a second for `--seconds`, and notes when each file first shows in S3:
      against its window's end, or with `--sessions GAP_S` (`--wait_for_complete_batch`,
-     devices that send a batch every 2 s for 20 s, then stop) against each session's
+     devices that send a batch every 2 s for 20 s, then stop, a tenth of the rate's
+     devices starting each second; `--sessions_together`: in bursts) against each session's
      end, its device's last batch sent plus the gap. It samples the RSS of the
      pipeline's processes every second and prints the peak of the second minute and
      of the last one.
@@ -302,20 +303,32 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
             **_verified(sum(watched.events_by_device().values()), expected)}
 
 
-def session_devices(batches: Iterator[dict], rate: int) -> Iterator[dict]:
+def session_devices(batches: Iterator[dict], rate: int, together: bool = False
+                    ) -> Iterator[dict]:
     """The batches, `rate` a second, moved to devices that each send a batch every
     SESSION_EVERY_S seconds for SESSION_ACTIVE_S seconds and then stop, so that
-    sessions keep closing while new ones open."""
+    sessions keep closing while new ones open: a tenth of `rate` devices start every
+    second, so sessions close at the pace they open, as a steady stream's do (the
+    n-th batch of a second is the (n mod 10)-th of its device's session). `together`:
+    every device of a SESSION_ACTIVE_S stretch starts in its first SESSION_EVERY_S and
+    stops in its last, so that the stretch's sessions all close at once, a burst every
+    SESSION_ACTIVE_S (the benchmark's shape before 2026-12-02)."""
+    per_session = SESSION_ACTIVE_S // SESSION_EVERY_S
     for index, batch in enumerate(batches):
         second, nth = divmod(index, rate)
-        slot = nth + rate * (second % SESSION_EVERY_S)
-        batch["mp_deviceid"] = f"bench-{second // SESSION_ACTIVE_S}-{slot}"
+        if together:
+            slot = nth + rate * (second % SESSION_EVERY_S)
+            batch["mp_deviceid"] = f"bench-{second // SESSION_ACTIVE_S}-{slot}"
+        else:
+            started = second - SESSION_EVERY_S * (nth % per_session)
+            batch["mp_deviceid"] = f"bench-{started}-{nth // per_session}"
         yield batch
 
 
 def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
-           gap_s: int | None = None) -> dict:
-    """`gap_s`: sessions with this gap (`--wait_for_complete_batch=true`), else windows."""
+           gap_s: int | None = None, together: bool = False) -> dict:
+    """`gap_s`: sessions with this gap (`--wait_for_complete_batch=true`), else windows;
+    `together`: see `session_devices`."""
     topic, subscription = new_subscription(publisher, subscriber)
     mode = "sessions" if gap_s else "windows"
     bucket = f"steady-{mode}-{runner.lower()}"
@@ -331,7 +344,7 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
         # Everything sent is made first, so that making it takes no CPU from the run.
         batches = generate(rate * duration, 5_000, seed=72)
         if gap_s:
-            batches = session_devices(batches, rate)
+            batches = session_devices(batches, rate, together)
         now_ms, seconds = int(time.time() * 1000), []
         per_device: collections.Counter = collections.Counter()
         for second in range(duration):
@@ -396,6 +409,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=120, help="0: no steady run")
     parser.add_argument("--sessions", type=int, metavar="GAP_S",
                         help="the steady run in sessions of this gap, not windows")
+    parser.add_argument("--sessions_together", action="store_true",
+                        help="sessions that start and end in bursts (session_devices)")
     parser.add_argument("--runners", default="DirectRunner,PrismRunner")
     args = parser.parse_args()
     port = free_port()
@@ -422,7 +437,8 @@ def main() -> None:
                           + (f", sessions of gap {args.sessions} s" if args.sessions else "")
                           + " ...", flush=True)
                     _print_steady(steady(runner, endpoint, s3, publisher, subscriber, args.rate,
-                                         args.seconds, Path(tmp), args.sessions))
+                                         args.seconds, Path(tmp), args.sessions,
+                                         args.sessions_together))
     finally:
         pstest.terminate()
 
