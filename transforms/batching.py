@@ -39,7 +39,7 @@ from apache_beam.transforms.resources import ResourceHint
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms import metrics
+from transforms import metrics, state_commits
 from transforms.io import inputs, s3
 from transforms.outputs import with_dead_letters
 from transforms.rules.dead_letters import AFTER_SETTINGS, DEAD_LETTERS, dead_letter, unexpected
@@ -529,6 +529,12 @@ class _LiveSessionsFn(_MergingFn):
         super().__init__(codec, input_connection)
         self._gap_ms = batching.session_gap_s * 1000
         self._memory = SessionsMemory(self._gap_ms)
+
+    def setup(self):
+        super().setup()
+        # A bundle adds batches to the bags of hundreds of keys: their appends go to
+        # the runner together, not one round trip after another.
+        state_commits.pipeline_bag_commits()
 
     def process(
         self,
