@@ -1,4 +1,5 @@
-"""A bundle's user state committed in one round trip to the runner, not one per key.
+"""A bundle's user state sent to the runner all at once and then awaited, not a round
+trip per key in turn.
 
 Beam's Python SDK harness commits a bundle's user state cell by cell:
 `FnApiUserStateContext.commit` calls each cell's `commit`, and a bag's commit sends
