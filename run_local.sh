@@ -78,10 +78,10 @@ build_prism() {
     exit 1
   fi
   patched_module "github.com/apache/beam/sdks/v2@v$version" beam-sdks tools/prism
-  (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism)
-  # Fetches and compiles what the patches' own Go tests need; the suite runs them
-  # (tests/pipeline/test_prism_patches.py).
-  (cd tools/prism && go test -run '^$' github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/jobservices >/dev/null)
+  # Builds Prism, then fetches and compiles what the patches' own Go tests need; the
+  # suite runs them (tests/pipeline/test_prism_patches.py).
+  (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism &&
+    go test -run '^$' github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/jobservices >/dev/null)
 }
 
 # Google's Pub/Sub fake from the Go module that tools/pstest/go.mod requires, with

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline.tools.local_services import ROOT
+
 PATCHED = ROOT / ".local" / "beam-sdks"
 METRICS_STORE = "github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/jobservices"
 
