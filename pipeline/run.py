@@ -75,12 +75,25 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _note_interrupts() -> list[int]:
+# How long a bounded run's runner may take to stop after Ctrl-C before the launcher
+# exits without it (its workers end with it: their channels to it break).
+INTERRUPT_GRACE_S = 15
+
+
+def _note_interrupts(give_up: Callable[[], None] | None = None) -> list[int]:
     """Ctrl-C as usual (KeyboardInterrupt), and noted: the runner may wrap the
-    KeyboardInterrupt in an error of its own. The list is non-empty once it came."""
+    KeyboardInterrupt in an error of its own. The list is non-empty once it came.
+    `give_up`: called if the process still runs INTERRUPT_GRACE_S after the first
+    Ctrl-C. Beam's runners can wait forever after one: the DirectRunner's worker
+    processes, interrupted before a worker connected, wait for that worker to be told
+    to stop, which never comes (apache/beam#19674, open in Beam 2.77)."""
     seen: list[int] = []
 
     def interrupt(signum, frame):
+        if not seen and give_up is not None:
+            timer = threading.Timer(INTERRUPT_GRACE_S, give_up)
+            timer.daemon = True
+            timer.start()
         seen.append(signum)
         raise KeyboardInterrupt
 
@@ -183,7 +196,24 @@ def _printed(values: dict, prints: dict) -> str:
 
 def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     """Runs the pipeline; a failure ends in one sentence and its exit code."""
-    interrupted = _note_interrupts()
+    reported = threading.Event()
+
+    def report_interrupted() -> None:
+        if not reported.is_set():
+            reported.set()
+            console.error("interrupted; nothing written so far is lost, and a rerun writes "
+                          f"the same keys{_naming_the_upload_day(config)}.")
+
+    def exit_without_the_runner() -> None:
+        _LOG.warning("the runner did not stop within %d s of Ctrl-C; exiting without it",
+                     INTERRUPT_GRACE_S)
+        report_interrupted()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    # A live run stops on Ctrl-C by draining, within its own deadline (_run_live).
+    interrupted = _note_interrupts(None if config.streaming else exit_without_the_runner)
     _LOG.info("running on %s", engine_name(runner))
     started = time.monotonic()
     try:
@@ -205,8 +235,7 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
         return EXIT_FAILED
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
         if interrupted:
-            console.error("interrupted; nothing written so far is lost, and a rerun writes "
-                          f"the same keys{_naming_the_upload_day(config)}.")
+            report_interrupted()
             return EXIT_INTERRUPTED
         gave_up = _GAVE_UP.search(str(err))
         if gave_up:

@@ -36,6 +36,16 @@ def start(s3_endpoint: str, bucket: str, long_input: str, *flags: str) -> subpro
     )
 
 
+def ended(process: subprocess.Popen, timeout: float) -> str:
+    """The stderr of `process` once it ends; killed if it has not within `timeout`."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+
+
 def workers_of(process: subprocess.Popen) -> list[psutil.Process]:
     return [child for child in psutil.Process(process.pid).children(recursive=True)
             if child.name().startswith("python") and "sdk_worker_main" in " ".join(child.cmdline())]
@@ -59,9 +69,28 @@ def test_ctrl_c_during_a_bounded_run_exits_130(s3_endpoint, bucket, long_input):
     time.sleep(6)  # past start-up, into the run
     assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    err = ended(process, timeout=60)
     assert process.returncode == 130, err[-3000:]
     assert "error: interrupted; nothing written so far is lost" in err
+
+
+def test_ctrl_c_as_the_worker_processes_start_exits_130(s3_endpoint, bucket, long_input):
+    """Interrupted after the DirectRunner started its worker processes and before they
+    connected, Beam waits forever for them to be told to stop (apache/beam#19674): the
+    launcher exits without the runner once run.INTERRUPT_GRACE_S have passed."""
+    from pipeline.run import INTERRUPT_GRACE_S
+
+    process = start(s3_endpoint, bucket, long_input)
+    deadline = time.monotonic() + 60
+    while not workers_of(process) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert workers_of(process), "no worker process started"
+    process.send_signal(signal.SIGINT)  # a worker imports Beam for a second or more first
+    interrupted = time.monotonic()
+    err = ended(process, timeout=INTERRUPT_GRACE_S + 30)
+    assert process.returncode == 130, err[-3000:]
+    assert err.count("error: interrupted; nothing written so far is lost") == 1, err[-3000:]
+    print(f"\nexited {time.monotonic() - interrupted:.1f} s after Ctrl-C")
 
 
 def test_workers_end_when_the_launcher_is_killed(s3_endpoint, s3_client, bucket, long_input):
