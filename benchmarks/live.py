@@ -14,9 +14,10 @@ runner (the DirectRunner with Beam's ReadFromPubSub, Prism with PubSubSource):
      (so that making them takes no CPU from the run), then publishes `--rate`
      batches a second for `--seconds`, and notes when each file first shows in S3:
      against its window's end, or with `--sessions GAP_S` (`--wait_for_complete_batch`,
-     devices that send a batch every 2 s for 20 s, then stop, a tenth of the rate's
-     devices starting each second; `--sessions_together`: in bursts) against each session's
-     end, its device's last batch sent plus the gap. It samples the RSS of the
+     files in the forwarder's default windows, devices that send a batch every 2 s for
+     20 s, then stop, a tenth of the rate's devices starting each second;
+     `--sessions_together`: in bursts) against each session's end, its device's last
+     batch sent plus the gap. It samples the RSS of the
      pipeline's processes every second and prints the peak of the second minute and
      of the last one.
 While a run goes, events are counted by a byte scan of each new object; afterwards
@@ -209,10 +210,16 @@ def new_subscription(publisher, subscriber) -> tuple[str, str]:
 
 def start_pipeline(runner: str, endpoint: str, bucket: str, subscription: str, log: Path,
                    *flags: str):
+    """Windows of WINDOW_S unless `flags` ask for sessions, whose files keep the
+    forwarder's default windows (`--window_size_s` groups their files: 10-s windows
+    would make a file per 10 s at least, and many more once a window's batches spread
+    over several panes)."""
+    sessions = "--wait_for_complete_batch=true" in flags
+    windows = () if sessions else (f"--window_size_s={WINDOW_S}",)
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline", f"--s3_bucket_name={bucket}",
          f"--s3_endpoint_url={endpoint}", f"--input_subscription={subscription}",
-         f"--window_size_s={WINDOW_S}", "--skip_bucket_check=true", f"--runner={runner}",
+         *windows, "--skip_bucket_check=true", f"--runner={runner}",
          *flags, *os.environ.get("LIVE_FLAGS", "").split()],
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
 
