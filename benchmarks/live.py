@@ -409,6 +409,7 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
             "lag_p95": lags[int(len(lags) * 0.95)] if lags else None,
             "lag_max": lags[-1] if lags else None,
             "within_10s": sum(1 for lag in lags if lag <= 10) / len(lags) if lags else 0,
+            "past_10s": sum(1 for lag in lags if lag > 10),
             # from the first batch sent
             "rss_second_minute": memory.peak_mib(began + 60, began + 120),
             "rss_last_minute": memory.peak_mib(ended - 60, ended + 1)}
@@ -464,7 +465,8 @@ def _print_drain(runner: str, result: dict) -> None:
 def _print_steady(result: dict) -> None:
     end = "session end (last batch + gap)" if result["sessions"] else "window end"
     lags = (f"{end} to file: median {result['lag_p50']:.1f} s, p95 {result['lag_p95']:.1f} s, "
-            f"max {result['lag_max']:.1f} s, within 10 s: {result['within_10s']:.0%}"
+            f"max {result['lag_max']:.1f} s, within 10 s: {result['within_10s']:.2%} "
+            f"({result['past_10s']:,} {'sessions' if result['sessions'] else 'files'} later)"
             ) if result["files"] else "no file"
     sessions = f", {result['sessions']:,} sessions" if result["sessions"] else ""
     memory = "; ".join(
