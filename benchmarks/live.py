@@ -131,15 +131,15 @@ class Bucket:
             lags.append(seen - (newest // WINDOW_S + 1) * WINDOW_S)
         return sorted(lags)
 
-    def session_lags(self, last_sent: dict[str, float], gap_s: int) -> list[float]:
-        """Seconds from each session's end (its device's last batch sent, plus the
+    def session_lags(self, last_sent: dict[str, float], gap_s: int) -> dict[str, float]:
+        """Per device, seconds from its session's end (its last batch sent, plus the
         gap) to the first sight of the file that holds it."""
-        lags = {}
+        lags: dict[str, float] = {}
         for key, batch in self.batches():
             device = batch["mp_deviceid"]
             lags[device] = max(lags.get(device, 0.0),
                                self.first_seen[key] - last_sent[device] - gap_s)
-        return sorted(lags.values())
+        return lags
 
     def _keys(self, **listed) -> Iterator[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, **listed)
@@ -399,20 +399,49 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     found = watched.events_by_device()
     if os.environ.get("LIVE_DEBUG") and found != per_device:
         _missing(found, per_device, last_sent, began, log)
-    lags = watched.session_lags(last_sent, gap_s) if gap_s else watched.lags()
     ended = memory.samples[-1][0] if memory.samples else began
+    final = {}
+    if gap_s:
+        by_device = watched.session_lags(last_sent, gap_s)
+        lags = sorted(by_device.values())
+        # Every session still open when publishing stops ends then, all together.
+        stopped = began + published_s - SESSION_EVERY_S
+        final = _lag_figures(sorted(lag for device, lag in by_device.items()
+                                    if last_sent[device] >= stopped))
+        final["before"] = _lag_figures(sorted(lag for device, lag in by_device.items()
+                                              if last_sent[device] < stopped))
+        final["late_by_end"] = sorted(collections.Counter(
+            int((last_sent[device] - began) // 10) * 10
+            for device, lag in by_device.items() if lag > 10).items())
+        if os.environ.get("LIVE_DEBUG"):
+            print("    lags by whole second:", sorted(collections.Counter(
+                int(lag) for lag in lags).items()), flush=True)
+    else:
+        lags = watched.lags()
     return {"rate": rate, "seconds": duration, "published_per_s": rate * duration / published_s,
             "files": len(watched.first_seen), "sessions": len(last_sent) if gap_s else None,
             **_verified(sum(found.values()), expected),
             "summary": _summary(log), "file_panes": _file_panes(log),
+            **_lag_figures(lags), "final_sessions": final,
+            # from the first batch sent
+            "rss_second_minute": memory.peak_mib(began + 60, began + 120),
+            "rss_last_minute": memory.peak_mib(ended - 60, ended + 1)}
+
+
+def _lag_figures(lags: list[float]) -> dict:
+    """Median, p95, max of sorted `lags`, the share within 10 s and the count past it."""
+    return {"count": len(lags),
             "lag_p50": lags[len(lags) // 2] if lags else None,
             "lag_p95": lags[int(len(lags) * 0.95)] if lags else None,
             "lag_max": lags[-1] if lags else None,
             "within_10s": sum(1 for lag in lags if lag <= 10) / len(lags) if lags else 0,
-            "past_10s": sum(1 for lag in lags if lag > 10),
-            # from the first batch sent
-            "rss_second_minute": memory.peak_mib(began + 60, began + 120),
-            "rss_last_minute": memory.peak_mib(ended - 60, ended + 1)}
+            "past_10s": sum(1 for lag in lags if lag > 10)}
+
+
+def _lags_text(figures: dict, what: str) -> str:
+    return (f"median {figures['lag_p50']:.1f} s, p95 {figures['lag_p95']:.1f} s, max "
+            f"{figures['lag_max']:.1f} s, within 10 s: {figures['within_10s']:.2%} "
+            f"({figures['past_10s']:,} {what} later)") if figures["count"] else f"no {what}"
 
 
 def main() -> None:
@@ -464,10 +493,8 @@ def _print_drain(runner: str, result: dict) -> None:
 
 def _print_steady(result: dict) -> None:
     end = "session end (last batch + gap)" if result["sessions"] else "window end"
-    lags = (f"{end} to file: median {result['lag_p50']:.1f} s, p95 {result['lag_p95']:.1f} s, "
-            f"max {result['lag_max']:.1f} s, within 10 s: {result['within_10s']:.2%} "
-            f"({result['past_10s']:,} {'sessions' if result['sessions'] else 'files'} later)"
-            ) if result["files"] else "no file"
+    lags = (f"{end} to file: {_lags_text(result, 'sessions' if result['sessions'] else 'files')}"
+            if result["files"] else "no file")
     sessions = f", {result['sessions']:,} sessions" if result["sessions"] else ""
     memory = "; ".join(
         f"{label} {peaks['all']:,.0f} MiB ("
@@ -477,6 +504,16 @@ def _print_steady(result: dict) -> None:
     print(f"  published {result['published_per_s']:,.0f} batches/s, {result['files']:,} files"
           f"{sessions}, {lags}; every event in S3: {_complete(result)}; peak RSS of the "
           f"pipeline's processes: {memory or 'not sampled'}", flush=True)
+    final = result["final_sessions"]
+    if final:
+        print(f"  sessions that ended while the stream went on ({final['before']['count']:,}): "
+              f"{_lags_text(final['before'], 'sessions')}; the {final['count']:,} still open "
+              f"when publishing stopped, which all ended then: {_lags_text(final, 'sessions')}",
+              flush=True)
+        late = ", ".join(f"{count:,} in [{start}, {start + 10}) s" for start, count
+                         in final["late_by_end"]) or "none"
+        print(f"  sessions past 10 s by when they ended, seconds into the stream: {late}",
+              flush=True)
     print(f"  the run's last status: {result['summary']}", flush=True)
     print(f"  file panes by timing, from the run's summary: {result['file_panes']}", flush=True)
 
