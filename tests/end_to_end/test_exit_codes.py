@@ -84,12 +84,15 @@ def test_ctrl_c_as_the_worker_processes_start_exits_130(s3_endpoint, bucket, lon
     deadline = time.monotonic() + 60
     while not workers_of(process) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert workers_of(process), "no worker process started"
+    workers = workers_of(process)
+    assert workers, "no worker process started"
     process.send_signal(signal.SIGINT)  # a worker imports Beam for a second or more first
     interrupted = time.monotonic()
     err = ended(process, timeout=INTERRUPT_GRACE_S + 30)
     assert process.returncode == 130, err[-3000:]
     assert err.count("error: interrupted; nothing written so far is lost") == 1, err[-3000:]
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "worker processes outlived the launcher"
     print(f"\nexited {time.monotonic() - interrupted:.1f} s after Ctrl-C")
 
 
