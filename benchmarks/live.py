@@ -400,19 +400,11 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     if os.environ.get("LIVE_DEBUG") and found != per_device:
         _missing(found, per_device, last_sent, began, log)
     ended = memory.samples[-1][0] if memory.samples else began
-    final = {}
+    split = None
     if gap_s:
         by_device = watched.session_lags(last_sent, gap_s)
         lags = sorted(by_device.values())
-        # Every session still open when publishing stops ends then, all together.
-        stopped = began + published_s - SESSION_EVERY_S
-        final = _lag_figures(sorted(lag for device, lag in by_device.items()
-                                    if last_sent[device] >= stopped))
-        final["before"] = _lag_figures(sorted(lag for device, lag in by_device.items()
-                                              if last_sent[device] < stopped))
-        final["late_by_end"] = sorted(collections.Counter(
-            int((last_sent[device] - began) // 10) * 10
-            for device, lag in by_device.items() if lag > 10).items())
+        split = _sessions_split(by_device, last_sent, began, began + published_s)
         if os.environ.get("LIVE_DEBUG"):
             print("    lags by whole second:", sorted(collections.Counter(
                 int(lag) for lag in lags).items()), flush=True)
@@ -422,10 +414,25 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
             "files": len(watched.first_seen), "sessions": len(last_sent) if gap_s else None,
             **_verified(sum(found.values()), expected),
             "summary": _summary(log), "file_panes": _file_panes(log),
-            **_lag_figures(lags), "final_sessions": final,
+            **_lag_figures(lags), "sessions_split": split,
             # from the first batch sent
             "rss_second_minute": memory.peak_mib(began + 60, began + 120),
             "rss_last_minute": memory.peak_mib(ended - 60, ended + 1)}
+
+
+def _sessions_split(by_device: dict[str, float], last_sent: dict[str, float], began: float,
+                    stopped: float) -> dict:
+    """The sessions' lags told apart: those that ended while the stream went on, and
+    those still open when publishing stopped at `stopped` (every open device sent in
+    its last SESSION_EVERY_S; they all end then); and the count of sessions past 10 s
+    by the 10 s of the stream in which they ended."""
+    during, at_stop = [], []
+    for device, lag in by_device.items():
+        (at_stop if last_sent[device] >= stopped - SESSION_EVERY_S else during).append(lag)
+    late = collections.Counter(int((last_sent[device] - began) // 10) * 10
+                               for device, lag in by_device.items() if lag > 10)
+    return {"during": _lag_figures(sorted(during)), "at_stop": _lag_figures(sorted(at_stop)),
+            "late_by_end": sorted(late.items())}
 
 
 def _lag_figures(lags: list[float]) -> dict:
@@ -504,14 +511,15 @@ def _print_steady(result: dict) -> None:
     print(f"  published {result['published_per_s']:,.0f} batches/s, {result['files']:,} files"
           f"{sessions}, {lags}; every event in S3: {_complete(result)}; peak RSS of the "
           f"pipeline's processes: {memory or 'not sampled'}", flush=True)
-    final = result["final_sessions"]
-    if final:
-        print(f"  sessions that ended while the stream went on ({final['before']['count']:,}): "
-              f"{_lags_text(final['before'], 'sessions')}; the {final['count']:,} still open "
-              f"when publishing stopped, which all ended then: {_lags_text(final, 'sessions')}",
+    split = result["sessions_split"]
+    if split:
+        during, at_stop = split["during"], split["at_stop"]
+        print(f"  sessions that ended while the stream went on ({during['count']:,}): "
+              f"{_lags_text(during, 'sessions')}; the {at_stop['count']:,} still open "
+              f"when publishing stopped, which all ended then: {_lags_text(at_stop, 'sessions')}",
               flush=True)
         late = ", ".join(f"{count:,} in [{start}, {start + 10}) s" for start, count
-                         in final["late_by_end"]) or "none"
+                         in split["late_by_end"]) or "none"
         print(f"  sessions past 10 s by when they ended, seconds into the stream: {late}",
               flush=True)
     print(f"  the run's last status: {result['summary']}", flush=True)

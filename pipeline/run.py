@@ -196,11 +196,10 @@ def _printed(values: dict, prints: dict) -> str:
 
 def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     """Runs the pipeline; a failure ends in one sentence and its exit code."""
-    reported = threading.Event()
+    reported = threading.Lock()  # held once the sentence is out: it is said once
 
     def report_interrupted() -> None:
-        if not reported.is_set():
-            reported.set()
+        if reported.acquire(blocking=False):
             console.error("interrupted; nothing written so far is lost, and a rerun writes "
                           f"the same keys{_naming_the_upload_day(config)}.")
 
