@@ -85,7 +85,14 @@ class Bucket:
     a core of the embedded S3 server 20 minutes into a sessions run that had written
     3,000 files, on a machine of two. So a file first seen by a whole listing may be
     seen up to `FULL_LIST_S` late, and that only when it was written more than
-    `RECENT_S` after its newest batch arrived: its lag is past that already.
+    `RECENT_S` after its newest batch arrived (its lag is past that already), or
+    when it is a folder's and app's first and the start of its name, up to the first
+    "_", is that of a folder and app seen before (an app whose name has a "_" and
+    begins as another's does). The first files of a folder and app are found by a
+    listing of the names' starts (`Delimiter="_"`: a line per folder and app, not per
+    file) at every poll; before 2026-12-02 only the whole listing found them, up to
+    `FULL_LIST_S` late, which made a run's first files look that much later than
+    they were.
     """
 
     def __init__(self, client, name: str):
@@ -93,6 +100,7 @@ class Bucket:
         self.first_seen: dict[str, float] = {}
         self.events = 0
         self._leads: set[str] = set()  # "<folder>/<app>_" of the files seen
+        self._starts: set[str] = set()  # the names' starts up to the first "_" listed
         self._whole_at = 0.0
 
     def poll(self, whole: bool = False) -> None:
@@ -103,7 +111,7 @@ class Bucket:
             self._whole_at = now
             keys = self._keys()
         else:
-            keys = self._keys_since(now - RECENT_S)
+            keys = itertools.chain(self._keys_of_new_starts(), self._keys_since(now - RECENT_S))
         for key in keys:
             if key not in self.first_seen:
                 self.first_seen[key] = time.time()
@@ -148,6 +156,18 @@ class Bucket:
                 key = item["Key"]
                 if "Verification" not in key and "_dead_letters" not in key:
                     yield key
+
+    def _keys_of_new_starts(self) -> Iterator[str]:
+        """The keys under each start of a name, up to its first "_", not listed before:
+        a new folder's or app's first files, which no lead seen yet would list."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Delimiter="_")
+        for page in pages:
+            for common in page.get("CommonPrefixes", ()):
+                start = common["Prefix"]
+                if start not in self._starts:
+                    self._starts.add(start)
+                    yield from self._keys(Prefix=start)
 
     def _keys_since(self, since: float) -> Iterator[str]:
         """The keys of the files stamped at `since` or after (UTC, as `lags` reads them)."""
