@@ -1,11 +1,13 @@
 """A small run of the benchmark command: it runs end to end and its checks hold: every
 run forwards the same events, and the plain-Python baselines (one process and every
-core) write the pipeline's objects byte for byte, so they do the same work."""
+core) write the pipeline's objects byte for byte, so they do the same work; and the
+live benchmark's watcher sees files when they come."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from tests.conftest import ROOT
 
@@ -41,3 +43,24 @@ def test_parquet_and_cost_benchmarks_smoke_run():
     )
     assert costs.returncode == 0, costs.stdout[-3000:] + costs.stderr[-3000:]
     assert "| 64-bit integer check |" in costs.stdout and "| gzip output |" in costs.stdout
+
+
+def test_the_live_benchmark_sees_a_new_folder_and_apps_first_file_at_the_next_poll(
+        s3_client, bucket):
+    """The live benchmark times each file from its first sight: a folder's and app's
+    first file is seen at the next poll, not at the next listing of the whole bucket
+    (`FULL_LIST_S` later), which once made a run's first files look up to 30 s late."""
+    from benchmarks.live import Bucket
+
+    watched = Bucket(s3_client, bucket)
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    first = f"2026-12-02/mPTravel_{stamp}000000_00001.txt"
+    s3_client.put_object(Bucket=bucket, Key=first, Body=b'{"events": [{"event_type": "x"}]}\n')
+    watched.poll(whole=True)
+    for key in (f"2026-12-02/Shop Android_{stamp}000000_00002.txt",  # a new app
+                f"2026-12-03/mPTravel_{stamp}000000_00003.txt",  # a new folder
+                f"2026-12-02/mPTravel_{stamp}999999_00004.txt"):  # a known one's next
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b'{"events": [{"event_type": "x"}]}\n')
+        watched.poll()
+        assert key in watched.first_seen, key
+    assert watched.events == 4
