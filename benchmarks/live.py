@@ -20,6 +20,9 @@ runner (the DirectRunner with Beam's ReadFromPubSub, Prism with PubSubSource):
      batch sent plus the gap. It samples the RSS of the
      pipeline's processes every second and prints the peak of the second minute and
      of the last one.
+Each part also says how much of the machine's CPU time its hypervisor gave to other
+machines ("steal", from /proc/stat) while it ran: on a shared virtual machine that
+time is lost to the run, whatever the pipeline does.
 While a run goes, events are counted by a byte scan of each new object; afterwards
 every object is parsed whole to say whether every event arrived.
 """
@@ -181,16 +184,19 @@ class Bucket:
 
 class Memory:
     """The RSS of the pipeline's processes (the launcher, the runner, the SDK harness),
-    sampled every second in a thread while the run goes."""
+    sampled every second in a thread while the run goes; and the machine's CPU time
+    stolen by its hypervisor (`stolen_share`)."""
 
     def __init__(self, pid: int):
         self.samples: list[tuple[float, dict[str, int]]] = []  # (time, RSS by process)
+        self.cpu: list[tuple[float, float, float]] = []  # (time, CPU s in all, stolen)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(pid,), daemon=True)
         self._thread.start()
 
     def _sample(self, pid: int) -> None:
         while not self._done.wait(1.0):
+            self.cpu.append((time.time(), *_cpu_seconds()))
             try:
                 root = psutil.Process(pid)
                 rss = {"launcher": root.memory_info().rss}
@@ -207,6 +213,16 @@ class Memory:
         self._done.set()
         self._thread.join()
 
+    def stolen_share(self, since: float, until: float) -> float | None:
+        """The share of the machine's CPU time between two times (time.time()) that its
+        hypervisor gave to others ("steal"): a virtual machine whose cores are shared
+        runs that much slower then, whatever the pipeline does; None on a machine that
+        does not say."""
+        within = [sample for sample in self.cpu if since <= sample[0] <= until]
+        if len(within) < 2 or within[-1][1] <= within[0][1]:
+            return None
+        return (within[-1][2] - within[0][2]) / (within[-1][1] - within[0][1])
+
     def peak_mib(self, since: float, until: float) -> dict[str, float] | None:
         """The peak between two times (time.time()), MiB: of all the processes
         ("all"), and of each."""
@@ -217,6 +233,13 @@ class Memory:
         for name in sorted({name for rss in within for name in rss}):
             peaks[name] = max(rss.get(name, 0) for rss in within) / 2**20
         return peaks
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds of every core in every state, of them stolen) since the boot."""
+    times = psutil.cpu_times()
+    stolen = getattr(times, "steal", 0.0)  # Linux's; guest time is within user time
+    return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0), stolen
 
 
 def new_subscription(publisher, subscriber) -> tuple[str, str]:
@@ -318,6 +341,7 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
     watched = Bucket(s3, bucket)
     started = time.time()
     process = start_pipeline(runner, endpoint, bucket, subscription, work / f"drain-{runner}.log")
+    machine = Memory(process.pid)
     try:
         while watched.events < expected and time.time() - started < 900:
             time.sleep(1)
@@ -326,9 +350,11 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
                 print(f"    {time.time() - started:.0f} s: {watched.events:,} of {expected:,} "
                       "events in S3", flush=True)
     finally:
+        machine.stop()
         stop(process)
     seconds = time.time() - started
     return {"batches": backlog, "seconds": seconds, "per_s": backlog / seconds,
+            "stolen": machine.stolen_share(started, started + seconds),
             **_verified(sum(watched.events_by_device().values()), expected)}
 
 
@@ -425,6 +451,9 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
         by_device = watched.session_lags(last_sent, gap_s)
         lags = sorted(by_device.values())
         split = _sessions_split(by_device, last_sent, began, began + published_s)
+        split["late_by_end"] = [  # with the CPU stolen in the 20 s from then
+            (start, count, memory.stolen_share(began + start, began + start + 20))
+            for start, count in split["late_by_end"]]
         if os.environ.get("LIVE_DEBUG"):
             print("    lags by whole second:", sorted(collections.Counter(
                 int(lag) for lag in lags).items()), flush=True)
@@ -435,6 +464,10 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
             **_verified(sum(found.values()), expected),
             "summary": _summary(log), "file_panes": _file_panes(log),
             **_lag_figures(lags), "sessions_split": split,
+            "stolen": memory.stolen_share(began, began + published_s),
+            "stolen_most": max((share for share in (
+                memory.stolen_share(at, at + 60) for at in range(int(began), int(
+                    began + published_s) - 59, 10)) if share is not None), default=None),
             # from the first batch sent
             "rss_second_minute": memory.peak_mib(began + 60, began + 120),
             "rss_last_minute": memory.peak_mib(ended - 60, ended + 1)}
@@ -514,8 +547,13 @@ def main() -> None:
 
 def _print_drain(runner: str, result: dict) -> None:
     print(f"{runner}: drained {result['batches']:,} batches in {result['seconds']:.1f} s, "
-          f"{result['per_s']:,.0f} batches/s, every event in S3: {_complete(result)}",
+          f"{result['per_s']:,.0f} batches/s, every event in S3: {_complete(result)}; "
+          f"{_stolen_text(result['stolen'])} of the machine's CPU stolen by its hypervisor",
           flush=True)
+
+
+def _stolen_text(share: float | None) -> str:
+    return "not known how much" if share is None else f"{share:.1%}"
 
 
 def _print_steady(result: dict) -> None:
@@ -531,6 +569,9 @@ def _print_steady(result: dict) -> None:
     print(f"  published {result['published_per_s']:,.0f} batches/s, {result['files']:,} files"
           f"{sessions}, {lags}; every event in S3: {_complete(result)}; peak RSS of the "
           f"pipeline's processes: {memory or 'not sampled'}", flush=True)
+    print(f"  the machine's CPU stolen by its hypervisor while publishing: "
+          f"{_stolen_text(result['stolen'])}, {_stolen_text(result['stolen_most'])} in its "
+          "worst minute", flush=True)
     split = result["sessions_split"]
     if split:
         during, at_stop = split["during"], split["at_stop"]
@@ -538,10 +579,10 @@ def _print_steady(result: dict) -> None:
               f"{_lags_text(during, 'sessions')}; the {at_stop['count']:,} still open "
               f"when publishing stopped, which all ended then: {_lags_text(at_stop, 'sessions')}",
               flush=True)
-        late = ", ".join(f"{count:,} in [{start}, {start + 10}) s" for start, count
-                         in split["late_by_end"]) or "none"
-        print(f"  sessions past 10 s by when they ended, seconds into the stream: {late}",
-              flush=True)
+        late = ", ".join(f"{count:,} in [{start}, {start + 10}) s ({_stolen_text(stolen)})"
+                         for start, count, stolen in split["late_by_end"]) or "none"
+        print(f"  sessions past 10 s by when they ended, seconds into the stream (the CPU "
+              f"stolen in the 20 s from then): {late}", flush=True)
     print(f"  the run's last status: {result['summary']}", flush=True)
     print(f"  file panes by timing, from the run's summary: {result['file_panes']}", flush=True)
 

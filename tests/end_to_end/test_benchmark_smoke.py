@@ -64,3 +64,23 @@ def test_the_live_benchmark_sees_a_new_folder_and_apps_first_file_at_the_next_po
         watched.poll()
         assert key in watched.first_seen, key
     assert watched.events == 4
+
+
+def test_the_live_benchmark_says_how_much_cpu_the_hypervisor_took():
+    """The share of the machine's CPU time stolen between two times, from the samples
+    of /proc/stat's counters the benchmark takes every second: the counters' growth in
+    that span, not since the boot; unknown with fewer than two samples."""
+    import os
+
+    from benchmarks.live import Memory
+
+    machine = Memory(os.getpid())
+    time.sleep(1.2)
+    machine.stop()
+    assert machine.cpu and machine.cpu[0][1] > 0  # this machine's counters, read
+    machine.cpu = [(100.0, 1000.0, 50.0), (101.0, 1002.0, 50.5), (102.0, 1004.0, 51.5),
+                   (103.0, 1006.0, 51.5)]
+    assert machine.stolen_share(100, 103) == 1.5 / 6
+    assert machine.stolen_share(101, 102) == 1.0 / 2
+    assert machine.stolen_share(102, 103) == 0.0
+    assert machine.stolen_share(103, 110) is None
