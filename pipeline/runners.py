@@ -329,6 +329,12 @@ def _no_splits_of_bundles_with_timers(options: PipelineOptions) -> None:
     options.view_as(DebugOptions).add_experiment("prism_disable_sdf_split")
 
 
+# glibc gives each thread that allocates at once an arena of its own, up to eight per
+# core, and an arena keeps what was freed in it: an SDK harness's gRPC, puller and
+# upload threads made its RSS grow through a long live run, with most of the growth
+# freed memory (README, Performance → Live: 2026-12-02, sixth session, the figures).
+WORKER_MALLOC_ARENAS = 2
+
 _WORKER_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_site")
 
 
@@ -339,12 +345,14 @@ def worker_environment() -> Iterator[None]:
     process workers as `python`), and `worker_site` first on PYTHONPATH, whose
     sitecustomize sets a worker up at its start as the launcher is; and Dask's
     processes (`pipeline.dask_runner`) log only what goes wrong, as Beam's do, unless
-    DASK_LOGGING__DISTRIBUTED says otherwise."""
-    saved = {name: os.environ.get(name)
-             for name in ("PATH", "PYTHONPATH", "DASK_LOGGING__DISTRIBUTED")}
+    DASK_LOGGING__DISTRIBUTED says otherwise; and glibc's malloc in the workers keeps
+    WORKER_MALLOC_ARENAS arenas, unless MALLOC_ARENA_MAX says otherwise."""
+    saved = {name: os.environ.get(name) for name in (
+        "PATH", "PYTHONPATH", "DASK_LOGGING__DISTRIBUTED", "MALLOC_ARENA_MAX")}
     _prepend("PATH", os.path.dirname(sys.executable))
     _prepend("PYTHONPATH", _WORKER_SITE)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("MALLOC_ARENA_MAX", str(WORKER_MALLOC_ARENAS))
     try:
         yield
     finally:

@@ -5,6 +5,7 @@ fires each timer once."""
 from __future__ import annotations
 
 import collections
+import json
 import time
 import uuid
 from pathlib import Path
@@ -104,3 +105,38 @@ def test_a_live_prism_run_fires_each_timer_once_however_slow(tmp_path, prism):
              | beam.ParDo(_SlowTimerPerKey(str(tmp_path))))
     fired = collections.Counter(path.read_text() for path in tmp_path.iterdir())
     assert fired == collections.Counter(record.source for record in records)
+
+
+def _malloc_arenas_of_worker(_):
+    import os
+
+    return os.environ.get("MALLOC_ARENA_MAX"), os.getpid()
+
+
+def test_prisms_worker_process_keeps_few_malloc_arenas_unless_told_otherwise(
+    tmp_path, prism, monkeypatch
+):
+    """glibc's arenas, one per thread that allocates at once, kept what an SDK harness
+    freed through a long live run (`runners.WORKER_MALLOC_ARENAS`): the worker process a
+    Prism run starts gets MALLOC_ARENA_MAX, and a value the user set is theirs."""
+    import os
+
+    from pipeline.runners import WORKER_MALLOC_ARENAS
+
+    def arenas_seen() -> set:
+        options = PipelineOptions(["--runner=PrismRunner"])
+        runner = make_runner(options)
+        out = tmp_path / uuid.uuid4().hex
+        with worker_environment(), beam.Pipeline(runner=runner, options=options) as p:
+            _ = (p | beam.Create([0]) | beam.Map(_malloc_arenas_of_worker)
+                 | beam.Map(json.dumps) | beam.io.WriteToText(str(out)))
+        seen = {tuple(json.loads(line)) for path in tmp_path.glob(out.name + "*")
+                for line in path.read_text().splitlines()}
+        assert all(pid != os.getpid() for _, pid in seen)  # a worker process, not this one
+        return {arenas for arenas, _ in seen}
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert arenas_seen() == {str(WORKER_MALLOC_ARENAS)}
+    assert "MALLOC_ARENA_MAX" not in os.environ  # restored after the run
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert arenas_seen() == {"4"}
