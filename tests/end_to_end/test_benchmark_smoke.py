@@ -5,6 +5,7 @@ live benchmark's watcher sees files when they come."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -70,8 +71,6 @@ def test_the_live_benchmark_says_how_much_cpu_the_hypervisor_took():
     """The share of the machine's CPU time stolen between two times, from the samples
     of /proc/stat's counters the benchmark takes every second: the counters' growth in
     that span, not since the boot; unknown with fewer than two samples."""
-    import os
-
     from benchmarks.live import Memory
 
     machine = Memory(os.getpid())

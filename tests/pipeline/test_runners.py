@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -108,8 +109,6 @@ def test_a_live_prism_run_fires_each_timer_once_however_slow(tmp_path, prism):
 
 
 def _malloc_arenas_of_worker(_):
-    import os
-
     return os.environ.get("MALLOC_ARENA_MAX"), os.getpid()
 
 
@@ -119,8 +118,6 @@ def test_prisms_worker_process_keeps_few_malloc_arenas_unless_told_otherwise(
     """glibc's arenas, one per thread that allocates at once, kept what an SDK harness
     freed through a long live run (`runners.WORKER_MALLOC_ARENAS`): the worker process a
     Prism run starts gets MALLOC_ARENA_MAX, and a value the user set is theirs."""
-    import os
-
     from pipeline.runners import WORKER_MALLOC_ARENAS
 
     def arenas_seen() -> set:
