@@ -223,6 +223,11 @@ class Memory:
             return None
         return (within[-1][2] - within[0][2]) / (within[-1][1] - within[0][1])
 
+    def most_stolen_minute(self, since: float, until: float) -> float | None:
+        """The largest `stolen_share` of a minute between two times, minutes 10 s apart."""
+        shares = (self.stolen_share(at, at + 60) for at in range(int(since), int(until) - 59, 10))
+        return max((share for share in shares if share is not None), default=None)
+
     def peak_mib(self, since: float, until: float) -> dict[str, float] | None:
         """The peak between two times (time.time()), MiB: of all the processes
         ("all"), and of each."""
@@ -450,10 +455,8 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
     if gap_s:
         by_device = watched.session_lags(last_sent, gap_s)
         lags = sorted(by_device.values())
-        split = _sessions_split(by_device, last_sent, began, began + published_s)
-        split["late_by_end"] = [  # with the CPU stolen in the 20 s from then
-            (start, count, memory.stolen_share(began + start, began + start + 20))
-            for start, count in split["late_by_end"]]
+        split = _sessions_split(by_device, last_sent, began, began + published_s,
+                                memory.stolen_share)
         if os.environ.get("LIVE_DEBUG"):
             print("    lags by whole second:", sorted(collections.Counter(
                 int(lag) for lag in lags).items()), flush=True)
@@ -465,27 +468,27 @@ def steady(runner, endpoint, s3, publisher, subscriber, rate, duration, work,
             "summary": _summary(log), "file_panes": _file_panes(log),
             **_lag_figures(lags), "sessions_split": split,
             "stolen": memory.stolen_share(began, began + published_s),
-            "stolen_most": max((share for share in (
-                memory.stolen_share(at, at + 60) for at in range(int(began), int(
-                    began + published_s) - 59, 10)) if share is not None), default=None),
+            "stolen_most": memory.most_stolen_minute(began, began + published_s),
             # from the first batch sent
             "rss_second_minute": memory.peak_mib(began + 60, began + 120),
             "rss_last_minute": memory.peak_mib(ended - 60, ended + 1)}
 
 
 def _sessions_split(by_device: dict[str, float], last_sent: dict[str, float], began: float,
-                    stopped: float) -> dict:
+                    stopped: float, stolen_share) -> dict:
     """The sessions' lags told apart: those that ended while the stream went on, and
     those still open when publishing stopped at `stopped` (every open device sent in
     its last SESSION_EVERY_S; they all end then); and the count of sessions past 10 s
-    by the 10 s of the stream in which they ended."""
+    by the 10 s of the stream in which they ended, with the share of the CPU stolen in
+    the 20 s from then (`stolen_share(since, until)`, `Memory.stolen_share`)."""
     during, at_stop = [], []
     for device, lag in by_device.items():
         (at_stop if last_sent[device] >= stopped - SESSION_EVERY_S else during).append(lag)
     late = collections.Counter(int((last_sent[device] - began) // 10) * 10
                                for device, lag in by_device.items() if lag > 10)
     return {"during": _lag_figures(sorted(during)), "at_stop": _lag_figures(sorted(at_stop)),
-            "late_by_end": sorted(late.items())}
+            "late_by_end": [(start, count, stolen_share(began + start, began + start + 20))
+                            for start, count in sorted(late.items())]}
 
 
 def _lag_figures(lags: list[float]) -> dict:

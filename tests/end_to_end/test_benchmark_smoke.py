@@ -83,3 +83,4 @@ def test_the_live_benchmark_says_how_much_cpu_the_hypervisor_took():
     assert machine.stolen_share(101, 102) == 1.0 / 2
     assert machine.stolen_share(102, 103) == 0.0
     assert machine.stolen_share(103, 110) is None
+    assert machine.most_stolen_minute(100, 103) is None  # no whole minute sampled
