@@ -135,7 +135,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "session_harnesses", int, 0,
         "Live sessions on Prism: SDK harness processes that keep them, each with its "
-        "part of the devices; 0: one. More use more cores where one is the limit.",
+        "part of the devices; 0: one. More use more cores where one is the limit. "
+        "Live fixed windows are merged in one of their own.",
     ),
     Option(
         "progress_every_s", int, 10,

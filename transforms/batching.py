@@ -438,7 +438,8 @@ class LiveSessions(NamedTuple):
     parses and stamps, and packs and writes files, each keeping the sessions of its
     part of the keys (`session_part`): on a runner with one harness process per
     environment (Prism), one environment would leave a live run to one Python
-    process, one core at most.
+    process, one core at most. Live fixed windows, which the runner groups, are then
+    merged in the first of them (`BatchPerDevice.merges_live_windows_apart`).
     """
 
     by_timer: bool = True
@@ -632,14 +633,23 @@ class BatchPerDevice(beam.PTransform):
         return (self._mode is BatchingMode.SESSIONS and self._live_sessions.by_timer
                 and not self._keyed_windows)
 
+    @property
+    def merges_live_windows_apart(self) -> bool:
+        """Whether live fixed windows are merged in an SDK harness of their own
+        (`LiveSessions.harnesses`), as live sessions are kept: the runner groups them,
+        and the harness that reads, parses and writes files does not also merge."""
+        return (self._mode is BatchingMode.FIXED and self._live_sessions.harnesses > 0
+                and not self._keyed_windows)
+
     def placed(self, transform: beam.PTransform) -> beam.PTransform:
         """`transform`, placed where the stage that makes the batches runs: for a step
         that a runner fuses into it (the keying of their files). Sessions kept in
         several harnesses are flattened, and the step goes where the pipeline's
-        others are."""
-        if not self.keeps_live_sessions or self._live_sessions.harnesses > 1:
-            return transform
-        return self._live_sessions.in_harness(transform)
+        others are; fixed windows are merged in the first."""
+        if self.merges_live_windows_apart or (
+                self.keeps_live_sessions and self._live_sessions.harnesses == 1):
+            return self._live_sessions.in_harness(transform)
+        return transform
 
     def expand(self, keyed):
         if self._mode is BatchingMode.PER_EVENT:
@@ -658,7 +668,8 @@ class BatchPerDevice(beam.PTransform):
         else:
             grouped = self._group_windowed(keyed)
         merged = with_dead_letters(
-            grouped, "MergeBatch", _MergeBatchFn(self._codec, self._input_connection))
+            grouped, "MergeBatch", _MergeBatchFn(self._codec, self._input_connection),
+            placed=self.placed)
         dead_letters = merged["dead_letters"] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
             window.GlobalWindows()
         )

@@ -554,7 +554,8 @@ def _environments(runner: str, flags: list[str]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     steps = ("ReadPubSub/", "ParseBatches/", "BatchPerDevice/KeyBySessionShard",
              "BatchPerDevice/SessionPerDevice", "BatchPerDevice/SessionPerDevice0",
-             "BatchPerDevice/SessionPerDevice1", "WriteBatchFiles/KeyByFile",
+             "BatchPerDevice/SessionPerDevice1", "BatchPerDevice/GroupPerDevice",
+             "BatchPerDevice/MergeBatch", "WriteBatchFiles/KeyByFile",
              "WriteBatchFiles/WindowForFiles", "WriteBatchFiles/PackFiles",
              "WriteBatchFiles/WriteFiles")
     for transform in _live_graph(runner, flags).transforms.values():
@@ -568,8 +569,7 @@ def test_live_sessions_have_an_sdk_harness_of_their_own_on_prism():
     """Prism starts an SDK harness process per environment: the stage that keeps live
     sessions (and keys their files) is in an environment of their own; the reading,
     parsing and the packing and writing of files in the default one, so that two
-    Python processes share the work. Other runners, and fixed windows, keep one
-    environment."""
+    Python processes share the work. Other runners keep one environment."""
     sessions = ["--wait_for_complete_batch=true"]
     prism = _environments("PrismRunner", sessions)
     kept = {"BatchPerDevice/SessionPerDevice", "WriteBatchFiles/KeyByFile",
@@ -577,9 +577,25 @@ def test_live_sessions_have_an_sdk_harness_of_their_own_on_prism():
     assert len(set().union(*(prism[step] for step in kept))) == 1
     assert len(set().union(*(ids for step, ids in prism.items() if step not in kept))) == 1
     assert prism["ParseBatches"] != prism["BatchPerDevice/SessionPerDevice"]
-    for runner, flags in [("FlinkRunner", sessions), ("PrismRunner", []),
+    for runner, flags in [("FlinkRunner", sessions), ("FlinkRunner", []),
                           ("FlinkRunner", [*sessions, "--session_harnesses=2"])]:
         assert len(set().union(*_environments(runner, flags).values())) == 1, (runner, flags)
+
+
+@pytest.mark.parametrize("flags", [[], ["--session_harnesses=2"]])
+def test_live_fixed_windows_are_merged_in_an_sdk_harness_of_their_own_on_prism(flags):
+    """Live fixed windows on Prism: Prism groups each device's window, and the merging
+    of its batches (and the keying of their files) runs in an environment of its own,
+    so in a second harness process, beside the one that reads, parses, packs and
+    writes; with `--session_harnesses=2` still one (the grouping is Prism's)."""
+    prism = _environments("PrismRunner", flags)
+    apart = {"BatchPerDevice/MergeBatch", "WriteBatchFiles/KeyByFile",
+             "WriteBatchFiles/WindowForFiles"}
+    assert len(set().union(*(prism[step] for step in apart))) == 1
+    default = set().union(*(ids for step, ids in prism.items() if step not in apart))
+    assert len(default) == 1
+    assert prism["ParseBatches"] != prism["BatchPerDevice/MergeBatch"]
+    assert prism["WriteBatchFiles/WriteFiles"] == prism["ParseBatches"]
 
 
 def test_live_sessions_in_two_sdk_harnesses_on_prism_each_keep_their_part():
