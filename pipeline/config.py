@@ -50,7 +50,7 @@ class ForwarderConfig:
     send_batches_without_events: bool
     max_batch_bytes: int
     skip_bucket_check: bool
-    file_flush_s: int = 5
+    file_flush_s: int = 3  # README, Performance → Live (2026-12-02, seventh session)
     dead_letter_flush_s: int = 30
     progress_every_s: int = 10
     pubsub_readers: int = 0  # 0: the runner's own number (`runners.pubsub_readers`)

@@ -120,7 +120,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_file_bytes", int, packing.DEFAULT_MAX_FILE_BYTES, "Uncompressed bytes a file."),
     Option("file_shards", int, 1, "Files written in parallel per app, date and window."),
     Option(
-        "file_flush_s", int, 5,
+        "file_flush_s", int, 3,
         "Streaming, one-event and session batches: seconds a finished batch may wait "
         "for its file (fixed windows are written when they close); late batches: "
         "seconds the first of them waits for others to share its file (not on the "
