@@ -50,13 +50,14 @@ class ForwarderConfig:
     send_batches_without_events: bool
     max_batch_bytes: int
     skip_bucket_check: bool
-    file_flush_s: int = 3  # README, Performance → Live (2026-12-02, seventh session)
-    dead_letter_flush_s: int = 30
-    progress_every_s: int = 10
-    pubsub_readers: int = 0  # 0: the runner's own number (`runners.pubsub_readers`)
-    session_harnesses: int = 0  # 0: the runner's own number (`runners.live_sessions`)
-    arrival_slice_s: int = 0  # 0: unsliced (see pipeline.sliced)
-    spill_dir: str | None = None
+    # These have their defaults in `pipeline.options.OPTIONS`, as every option does.
+    file_flush_s: int
+    dead_letter_flush_s: int
+    progress_every_s: int
+    pubsub_readers: int  # 0: the runner's own number (`runners.pubsub_readers`)
+    session_harnesses: int  # 0: the runner's own number (`runners.live_sessions`)
+    arrival_slice_s: int  # 0: unsliced (see pipeline.sliced)
+    spill_dir: str | None
     # Date folders by upload time: the day a bounded run names them; None when live
     # (each file's window close, `naming.window_close_day`).
     upload_day: str | None = None
