@@ -23,11 +23,18 @@ import apache_beam as beam
 from pipeline import runners
 from pipeline.config import ForwarderConfig
 from transforms.apply_settings import ApplySettings
-from transforms.batching import BY_DEVICE, BatchPerDevice, LiveSessions, StampArrival
+from transforms.batching import (
+    BY_DEVICE,
+    BatchPerDevice,
+    LiveSessions,
+    StampArrival,
+    in_reading_harness,
+    numbered,
+)
 from transforms.io.inputs import input_client, sample_records
 from transforms.io.pubsub_source import sample_messages
 from transforms.parse import ParseBatches
-from transforms.pubsub import ReadPubSubRecords
+from transforms.pubsub import ReadPubSubRecords, temporary_subscription
 from transforms.read import ReadBatches
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.spill import SpillGroupAndWrite
@@ -61,10 +68,19 @@ def forward(
     `--file_flush_s` after the first of them (`pipeline.runners.batches_late_files`),
     rather than a file per late batch; and late dead letters `--dead_letter_flush_s`
     after the first of them.
+    `records` may be a list, one per read of a live run in an SDK harness of its own
+    (`build`): each is parsed, set and stamped in its read's harness
+    (`in_reading_harness`), as far as the first shuffle (`BatchPerDevice`).
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
-    keyed, dead_letters = arrive(records, config, codec)
+    reads = records if isinstance(records, list) else [records]
+    keyed, dead_letters = [], []
+    for read, its_records in enumerate(reads):
+        its_keyed, its_dead_letters = arrive(its_records, config, codec, read, len(reads))
+        keyed.append(its_keyed)
+        dead_letters += its_dead_letters
+    keyed = keyed[0] if len(keyed) == 1 else tuple(keyed)
     if read_dead_letters is not None:
         dead_letters.append(read_dead_letters)
     files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows,
@@ -74,14 +90,19 @@ def forward(
 
 
 def arrive(
-    records: beam.PCollection, config: ForwarderConfig, codec: ShuffleCodec
+    records: beam.PCollection, config: ForwarderConfig, codec: ShuffleCodec,
+    read: int = 0, reads: int = 1,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
-    """Raw records → (device, ShuffledBatch) at arrival time, and the dead letters."""
-    parsed = records | "ParseBatches" >> ParseBatches(config.max_batch_bytes, config.app_name)
-    applied = parsed["batches"] | "ApplySettings" >> ApplySettings(
-        config.settings, config.send_batches_without_events
-    )
-    keyed = applied["batches"] | "StampArrival" >> StampArrival(codec)
+    """Raw records → (device, ShuffledBatch) at arrival time, and the dead letters;
+    of the `read`th of `reads` reads, in its SDK harness (`in_reading_harness`)."""
+    def step(label: str, transform: beam.PTransform) -> beam.PTransform:
+        return numbered(label, read, reads) >> in_reading_harness(transform, read)
+
+    parsed = records | step("ParseBatches", ParseBatches(config.max_batch_bytes,
+                                                         config.app_name))
+    applied = parsed["batches"] | step("ApplySettings", ApplySettings(
+        config.settings, config.send_batches_without_events))
+    keyed = applied["batches"] | step("StampArrival", StampArrival(codec))
     return keyed, [parsed["dead_letters"], applied["dead_letters"]]
 
 
@@ -166,11 +187,15 @@ def build(
     if codec is None:
         codec = trained_codec(config)
     if config.streaming:
-        records = pipeline | "ReadPubSub" >> ReadPubSubRecords(
-            config.input_subscription, config.input_topic,
-            readers=runners.pubsub_readers(runner, config.pubsub_readers),
-        )
-        return forward(records, config, codec=codec,
+        reads = runners.reading_harnesses(runner, config.pubsub_readers)
+        subscription, topic = config.input_subscription, config.input_topic
+        if reads > 1 and topic:  # one subscription, shared by the reads
+            subscription, topic = temporary_subscription(topic), None
+        records = [pipeline | numbered("ReadPubSub", read, reads) >> in_reading_harness(
+                       ReadPubSubRecords(subscription, topic, readers=runners.pubsub_readers(
+                           runner, config.pubsub_readers)), read)
+                   for read in range(reads)]
+        return forward(records if reads > 1 else records[0], config, codec=codec,
                        live_sessions=runners.live_sessions(runner, config.session_harnesses),
                        late_files_batched=runners.batches_late_files(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)

@@ -54,7 +54,7 @@ class ForwarderConfig:
     file_flush_s: int
     dead_letter_flush_s: int
     progress_every_s: int
-    pubsub_readers: int  # 0: the runner's own number (`runners.pubsub_readers`)
+    pubsub_readers: int  # 0: the runner's own (`runners.pubsub_readers`, `reading_harnesses`)
     session_harnesses: int  # 0: the runner's own number (`runners.live_sessions`)
     arrival_slice_s: int  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None

@@ -129,8 +129,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("dead_letter_flush_s", int, 30, "Streaming: seconds between dead-letter files."),
     Option(
         "pubsub_readers", int, 0,
-        "Live, on a portable runner: readers of the forwarder's Pub/Sub source; 0: the "
-        "runner's own number (one on Prism, two on Flink and Spark).",
+        "Live, on a portable runner: readers of the forwarder's Pub/Sub source, on Prism "
+        "each a read in an SDK harness of its own as far as the first shuffle; 0: the "
+        "runner's own number (two on Prism, Flink and Spark).",
     ),
     Option(
         "session_harnesses", int, 0,

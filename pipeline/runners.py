@@ -114,19 +114,35 @@ PORTABLE = frozenset(_PORTABLE_CLASSES)
 
 
 def pubsub_readers(name: str, asked: int = 0) -> int:
-    """How many PubSubSource readers a runner runs (`asked`, else its own number); 0:
-    Beam's ReadFromPubSub (the DirectRunner and Dataflow run it natively).
-
-    Prism gets one. With two (in its one SDK harness), at 1,000 messages a second a
-    few dozen messages of a window reached the first GroupByKey after it had fired
-    that window, in a bundle beside the on-time one, and from then on Prism held
-    the next stage's watermark: no more files (its debug log shows it; the steady
-    live benchmark stalled in 10 of 14 runs, in 0 of 5 with one reader). A minimal
-    source with two readers did not reproduce it, so the cause is not pinned down.
-    """
+    """How many PubSubSource readers a runner runs in each read (`asked`, else its own
+    number); 0: Beam's ReadFromPubSub (the DirectRunner and Dataflow run it natively).
+    On Prism one: its readers are reads of their own (`reading_harnesses`)."""
     if name not in PORTABLE:
         return 0
-    return asked or (1 if name == "PrismRunner" else 2)
+    return 1 if name == "PrismRunner" else asked or 2
+
+
+# Prism's live reads, each in an SDK harness of its own, without --pubsub_readers.
+PRISM_READS = 2
+
+
+def reading_harnesses(name: str, asked: int = 0) -> int:
+    """How many reads of the subscription a live run makes, each in an SDK harness of
+    its own as far as the first shuffle (`transforms.batching.in_reading_harness`): on
+    Prism, `asked`, else PRISM_READS; one on other runners, which run a read's readers
+    in parallel themselves.
+
+    Prism starts a harness process per environment, and the one that reads, parses,
+    stamps and packs files was the limit of a drain (one Python process: one core at
+    most; README, Performance → Live, for the figures). Several readers in that one
+    harness gained nothing; and there they stalled: with two, at 1,000 messages a
+    second a few dozen messages of a window reached the first GroupByKey after Prism
+    had fired that window, and from then on Prism held the next stage's watermark
+    (the steady live benchmark stalled in 10 of 14 runs, with a watermark that held
+    only what was not yet emitted, since changed). Reads of their own are stages of
+    their own, each with its own watermark (Prism tracks one output watermark per
+    stage, whatever its readers), so the shuffle's is the least of theirs."""
+    return (asked or PRISM_READS) if name == "PrismRunner" else 1
 
 
 def drains_on_stop(name: str) -> bool:

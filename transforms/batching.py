@@ -458,6 +458,19 @@ class LiveSessions(NamedTuple):
 BY_DEVICE = LiveSessions()
 
 
+def in_reading_harness(transform: beam.PTransform, part: int) -> beam.PTransform:
+    """`transform`, in the SDK harness of a live run's `part`th read (on Prism, several
+    reads each in a harness of its own: `pipeline.runners.reading_harnesses`): the
+    first in the pipeline's default one, the others each in one of their own
+    (`SdkHarnessHint`)."""
+    return transform.with_resource_hints(sdk_harness=f"reading {part}") if part else transform
+
+
+def numbered(label: str, part: int, parts: int) -> str:
+    """A step's label, numbered by its part where there are several."""
+    return f"{label}{part}" if parts > 1 else label
+
+
 def timer_tag(device: str, first_ms: int) -> str:
     """A live session's timer's tag: its device and the first arrival known of it."""
     return f"{first_ms} {device}"
@@ -608,6 +621,13 @@ class BatchPerDevice(beam.PTransform):
     a user's timer, so a session sent from one would be late downstream).
     `codec`: how batches are compressed on their way through the shuffle.
     `input_connection`: how to read the input again for a dead letter's record.
+
+    The input: a PCollection, or a tuple of them, one per read of a live run in an
+    SDK harness of its own (`in_reading_harness`); each one's steps before the first
+    shuffle (the windowing, the keying by shard and its split between the sessions'
+    harnesses) then run in its harness, fused into its read, and what they make is
+    flattened into the shuffle, so that no read's batches pass through another's
+    harness on their way to it.
     """
 
     def __init__(
@@ -652,21 +672,19 @@ class BatchPerDevice(beam.PTransform):
         return transform
 
     def expand(self, keyed):
+        reads = keyed if isinstance(keyed, tuple) else (keyed,)
         if self._mode is BatchingMode.PER_EVENT:
+            keyed = self._flattened(list(reads), "AllArrived")
             batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
             nothing = keyed.pipeline | "NoDeadLetters" >> beam.Create([])
             return {"batches": batches, "dead_letters": nothing}
         if self.keeps_live_sessions:
-            shards = self._live_sessions.shards
-            if not keyed.windowing.is_default():  # a live source's are: no step per batch
-                keyed = keyed | "InGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-            held = keyed | "KeyBySessionShard" >> beam.Map(session_key, shards).with_output_types(
-                tuple[str, tuple[str, ShuffledBatch]])
-            return self._kept_live(held)
+            return self._kept_live([self._held(read, part, len(reads))
+                                    for part, read in enumerate(reads)])
         if self._keyed_windows:
-            grouped = self._group_keyed(keyed)
+            grouped = self._group_keyed(self._flattened(list(reads), "AllArrived"))
         else:
-            grouped = self._group_windowed(keyed)
+            grouped = self._group_windowed(reads)
         merged = with_dead_letters(
             grouped, "MergeBatch", _MergeBatchFn(self._codec, self._input_connection),
             placed=self.placed)
@@ -675,20 +693,39 @@ class BatchPerDevice(beam.PTransform):
         )
         return {"batches": merged["batches"], "dead_letters": dead_letters}
 
-    def _kept_live(self, held) -> dict:
-        """Sessions kept by `_LiveSessionsFn`, in one step, or in one step per SDK
-        harness of their own (`LiveSessions.harnesses`), each with its part of the keys."""
+    @staticmethod
+    def _flattened(pcolls: list, label: str):
+        return pcolls[0] if len(pcolls) == 1 else pcolls | label >> beam.Flatten()
+
+    def _held(self, keyed, read: int, reads: int):
+        """A read's batches keyed as the live sessions hold them (`session_key`), in
+        the read's harness."""
+        if not keyed.windowing.is_default():  # a live source's are: no step per batch
+            keyed = keyed | numbered("InGlobalWindow", read, reads) >> in_reading_harness(
+                beam.WindowInto(window.GlobalWindows()), read)
+        return keyed | numbered("KeyBySessionShard", read, reads) >> in_reading_harness(
+            beam.Map(session_key, self._live_sessions.shards).with_output_types(
+                tuple[str, tuple[str, ShuffledBatch]]), read)
+
+    def _kept_live(self, held: list) -> dict:
+        """Sessions kept by `_LiveSessionsFn` (what each read holds: `_held`), in one
+        step, or in one step per SDK harness of their own (`LiveSessions.harnesses`),
+        each with its part of the keys, split in each read's harness."""
         def kept(part_of_held, label: str, part: int = 0) -> dict:
             return with_dead_letters(part_of_held, label, _LiveSessionsFn(
                 self._batching, self._codec, self._input_connection),
                 placed=lambda transform: self._live_sessions.in_harness(transform, part))
 
-        parts = self._live_sessions.harnesses
+        parts, reads = self._live_sessions.harnesses, len(held)
         if parts <= 1:
-            return kept(held, "SessionPerDevice")
+            return kept(self._flattened(held, "AllHeld"), "SessionPerDevice")
         # Filters, not a Partition: they keep the element type, and so the coders.
-        merged = [kept(held | f"SessionsOfHarness{part}" >> beam.Filter(
-                           lambda kv, part: session_part(kv, parts) == part, part),
+        merged = [kept(self._flattened([
+                           each | (f"SessionsOfHarness{part}" if reads == 1 else
+                                   f"SessionsOfHarness{part}FromRead{read}") >> in_reading_harness(
+                               beam.Filter(lambda kv, part: session_part(kv, parts) == part,
+                                           part), read)
+                           for read, each in enumerate(held)], f"AllHeldOfHarness{part}"),
                        f"SessionPerDevice{part}", part)
                   for part in range(parts)]
         return {
@@ -697,17 +734,17 @@ class BatchPerDevice(beam.PTransform):
             | "AllSessionsDeadLetters" >> beam.Flatten(),
         }
 
-    def _group_windowed(self, keyed):
+    def _group_windowed(self, reads: tuple):
+        """Each read's batches windowed in its harness, then grouped."""
         if self._mode is BatchingMode.SESSIONS:
             windowfn = window.Sessions(self._batching.session_gap_s)
         else:
             windowfn = window.FixedWindows(self._batching.window_size_s)
         lateness_s = self._batching.allowed_lateness_s
-        return (
-            keyed
-            | "WindowPerDevice" >> late_firing_windowing(windowfn, lateness_s)
-            | "GroupPerDevice" >> beam.GroupByKey()
-        )
+        windowed = [keyed | numbered("WindowPerDevice", read, len(reads)) >> in_reading_harness(
+                        late_firing_windowing(windowfn, lateness_s), read)
+                    for read, keyed in enumerate(reads)]
+        return self._flattened(windowed, "AllWindowed") | "GroupPerDevice" >> beam.GroupByKey()
 
     def _group_keyed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:

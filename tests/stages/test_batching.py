@@ -548,35 +548,68 @@ def _live_graph(runner: str, flags: list[str]):
 
 
 def _environments(runner: str, flags: list[str]) -> dict[str, set[str]]:
-    """The environments of a live run's graph on `runner`, by the step of the
-    transforms in them: reading, parsing, keying by device (or shard), keeping
-    sessions, writing files."""
+    """The environments of a live run's graph on `runner`, by step: the top-level
+    step, or for BatchPerDevice and WriteBatchFiles the step inside them (reading,
+    parsing, windowing or keying by shard, keeping sessions, writing files)."""
     found: dict[str, set[str]] = {}
-    steps = ("ReadPubSub/", "ParseBatches/", "BatchPerDevice/KeyBySessionShard",
-             "BatchPerDevice/SessionPerDevice", "BatchPerDevice/SessionPerDevice0",
-             "BatchPerDevice/SessionPerDevice1", "BatchPerDevice/GroupPerDevice",
-             "BatchPerDevice/MergeBatch", "WriteBatchFiles/KeyByFile",
-             "WriteBatchFiles/WindowForFiles", "WriteBatchFiles/PackFiles",
-             "WriteBatchFiles/WriteFiles")
     for transform in _live_graph(runner, flags).transforms.values():
-        for step in steps:
-            if transform.environment_id and transform.unique_name.startswith(step):
-                found.setdefault(step.strip("/"), set()).add(transform.environment_id)
+        if not transform.environment_id or transform.subtransforms:
+            continue
+        path = transform.unique_name.split("/")
+        step = "/".join(path[:2] if path[0] in ("BatchPerDevice", "WriteBatchFiles") else path[:1])
+        found.setdefault(step, set()).add(transform.environment_id)
     return found
 
 
+def _one(prism: dict[str, set[str]], steps) -> str:
+    """The one environment of `steps` (every one of them in the graph)."""
+    [environment] = set().union(*(prism[step] for step in steps))
+    return environment
+
+
+_READ = ("ReadPubSub", "ParseBatches", "ApplySettings", "StampArrival")
+
+
+def _read(part: int, *then: str) -> list[str]:
+    """The steps of a live run's `part`th of two reads, as far as the shuffle."""
+    return [f"{step}{part}" for step in _READ] + [f"BatchPerDevice/{step}" for step in then]
+
+
+@pytest.mark.parametrize("sessions", [False, True], ids=["windows", "sessions"])
+def test_live_reads_each_have_an_sdk_harness_of_their_own_on_prism(sessions):
+    """A live run on Prism reads its subscription twice, each read in an environment of
+    its own, so in a harness process of its own, as far as the shuffle: its parsing,
+    settings, stamping and the windowing (or keying by shard, and the split of the
+    shards between the sessions' harnesses) fuse into its read, so no read's batches
+    pass through another's harness. The first read is in the default environment,
+    with the packing and writing of files. `--pubsub_readers=1`: one read."""
+    flags = ["--wait_for_complete_batch=true", "--session_harnesses=2"] if sessions else []
+    before = (["KeyBySessionShard{}", "SessionsOfHarness0FromRead{}",
+               "SessionsOfHarness1FromRead{}"] if sessions else ["WindowPerDevice{}"])
+    prism = _environments("PrismRunner", flags)
+    reads = [_one(prism, _read(part, *(step.format(part) for step in before)))
+             for part in range(2)]
+    assert len(set(reads)) == 2
+    assert _one(prism, ["WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"]) == reads[0]
+    grouped = (["BatchPerDevice/SessionPerDevice0", "BatchPerDevice/SessionPerDevice1"]
+               if sessions else ["BatchPerDevice/MergeBatch"])
+    assert not set(reads) & set().union(*(prism[step] for step in grouped))
+    assert "ReadPubSub1" not in _environments("PrismRunner", [*flags, "--pubsub_readers=1"])
+    assert _environments("FlinkRunner", flags).keys() >= {"ReadPubSub", "ParseBatches"}
+
+
 def test_live_sessions_have_an_sdk_harness_of_their_own_on_prism():
-    """Prism starts an SDK harness process per environment: the stage that keeps live
-    sessions (and keys their files) is in an environment of their own; the reading,
-    parsing and the packing and writing of files in the default one, so that two
-    Python processes share the work. Other runners keep one environment."""
+    """Prism starts an SDK harness per environment: the stage that keeps live sessions
+    (and keys their files) is in an environment of its own; each read (with its
+    parsing and keying by shard, `test_live_reads_each_...`) in one of its own, the
+    first with the packing and writing of files, so that Python processes share
+    the work. Other runners keep one environment."""
     sessions = ["--wait_for_complete_batch=true"]
     prism = _environments("PrismRunner", sessions)
-    kept = {"BatchPerDevice/SessionPerDevice", "WriteBatchFiles/KeyByFile",
-            "WriteBatchFiles/WindowForFiles"}
-    assert len(set().union(*(prism[step] for step in kept))) == 1
-    assert len(set().union(*(ids for step, ids in prism.items() if step not in kept))) == 1
-    assert prism["ParseBatches"] != prism["BatchPerDevice/SessionPerDevice"]
+    kept = _one(prism, ["BatchPerDevice/SessionPerDevice", "WriteBatchFiles/KeyByFile",
+                        "WriteBatchFiles/WindowForFiles"])
+    reads = {_one(prism, _read(part, f"KeyBySessionShard{part}")) for part in range(2)}
+    assert len({kept, *reads}) == 3
     for runner, flags in [("FlinkRunner", sessions), ("FlinkRunner", []),
                           ("FlinkRunner", [*sessions, "--session_harnesses=2"])]:
         assert len(set().union(*_environments(runner, flags).values())) == 1, (runner, flags)
@@ -586,32 +619,30 @@ def test_live_sessions_have_an_sdk_harness_of_their_own_on_prism():
 def test_live_fixed_windows_are_merged_in_an_sdk_harness_of_their_own_on_prism(flags):
     """Live fixed windows on Prism: Prism groups each device's window, and the merging
     of its batches (and the keying of their files) runs in an environment of its own,
-    so in a second harness process, beside the one that reads, parses, packs and
-    writes; with `--session_harnesses=2` still one (the grouping is Prism's)."""
-    prism = _environments("PrismRunner", flags)
-    apart = {"BatchPerDevice/MergeBatch", "WriteBatchFiles/KeyByFile",
-             "WriteBatchFiles/WindowForFiles"}
-    assert len(set().union(*(prism[step] for step in apart))) == 1
-    default = set().union(*(ids for step, ids in prism.items() if step not in apart))
-    assert len(default) == 1
-    assert prism["ParseBatches"] != prism["BatchPerDevice/MergeBatch"]
-    assert prism["WriteBatchFiles/WriteFiles"] == prism["ParseBatches"]
+    so in a harness process of its own, beside those of the reads (the first packs
+    and writes); with `--session_harnesses=2` still one (the grouping is Prism's)."""
+    prism = _environments("PrismRunner", [*flags, "--pubsub_readers=1"])
+    apart = _one(prism, ["BatchPerDevice/MergeBatch", "WriteBatchFiles/KeyByFile",
+                         "WriteBatchFiles/WindowForFiles"])
+    read = _one(prism, ["ReadPubSub", "ParseBatches", "BatchPerDevice/WindowPerDevice",
+                        "WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"])
+    assert apart != read
+    assert set().union(*prism.values()) == {apart, read}
 
 
 def test_live_sessions_in_two_sdk_harnesses_on_prism_each_keep_their_part():
     """`--session_harnesses=2` on Prism: two steps keep the sessions, each in an
     environment of its own, and so in a harness process of its own; the keys are
-    split between them, and what they write is flattened into the keying of files,
-    in the default environment with the reading, parsing and writing."""
+    split between them (in each read's harness), and what they write is flattened
+    into the keying of files, in the default environment with the first read and
+    the writing."""
     prism = _environments("PrismRunner", ["--wait_for_complete_batch=true",
-                                          "--session_harnesses=2"])
-    default = prism["ParseBatches"]
-    [first], [second] = prism["BatchPerDevice/SessionPerDevice0"], prism[
-        "BatchPerDevice/SessionPerDevice1"]
-    assert len({first, second, *default}) == 3
-    for step in ("BatchPerDevice/KeyBySessionShard", "WriteBatchFiles/KeyByFile",
-                 "WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"):
-        assert prism[step] == default, step
+                                          "--session_harnesses=2", "--pubsub_readers=1"])
+    default = _one(prism, ["ReadPubSub", "ParseBatches", "BatchPerDevice/KeyBySessionShard",
+                           "BatchPerDevice/SessionsOfHarness0", "WriteBatchFiles/KeyByFile",
+                           "WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"])
+    first, second = (_one(prism, [f"BatchPerDevice/SessionPerDevice{part}"]) for part in (0, 1))
+    assert len({first, second, default}) == 3
     # Prism's 4,096 shards are shared about evenly
     firsts = sum(session_part((str(shard), None), 2) == 0 for shard in range(4096))
     assert 0.45 < firsts / 4096 < 0.55
