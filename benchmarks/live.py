@@ -190,6 +190,9 @@ class Memory:
     def __init__(self, pid: int):
         self.samples: list[tuple[float, dict[str, int]]] = []  # (time, RSS by process)
         self.cpu: list[tuple[float, float, float]] = []  # (time, CPU s in all, stolen)
+        # (time, {(name, pid): CPU s so far}) of every process this benchmark started
+        self.cpu_by_process: list[tuple[float, dict[tuple[str, int], float]]] = []
+        self._pid = pid
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(pid,), daemon=True)
         self._thread.start()
@@ -197,6 +200,7 @@ class Memory:
     def _sample(self, pid: int) -> None:
         while not self._done.wait(1.0):
             self.cpu.append((time.time(), *_cpu_seconds()))
+            self.cpu_by_process.append((time.time(), self._cpu_by_process()))
             try:
                 root = psutil.Process(pid)
                 rss = {"launcher": root.memory_info().rss}
@@ -212,6 +216,41 @@ class Memory:
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
+
+    def _cpu_by_process(self) -> dict[tuple[str, int], float]:
+        """CPU seconds (user and system) so far of each process the benchmark started:
+        the pipeline's (its launcher, Prism, each SDK harness) and the local servers."""
+        used = {}
+        for process in psutil.Process().children(recursive=True):
+            try:
+                command = " ".join(process.cmdline())
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            name = ("launcher" if process.pid == self._pid else
+                    "SDK harness" if "SdkHarness" in command or "sdk_worker" in command else
+                    "Prism" if "prism" in command else
+                    "Pub/Sub server" if "pstest" in command else
+                    "S3 server" if "moto_server" in command else process.name())
+            used[name, process.pid] = times.user + times.system
+        return used
+
+    def cpu_shares(self, since: float, until: float) -> dict[str, float]:
+        """Each process's CPU time between two times (time.time()), as a share of one
+        core's time then: the SDK harnesses apart, in the order they started."""
+        within = [(at, used) for at, used in self.cpu_by_process if since <= at <= until]
+        if len(within) < 2:
+            return {}
+        (first_at, first), (last_at, last) = within[0], within[-1]
+        shares: dict[str, float] = {}
+        harnesses = 0
+        for (name, pid), seconds in sorted(last.items(), key=lambda item: item[0][1]):
+            used = seconds - first.get((name, pid), 0.0)  # 0: started since
+            if name == "SDK harness":
+                harnesses += 1
+                name = f"SDK harness {harnesses}"
+            shares[name] = shares.get(name, 0.0) + used / (last_at - first_at)
+        return shares
 
     def stolen_share(self, since: float, until: float) -> float | None:
         """The share of the machine's CPU time between two times (time.time()) that its
@@ -352,14 +391,17 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
             time.sleep(1)
             watched.poll(whole=True)  # its files are stamped at the backlog's publishing
             if os.environ.get("LIVE_DEBUG"):
+                cpu = machine.cpu_shares(time.time() - 1.5, time.time())
                 print(f"    {time.time() - started:.0f} s: {watched.events:,} of {expected:,} "
-                      "events in S3", flush=True)
+                      "events in S3; CPU in the last second: " + ", ".join(
+                          f"{name} {share:.2f}" for name, share in cpu.items()), flush=True)
     finally:
         machine.stop()
         stop(process)
     seconds = time.time() - started
     return {"batches": backlog, "seconds": seconds, "per_s": backlog / seconds,
             "stolen": machine.stolen_share(started, started + seconds),
+            "cpu": machine.cpu_shares(started, started + seconds),
             **_verified(sum(watched.events_by_device().values()), expected)}
 
 
@@ -553,6 +595,11 @@ def _print_drain(runner: str, result: dict) -> None:
           f"{result['per_s']:,.0f} batches/s, every event in S3: {_complete(result)}; "
           f"{_stolen_text(result['stolen'])} of the machine's CPU stolen by its hypervisor",
           flush=True)
+    if result["cpu"]:
+        print("  CPU while it drained, cores: " + ", ".join(
+            f"{name} {share:.2f}" for name, share in sorted(
+                result["cpu"].items(), key=lambda item: -item[1])) +
+              f"; all {sum(result['cpu'].values()):.2f} of {psutil.cpu_count()}", flush=True)
 
 
 def _stolen_text(share: float | None) -> str:
