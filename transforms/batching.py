@@ -434,8 +434,9 @@ class LiveSessions(NamedTuple):
     a state entry, emptied but never dropped, per key of a stateful stage in the
     global window), so that its entries stop growing once every shard has been seen.
     `harnesses`: 0 to keep the sessions in the pipeline's SDK harness; else in this
-    many of their own (`SdkHarnessHint`, `in_harness`), beside the one that reads,
-    parses and stamps, and packs and writes files, each keeping the sessions of its
+    many of their own (`SdkHarnessHint`, `in_harness`), beside those that read,
+    parse and stamp (`in_reading_harness`) and the one that packs and writes files
+    (the first read's), each keeping the sessions of its
     part of the keys (`session_part`): on a runner with one harness process per
     environment (Prism), one environment would leave a live run to one Python
     process, one core at most. Live fixed windows, which the runner groups, are then
