@@ -68,8 +68,8 @@ def forward(
     `--file_flush_s` after the first of them (`pipeline.runners.batches_late_files`),
     rather than a file per late batch; and late dead letters `--dead_letter_flush_s`
     after the first of them.
-    `records` may be a list, one per read of a live run in an SDK harness of its own
-    (`build`): each is parsed, set and stamped in its read's harness
+    `records` may be a list, one per read of a live run (`build`; several, each in an
+    SDK harness of its own): each is parsed, set and stamped in its read's harness
     (`in_reading_harness`), as far as the first shuffle (`BatchPerDevice`).
     """
     if keyed_windows is None:
@@ -195,7 +195,7 @@ def build(
                        ReadPubSubRecords(subscription, topic, readers=runners.pubsub_readers(
                            runner, config.pubsub_readers)), read)
                    for read in range(reads)]
-        return forward(records if reads > 1 else records[0], config, codec=codec,
+        return forward(records, config, codec=codec,
                        live_sessions=runners.live_sessions(runner, config.session_harnesses),
                        late_files_batched=runners.batches_late_files(runner))
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)

@@ -628,7 +628,8 @@ class BatchPerDevice(beam.PTransform):
     shuffle (the windowing, the keying by shard and its split between the sessions'
     harnesses) then run in its harness, fused into its read, and what they make is
     flattened into the shuffle, so that no read's batches pass through another's
-    harness on their way to it.
+    harness on their way to it. (One batch per event: the reads are flattened first,
+    and their files keyed in the default harness.)
     """
 
     def __init__(
