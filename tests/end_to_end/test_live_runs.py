@@ -552,6 +552,26 @@ def test_a_live_run_without_runner_runs_on_prism(
     assert poll(lambda: forwarded_ids(read_objects(s3_client, bucket, "live/")) == [1, 2], 30)
 
 
+def test_a_topic_is_read_through_one_subscription_shared_by_prisms_two_reads(pubsub):
+    """Given a topic, a live run on Prism makes one subscription of its own to it, which
+    both its reads pull from (Pub/Sub shares out a subscription's messages); a
+    subscription per read would deliver every message to each, and forward it twice."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from google.cloud import pubsub_v1
+
+    from pipeline.build import build
+    from pipeline.config import load_config
+    from transforms.shuffled import NO_DICTIONARY
+
+    _, topic, subscription = pubsub
+    config, _ = load_config(["--s3_bucket_name=graph", f"--input_topic={topic}"])
+    build(beam.Pipeline(options=PipelineOptions(["--streaming"])), config, "PrismRunner",
+          codec=NO_DICTIONARY)
+    made = set(pubsub_v1.PublisherClient().list_topic_subscriptions(topic=topic)) - {subscription}
+    assert len(made) == 1, made
+
+
 # Sessions on Prism are kept per device by timer (transforms.batching._LiveSessionsFn);
 # on the DirectRunner in Beam's merging session windows.
 def test_session_is_written_once_the_gap_passes(
