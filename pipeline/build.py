@@ -124,6 +124,7 @@ def batch_and_write(
     batcher = BatchPerDevice(
         config.batching, keyed_windows=keyed_windows, codec=codec,
         input_connection=config.connection, live_sessions=live_sessions,
+        reads=len(keyed) if isinstance(keyed, tuple) else 1,
     )
     batched = keyed | "BatchPerDevice" >> batcher
     files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(

@@ -14,7 +14,8 @@ meets a fault instead:
                  connection is reset before any answer
     slow         the answer comes `slow_s` late
 
-It counts what it did, so a test can report faults injected and writes retried.
+It counts what it did, so a test can report faults injected and writes retried, and
+the most requests of a kind it handled at once.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class FaultProxy:
         self.attempts: Counter[tuple[str, str]] = Counter()  # (method, path)
         self.first_seen: dict[tuple[str, str], float] = {}
         self.last_seen: dict[tuple[str, str], float] = {}
+        self.in_flight: Counter[str] = Counter()  # requests being handled, by method
+        self.most_in_flight: Counter[str] = Counter()  # the most at once, by method
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -167,6 +170,17 @@ class FaultProxy:
                 return response, response.read()
 
             def _handle(self) -> None:
+                with proxy._lock:
+                    proxy.in_flight[self.command] += 1
+                    proxy.most_in_flight[self.command] = max(
+                        proxy.most_in_flight[self.command], proxy.in_flight[self.command])
+                try:
+                    self._handled()
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight[self.command] -= 1
+
+            def _handled(self) -> None:
                 body = self._body()
                 fault = proxy._decide(self.command, self.path)
                 if fault == "500":

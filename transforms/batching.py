@@ -629,7 +629,12 @@ class BatchPerDevice(beam.PTransform):
     harnesses) then run in its harness, fused into its read, and what they make is
     flattened into the shuffle, so that no read's batches pass through another's
     harness on their way to it. (One batch per event: the reads are flattened first,
-    and their files keyed in the default harness.)
+    and their files keyed in the default harness.) `reads`: how many (a tuple's length).
+
+    Live fixed windows of several reads are merged in the reads' harnesses, each
+    with its part of the devices (`session_part`), split in each read's harness
+    before the runner groups them: the windows of a backlog close together once it is
+    read, and their merging is then shared by as many processes as read it.
     """
 
     def __init__(
@@ -639,9 +644,11 @@ class BatchPerDevice(beam.PTransform):
         codec: ShuffleCodec = NO_DICTIONARY,
         input_connection: s3.S3Connection | None = None,
         live_sessions: LiveSessions = BY_DEVICE,
+        reads: int = 1,
     ):
         super().__init__()
         self._live_sessions = live_sessions
+        self._reads = reads
         self._batching = batching
         self._mode = batching.mode
         self._keyed_windows = keyed_windows
@@ -661,13 +668,24 @@ class BatchPerDevice(beam.PTransform):
         (`LiveSessions.harnesses`), as live sessions are kept: the runner groups them,
         and the harness that reads, parses and writes files does not also merge."""
         return (self._mode is BatchingMode.FIXED and self._live_sessions.harnesses > 0
+                and not self._keyed_windows and self._reads == 1)
+
+    @property
+    def merges_in_reading_harnesses(self) -> bool:
+        """Whether live fixed windows of several reads are merged in the reads' SDK
+        harnesses, each its part of the devices (see above)."""
+        return (self._mode is BatchingMode.FIXED and self._reads > 1
                 and not self._keyed_windows)
 
-    def placed(self, transform: beam.PTransform) -> beam.PTransform:
+    def placed(self, transform: beam.PTransform, part: int = 0) -> beam.PTransform:
         """`transform`, placed where the stage that makes the batches runs: for a step
-        that a runner fuses into it (the keying of their files). Sessions kept in
-        several harnesses are flattened, and the step goes where the pipeline's
-        others are; fixed windows are merged in the first."""
+        that a runner fuses into it (the keying of their files); `part`: which of the
+        "batches" PCollections it takes, when they are a tuple (fixed windows merged in
+        the reads' harnesses: each in its own). Sessions kept in several harnesses are
+        flattened, and the step goes where the pipeline's others are; fixed windows of
+        one read are merged in the first."""
+        if self.merges_in_reading_harnesses:
+            return in_reading_harness(transform, part)
         if self.merges_live_windows_apart or (
                 self.keeps_live_sessions and self._live_sessions.harnesses == 1):
             return self._live_sessions.in_harness(transform)
@@ -675,6 +693,8 @@ class BatchPerDevice(beam.PTransform):
 
     def expand(self, keyed):
         reads = keyed if isinstance(keyed, tuple) else (keyed,)
+        if len(reads) != self._reads:
+            raise ValueError(f"BatchPerDevice of {self._reads} reads given {len(reads)}")
         if self._mode is BatchingMode.PER_EVENT:
             keyed = self._flattened(list(reads), "AllArrived")
             batches = keyed | "OneBatchPerEvent" >> beam.FlatMap(per_event, self._codec)
@@ -684,16 +704,20 @@ class BatchPerDevice(beam.PTransform):
             return self._kept_live([self._held(read, part, len(reads))
                                     for part, read in enumerate(reads)])
         if self._keyed_windows:
-            grouped = self._group_keyed(self._flattened(list(reads), "AllArrived"))
+            grouped = [self._group_keyed(self._flattened(list(reads), "AllArrived"))]
         else:
             grouped = self._group_windowed(reads)
-        merged = with_dead_letters(
-            grouped, "MergeBatch", _MergeBatchFn(self._codec, self._input_connection),
-            placed=self.placed)
-        dead_letters = merged["dead_letters"] | "DeadLettersInGlobalWindow" >> beam.WindowInto(
-            window.GlobalWindows()
-        )
-        return {"batches": merged["batches"], "dead_letters": dead_letters}
+        merged = [with_dead_letters(
+            part, numbered("MergeBatch", read, len(grouped)), _MergeBatchFn(
+                self._codec, self._input_connection),
+            placed=lambda transform, read=read: self.placed(transform, read))
+            for read, part in enumerate(grouped)]
+        dead_letters = self._flattened([each["dead_letters"] for each in merged],
+                                       "AllMergeDeadLetters")
+        batches = tuple(each["batches"] for each in merged)
+        return {"batches": batches if len(batches) > 1 else batches[0],
+                "dead_letters": dead_letters | "DeadLettersInGlobalWindow" >> beam.WindowInto(
+                    window.GlobalWindows())}
 
     @staticmethod
     def _flattened(pcolls: list, label: str):
@@ -736,8 +760,10 @@ class BatchPerDevice(beam.PTransform):
             | "AllSessionsDeadLetters" >> beam.Flatten(),
         }
 
-    def _group_windowed(self, reads: tuple):
-        """Each read's batches windowed in its harness, then grouped."""
+    def _group_windowed(self, reads: tuple) -> list:
+        """Each read's batches windowed in its harness, then grouped: all together (one
+        read, or sessions: Beam's merging windows), or each read's harness's part of
+        the devices (fixed windows of several reads; see above)."""
         if self._mode is BatchingMode.SESSIONS:
             windowfn = window.Sessions(self._batching.session_gap_s)
         else:
@@ -746,7 +772,17 @@ class BatchPerDevice(beam.PTransform):
         windowed = [keyed | numbered("WindowPerDevice", read, len(reads)) >> in_reading_harness(
                         late_firing_windowing(windowfn, lateness_s), read)
                     for read, keyed in enumerate(reads)]
-        return self._flattened(windowed, "AllWindowed") | "GroupPerDevice" >> beam.GroupByKey()
+        parts = len(reads) if self._mode is BatchingMode.FIXED else 1
+        if parts == 1:
+            return [self._flattened(windowed, "AllWindowed") | "GroupPerDevice" >> (
+                beam.GroupByKey())]
+        # Filters, not a Partition: they keep the element type, and so the coders.
+        return [[each | f"DevicesOfHarness{part}FromRead{read}" >> in_reading_harness(
+                     beam.Filter(lambda kv, part: session_part(kv, parts) == part, part), read)
+                 for read, each in enumerate(windowed)]
+                | f"AllWindowed{part}" >> beam.Flatten()
+                | f"GroupPerDevice{part}" >> beam.GroupByKey()
+                for part in range(parts)]
 
     def _group_keyed(self, keyed):
         if self._mode is BatchingMode.SESSIONS:

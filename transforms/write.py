@@ -8,6 +8,7 @@ finds its own file instead of adding a second copy.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gzip
 import hashlib
@@ -18,10 +19,10 @@ from typing import Callable, Iterable, Iterator
 import apache_beam as beam
 from apache_beam.transforms import window
 from apache_beam.transforms.window import IntervalWindow
-from apache_beam.utils.windowed_value import PaneInfoTiming
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from transforms import metrics
-from transforms.batching import late_firing_windowing
+from transforms.batching import late_firing_windowing, numbered
 from transforms.io import progress, s3, stores
 from transforms.outputs import as_is
 from transforms.rules import batch_json, naming, packing, parquet_rows
@@ -31,7 +32,7 @@ from transforms.values import Batching, FileContent, FileLayout, FileWritten, Fo
 
 DEFAULT_LAYOUT = FileLayout()
 GZIP_LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its CPU
-# Files written at once where a stage has many at hand (`FileWriter.write_all`).
+# Files written at once where a stage has several at hand (`FileWriter.start`).
 UPLOAD_THREADS = 4
 
 
@@ -188,7 +189,12 @@ def packed_files(
 
 
 class _WriteFilesFn(beam.DoFn):
-    """FileContent → FileWritten: one write-once object per file, counted."""
+    """FileContent → FileWritten: one write-once object per file, counted.
+
+    A bundle's files are written UPLOAD_THREADS at once (`FileWriter.start`: the gzip,
+    the digest and the PUT release the GIL, so a window's files are compressed on
+    every core rather than one after another on one), at most that many held in
+    memory; each comes out in its own window and pane once written, in order."""
 
     def __init__(self, location: str, connection: s3.S3Connection, namer, counter_names: dict):
         self._location = location
@@ -200,11 +206,28 @@ class _WriteFilesFn(beam.DoFn):
         self._writer = FileWriter(self._location, self._connection, self._namer,
                                   self._counter_names)
 
-    def process(self, content: FileContent) -> Iterator[FileWritten]:
-        yield self._writer.write(content)
+    def start_bundle(self):
+        self._writing: collections.deque = collections.deque()
 
-    def finish_bundle(self):
+    def process(
+        self, content: FileContent, timestamp=beam.DoFn.TimestampParam,
+        window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam,
+    ) -> Iterator[WindowedValue]:
+        self._writing.append((self._writer.start(content), timestamp, window, pane))
+        while len(self._writing) > UPLOAD_THREADS:
+            yield self._first_written()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        while self._writing:
+            yield self._first_written()
         progress.flush()
+
+    def _first_written(self) -> WindowedValue:
+        written, timestamp, window, pane = self._writing.popleft()
+        return WindowedValue(written(), timestamp, [window], pane)
+
+    def teardown(self):
+        self._writer.close()
 
 
 class FileWriter:
@@ -221,17 +244,21 @@ class FileWriter:
     def write(self, content: FileContent) -> FileWritten:
         return self.count(content, self.upload(content))
 
-    def write_all(self, contents: list[FileContent]) -> Iterator[FileWritten]:
-        """Several files at once (UPLOAD_THREADS; gzip and the PUT release the GIL),
-        counted here in the bundle's thread, in order."""
+    def start(self, content: FileContent) -> Callable[[], FileWritten]:
+        """Starts writing `content` in one of UPLOAD_THREADS threads (gzip and the PUT
+        release the GIL) → what, called in the bundle's thread, waits for it (raising
+        what it raised) and counts it."""
         if self._uploads is None:
             # Daemon threads (unlike concurrent.futures'): a worker whose runner is gone
             # exits instead of waiting out its uploads' retries.
             self._uploads = ThreadPool(UPLOAD_THREADS)
-        for content, uploaded in zip(
-            contents, self._uploads.imap(self.upload, contents), strict=True
-        ):
-            yield self.count(content, uploaded)
+        uploading = self._uploads.apply_async(self.upload, (content,))
+        return lambda: self.count(content, uploading.get())
+
+    def write_all(self, contents: list[FileContent]) -> Iterator[FileWritten]:
+        """Several files at once (`start`), counted in order."""
+        for written in [self.start(content) for content in contents]:
+            yield written()
 
     def close(self) -> None:
         """Ends the upload threads (a DoFn's `teardown`)."""
@@ -313,7 +340,7 @@ class WriteBatchFiles(beam.PTransform):
         keyed_windows: bool = False,
         codec: ShuffleCodec = NO_DICTIONARY,
         upload_day: str | None = None,
-        placed: Callable[[beam.PTransform], beam.PTransform] = as_is,
+        placed: Callable[..., beam.PTransform] = as_is,
     ):
         """Files are packed per fixed window of `batching`; late panes within its
         allowed lateness go out as further files.
@@ -324,8 +351,11 @@ class WriteBatchFiles(beam.PTransform):
         `upload_day`: YYYY-MM-DD for date folders by upload time in a bounded run;
         None: each file's window close (live).
         `placed`: each step before the files' grouping (which a runner runs in the
-        stage that made the batches) → the step applied, for example in that
-        stage's SDK harness (`transforms.batching.BatchPerDevice.placed`)."""
+        stage that made the batches) and the part of the batches it takes → the step
+        applied, for example in that stage's SDK harness
+        (`transforms.batching.BatchPerDevice.placed`). The batches may be a tuple of
+        PCollections, each made in a harness of its own: each part is keyed by file
+        where it was made, then they are grouped together."""
         super().__init__()
         self._output = output
         self._connection = connection
@@ -344,17 +374,25 @@ class WriteBatchFiles(beam.PTransform):
             return forwarded | "KeyByFileWindow" >> placed(beam.Map(
                 _file_entry_in_window, layout, self._codec, self._batching.window_size_us
             )) | "GroupPerFile" >> beam.GroupByKey()
-        return (
-            forwarded
-            | "KeyByFile" >> placed(beam.Map(_file_entry, layout, self._codec))
-            | "WindowForFiles" >> placed(late_firing_windowing(
-                window.FixedWindows(self._batching.window_size_s),
-                self._batching.allowed_lateness_s,
-                self._early_firing_s,
-                self._late_firing_s,
-            ))
-            | "GroupPerFile" >> beam.GroupByKey()
-        )
+        parts = forwarded if isinstance(forwarded, tuple) else (forwarded,)
+        # One windowing for every part (one trigger object: Beam compares triggers by
+        # identity, and warns at a Flatten of unequal windowings).
+        files = late_firing_windowing(
+            window.FixedWindows(self._batching.window_size_s),
+            self._batching.allowed_lateness_s,
+            self._early_firing_s,
+            self._late_firing_s,
+        ).windowing
+        keyed = [
+            batches
+            | numbered("KeyByFile", part, len(parts)) >> placed(
+                beam.Map(_file_entry, layout, self._codec), part)
+            | numbered("WindowForFiles", part, len(parts)) >> placed(
+                beam.WindowInto(files, allowed_lateness=files.allowed_lateness), part)
+            for part, batches in enumerate(parts)]
+        if len(keyed) > 1:
+            keyed = [keyed | "AllKeyed" >> beam.Flatten()]
+        return keyed[0] | "GroupPerFile" >> beam.GroupByKey()
 
     def expand(self, forwarded):
         return _packed_and_written(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
 import zlib
@@ -591,9 +592,9 @@ def test_live_reads_each_have_an_sdk_harness_of_their_own_on_prism(sessions):
              for part in range(2)]
     assert len(set(reads)) == 2
     assert _one(prism, ["WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"]) == reads[0]
-    grouped = (["BatchPerDevice/SessionPerDevice0", "BatchPerDevice/SessionPerDevice1"]
-               if sessions else ["BatchPerDevice/MergeBatch"])
-    assert not set(reads) & set().union(*(prism[step] for step in grouped))
+    if sessions:
+        grouped = ["BatchPerDevice/SessionPerDevice0", "BatchPerDevice/SessionPerDevice1"]
+        assert not set(reads) & set().union(*(prism[step] for step in grouped))
     assert "ReadPubSub1" not in _environments("PrismRunner", [*flags, "--pubsub_readers=1"])
     assert _environments("FlinkRunner", flags).keys() >= {"ReadPubSub", "ParseBatches"}
 
@@ -628,6 +629,25 @@ def test_live_fixed_windows_are_merged_in_an_sdk_harness_of_their_own_on_prism(f
                         "WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"])
     assert apart != read
     assert set().union(*prism.values()) == {apart, read}
+
+
+def test_live_fixed_windows_of_two_reads_are_merged_in_the_reads_harnesses_on_prism(caplog):
+    """Live fixed windows of Prism's two reads: each read's harness merges a part of
+    the devices (split by `session_part` in each read's harness before Prism groups
+    them) and keys their files, so the merging of a backlog's windows, which close
+    together once it is read, is shared by both processes, and no third one starts
+    for it. Each part's windowing for files is the same Beam windowing (no warning at
+    the flatten before the files are grouped)."""
+    with caplog.at_level(logging.WARNING):
+        prism = _environments("PrismRunner", [])
+    reads = [_one(prism, _read(part, f"WindowPerDevice{part}",
+                               f"DevicesOfHarness0FromRead{part}",
+                               f"DevicesOfHarness1FromRead{part}")) for part in range(2)]
+    merged = [_one(prism, [f"BatchPerDevice/MergeBatch{part}", f"WriteBatchFiles/KeyByFile{part}",
+                           f"WriteBatchFiles/WindowForFiles{part}"]) for part in range(2)]
+    assert merged == reads and len(set(reads)) == 2
+    assert set().union(*prism.values()) == set(reads)
+    assert "must have the same window" not in caplog.text
 
 
 def test_live_sessions_in_two_sdk_harnesses_on_prism_each_keep_their_part():
