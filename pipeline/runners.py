@@ -181,8 +181,9 @@ def live_sessions(name: str, harnesses: int = 0) -> LiveSessions:
     (Prism starts one harness process per environment, so one environment would leave
     a whole live run to one Python process: one core at most; README, Performance →
     Live, for the figures), or `harnesses` of their own, each with its part of the
-    shards, where one harness is the limit; live fixed windows are merged in the
-    first; other runners have their own parallelism and ignore it."""
+    shards, where one harness is the limit; live fixed windows of one read are merged
+    in the first (of several reads, in the reads' harnesses); other runners have their
+    own parallelism and ignore it."""
     if name == "DirectRunner":
         return LiveSessions(by_timer=False)
     if name == "PrismRunner":

@@ -439,8 +439,9 @@ class LiveSessions(NamedTuple):
     (the first read's), each keeping the sessions of its
     part of the keys (`session_part`): on a runner with one harness process per
     environment (Prism), one environment would leave a live run to one Python
-    process, one core at most. Live fixed windows, which the runner groups, are then
-    merged in the first of them (`BatchPerDevice.merges_live_windows_apart`).
+    process, one core at most. Live fixed windows of one read, which the runner groups,
+    are then merged in the first of them (`BatchPerDevice.merges_live_windows_apart`);
+    of several reads, in the reads' harnesses (`merges_in_reading_harnesses`).
     """
 
     by_timer: bool = True

@@ -211,9 +211,9 @@ class _WriteFilesFn(beam.DoFn):
 
     def process(
         self, content: FileContent, timestamp=beam.DoFn.TimestampParam,
-        window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam,
+        file_window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[WindowedValue]:
-        self._writing.append((self._writer.start(content), timestamp, window, pane))
+        self._writing.append((self._writer.start(content), timestamp, file_window, pane))
         while len(self._writing) > UPLOAD_THREADS:
             yield self._first_written()
 
@@ -223,8 +223,8 @@ class _WriteFilesFn(beam.DoFn):
         progress.flush()
 
     def _first_written(self) -> WindowedValue:
-        written, timestamp, window, pane = self._writing.popleft()
-        return WindowedValue(written(), timestamp, [window], pane)
+        written, timestamp, file_window, pane = self._writing.popleft()
+        return WindowedValue(written(), timestamp, [file_window], pane)
 
     def teardown(self):
         self._writer.close()
