@@ -53,7 +53,7 @@ def test_a_bundles_files_are_written_at_once_each_out_in_its_own_window(
     every answer 0.3 s, the most PUTs in flight at once is counted; one after another
     it would be 1."""
     window_ms = Batching().window_size_s * 1000
-    arrivals = [T0 + n * window_ms // 3 for n in range(9)]  # three windows, three files each
+    arrivals = [T0 + n * window_ms // 3 for n in range(9)]  # a third of a window apart
     with FaultProxy(s3_endpoint, fault_rate=1.0, faults=("slow",), slow_s=0.3) as proxy:
         connection = s3.S3Connection(endpoint_url=proxy.endpoint)
         with batch_pipeline() as p:
