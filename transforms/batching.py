@@ -743,18 +743,11 @@ class BatchPerDevice(beam.PTransform):
                 self._batching, self._codec, self._input_connection),
                 placed=lambda transform: self._live_sessions.in_harness(transform, part))
 
-        parts, reads = self._live_sessions.harnesses, len(held)
+        parts = self._live_sessions.harnesses
         if parts <= 1:
             return kept(self._flattened(held, "AllHeld"), "SessionPerDevice")
-        # Filters, not a Partition: they keep the element type, and so the coders.
-        merged = [kept(self._flattened([
-                           each | (f"SessionsOfHarness{part}" if reads == 1 else
-                                   f"SessionsOfHarness{part}FromRead{read}") >> in_reading_harness(
-                               beam.Filter(lambda kv, part: session_part(kv, parts) == part,
-                                           part), read)
-                           for read, each in enumerate(held)], f"AllHeldOfHarness{part}"),
-                       f"SessionPerDevice{part}", part)
-                  for part in range(parts)]
+        merged = [kept(each, f"SessionPerDevice{part}", part) for part, each in enumerate(
+            self._split(held, parts, "SessionsOfHarness", "AllHeldOfHarness"))]
         return {
             "batches": [each["batches"] for each in merged] | "AllSessions" >> beam.Flatten(),
             "dead_letters": [each["dead_letters"] for each in merged]
@@ -777,12 +770,18 @@ class BatchPerDevice(beam.PTransform):
         if parts == 1:
             return [self._flattened(windowed, "AllWindowed") | "GroupPerDevice" >> (
                 beam.GroupByKey())]
-        # Filters, not a Partition: they keep the element type, and so the coders.
-        return [[each | f"DevicesOfHarness{part}FromRead{read}" >> in_reading_harness(
-                     beam.Filter(lambda kv, part: session_part(kv, parts) == part, part), read)
-                 for read, each in enumerate(windowed)]
-                | f"AllWindowed{part}" >> beam.Flatten()
-                | f"GroupPerDevice{part}" >> beam.GroupByKey()
+        return [each | f"GroupPerDevice{part}" >> beam.GroupByKey() for part, each in enumerate(
+            self._split(windowed, parts, "DevicesOfHarness", "AllWindowed"))]
+
+    def _split(self, reads: list, parts: int, label: str, flattened: str) -> list:
+        """Each read's (key, ...) elements split into `parts` by their key
+        (`session_part`) in the read's harness, then each part of every read flattened.
+        Filters, not a Partition: they keep the element type, and so the coders."""
+        return [self._flattened([
+                    each | (f"{label}{part}" if len(reads) == 1 else
+                            f"{label}{part}FromRead{read}") >> in_reading_harness(
+                        beam.Filter(lambda kv, part: session_part(kv, parts) == part, part), read)
+                    for read, each in enumerate(reads)], f"{flattened}{part}")
                 for part in range(parts)]
 
     def _group_keyed(self, keyed):
