@@ -9,7 +9,8 @@ Starts the embedded S3 server and a local Pub/Sub server (pstest), then for each
 runner (the DirectRunner with Beam's ReadFromPubSub, Prism with PubSubSource):
   1. drain (`--backlog` > 0): publishes `--backlog` batches, starts `python -m
      pipeline` on the subscription with 10-second windows, and times from the
-     pipeline's start to the moment every forwarded event is in S3: batches/s;
+     pipeline's start to the moment every forwarded event is in S3 (a listing of the
+     bucket every `DRAIN_POLL_S` first shows its last file), not to its stop: batches/s;
   2. steady (`--seconds` > 0): starts the pipeline, makes every batch it will send
      (so that making them takes no CPU from the run), then publishes `--rate`
      batches a second for `--seconds`, and notes when each file first shows in S3:
@@ -72,6 +73,7 @@ def forwarded_events(batches: list[dict]) -> int:
 # The watcher lists the files stamped within this many seconds of now at every poll,
 # and the whole bucket this often.
 RECENT_S = 120
+DRAIN_POLL_S = 0.25  # a drain's listing of the bucket: a file is seen this late at most
 FULL_LIST_S = 30
 
 
@@ -386,20 +388,25 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
     started = time.time()
     process = start_pipeline(runner, endpoint, bucket, subscription, work / f"drain-{runner}.log")
     machine = Memory(process.pid)
+    shown = started
     try:
         while watched.events < expected and time.time() - started < 900:
-            time.sleep(1)
+            time.sleep(DRAIN_POLL_S)
             watched.poll(whole=True)  # its files are stamped at the backlog's publishing
-            if os.environ.get("LIVE_DEBUG"):
-                cpu = machine.cpu_shares(time.time() - 1.5, time.time())
-                print(f"    {time.time() - started:.0f} s: {watched.events:,} of {expected:,} "
-                      "events in S3; CPU in the last second: " + ", ".join(
+            if os.environ.get("LIVE_DEBUG") and time.time() >= shown + 1:
+                shown = time.time()
+                cpu = machine.cpu_shares(shown - 2, shown)  # two samples at least
+                print(f"    {shown - started:.0f} s: {watched.events:,} of {expected:,} "
+                      "events in S3; CPU over the last 2 s: " + ", ".join(
                           f"{name} {share:.2f}" for name, share in cpu.items()), flush=True)
+        # The moment the last file was listed; before 2026-12-03 the time also held the
+        # pipeline's stop (below), 1.5-2 s more.
+        seconds = max(watched.first_seen.values(), default=time.time()) - started
     finally:
         machine.stop()
         stop(process)
-    seconds = time.time() - started
     return {"batches": backlog, "seconds": seconds, "per_s": backlog / seconds,
+            "stop_s": time.time() - started - seconds,
             "stolen": machine.stolen_share(started, started + seconds),
             "cpu": machine.cpu_shares(started, started + seconds),
             **_verified(sum(watched.events_by_device().values()), expected)}
@@ -593,8 +600,8 @@ def main() -> None:
 def _print_drain(runner: str, result: dict) -> None:
     print(f"{runner}: drained {result['batches']:,} batches in {result['seconds']:.1f} s, "
           f"{result['per_s']:,.0f} batches/s, every event in S3: {_complete(result)}; "
-          f"{_stolen_text(result['stolen'])} of the machine's CPU stolen by its hypervisor",
-          flush=True)
+          f"{_stolen_text(result['stolen'])} of the machine's CPU stolen by its hypervisor; "
+          f"the pipeline stopped {result['stop_s']:.1f} s later", flush=True)
     if result["cpu"]:
         print("  CPU while it drained, cores: " + ", ".join(
             f"{name} {share:.2f}" for name, share in sorted(
