@@ -81,7 +81,9 @@ build_prism() {
   # Builds Prism, then fetches and compiles what the patches' own Go tests need; the
   # suite runs them (tests/pipeline/test_prism_patches.py).
   (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism &&
-    go test -run '^$' github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/jobservices >/dev/null)
+    go test -run '^$' github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/jobservices \
+      github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal \
+      github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/engine >/dev/null)
 }
 
 # Google's Pub/Sub fake from the Go module that tools/pstest/go.mod requires, with
