@@ -121,6 +121,27 @@ def test_a_reader_extends_the_leases_of_what_it_holds(subscription, monkeypatch)
     other.close()
 
 
+def test_a_new_reader_starts_on_the_messages_waiting(subscription):
+    """A reader's start waits for its process's first pull, so a run on a waiting
+    backlog reads it in its first bundle, rather than a poll (a second) later: before
+    it waited, `start` found the queue still empty."""
+    reader = PubSubReader(subscription)
+    started = time.monotonic()
+    try:
+        assert reader.start(), "the first pull's messages were not there at the start"
+        assert time.monotonic() - started < pubsub_source.FIRST_PULL_WAIT_S
+        got, deadline = [reader.get_current().data], time.monotonic() + 10
+        while len(got) < 20 and time.monotonic() < deadline:
+            if reader.advance():
+                got.append(reader.get_current().data)
+            else:
+                time.sleep(0.05)
+        assert sorted(got) == sorted(f"batch {n}".encode() for n in range(20))
+    finally:
+        reader.get_checkpoint_mark().finalize_checkpoint()
+        reader.close()
+
+
 def test_readers_in_one_process_share_what_is_pulled(subscription):
     """A reader the runner stopped driving (parked in a cache it will not be taken
     from again) holds nothing back from the reader that replaced it."""

@@ -70,6 +70,10 @@ ACK_TIMEOUT_S = 10.0  # then an Acknowledge is left to the puller to send again
 LEASE_CALL_TIMEOUT_S = 5.0
 IDLE_WATERMARK_LAG_S = 1.0  # how far behind an empty pull's start the idle watermark is
 PULL_TIMEOUT_S = 5.0
+# How long a reader's start waits for its process's first pull: a reader that finds
+# nothing is asked again only a poll later (`ReadFromUnboundedSource`'s `poll_interval`,
+# a second), so a run would start a second late on a waiting backlog.
+FIRST_PULL_WAIT_S = 2.0
 WATERMARK_EVERY_S = 0.05
 # Queued messages no reader asked for in this long go back to Pub/Sub, and
 # pulling pauses until a reader asks again.
@@ -333,6 +337,7 @@ class _Puller:
         # has found anything since; None while messages are coming.
         self._empty_since: float | None = None
         self._stop = threading.Event()
+        self.first_pull = threading.Event()  # set once the thread's first turn is over
         self._thread = threading.Thread(target=self._pull_forever, daemon=True,
                                         name="pubsub-pull")
 
@@ -374,6 +379,7 @@ class _Puller:
                 self._pull_once()
             else:
                 time.sleep(0.05)
+            self.first_pull.set()
             if time.monotonic() - last_extended > EXTEND_EVERY_S:
                 last_extended = time.monotonic()
                 self._extend_leases()
@@ -466,7 +472,10 @@ class PubSubReader(UnboundedReader):
         self._oldest_held = metrics.gauge(metrics.OLDEST_UNACKED_MS)
 
     def start(self) -> bool:
+        """Joins its process's puller; once its first pull has answered (or
+        FIRST_PULL_WAIT_S has passed), the first message, if one came."""
         self._puller = _Puller.join(self._subscription)
+        self._puller.first_pull.wait(FIRST_PULL_WAIT_S)
         return self.advance()
 
     def advance(self) -> bool:
