@@ -399,9 +399,12 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
                 print(f"    {shown - started:.0f} s: {watched.events:,} of {expected:,} "
                       "events in S3; CPU over the last 2 s: " + ", ".join(
                           f"{name} {share:.2f}" for name, share in cpu.items()), flush=True)
-        # The moment the last file was listed; before 2026-12-03 the time also held the
-        # pipeline's stop (below), 1.5-2 s more.
-        seconds = max(watched.first_seen.values(), default=time.time()) - started
+        # The moment the last file was listed (a run that never completes: the end of
+        # the wait); before 2026-12-03 the time also held the pipeline's stop (below),
+        # 1.5-2.5 s more.
+        seconds = (max(watched.first_seen.values())
+                   if watched.first_seen and watched.events >= expected
+                   else time.time()) - started
     finally:
         machine.stop()
         stop(process)

@@ -83,7 +83,7 @@ def file_body(lines: list[bytes], compress: bool, parquet: bool = False) -> byte
     Parquet (`parquet_rows`), deterministic too."""
     if parquet:
         return parquet_rows.file_bytes(lines, compress)
-    body = b"\n".join(lines) + b"\n"
+    body = b"\n".join([*lines, b""])  # one copy of the lines (`+ b"\n"` made a second)
     return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0) if compress else body
 
 
