@@ -1,9 +1,5 @@
-import sys
+"""`python -m pipeline`: the console command `mparticle-s3-forwarder` (`pipeline.cli`)."""
 
-from pipeline.logs import quiet_beam_notices
+from pipeline.cli import main
 
-quiet_beam_notices()  # before Beam is imported: it logs the notices as it loads
-
-from pipeline.run import main  # noqa: E402
-
-sys.exit(main())
+main()

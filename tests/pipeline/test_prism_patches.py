@@ -1,4 +1,4 @@
-"""The patches Prism is built with (`tools/prism`) carry Go tests of their own: they run
+"""The patches Prism is built with (`pipeline/engine/prism`) carry Go tests of their own: they run
 here, in the copy of Beam's Go module that `run_local.sh` patched and built Prism from."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def go_tests_passed(pattern: str, package: str) -> set[str]:
     assert go, "no go on PATH (./run_local.sh builds Prism with it)"
     result = subprocess.run(
         [go, "test", "-count=1", "-v", "-run", pattern, package],
-        cwd=ROOT / "tools" / "prism", capture_output=True, text=True, timeout=600,
+        cwd=ROOT / ".local" / "prism", capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return set(re.findall(r"^--- PASS: (\S+)", result.stdout, re.MULTILINE))

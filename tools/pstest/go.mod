@@ -37,4 +37,4 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
-replace cloud.google.com/go/pubsub/v2 => ../../.local/pubsub-v2
+replace cloud.google.com/go/pubsub/v2 => ../pubsub-v2

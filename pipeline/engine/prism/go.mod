@@ -74,4 +74,4 @@ require (
 
 // Beam's module (v2.77.0, as required above) with stage-data-ready-spin.patch applied, put
 // there by run_local.sh's bootstrap.
-replace github.com/apache/beam/sdks/v2 => ../../.local/beam-sdks
+replace github.com/apache/beam/sdks/v2 => ../beam-sdks
