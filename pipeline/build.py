@@ -34,7 +34,7 @@ from transforms.batching import (
 from transforms.io.inputs import input_client, sample_records
 from transforms.io.pubsub_source import sample_messages
 from transforms.parse import ParseBatches
-from transforms.pubsub import ReadPubSubRecords, temporary_subscription
+from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches
 from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.spill import SpillGroupAndWrite
@@ -189,11 +189,8 @@ def build(
         codec = trained_codec(config)
     if config.streaming:
         reads = runners.reading_harnesses(runner, config.pubsub_readers)
-        subscription, topic = config.input_subscription, config.input_topic
-        if reads > 1 and topic:  # one subscription, shared by the reads
-            subscription, topic = temporary_subscription(topic), None
         records = [pipeline | numbered("ReadPubSub", read, reads) >> in_reading_harness(
-                       ReadPubSubRecords(subscription, topic, readers=runners.pubsub_readers(
+                       ReadPubSubRecords(config.subscription, readers=runners.pubsub_readers(
                            runner, config.pubsub_readers)), read)
                    for read in range(reads)]
         return forward(records, config, codec=codec,
@@ -206,13 +203,10 @@ def build(
 def trained_codec(config: ForwarderConfig) -> ShuffleCodec:
     """A shuffle codec with a dictionary trained on the first records of the input,
     or on the messages waiting in the subscription (handed back at once, for the run
-    to read). A live run that starts on an empty subscription, or on a topic (read
-    through a subscription made when the pipeline is built), goes without one.
+    to read). A live run that starts on an empty subscription goes without one.
     """
     if config.streaming:
-        if not config.input_subscription:
-            return NO_DICTIONARY
-        samples = sample_messages(config.input_subscription)
+        samples = sample_messages(config.subscription)
         codec = ShuffleCodec.trained_on(samples)
         _LOG.info("the shuffle's dictionary: %s",
                   f"trained on {len(samples)} waiting messages" if codec.dictionary

@@ -1,7 +1,8 @@
 """Start-up checks: everything the run needs is proved before anything is read.
 
 Each failure is one sentence: `ConfigError` (exit 2) for what the user typed,
-`BucketCheckError` (exit 3) for a location that cannot be written.
+`BucketCheckError` (exit 3) for a location that cannot be written, `SourceCheckError`
+(exit 3) for a Pub/Sub subscription or topic that cannot be read.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Sequence
 import botocore.exceptions
 
 from pipeline.config import ConfigError, ForwarderConfig
-from transforms.io import inputs, s3, stores
+from transforms.io import inputs, pubsub_resources, s3, stores
 from transforms.rules import naming
 
 # What mParticle writes to prove a bucket writable, and so does the forwarder.
@@ -24,6 +25,29 @@ VERIFICATION_BODY = b"{}"
 
 class BucketCheckError(RuntimeError):
     """The start-up write check failed; the message says bucket, region and why."""
+
+
+class SourceCheckError(RuntimeError):
+    """The live source cannot be read; the message names it and says why."""
+
+
+def check_live_source(config: ForwarderConfig) -> str:
+    """Proves the subscription readable, and for a topic makes the subscription it is
+    read through unless an earlier run made it; returns what the run reads. Raises
+    SourceCheckError (missing, denied, a name refused, Pub/Sub unreachable)."""
+    if config.input_topic:
+        problem = pubsub_resources.topic_problem(config.input_topic)
+        if problem is None:
+            made, problem = pubsub_resources.ensure_subscription(
+                config.input_topic, config.topic_subscription)
+        if problem is not None:
+            raise SourceCheckError(problem)
+        return (f"topic {config.input_topic} through subscription {config.topic_subscription} "
+                f"({'made now' if made else 'made by an earlier run'})")
+    problem = pubsub_resources.subscription_problem(config.input_subscription)
+    if problem is not None:
+        raise SourceCheckError(problem)
+    return f"subscription {config.input_subscription}"
 
 
 def check_inputs_exist(patterns: Sequence[str], connection: s3.S3Connection) -> None:

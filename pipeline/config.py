@@ -23,8 +23,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from pipeline import runners
 from pipeline.errors import ConfigError
-from pipeline.logs import LEVELS
+from pipeline.logs import LEVELS, LOG_FORMATS
 from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
+from transforms.io.pubsub_resources import topic_subscription_name
 from transforms.io.s3 import SSE_METHODS, S3Connection
 from transforms.rules import naming
 from transforms.rules.naming import DateFolders
@@ -43,6 +44,8 @@ class ForwarderConfig:
     inputs: tuple[str, ...]
     input_subscription: str | None
     input_topic: str | None
+    # The subscription --input_topic is read through (given or derived); None without it.
+    topic_subscription: str | None
     dead_letter_location: str
     app_name: str | None
     batching: Batching  # how batches are grouped per device
@@ -58,6 +61,8 @@ class ForwarderConfig:
     session_harnesses: int  # 0: the runner's own number (`runners.live_sessions`)
     arrival_slice_s: int  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None
+    pubsub_unavailable_s: int
+    metrics_port: int  # 0: no metrics server
     # Date folders by upload time: the day a bounded run names them; None when live
     # (each file's window close, `naming.window_close_day`).
     upload_day: str | None = None
@@ -65,6 +70,11 @@ class ForwarderConfig:
     @property
     def output_location(self) -> str:
         return f"s3://{self.bucket}"
+
+    @property
+    def subscription(self) -> str | None:
+        """The subscription a live run reads: --input_subscription, or the topic's."""
+        return self.input_subscription or self.topic_subscription
 
     @property
     def streaming(self) -> bool:
@@ -104,6 +114,13 @@ def log_level_of(value: Any) -> str:
     if level not in LEVELS:
         raise ConfigError(f"--log_level must be one of {', '.join(LEVELS)}, not {value!r}.")
     return level
+
+
+def log_format_of(value: Any) -> str:
+    word = str(value or "text").strip().lower()
+    if word not in LOG_FORMATS:
+        raise ConfigError(f"--log_format must be one of {', '.join(LOG_FORMATS)}, not {value!r}.")
+    return word
 
 
 def date_folders_of(value: Any) -> DateFolders:
@@ -267,15 +284,24 @@ def _check(values: dict[str, Any]) -> None:
         raise ConfigError(
             f"Give one input source, not {' and '.join('--' + s for s in sources)}."
         )
-    for name, kind in (("input_subscription", "subscriptions"), ("input_topic", "topics")):
+    for name, kind in (("input_subscription", "subscriptions"), ("input_topic", "topics"),
+                       ("topic_subscription", "subscriptions")):
         if values[name]:
             _check_pubsub_name(name, kind, values[name])
+    if values["topic_subscription"] and not values["input_topic"]:
+        raise ConfigError("--topic_subscription goes with --input_topic (the subscription "
+                          "the topic is read through).")
     for name in ("window_size_s", "session_gap_s", "max_batches_per_file", "max_file_bytes",
                  "file_shards", "max_batch_bytes", "file_flush_s", "dead_letter_flush_s",
                  "s3_connect_timeout_s", "s3_read_timeout_s", "s3_write_deadline_s"):
         _as_int(name, values[name], minimum=1)
     for name in ("pubsub_readers", "session_harnesses"):  # 0: the runner's own number
         _as_int(name, values[name], minimum=0)
+    _as_int("pubsub_unavailable_s", values["pubsub_unavailable_s"], minimum=1)
+    port = _as_int("metrics_port", values["metrics_port"], minimum=0)
+    if port > 65535:
+        raise ConfigError(f"--metrics_port must be a port number up to 65535, not {port}.")
+    log_format_of(values["log_format"])
     _check_slices(values)
     log_level_of(values["log_level"])
     if values["folder_name"] and values["folder_name"].strip("/") == "":
@@ -347,7 +373,7 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
     unless it looks like a misspelt forwarder option.
     """
     if runners.canonical(_runner_in(beam_args)) == "DaskRunner":
-        from pipeline import dask_runner  # noqa: F401 - declares Beam's --dask_* options
+        runners.dask_module()  # declares Beam's --dask_* options
 
     parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
     for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
@@ -447,6 +473,8 @@ def config_from_values(
         inputs=tuple(values["input"]),
         input_subscription=values["input_subscription"],
         input_topic=values["input_topic"],
+        topic_subscription=(values["topic_subscription"] or topic_subscription_name(
+            values["input_topic"], bucket, folder)) if values["input_topic"] else None,
         dead_letter_location=values["dead_letter_location"]
         or f"s3://{bucket}/{naming.join_key(folder, '_dead_letters')}",
         app_name=naming.safe_app_name(values["app_name"]) if values["app_name"] else None,
@@ -471,5 +499,7 @@ def config_from_values(
         session_harnesses=values["session_harnesses"],
         arrival_slice_s=values["arrival_slice_s"],
         spill_dir=values["spill_dir"],
+        pubsub_unavailable_s=values["pubsub_unavailable_s"],
+        metrics_port=values["metrics_port"],
         upload_day=upload_day,
     )

@@ -1,25 +1,36 @@
 """What the launcher prints: its log lines and its one-sentence errors, never a secret.
 
 `Console` is set up once by the entry point (`pipeline.run.main`): the log level
-(`--log_level`), Beam's and the AWS libraries' loggers quieted below DEBUG, and a
-formatter through which every log line passes, as `error` does for the sentences on
-stderr. Once the secret access key is known (`hide`), the key and every piece of it
-of MIN_PIECE_CHARS or more are replaced by REDACTED wherever they would show: in a
+(`--log_level`), the format (`--log_format`: text, or one JSON object per line),
+Beam's and the AWS libraries' loggers quieted below DEBUG, and a formatter through
+which every log line passes, as `error` does for the sentences on stderr and `say`
+for the status lines and the summary. The worker processes a run starts take the
+same format (`worker_logging`, from their environment). Once the secret access key
+is known (`hide`), the key and every piece of it of MIN_PIECE_CHARS or more are
+replaced by REDACTED wherever they would show: in a
 library's debug line, an exception's text, a traceback. The messages the forwarder
 writes itself never quote a secret in the first place; this is the net beneath them.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
+import os
 import sys
-from typing import Iterable
+import threading
+from typing import IO, Iterable
 
 # A piece of a secret this long is as good as the secret to someone who can guess
 # the rest (an AWS secret key is 40 characters); shorter pieces are not hidden.
 MIN_PIECE_CHARS = 16
 REDACTED = "[secret]"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+# Names the log format in the environment the worker processes inherit.
+LOG_FORMAT_ENV = "MPARTICLE_S3_LOG_FORMAT"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 # Libraries whose INFO lines would swamp the forwarder's own; they still log at DEBUG.
 _CHATTY = ("botocore", "boto3", "urllib3", "smart_open", "s3transfer")
 
@@ -36,13 +47,34 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-class _RedactingFormatter(logging.Formatter):
-    def __init__(self, console: Console):
-        super().__init__("%(asctime)s %(levelname)s %(message)s")
-        self._console = console
+def json_line(level: str, logger: str, message: str, created: float | None = None,
+              **fields) -> str:
+    """One log record as a JSON object on one line: time (UTC, ISO 8601), level,
+    logger, message, and any further fields."""
+    moment = datetime.datetime.fromtimestamp(
+        created if created is not None else datetime.datetime.now().timestamp(),
+        datetime.timezone.utc)
+    return json.dumps({"time": moment.isoformat(timespec="milliseconds"), "level": level,
+                       "logger": logger, "message": message, **fields}, ensure_ascii=False)
+
+
+class _Formatter(logging.Formatter):
+    """A record as a text line (TEXT_FORMAT) or a JSON object, with `redact` applied
+    to every part of it."""
+
+    def __init__(self, log_format: str = "text", redact=lambda text: text):
+        super().__init__(TEXT_FORMAT)
+        self.log_format = log_format
+        self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
-        return self._console.redact(super().format(record))
+        if self.log_format != "json":
+            return self._redact(super().format(record))
+        fields = {}
+        if record.exc_info:
+            fields["exception"] = self._redact(self.formatException(record.exc_info))
+        return json_line(record.levelname, record.name, self._redact(record.getMessage()),
+                         record.created, **fields)
 
 
 class Console:
@@ -50,11 +82,23 @@ class Console:
 
     def __init__(self) -> None:
         self._secrets: list[str] = []
+        self._formatter = _Formatter(redact=self.redact)
         handler = logging.StreamHandler()
-        handler.setFormatter(_RedactingFormatter(self))
+        handler.setFormatter(self._formatter)
         # force: importing Beam may already have given the root logger a handler.
         logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+        logging.getLogger("PrismJobServer").addFilter(_PrismNotices())
+        _log_uncaught_errors()
         self.set_level("INFO")
+        self.set_format("text")
+
+    def set_format(self, log_format: str) -> None:
+        """text or json, for every line the launcher prints from now on, and for the
+        workers it starts (LOG_FORMAT_ENV)."""
+        global _FORMAT, _REDACT
+        self._formatter.log_format = _FORMAT = log_format
+        _REDACT = self.redact
+        os.environ[LOG_FORMAT_ENV] = log_format
 
     def set_level(self, level: str) -> None:
         """The root logger's level; below DEBUG, libraries say only what goes wrong."""
@@ -83,8 +127,66 @@ class Console:
         return redact(text, self._secrets)
 
     def error(self, sentence: str) -> None:
-        """`error: <sentence>` on stderr."""
-        print(self.redact(f"error: {sentence}"), file=sys.stderr)
+        """`error: <sentence>` on stderr (in JSON: a record of level ERROR)."""
+        say(f"error: {sentence}", sys.stderr, level="ERROR")
+
+
+_FORMAT = "text"
+_REDACT = str  # the console's redactor, once there is a console
+
+
+def say(text: str, out: IO[str] | None = None, level: str = "INFO",
+        logger: str = "pipeline", **fields) -> None:
+    """A line for the operator (a status line, the summary, an error's sentence) on
+    `out` (default stdout): as it is, or as one JSON object with `fields`, in the
+    run's log format; secrets hidden either way."""
+    out = out or sys.stdout
+    if _FORMAT == "json":
+        text = json_line(level, logger, _REDACT(text), **fields)
+    else:
+        text = _REDACT(text)
+    print(text, file=out, flush=True)
+
+
+def json_logs() -> bool:
+    """Whether lines go out as JSON objects (--log_format=json)."""
+    return _FORMAT == "json"
+
+
+class _PrismNotices(logging.Filter):
+    """Drops Prism's notice of a transform with nothing in it, which Beam's
+    `Create` of a single element leaves in every unbounded read (its
+    `MaybeReshuffle`): it would open every live run's output with a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "empty transform, with payload and identical input and output" not in str(
+            record.msg)
+
+
+def _log_uncaught_errors() -> None:
+    """An error no code caught, in any thread, goes out as a log record (one JSON
+    object with --log_format=json) rather than a bare traceback."""
+    def thread_error(args) -> None:
+        if args.exc_type is not SystemExit:
+            logging.getLogger("pipeline").error(
+                "uncaught error in thread %s", getattr(args.thread, "name", "?"),
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    threading.excepthook = thread_error
+
+
+def worker_logging() -> None:
+    """A worker process's log lines in the launcher's format (LOG_FORMAT_ENV), at its
+    start, before Beam sets up logging there (Beam's own setup then keeps this one)."""
+    log_format = os.environ.get(LOG_FORMAT_ENV)
+    if log_format not in LOG_FORMATS:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter(log_format))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    global _FORMAT
+    _FORMAT = log_format
+    _log_uncaught_errors()
 
 
 class _MissingGcpClientsNotice(logging.Filter):

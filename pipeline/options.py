@@ -89,7 +89,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "input_topic", str, None,
-        "Pub/Sub topic projects/<project>/topics/<name>, read through a temporary subscription.",
+        "Pub/Sub topic projects/<project>/topics/<name>, read through a durable subscription "
+        "(--topic_subscription).",
+    ),
+    Option(
+        "topic_subscription", str, None,
+        "With --input_topic: the subscription it is read through, made at the first start "
+        "and read again by every later one; default: projects/<topic's project>/"
+        "subscriptions/<topic>-s3-forwarder-<8 hex digits of the bucket and folder>.",
     ),
     Option("s3_endpoint_url", str, None, "S3-compatible endpoint (local server, MinIO)."),
     Option("settings_file", str, None, "JSON or YAML file keyed by these option names."),
@@ -144,6 +151,16 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds between progress lines (bounded runs on this machine) or status lines "
         "(live runs); 0: none.",
     ),
+    Option(
+        "pubsub_unavailable_s", int, 300,
+        "Live: seconds the subscription may be missing or Pub/Sub unreachable before the "
+        "run writes what it holds and exits 6.",
+    ),
+    Option(
+        "metrics_port", int, 0,
+        "Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) on this "
+        "port, all interfaces; 0: none.",
+    ),
     Option("max_batch_bytes", int, parse.DEFAULT_MAX_BATCH_BYTES, "Larger records: dead letters."),
     Option(
         "skip_bucket_check", bool, False,
@@ -153,6 +170,11 @@ OPTIONS: tuple[Option, ...] = (
         "log_level", str, "INFO",
         "DEBUG, INFO, WARNING or ERROR; DEBUG adds Beam's and the AWS libraries' own lines "
         "(secrets are never shown).",
+    ),
+    Option(
+        "log_format", str, "text",
+        "text: one line per record as `time LEVEL message`; json: one JSON object per line "
+        "(time, level, logger, message), for a log collector.",
     ),
     # S3 faults.
     Option(
@@ -177,7 +199,7 @@ FALSE_WORDS = frozenset({"false", "no", "off", "0"})
 def build_parser() -> argparse.ArgumentParser:
     """Flags for every option; a flag not given is absent from the result."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog="mparticle-s3-forwarder",
         description="Forward mParticle event batches to S3 as the Amazon S3 integration does.",
         argument_default=argparse.SUPPRESS,
         allow_abbrev=False,  # a misspelt flag is refused, never taken for another

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from typing import IO, Callable, Mapping
 
+from pipeline.logs import json_logs, say
 from transforms import metrics
 from transforms.io import progress
 
@@ -46,10 +47,14 @@ def progress_line(done: Counter, total_bytes: int, elapsed_s: float) -> str:
 
 
 class ProgressReporter:
-    """`with ProgressReporter(total_bytes, every_s):` around a run: prints progress."""
+    """`with ProgressReporter(total_bytes, every_s):` around a run: prints progress
+    (unless `quiet`), and hands what is done so far to `listener`, every `every_s`."""
 
-    def __init__(self, total_bytes: int, every_s: float, out: IO[str] | None = None):
+    def __init__(self, total_bytes: int, every_s: float, out: IO[str] | None = None,
+                 listener: Callable[[Counter], None] | None = None, quiet: bool = False):
         self.total_bytes = total_bytes
+        self._listener = listener
+        self._quiet = quiet
         self.every_s = every_s
         self.out = out or sys.stderr
         self.done: Counter[str] = Counter()
@@ -78,12 +83,12 @@ class ProgressReporter:
             os.environ.pop(progress.ADDRESS_ENV, None)
         else:
             os.environ[progress.ADDRESS_ENV] = self._previous_address
-        if self._terminal:
+        if self._terminal and not self._quiet:
             print(file=self.out)  # end the line rewritten in place
 
     @property
     def _terminal(self) -> bool:
-        return self.out.isatty()
+        return self.out.isatty() and not json_logs()
 
     def _listen(self) -> None:
         next_report = time.monotonic() + self.every_s
@@ -106,17 +111,24 @@ class ProgressReporter:
             pass
 
     def _print(self) -> None:
+        if self._listener is not None:
+            self._listener(self.done)
+        if self._quiet:
+            return
         line = progress_line(self.done, self.total_bytes, time.monotonic() - self._started)
-        print(f"\r{line}" if self._terminal else line, end="" if self._terminal else "\n",
-              file=self.out, flush=True)
+        if self._terminal:
+            print(f"\r{line}", end="", file=self.out, flush=True)
+        else:
+            say(line, self.out, logger="pipeline.progress")
 
 
 def live_status_line(
     counters: Mapping[str, int], previous: Mapping[str, int], interval_s: float,
-    oldest_unacked_ms: int | None,
+    oldest_unacked_ms: int | None, problem: tuple[str, float] | None = None,
 ) -> str:
     """One status line of a live run: the rate of messages pulled since `previous`,
-    and the counts so far."""
+    and the counts so far; and `problem`, what is wrong with the source and for how
+    long (s), if anything is."""
     pulled = counters.get(metrics.RECORDS_READ, 0) - previous.get(metrics.RECORDS_READ, 0)
     line = (f"live: {pulled / interval_s if interval_s > 0 else 0:,.0f} messages/s pulled, "
             f"{counters.get(metrics.EVENTS_FORWARDED, 0):,} events forwarded in "
@@ -125,17 +137,22 @@ def live_status_line(
             f"{counters.get(metrics.LATE_BATCHES, 0):,} late batches")
     if oldest_unacked_ms is not None:
         line += f", oldest message unacknowledged for {oldest_unacked_ms / 1000:,.1f} s"
+    if problem is not None:
+        line += f"; SOURCE UNAVAILABLE for {problem[1]:,.0f} s: {problem[0]}"
     return line
 
 
 class LiveStatus:
     """`with LiveStatus(read_metrics, every_s):` around a live run: a status line every
     `every_s` from the runner's metrics. `read_metrics()` → (counters, the oldest
-    unacknowledged message's age in ms or None); a failed read skips one line."""
+    unacknowledged message's age in ms or None); a failed read skips one line.
+    `problem()`: what is wrong with the source and for how long, or None."""
 
     def __init__(self, read_metrics: Callable[[], tuple[Mapping[str, int], int | None]],
-                 every_s: float, out: IO[str] | None = None):
+                 every_s: float, out: IO[str] | None = None,
+                 problem: Callable[[], tuple[str, float] | None] = lambda: None):
         self._read = read_metrics
+        self._problem = problem
         self.every_s = every_s
         self.out = out or sys.stderr
         self._stop = threading.Event()
@@ -156,10 +173,10 @@ class LiveStatus:
             try:
                 counters, oldest_ms = self._read()
             except Exception as err:  # noqa: BLE001 - a status line is not worth a run
-                print(f"live: status unavailable ({type(err).__name__}: {err})",
-                      file=self.out, flush=True)
+                say(f"live: status unavailable ({type(err).__name__}: {err})", self.out,
+                    level="WARNING", logger="pipeline.status")
                 continue
             now = time.monotonic()
-            print(live_status_line(counters, previous, now - last, oldest_ms),
-                  file=self.out, flush=True)
+            say(live_status_line(counters, previous, now - last, oldest_ms, self._problem()),
+                self.out, logger="pipeline.status")
             previous, last = counters, now

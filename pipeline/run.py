@@ -7,10 +7,14 @@ summary whose counts reconcile. Exit codes:
     0   done, and the counts reconcile
     1   the run failed, or its counts do not reconcile
     2   an option is wrong (value, unknown flag, runner, input that matches nothing)
-    3   the bucket or the dead-letter location cannot be written (missing, denied,
-        unreachable)
+    3   the bucket or the dead-letter location cannot be written, or the Pub/Sub
+        subscription or topic cannot be read (missing, denied, unreachable)
     4   S3 kept failing one write past --s3_write_deadline_s
-    130 interrupted (Ctrl-C) during a bounded run
+    5   a live run stopped without writing all it held: its drain passed its deadline,
+        a second Ctrl-C cancelled it, or its runner cannot drain (the DirectRunner)
+    6   a live run lost its Pub/Sub source for --pubsub_unavailable_s: it drained what
+        it held, then stopped
+    130 interrupted (Ctrl-C) during a bounded run, or before a live job started
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from typing import Callable, Sequence
@@ -32,47 +35,48 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import runners, sliced
+from pipeline import live, runners, sliced
 from pipeline.build import build, trained_codec
-from pipeline.checks import BucketCheckError, check_inputs_exist, check_output_writable
+from pipeline.checks import (
+    BucketCheckError,
+    SourceCheckError,
+    check_inputs_exist,
+    check_live_source,
+    check_output_writable,
+)
 from pipeline.config import (
     ConfigError,
     check_beam_args,
     config_from_values,
     date_folders_of,
+    log_format_of,
     log_level_of,
     merged_values,
     output_format_of,
     validate_bucket_name,
 )
 from pipeline.errors import EngineGone
-from pipeline.logs import Console
+from pipeline.logs import Console, json_logs, say
+from pipeline.monitoring import MetricsServer
 from pipeline.progress import LiveStatus, ProgressReporter
 from pipeline.runners import (
     current_metrics,
     drains_on_stop,
     engine_name,
+    engine_shielded,
     make_runner,
     runner_name,
     worker_environment,
 )
 from pipeline.tools import athena, iam
 from transforms import metrics
-from transforms.io import inputs, pubsub_source, s3
+from transforms.io import inputs, s3
 from transforms.rules.naming import DateFolders
 
 _LOG = logging.getLogger("pipeline")
-EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_FAILED, EXIT_CONFIG, EXIT_CHECK, EXIT_S3_GAVE_UP = 1, 2, 3, 4
+EXIT_NOT_DRAINED, EXIT_SOURCE_LOST, EXIT_INTERRUPTED = 5, 6, 130
 _GAVE_UP = re.compile(re.escape(s3.WriteGaveUp.PREFIX) + r"s3://[^\n]*")
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops a streaming run the way Ctrl-C does."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 # How long a bounded run's runner may take to stop after Ctrl-C before the launcher
@@ -118,17 +122,27 @@ def counters_of(result, query: dict | None = None) -> dict[str, int]:
     return totals
 
 
+def metrics_of(result) -> tuple[dict[str, int], dict[str, int]]:
+    """A running job's counters and gauges: of each gauge, the largest value for
+    OLDEST_UNACKED_MS (the oldest message any reader holds), else the latest."""
+    query = _forwarder_metrics(result)
+    latest: dict[str, tuple] = {}
+    for gauge in query["gauges"]:
+        value = gauge.committed or gauge.attempted
+        if value is None:
+            continue
+        name = gauge.key.metric.name
+        rank = (value.value,) if name == metrics.OLDEST_UNACKED_MS else (value.timestamp,)
+        if name not in latest or rank > latest[name][0]:
+            latest[name] = (rank, value.value)
+    return counters_of(result, query), {name: value for name, (_, value) in latest.items()}
+
+
 def live_metrics_of(result) -> tuple[dict[str, int], int | None]:
     """A running live job's counters, and how long its oldest message has been held
     unacknowledged (ms; None where the source does not say: Beam's ReadFromPubSub)."""
-    query = _forwarder_metrics(result)
-    held_ms = []
-    for gauge in query["gauges"]:
-        if gauge.key.metric.name == metrics.OLDEST_UNACKED_MS:
-            value = gauge.committed or gauge.attempted
-            if value is not None:
-                held_ms.append(value.value)
-    return counters_of(result, query), max(held_ms) if held_ms else None
+    counters, gauges = metrics_of(result)
+    return counters, gauges.get(metrics.OLDEST_UNACKED_MS)
 
 
 def main(
@@ -144,6 +158,7 @@ def main(
         values, beam_args, prints = merged_values(argv)
         console.hide(values["secret_access_key"])
         console.set_level(log_level_of(values["log_level"]))
+        console.set_format(log_format_of(values["log_format"]))
         if prints:
             print(_printed(values, prints))
             return 0
@@ -166,6 +181,12 @@ def main(
             for where in check_output_writable(config):
                 _LOG.info("write check: %s", where)
         except BucketCheckError as err:
+            console.error(str(err))
+            return EXIT_CHECK
+    if config.streaming:
+        try:
+            _LOG.info("source: %s", check_live_source(config))
+        except SourceCheckError as err:
             console.error(str(err))
             return EXIT_CHECK
     return _run(config, runner, options, console)
@@ -196,6 +217,9 @@ def _printed(values: dict, prints: dict) -> str:
 
 def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     """Runs the pipeline; a failure ends in one sentence and its exit code."""
+    _LOG.info("running on %s", engine_name(runner))
+    if config.streaming:
+        return _run_live(config, runner, options, console)
     reported = threading.Lock()  # held once the sentence is out: it is said once
 
     def report_interrupted() -> None:
@@ -211,46 +235,150 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
 
-    # A live run stops on Ctrl-C by draining, within its own deadline (_run_live).
-    interrupted = _note_interrupts(None if config.streaming else exit_without_the_runner)
-    _LOG.info("running on %s", engine_name(runner))
+    interrupted = _note_interrupts(exit_without_the_runner)
     started = time.monotonic()
+    server = _metrics_server(config)
     try:
-        with worker_environment():
-            if config.streaming:
-                pipeline = beam.Pipeline(runner=runner, options=options)
-                name = runner_name(options)
-                build(pipeline, config, runner=name)
-                return _run_live(config, pipeline, drains=drains_on_stop(name))
+        with (server or contextlib.nullcontext()), worker_environment():
             input_bytes = functools.cache(lambda: inputs.total_input_bytes(
                 config.inputs, inputs.input_client(config.inputs, config.connection)))
-            with _progress(config, runners.reports_progress(options), input_bytes):
+            if server is not None:
+                server.update({})  # ready: the run has begun
+            with _progress(config, runners.reports_progress(options), input_bytes, server):
                 counters = _run_bounded(config, options, input_bytes)
-    except ConfigError as err:  # found only once the run starts (the spill's disk)
-        console.error(str(err))
-        return EXIT_CONFIG
-    except EngineGone as err:
-        console.error(str(err))
-        return EXIT_FAILED
+            if server is not None:
+                server.stopped(counters)
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
-        if interrupted:
+        if interrupted and not isinstance(err, (ConfigError, EngineGone)):
             report_interrupted()
             return EXIT_INTERRUPTED
-        gave_up = _GAVE_UP.search(str(err))
-        if gave_up:
-            console.error(gave_up.group().strip())
-            return EXIT_S3_GAVE_UP
-        _LOG.exception("the run failed")
-        first_line = (str(err).splitlines() or [""])[0][:500]
-        console.error(f"the run failed: {type(err).__name__}: {first_line}")
-        return EXIT_FAILED
+        return _failed(err, console)
     elapsed = time.monotonic() - started
 
-    print(metrics.format_summary(counters))
-    print(f"  seconds: {elapsed:.1f}")
+    _summary(counters, seconds=round(elapsed, 1))
     if not metrics.reconciled(counters):
         return EXIT_FAILED
     return 0
+
+
+def _summary(counters: dict[str, int], live: bool = False, seconds: float | None = None
+             ) -> None:
+    """The run summary on stdout: a table, or one JSON object with the counters."""
+    if json_logs():
+        fields = {"counters": counters, "reconciled": metrics.reconciled(counters)}
+        if seconds is not None:
+            fields["seconds"] = seconds
+        say("Run summary", logger="pipeline.summary", **fields)
+        return
+    say(metrics.format_summary(counters, live=live))
+    if seconds is not None:
+        say(f"  seconds: {seconds:.1f}")
+
+
+def _failed(err: BaseException, console: Console) -> int:
+    """The exit code of a run that raised `err`, its sentence said."""
+    if isinstance(err, ConfigError):  # found only once the run starts (the spill's disk)
+        console.error(str(err))
+        return EXIT_CONFIG
+    if isinstance(err, EngineGone):
+        console.error(str(err))
+        return EXIT_FAILED
+    gave_up = _GAVE_UP.search(str(err))
+    if gave_up:
+        console.error(gave_up.group().strip())
+        return EXIT_S3_GAVE_UP
+    _LOG.error("the run failed", exc_info=err)
+    first_line = (str(err).splitlines() or [""])[0][:500]
+    console.error(f"the run failed: {type(err).__name__}: {first_line}")
+    return EXIT_FAILED
+
+
+def _run_live(config, runner, options: PipelineOptions, console: Console) -> int:
+    """Runs a live job until it is stopped (`pipeline.live`); its summary, and the exit
+    code of how it ended."""
+    stops = live.StopSignals()
+    name = runner_name(options)
+    drains = drains_on_stop(name)
+    server = _metrics_server(config)
+
+    @contextlib.contextmanager
+    def beside_the_job(result):
+        _LOG.info("forwarding %s live; Ctrl-C stops", config.subscription)
+        with live.SourceWatch(config.subscription, config.pubsub_unavailable_s, stops) as watch:
+            if server is not None:
+                server.watch(lambda: metrics_of(result), not_ready=lambda: _not_ready(
+                    watch, stops))
+            status = (LiveStatus(lambda: live_metrics_of(result), config.progress_every_s,
+                                 problem=watch.problem)
+                      if config.progress_every_s else contextlib.nullcontext())
+            with status:
+                yield
+
+    try:
+        with (server or contextlib.nullcontext()), worker_environment(), engine_shielded(), \
+                live.drain_file(drains) as drain_at:
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            build(pipeline, config, runner=name)
+            stopped = live.run_until_stopped(pipeline, stops, drain_at, beside_the_job)
+            counters = _final_counters(stopped.result, console)
+            if server is not None:
+                server.stopped(counters)
+    except KeyboardInterrupt:
+        console.error("interrupted as the live job started; what it had pulled and not "
+                      "written was not acknowledged, and Pub/Sub delivers it again.")
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - Beam wraps a worker's error
+        return _failed(err, console)
+    if counters is not None:
+        _summary(counters, live=not stopped.drained)
+    if not stopped.drained:
+        console.error(_not_drained(name))
+        return EXIT_NOT_DRAINED
+    if stopped.stopped_for:
+        console.error(f"stopped after writing what it held: {stopped.stopped_for}")
+        return EXIT_SOURCE_LOST
+    if counters is None or not metrics.reconciled(counters):
+        return EXIT_FAILED
+    return 0
+
+
+def _final_counters(result, console: Console) -> dict[str, int] | None:
+    """A finished job's counters; None (said in one sentence) where the runner cannot
+    give them."""
+    try:
+        return counters_of(result)
+    except Exception as err:  # noqa: BLE001 - a runner that cannot say
+        console.error(f"the run's counters could not be read: {type(err).__name__}: {err}")
+        return None
+
+
+def _metrics_server(config) -> MetricsServer | None:
+    """The --metrics_port server, or None without one."""
+    return MetricsServer(config.metrics_port) if config.metrics_port else None
+
+
+def _not_ready(watch: live.SourceWatch, stops: live.StopSignals) -> str | None:
+    """Why a live run cannot forward now, or None."""
+    if stops.count:
+        return "stopping"
+    problem = watch.problem()
+    return None if problem is None else f"{problem[0]} (for {problem[1]:.0f} s)"
+
+
+def _not_drained(runner: str) -> str:
+    """What a live run that stopped without its drain may have left unwritten."""
+    if runner == "DirectRunner":
+        return ("stopped without a drain (the DirectRunner cannot drain a live run): the "
+                "batches in open windows were acknowledged when pulled and are not in S3; "
+                "on Prism, the live default, a stop writes them first.")
+    if runner == "PrismRunner":
+        return ("stopped before the drain ended: the batches in open windows (up to "
+                "--window_size_s of them, or open sessions) may not be in S3, and Prism "
+                "acknowledged them when it took them, so Pub/Sub does not deliver them "
+                "again; forward them from an archive of the input, or seek the "
+                "subscription back to before the stop.")
+    return ("stopped without a drain: what was in open windows may not be in S3; stop "
+            f"{runner} jobs with the runner's own drain.")
 
 
 def _run_bounded(config, options: PipelineOptions, input_bytes: Callable[[], int]
@@ -279,106 +407,17 @@ def _run_bounded(config, options: PipelineOptions, input_bytes: Callable[[], int
     return run_graph(lambda pipeline: build(pipeline, config, runner=name, codec=codec))
 
 
-def _progress(config, reported: bool, input_bytes: Callable[[], int]
-              ) -> contextlib.AbstractContextManager:
-    """Progress lines while a bounded run reads and writes, unless turned off or its
-    workers cannot report (`reported`)."""
-    if not config.progress_every_s or not reported:
+def _progress(config, reported: bool, input_bytes: Callable[[], int],
+              server: MetricsServer | None) -> contextlib.AbstractContextManager:
+    """Progress lines while a bounded run reads and writes (unless turned off), and
+    the metrics server's counters, where its workers can report (`reported`)."""
+    if not reported or not (config.progress_every_s or server):
         return contextlib.nullcontext()
-    return ProgressReporter(input_bytes(), config.progress_every_s)
-
-
-# How long a stopped live run may take to write its open windows before it is cancelled.
-DRAIN_TIMEOUT_S = 120
-
-
-class _Job:
-    """A running job, waited for in a thread of its own, so that Ctrl-C and SIGTERM
-    reach the launcher's main thread while Beam watches the job's state."""
-
-    def __init__(self, result):
-        self.result = result
-        self._finished = threading.Event()
-        self._error: BaseException | None = None
-        threading.Thread(target=self._wait, name="wait-for-job", daemon=True).start()
-
-    def _wait(self) -> None:
-        try:
-            self.result.wait_until_finish()
-        except BaseException as err:  # noqa: BLE001 - raised again in the main thread
-            self._error = err
-        finally:
-            self._finished.set()
-
-    def wait(self, timeout_s: float | None = None) -> bool:
-        """Whether the job ended within `timeout_s` (None: waits for its end); raises
-        its error if it failed."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not self._finished.wait(0.5):
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-        if self._error is not None:
-            raise self._error
-        return True
-
-
-def _run_live(config, pipeline: beam.Pipeline, drains: bool) -> int:
-    """Runs until Ctrl-C or SIGTERM. With the forwarder's own source (`drains`), a stop
-    is a drain: no more pulls, every open window written, the job ended, the counts
-    reconciled; a second Ctrl-C, or DRAIN_TIMEOUT_S, cancels instead (see
-    `runners.drains_on_stop`)."""
-    if not drains:
-        return _run_until_stopped(config, pipeline, None)
-    with tempfile.TemporaryDirectory(prefix="mparticle-s3-drain-") as folder:
-        drain_file = os.path.join(folder, "drain")
-        os.environ[pubsub_source.DRAIN_FILE_ENV] = drain_file  # the workers inherit it
-        try:
-            return _run_until_stopped(config, pipeline, drain_file)
-        finally:
-            del os.environ[pubsub_source.DRAIN_FILE_ENV]
-
-
-def _run_until_stopped(config, pipeline: beam.Pipeline, drain_file: str | None) -> int:
-    """Runs the job, with a status line, until it ends or is stopped; then its summary.
-    `drain_file`: where to ask the source to drain, None where it cannot."""
-    job = _Job(pipeline.run())
-    _stop_on_sigterm()
-    source = config.input_subscription or config.input_topic
-    _LOG.info("forwarding %s live; Ctrl-C stops", source)
-    status = (LiveStatus(lambda: live_metrics_of(job.result), config.progress_every_s)
-              if config.progress_every_s else contextlib.nullcontext())
-    drained = False
-    with status:
-        try:
-            job.wait()
-            drained = True  # the job ended by itself
-        except KeyboardInterrupt:
-            drained = drain_file is not None and _drain(job, drain_file)
-    try:
-        counters = counters_of(job.result)
-    except Exception as err:  # a runner that cannot say: stop all the same
-        counters = None
-        _LOG.warning("the counters could not be read: %s", err)
-    if not drained:
-        job.result.cancel()
-    if counters is None:
-        return 0
-    print(metrics.format_summary(counters, live=not drained), flush=True)
-    if drained and not metrics.reconciled(counters):
-        return EXIT_FAILED
-    return 0
-
-
-def _drain(job: _Job, drain_file: str) -> bool:
-    """Asks the source to drain; whether the job then ended within DRAIN_TIMEOUT_S."""
-    _LOG.info("stopping: pulling no more, writing the open windows (at most %d s; Ctrl-C "
-              "again stops at once)", DRAIN_TIMEOUT_S)
-    open(drain_file, "w").close()
-    try:
-        if job.wait(DRAIN_TIMEOUT_S):
-            _LOG.info("stopped: every window written")
-            return True
-    except KeyboardInterrupt:
-        pass
-    _LOG.warning("stopping without the drain: what is in open windows is written by no one")
-    return False
+    listener = None
+    if server is not None:
+        def listener(done):
+            server.update({metrics.RECORDS_READ: done["records"],
+                           metrics.EVENTS_FORWARDED: done["events"],
+                           metrics.FILES_WRITTEN: done["files"]})
+    return ProgressReporter(input_bytes(), config.progress_every_s or 5, listener=listener,
+                            quiet=not config.progress_every_s)

@@ -17,7 +17,10 @@ import importlib
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import threading
 from typing import Callable, Iterator
 
 from apache_beam.options.pipeline_options import (
@@ -205,6 +208,21 @@ def batches_late_files(name: str) -> bool:
     return name != "DirectRunner"
 
 
+def dask_module():
+    """`pipeline.dask_runner`, or ConfigError naming the extra that installs Dask."""
+    try:
+        from pipeline import dask_runner
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] in ("dask", "distributed"):
+            raise ConfigError(
+                "--runner=dask needs Dask, which the forwarder's dask extra installs: "
+                "pip install 'mparticle-s3-forwarder[dask]' (from a clone: pip install "
+                "'.[dask]')."
+            ) from None
+        raise
+    return dask_runner
+
+
 def reports_progress(options: PipelineOptions) -> bool:
     """Whether a bounded run's workers can tell the launcher what they have done
     (`transforms.io.progress`): processes of this machine, which inherit its
@@ -213,9 +231,7 @@ def reports_progress(options: PipelineOptions) -> bool:
     their own dashboards show progress."""
     name = runner_name(options)
     if name == "DaskRunner":
-        from pipeline.dask_runner import DaskOptions
-
-        return not options.view_as(DaskOptions).address
+        return not options.view_as(dask_module().DaskOptions).address
     return name in SLICING
 
 
@@ -292,8 +308,7 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
             _workers_for_large_input(options, input_bytes)
         return FnApiRunner()
     if name == "DaskRunner":
-        from pipeline import dask_runner
-
+        dask_runner = dask_module()
         dask_runner.check_options(options)
         return dask_runner.DaskRunner(input_bytes() if input_bytes else None)
     if name == "PrismRunner":
@@ -384,3 +399,50 @@ def _prepend(variable: str, directory: str) -> None:
     entries = os.environ.get(variable, "")
     if entries.split(os.pathsep)[0] != directory:
         os.environ[variable] = directory + (os.pathsep + entries if entries else "")
+
+
+# prctl(2)'s request for the signal a process gets when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_launcher() -> Callable[[], None] | None:
+    """What a child started from the launcher's main thread runs before its program:
+    SIGTERM to it when the launcher ends, however it ends (Linux; elsewhere None)."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def engine_shielded() -> Iterator[None]:
+    """Every process the launcher starts meanwhile (Prism, the SDK harnesses Beam's
+    worker pool starts for it) gets a process group of its own, so the SIGINT a
+    terminal sends its whole foreground group at Ctrl-C reaches the launcher alone,
+    which drains the run; the engine ends when the launcher asks it to, or with it.
+
+    Beam starts them through `subprocess.Popen` (`utils.subprocess_server`,
+    `runners.worker.worker_pool_main`), which is what is replaced for the run. One
+    started from the main thread (Prism) also gets SIGTERM when the launcher dies
+    (a child's death signal follows the thread that started it, and the worker
+    pool's threads come and go; its workers end when their channel to Prism breaks)."""
+    original = subprocess.Popen
+    end_with_launcher = _end_with_launcher()
+
+    class _OwnProcessGroup(original):
+        def __init__(self, *args, **kwargs):
+            if not kwargs.get("start_new_session") and kwargs.get("process_group") is None:
+                kwargs["process_group"] = 0
+                if (end_with_launcher is not None and kwargs.get("preexec_fn") is None
+                        and threading.current_thread() is threading.main_thread()):
+                    kwargs["preexec_fn"] = end_with_launcher
+            super().__init__(*args, **kwargs)
+
+    subprocess.Popen = _OwnProcessGroup
+    try:
+        yield
+    finally:
+        subprocess.Popen = original

@@ -40,6 +40,16 @@ DEAD_LETTER_BYTES = "dead_letter_bytes_written"
 # A gauge: how long the oldest message a live reader's process holds has waited,
 # pulled and not yet acknowledged (ms).
 OLDEST_UNACKED_MS = "oldest_unacknowledged_ms"
+MESSAGES_ACKNOWLEDGED = "messages_acknowledged"
+# S3 calls retried after a transient error (throttling, 5xx, timeouts, resets).
+S3_RETRIES = "s3_retries"
+# A gauge: 1 when the last S3 call a worker process made was accepted, 0 when it failed.
+S3_LAST_CALL_OK = "s3_last_call_ok"
+# Live files by the time from their window's end to their upload's end: counters per
+# bucket (`window_to_file_bucket`), and their sum, for a histogram; not in the summary.
+WINDOW_TO_FILE_PREFIX = "window_end_to_file_ms."
+WINDOW_TO_FILE_SUM = WINDOW_TO_FILE_PREFIX + "sum"
+WINDOW_TO_FILE_BOUNDS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600)
 
 
 def counter(name: str):
@@ -48,6 +58,15 @@ def counter(name: str):
 
 def gauge(name: str):
     return Metrics.gauge(NAMESPACE, name)
+
+
+def window_to_file_bucket(latency_ms: int) -> str:
+    """The counter of a file `latency_ms` after its window's end: that of the smallest
+    bound (s) it is within, or "inf"."""
+    for bound_s in WINDOW_TO_FILE_BOUNDS_S:
+        if latency_ms <= bound_s * 1000:
+            return f"{WINDOW_TO_FILE_PREFIX}le_{bound_s}"
+    return f"{WINDOW_TO_FILE_PREFIX}le_inf"
 
 
 def filtered_counter(reason: str):
@@ -83,9 +102,10 @@ def _verdict(gap: int, what: str) -> str:
 def format_summary(counters: Mapping[str, int], live: bool = False) -> str:
     """A plain-text table of the counters and the reconciliation lines; `live`: a live
     run's counters when it stopped, which need not reconcile (batches in open windows)."""
-    width = max((len(name) for name in counters), default=10)
+    shown = sorted(name for name in counters if not name.startswith(WINDOW_TO_FILE_PREFIX))
+    width = max((len(name) for name in shown), default=10)
     lines = ["Run summary:"]
-    lines += [f"  {name:<{width}}  {counters[name]:>12,}" for name in sorted(counters)]
+    lines += [f"  {name:<{width}}  {counters[name]:>12,}" for name in shown]
     if live:
         lines.append("  (a live run stopped: batches still in open windows are not counted as "
                      "forwarded)")

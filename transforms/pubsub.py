@@ -2,8 +2,10 @@
 
 The element timestamp, and the batch's arrival time, is the message's publish
 time: mParticle batches by when it received data, and so does the forwarder.
-Two sources, one per kind of runner (set PUBSUB_EMULATOR_HOST to reach a local
-server):
+A topic is read through a subscription the launcher makes once and keeps
+(`transforms.io.pubsub_resources.ensure_subscription`), never made here: a graph is
+built without calling Pub/Sub. Two sources, one per kind of runner (set
+PUBSUB_EMULATOR_HOST to reach a local server):
 - portable runners (Prism, Flink, Spark): `PubSubSource`, an unbounded source
   run as a splittable DoFn, which acknowledges a message only when the bundle
   that read it is finalized, after the runner committed its output;
@@ -28,50 +30,27 @@ def message_record(message) -> RawRecord:
 
 
 class ReadPubSubRecords(beam.PTransform):
-    """A subscription or a topic (read through a temporary subscription) → RawRecord."""
+    """A subscription → RawRecord."""
 
-    def __init__(
-        self, subscription: str | None = None, topic: str | None = None, readers: int = 0
-    ):
+    def __init__(self, subscription: str, readers: int = 0):
         """`readers`: how many PubSubSource readers (portable runners); 0: Beam's
         ReadFromPubSub."""
         super().__init__()
-        if (subscription is None) == (topic is None):
-            raise ValueError("ReadPubSubRecords needs a subscription or a topic, not both")
         self._subscription = subscription
-        self._topic = topic
         self._readers = readers
 
     def expand(self, pbegin):
         if self._readers:
             from transforms.io.pubsub_source import PubSubSource
 
-            subscription = self._subscription or temporary_subscription(self._topic)
             return pbegin | "ReadPubSubSource" >> beam.io.Read(
-                PubSubSource(subscription, self._readers)
+                PubSubSource(self._subscription, self._readers)
             ).with_output_types(RawRecord)
         from apache_beam.io.gcp.pubsub import ReadFromPubSub
 
         return (
             pbegin
             | "ReadFromPubSub" >> ReadFromPubSub(
-                topic=self._topic, subscription=self._subscription, with_attributes=True
-            )
+                subscription=self._subscription, with_attributes=True)
             | "ToRecord" >> beam.Map(message_record)
         )
-
-
-def temporary_subscription(topic: str) -> str:
-    """A subscription of the forwarder's own to a topic, deleted by Pub/Sub after a
-    day unused (as Beam's ReadFromPubSub does for a topic)."""
-    import uuid
-
-    from google.cloud import pubsub_v1
-
-    project = topic.split("/")[1]
-    name = f"projects/{project}/subscriptions/mparticle-forwarder-{uuid.uuid4().hex[:12]}"
-    pubsub_v1.SubscriberClient().create_subscription(request={
-        "name": name, "topic": topic, "ack_deadline_seconds": 60,
-        "expiration_policy": {"ttl": {"seconds": 24 * 3600}},
-    })
-    return name

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import gzip
 import hashlib
+import time
 import zlib
 from multiprocessing.pool import ThreadPool
 from typing import Callable, Iterable, Iterator
@@ -23,7 +24,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from transforms import metrics
 from transforms.batching import late_firing_windowing, numbered
-from transforms.io import progress, s3, stores
+from transforms.io import progress, retries, s3, stores
 from transforms.outputs import as_is
 from transforms.rules import batch_json, naming, packing, parquet_rows
 from transforms.rules.grouping import window_start_us
@@ -224,7 +225,12 @@ class _WriteFilesFn(beam.DoFn):
 
     def _first_written(self) -> WindowedValue:
         written, timestamp, file_window, pane = self._writing.popleft()
-        return WindowedValue(written(), timestamp, [file_window], pane)
+        value = WindowedValue(written(), timestamp, [file_window], pane)
+        if isinstance(file_window, IntervalWindow):  # live: windows in time, not in keys
+            latency_ms = max(int(time.time() * 1000) - file_window.end.micros // 1000, 0)
+            metrics.counter(metrics.window_to_file_bucket(latency_ms)).inc()
+            metrics.counter(metrics.WINDOW_TO_FILE_SUM).inc(latency_ms)
+        return value
 
     def teardown(self):
         self._writer.close()
@@ -276,6 +282,7 @@ class FileWriter:
     ) -> FileWritten:
         """Counts an upload, in the bundle's thread."""
         key, outcome, size = uploaded
+        retries.report_outcomes()
         if outcome is stores.Outcome.ALREADY_PRESENT:
             self._present.inc()
         self._counters["files"].inc()

@@ -3,13 +3,15 @@
     python -m pipeline.tools.show_output --s3_bucket_name demo --s3_endpoint_url http://127.0.0.1:9000
 
 With --watch N it polls every N seconds and prints each new object as it appears,
-until Ctrl-C.
+until Ctrl-C. NDJSON objects (.txt, .txt.gz) count their lines (batches) and events;
+Parquet objects (.parquet) their batches and rows (one an event).
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import time
 
@@ -25,19 +27,38 @@ def describe_objects(client, bucket: str, prefix: str = "", skip=frozenset()) ->
                 continue
             response = client.get_object(Bucket=bucket, Key=key)
             body = response["Body"].read()
-            if key.endswith(".gz"):
-                body = gzip.decompress(body)
-            lines = body.decode("utf-8").splitlines()
-            events = 0
-            for line in lines:
-                value = json.loads(line)
-                if isinstance(value, dict) and isinstance(value.get("events"), list):
-                    events += len(value["events"])
+            batches, events = (_parquet_counts if key.endswith(".parquet") else _ndjson_counts)(
+                key, body)
             rows.append({
-                "key": key, "bytes": item["Size"], "lines": len(lines), "events": events,
+                "key": key, "bytes": item["Size"], "lines": batches, "events": events,
                 "sse": response.get("ServerSideEncryption", "-"),
             })
     return rows
+
+
+def _ndjson_counts(key: str, body: bytes) -> tuple[int, int]:
+    """(lines, events) of an NDJSON object (gzipped where its key says so)."""
+    if key.endswith(".gz"):
+        body = gzip.decompress(body)
+    lines = body.decode("utf-8").splitlines()
+    events = 0
+    for line in lines:
+        value = json.loads(line)
+        if isinstance(value, dict) and isinstance(value.get("events"), list):
+            events += len(value["events"])
+    return len(lines), events
+
+
+def _parquet_counts(key: str, body: bytes) -> tuple[int, int]:
+    """(batches, events) of a Parquet object: a row per event, and one per batch
+    without events (its event index null)."""
+    import pyarrow.parquet as pq
+
+    from transforms.rules.parquet_rows import EVENT_INDEX
+
+    index = pq.read_table(io.BytesIO(body), columns=[EVENT_INDEX]).column(EVENT_INDEX)
+    firsts = sum(1 for value in index.to_pylist() if value in (0, None))
+    return firsts, index.length() - index.null_count
 
 
 def _row(row: dict) -> str:
@@ -58,6 +79,9 @@ def watch(client, bucket: str, prefix: str, every_s: float) -> None:
 
 
 def main() -> None:
+    from pipeline.logs import quiet_beam_notices
+
+    quiet_beam_notices()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--s3_bucket_name", required=True)
     parser.add_argument("--s3_endpoint_url")

@@ -55,6 +55,7 @@ from apache_beam.io.unbounded_source import CheckpointMark, UnboundedReader, Unb
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from transforms import metrics
+from transforms.io import retries
 from transforms.values import RawRecord
 
 _LOG = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ WATERMARK_EVERY_S = 0.05
 UNDRAINED_S = 15.0
 ACK_RETRY_EVERY_S = 1.0
 MAX_HOLD_S = 30 * 60  # past this a message is left to be redelivered
+# A pull that keeps failing is said once in this long (the launcher's status line and
+# /readyz say it all along).
+FAILURE_LOG_EVERY_S = 60
 # Names a file (in the environment the workers inherit) whose existence drains readers.
 DRAIN_FILE_ENV = "MPARTICLE_S3_DRAIN_FILE"
 
@@ -164,6 +168,7 @@ class _Leases:
         self._by_pull: dict[str, collections.deque[tuple[float, str]]] = (
             collections.defaultdict(collections.deque))
         self._unacked: dict[str, set[str]] = collections.defaultdict(set)
+        self._acknowledged = 0  # since a reader last counted them (`take_acknowledged`)
 
     def hold(self, subscription: str, messages: list[tuple[str, int]]) -> None:
         """(ack id, publish time µs) of messages just pulled."""
@@ -222,6 +227,17 @@ class _Leases:
         with self._lock:
             self._unacked[subscription].update(ack_ids)
 
+    def acknowledged(self, count: int) -> None:
+        """`count` messages were acknowledged (in a finalization, where Beam's counters
+        cannot be reached: a reader counts them at its next watermark)."""
+        with self._lock:
+            self._acknowledged += count
+
+    def take_acknowledged(self) -> int:
+        with self._lock:
+            count, self._acknowledged = self._acknowledged, 0
+            return count
+
     def take_unacked(self, subscription: str) -> list[str]:
         with self._lock:
             return list(self._unacked.pop(subscription, ()))
@@ -266,6 +282,7 @@ def _acknowledge(subscription: str, ack_ids: list[str]) -> None:
                      len(ack_ids) - sent, subscription, err)
         LEASES.ack_failed(subscription, ack_ids[sent:])
     LEASES.release(ack_ids[:sent])
+    LEASES.acknowledged(sent)
 
 
 def sample_messages(subscription: str, count: int = MAX_MESSAGES_PER_PULL) -> list[bytes]:
@@ -337,6 +354,7 @@ class _Puller:
         # has found anything since; None while messages are coming.
         self._empty_since: float | None = None
         self._stop = threading.Event()
+        self._failure_logged = -FAILURE_LOG_EVERY_S  # monotonic time a failed pull was said
         self.first_pull = threading.Event()  # set once the thread's first turn is over
         self._thread = threading.Thread(target=self._pull_forever, daemon=True,
                                         name="pubsub-pull")
@@ -401,9 +419,14 @@ class _Puller:
                 return
             # Transient (the service unreachable, say): pull again after a pause. The
             # pull says nothing of what is there, so the watermark stays.
-            _LOG.warning("pull from %s failed: %s", self._subscription, err)
+            now = time.monotonic()
+            if now - self._failure_logged >= FAILURE_LOG_EVERY_S:
+                self._failure_logged = now
+                _LOG.warning("pull from %s failed (said again every %d s while it fails): %s",
+                             self._subscription, FAILURE_LOG_EVERY_S, err)
             time.sleep(1)
             return
+        self._failure_logged = -FAILURE_LOG_EVERY_S
         # The protobuf under the client's wrapper: reading each field through the
         # wrapper (a datetime made for each publish time) cost more than the pull.
         received = type(response).pb(response).received_messages
@@ -470,6 +493,7 @@ class PubSubReader(UnboundedReader):
         self._watermark = Timestamp(0)
         self._next_watermark = 0.0  # monotonic time at which it is worked out again
         self._oldest_held = metrics.gauge(metrics.OLDEST_UNACKED_MS)
+        self._acknowledged = metrics.counter(metrics.MESSAGES_ACKNOWLEDGED)
 
     def start(self) -> bool:
         """Joins its process's puller; once its first pull has answered (or
@@ -510,6 +534,8 @@ class PubSubReader(UnboundedReader):
             self._watermark = max(self._watermark, self._puller.watermark() or self._watermark)
             held_s = oldest_held_s(self._subscription)
             self._oldest_held.set(int((held_s or 0) * 1000))  # the live run's lag
+            self._acknowledged.inc(LEASES.take_acknowledged())
+            retries.report_outcomes()  # this process's S3 calls, while its writes wait
         return self._watermark
 
     def get_checkpoint_mark(self) -> PubSubCheckpoint:

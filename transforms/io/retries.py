@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
 from typing import Any
 
@@ -87,12 +88,58 @@ def transient_kind(response: Any, caught_exception: BaseException | None) -> str
     return _kind(http_response.status_code, str((parsed or {}).get("Error", {}).get("Code", "")))
 
 
+def _accepted(response: Any, caught_exception: BaseException | None) -> bool:
+    """Whether S3 did what was asked: a success, or the answers the forwarder expects
+    (412: a conditional write's key is taken; 404: a key not yet written)."""
+    if caught_exception is not None or response is None:
+        return False
+    status = response[0].status_code
+    return status < 400 or status in (404, 412)
+
+
 def is_transient(err: BaseException) -> bool:
     """Whether a raised error is one the policy retries (so it ran out of time)."""
     if isinstance(err, botocore.exceptions.ClientError):
         status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return _kind(status, str(err.response.get("Error", {}).get("Code", ""))) is not None
     return isinstance(err, _TRANSIENT_EXCEPTIONS)
+
+
+class _Outcomes:
+    """What this process's S3 calls came to since a bundle last counted them: retries,
+    and whether the latest attempt was accepted (`_accepted`). Calls are made in upload threads,
+    where Beam's counters cannot be reached; `report_outcomes`, in a bundle, counts them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._retries = 0
+        self._last_ok: bool | None = None
+
+    def note(self, retried: bool, answered: bool) -> None:
+        with self._lock:
+            self._retries += retried
+            self._last_ok = answered
+
+    def take(self) -> tuple[int, bool | None]:
+        with self._lock:
+            taken = self._retries, self._last_ok
+            self._retries = 0
+            return taken
+
+
+OUTCOMES = _Outcomes()
+
+
+def report_outcomes() -> None:
+    """Counts this process's S3 retries since the last report, and sets whether its
+    latest S3 call was accepted (`metrics.S3_LAST_CALL_OK`); in a bundle's thread."""
+    from transforms import metrics  # Beam's metrics: not imported by the S3 client alone
+
+    retried, last_ok = OUTCOMES.take()
+    if retried:
+        metrics.counter(metrics.S3_RETRIES).inc(retried)
+    if last_ok is not None:
+        metrics.gauge(metrics.S3_LAST_CALL_OK).set(int(last_ok))
 
 
 class RetryHandler:
@@ -110,6 +157,7 @@ class RetryHandler:
         request_dict: dict, operation: Any, **_: Any,
     ) -> float | None:
         kind = transient_kind(response, caught_exception)
+        OUTCOMES.note(retried=kind is not None, answered=_accepted(response, caught_exception))
         if kind is None:
             return None
         context = request_dict.get("context", {})
