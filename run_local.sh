@@ -58,9 +58,12 @@ bootstrap() {
   fi
 }
 
+# The same steps as the container image's (deploy/install.sh), here with the test
+# tools and Dask, and an editable install.
+source deploy/install.sh
+
 pip_install() {
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -e ".[test,dask]"
+  install_package "$VENV" test,dask editable
 }
 
 # Prism and the local Pub/Sub server, each unless built from what is here already.
@@ -88,12 +91,11 @@ build_go_tools() {
   fi
 }
 
-# Prism with the engine's own builder (`mparticle-s3-forwarder install-engine` in an
-# installed copy), run by the system's Python: it needs only the standard library.
+# Prism with the engine's own builder (deploy/install.sh, as the image builds it).
 # Then what the patches' own Go tests need is fetched and compiled; the suite runs
 # them (tests/pipeline/test_prism_patches.py).
 build_prism() {
-  "$PYTHON" -m pipeline.engine --into "$VENV/bin/prism" --work "$ROOT/.local" >/dev/null
+  install_engine "$VENV/bin/prism" "$ROOT/.local" >/dev/null
   (cd "$ROOT/.local/prism" &&
     go test -run '^$' github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal/jobservices \
       github.com/apache/beam/sdks/v2/go/pkg/beam/runners/prism/internal \

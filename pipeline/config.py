@@ -62,6 +62,7 @@ class ForwarderConfig:
     arrival_slice_s: int  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None
     pubsub_unavailable_s: int
+    drain_timeout_s: int
     metrics_port: int  # 0: no metrics server
     # Date folders by upload time: the day a bounded run names them; None when live
     # (each file's window close, `naming.window_close_day`).
@@ -298,6 +299,7 @@ def _check(values: dict[str, Any]) -> None:
     for name in ("pubsub_readers", "session_harnesses"):  # 0: the runner's own number
         _as_int(name, values[name], minimum=0)
     _as_int("pubsub_unavailable_s", values["pubsub_unavailable_s"], minimum=1)
+    _as_int("drain_timeout_s", values["drain_timeout_s"], minimum=1)
     port = _as_int("metrics_port", values["metrics_port"], minimum=0)
     if port > 65535:
         raise ConfigError(f"--metrics_port must be a port number up to 65535, not {port}.")
@@ -500,6 +502,7 @@ def config_from_values(
         arrival_slice_s=values["arrival_slice_s"],
         spill_dir=values["spill_dir"],
         pubsub_unavailable_s=values["pubsub_unavailable_s"],
+        drain_timeout_s=values["drain_timeout_s"],
         metrics_port=values["metrics_port"],
         upload_day=upload_day,
     )

@@ -4,7 +4,8 @@ Ctrl-C (SIGINT, to the launcher alone or to its whole process group), SIGTERM an
 SIGHUP stop it. Where the runner can drain (`runners.drains_on_stop`: Prism, whose
 SDK harnesses share the launcher's machine), a stop is a drain: the source pulls no
 more, the runner writes every open window, the job ends, and the run prints its
-summary. A second stop, or a drain past DRAIN_TIMEOUT_S, cancels the job instead.
+summary. A second stop, or a drain past its deadline (--drain_timeout_s), cancels the
+job instead.
 The launcher also watches the subscription (`SourceWatch`): gone or unreachable for
 --pubsub_unavailable_s, the run drains as if stopped, and says why.
 
@@ -32,8 +33,6 @@ from transforms.io import pubsub_resources, pubsub_source
 
 _LOG = logging.getLogger("pipeline")
 
-# How long a stopped live run may take to write its open windows before it is cancelled.
-DRAIN_TIMEOUT_S = 120
 # How often the launcher asks Pub/Sub whether the subscription is still there.
 WATCH_EVERY_S = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -173,11 +172,13 @@ class Stopped:
 
 
 def run_until_stopped(pipeline: beam.Pipeline, stops: StopSignals, drain_at: str | None,
+                      drain_timeout_s: float,
                       around: Callable[[object], contextlib.AbstractContextManager]
                       ) -> Stopped:
     """Starts the job and waits for its end or a stop; then drains (`drain_at`: the
-    drain file, None where the runner cannot drain) or cancels it. `around(result)`:
-    what runs beside the job while it runs (status lines, the watch, metrics)."""
+    drain file, None where the runner cannot drain) within `drain_timeout_s`, or
+    cancels it. `around(result)`: what runs beside the job while it runs (status
+    lines, the watch, metrics)."""
     job = _Job(pipeline.run())
     stops.install()
     drained = False
@@ -186,24 +187,24 @@ def run_until_stopped(pipeline: beam.Pipeline, stops: StopSignals, drain_at: str
             job.wait()
             drained = True  # the job ended by itself
         except KeyboardInterrupt:
-            drained = drain_at is not None and _drain(job, drain_at)
+            drained = drain_at is not None and _drain(job, drain_at, drain_timeout_s)
     if not drained:
         with contextlib.suppress(Exception):  # a job that failed as it was stopped
             job.result.cancel()
     return Stopped(job.result, drained, stops.reason)
 
 
-def _drain(job: _Job, drain_at: str) -> bool:
-    """Asks the source to drain; whether the job then ended within DRAIN_TIMEOUT_S
-    (a second stop gives up at once)."""
+def _drain(job: _Job, drain_at: str, timeout_s: float) -> bool:
+    """Asks the source to drain; whether the job then ended within `timeout_s` (a
+    second stop gives up at once)."""
     _LOG.info("stopping: pulling no more, writing the open windows (at most %d s; Ctrl-C "
-              "again stops at once)", DRAIN_TIMEOUT_S)
+              "again stops at once)", timeout_s)
     open(drain_at, "w").close()
     try:
-        if job.wait(DRAIN_TIMEOUT_S):
+        if job.wait(timeout_s):
             _LOG.info("stopped: every window written")
             return True
-        _LOG.warning("the drain did not end within %d s", DRAIN_TIMEOUT_S)
+        _LOG.warning("the drain did not end within %d s (--drain_timeout_s)", timeout_s)
     except KeyboardInterrupt:
         _LOG.warning("stopped again during the drain")
     return False

@@ -157,6 +157,11 @@ OPTIONS: tuple[Option, ...] = (
         "run writes what it holds and exits 6.",
     ),
     Option(
+        "drain_timeout_s", int, 120,
+        "Live: seconds a stop may take to write the open windows before the run is "
+        "cancelled (exit 5); a deployment's grace period must be longer.",
+    ),
+    Option(
         "metrics_port", int, 0,
         "Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) on this "
         "port, all interfaces; 0: none.",

@@ -319,7 +319,8 @@ def _run_live(config, runner, options: PipelineOptions, console: Console) -> int
                 live.drain_file(drains) as drain_at:
             pipeline = beam.Pipeline(runner=runner, options=options)
             build(pipeline, config, runner=name)
-            stopped = live.run_until_stopped(pipeline, stops, drain_at, beside_the_job)
+            stopped = live.run_until_stopped(pipeline, stops, drain_at, config.drain_timeout_s,
+                                             beside_the_job)
             counters = _final_counters(stopped.result, console)
             if server is not None:
                 server.stopped(counters)
