@@ -45,6 +45,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.count = 0
         self.reason: str | None = None  # why the launcher stopped the run itself
+        self._raising = True
         self.install()
 
     def install(self) -> None:
@@ -55,7 +56,12 @@ class StopSignals:
 
     def _stop(self, signum, frame) -> None:
         self.count += 1
-        raise KeyboardInterrupt
+        if self._raising:
+            raise KeyboardInterrupt
+
+    def settle(self) -> None:
+        """The job has ended: further signals are counted, and change nothing."""
+        self._raising = False
 
     def stop_for(self, reason: str) -> None:
         """Stops the run as a signal would, for `reason` (said at the end)."""
@@ -182,15 +188,19 @@ def run_until_stopped(pipeline: beam.Pipeline, stops: StopSignals, drain_at: str
     job = _Job(pipeline.run())
     stops.install()
     drained = False
-    with around(job.result):
-        try:
-            job.wait()
-            drained = True  # the job ended by itself
-        except KeyboardInterrupt:
-            drained = drain_at is not None and _drain(job, drain_at, drain_timeout_s)
+    try:
+        with around(job.result):
+            try:
+                job.wait()
+                drained = True  # the job ended by itself
+            except KeyboardInterrupt:
+                drained = drain_at is not None and _drain(job, drain_at, drain_timeout_s)
+    except KeyboardInterrupt:  # another stop as what ran beside the job ended
+        pass
     if not drained:
         with contextlib.suppress(Exception):  # a job that failed as it was stopped
             job.result.cancel()
+    stops.settle()
     return Stopped(job.result, drained, stops.reason)
 
 

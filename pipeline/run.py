@@ -265,7 +265,8 @@ def _summary(counters: dict[str, int], live: bool = False, seconds: float | None
              ) -> None:
     """The run summary on stdout: a table, or one JSON object with the counters."""
     if json_logs():
-        fields = {"counters": counters, "reconciled": metrics.reconciled(counters)}
+        fields = {"counters": counters, "reconciled": metrics.reconciled(counters),
+                  "complete": not live}
         if seconds is not None:
             fields["seconds"] = seconds
         say("Run summary", logger="pipeline.summary", **fields)
@@ -325,8 +326,8 @@ def _run_live(config, runner, options: PipelineOptions, console: Console) -> int
             if server is not None:
                 server.stopped(counters)
     except KeyboardInterrupt:
-        console.error("interrupted as the live job started; what it had pulled and not "
-                      "written was not acknowledged, and Pub/Sub delivers it again.")
+        console.error("interrupted as the live job started: nothing it pulled was written, "
+                      "and Pub/Sub delivers again what was not acknowledged.")
         return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - Beam wraps a worker's error
         return _failed(err, console)
