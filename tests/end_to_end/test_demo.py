@@ -25,8 +25,12 @@ def test_the_stream_demo_stops_on_ctrl_c_with_its_summary_and_every_event_in_s3(
         os.killpg(demo.pid, signal.SIGINT)  # as a terminal's Ctrl-C
         assert demo.wait(timeout=180) == 0, log.read_text()[-3000:]
     finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
+        if demo.poll() is None:  # SIGTERM first: the script's exit trap stops its servers
+            os.killpg(demo.pid, signal.SIGTERM)
+            try:
+                demo.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(demo.pid, signal.SIGKILL)
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
     summary = text[text.rindex("Run summary:"):]

@@ -251,8 +251,10 @@ def test_a_topic_run_that_crashed_reads_on_where_it_stopped(
     engine = first.engine()
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait()
-    gone = psutil.wait_procs(engine, timeout=30)[1]
-    assert not gone, f"engine processes outlived their launcher: {gone}"
+    outlived = psutil.wait_procs(engine, timeout=30)[1]
+    for process in outlived:
+        process.kill()
+    assert not outlived, f"engine processes outlived their launcher: {outlived}"
     publish(publisher, topic, range(21, 41))  # while no forwarder runs
 
     second = Launcher(tmp_path / "second.log", flags)
