@@ -163,21 +163,26 @@ def test_ctrl_c_drains_every_open_window_and_exits_0(
 def test_a_second_ctrl_c_during_the_drain_cancels_and_exits_5(
     s3_endpoint, bucket, pubsub, prism, tmp_path
 ):
-    """S3 refuses every forwarded file (the fault proxy answers 500), so the drain
-    cannot end: a second Ctrl-C cancels, and the sentence says what may be lost."""
+    """S3 refuses every forwarded file (the fault proxy answers 500): /readyz says so,
+    and the drain cannot end; a second Ctrl-C cancels, and the sentence says what may
+    be lost."""
     publisher, topic, subscription = pubsub
 
     def forwarded_file(method: str, path: str) -> bool:
         return method == "PUT" and "/ops/" in path and "Verification" not in path
 
+    port = free_port()
     with FaultProxy(s3_endpoint, fault_rate=0, faults=("500",),
                     fault_always=forwarded_file) as proxy:
         run = Launcher(tmp_path / "run.log", live_flags(
             proxy.endpoint, bucket, f"--input_subscription={subscription}",
-            "--window_size_s=600"))
+            "--window_size_s=2", f"--metrics_port={port}"))
         run.wait_for(r"live; Ctrl-C stops")
         publish(publisher, topic, range(1, 11))
-        run.wait_for(r"^live: [1-9]")
+        # The window's file meets S3's errors: the run is not ready, and says why.
+        assert poll(lambda: scrape(port, "/readyz") == (
+            503, "not ready: the workers' latest S3 call failed"), 60), run.text()[-3000:]
+        assert prometheus_values(scrape(port, "/metrics")[1])["forwarder_s3_retries_total"] > 0
         os.killpg(run.process.pid, signal.SIGINT)
         run.wait_for(r"stopping: pulling no more")
         os.killpg(run.process.pid, signal.SIGINT)
