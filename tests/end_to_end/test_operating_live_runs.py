@@ -129,6 +129,14 @@ def live_flags(s3_endpoint: str, bucket: str, *flags: str) -> list[str]:
             "--folder_name=ops", "--runner=PrismRunner", "--progress_every_s=1", *flags]
 
 
+def started_with_metrics(log: Path, flags: list[str]) -> tuple[Launcher, int]:
+    """A launcher with --metrics_port on a free port, once it forwards; and the port."""
+    port = free_port()
+    run = Launcher(log, [*flags, f"--metrics_port={port}"])
+    run.wait_for(r"live; Ctrl-C stops")
+    return run, port
+
+
 @pytest.mark.parametrize("to", ["process group", "launcher"])
 def test_ctrl_c_drains_every_open_window_and_exits_0(
     s3_endpoint, s3_client, bucket, pubsub, prism, tmp_path, to
@@ -138,11 +146,8 @@ def test_ctrl_c_drains_every_open_window_and_exits_0(
     the engine's processes are in groups of their own, so no process but the
     launcher sees it, and none prints a traceback."""
     publisher, topic, subscription = pubsub
-    port = free_port()
-    run = Launcher(tmp_path / "run.log", live_flags(
-        s3_endpoint, bucket, f"--input_subscription={subscription}", "--window_size_s=600",
-        f"--metrics_port={port}"))
-    run.wait_for(r"live; Ctrl-C stops")
+    run, port = started_with_metrics(tmp_path / "run.log", live_flags(
+        s3_endpoint, bucket, f"--input_subscription={subscription}", "--window_size_s=600"))
     publish(publisher, topic, range(1, 41))
     assert poll(lambda: prometheus_values(scrape(port, "/metrics")[1]).get(
         "forwarder_messages_pulled_total") == 40, 60), run.text()[-3000:]
@@ -171,13 +176,10 @@ def test_a_second_ctrl_c_during_the_drain_cancels_and_exits_5(
     def forwarded_file(method: str, path: str) -> bool:
         return method == "PUT" and "/ops/" in path and "Verification" not in path
 
-    port = free_port()
     with FaultProxy(s3_endpoint, fault_rate=0, faults=("500",),
                     fault_always=forwarded_file) as proxy:
-        run = Launcher(tmp_path / "run.log", live_flags(
-            proxy.endpoint, bucket, f"--input_subscription={subscription}",
-            "--window_size_s=2", f"--metrics_port={port}"))
-        run.wait_for(r"live; Ctrl-C stops")
+        run, port = started_with_metrics(tmp_path / "run.log", live_flags(
+            proxy.endpoint, bucket, f"--input_subscription={subscription}", "--window_size_s=2"))
         publish(publisher, topic, range(1, 11))
         # The window's file meets S3's errors: the run is not ready, and says why.
         assert poll(lambda: scrape(port, "/readyz") == (
@@ -280,11 +282,9 @@ def test_losing_the_subscription_drains_and_exits_6(
     from google.cloud import pubsub_v1
 
     publisher, topic, subscription = pubsub
-    port = free_port()
-    run = Launcher(tmp_path / "run.log", live_flags(
+    run, port = started_with_metrics(tmp_path / "run.log", live_flags(
         s3_endpoint, bucket, f"--input_subscription={subscription}", "--window_size_s=600",
-        "--pubsub_unavailable_s=6", f"--metrics_port={port}"))
-    run.wait_for(r"live; Ctrl-C stops")
+        "--pubsub_unavailable_s=6"))
     publish(publisher, topic, range(1, 11))
     run.wait_for(r"^live: [1-9]")
     assert scrape(port, "/readyz") == (200, "ready")
@@ -315,11 +315,8 @@ def test_metrics_during_a_live_run_equal_its_summary(
     s3_endpoint, s3_client, bucket, pubsub, prism, tmp_path
 ):
     publisher, topic, subscription = pubsub
-    port = free_port()
-    run = Launcher(tmp_path / "run.log", live_flags(
-        s3_endpoint, bucket, f"--input_subscription={subscription}", "--window_size_s=2",
-        f"--metrics_port={port}"))
-    run.wait_for(r"live; Ctrl-C stops")
+    run, port = started_with_metrics(tmp_path / "run.log", live_flags(
+        s3_endpoint, bucket, f"--input_subscription={subscription}", "--window_size_s=2"))
     assert scrape(port, "/healthz") == (200, "ok")
     publish(publisher, topic, range(1, 51))
     assert poll(lambda: sorted(forwarded_ids(s3_client, bucket)) == list(range(1, 51)), 60)

@@ -14,6 +14,7 @@ import re
 __all__ = [
     "CHECK_TIMEOUT_S",
     "ensure_subscription",
+    "retrying",
     "subscription_problem",
     "topic_problem",
     "topic_subscription_name",
@@ -31,7 +32,9 @@ def _where() -> str:
     return f"the Pub/Sub server at {emulator}" if emulator else "Pub/Sub"
 
 
-def _retry(timeout_s: float):
+def retrying(timeout_s: float, initial_s: float = 0.1, maximum_s: float = 1.0):
+    """Retries of a Pub/Sub call's transient errors (unreachable, internal, aborted,
+    throttled), with backoff from `initial_s` up to `maximum_s`, for `timeout_s`."""
     from google.api_core import exceptions
     from google.api_core import retry as retries
 
@@ -39,8 +42,13 @@ def _retry(timeout_s: float):
         predicate=retries.if_exception_type(
             exceptions.ServiceUnavailable, exceptions.InternalServerError,
             exceptions.Aborted, exceptions.Unknown, exceptions.TooManyRequests),
-        initial=0.2, maximum=2.0, multiplier=2.0, timeout=timeout_s,
+        initial=initial_s, maximum=maximum_s, multiplier=2.0, timeout=timeout_s,
     )
+
+
+def _retry(timeout_s: float):
+    """The launcher's checks: a few tries over `timeout_s`."""
+    return retrying(timeout_s, initial_s=0.2, maximum_s=2.0)
 
 
 def _problem(kind: str, path: str, err: Exception, timeout_s: float) -> str:

@@ -56,6 +56,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from transforms import metrics
 from transforms.io import retries
+from transforms.io.pubsub_resources import retrying
 from transforms.values import RawRecord
 
 _LOG = logging.getLogger(__name__)
@@ -106,19 +107,6 @@ def _client_for(emulator_host: str | None):
     return pubsub_v1.SubscriberClient()
 
 
-def _retrying(timeout_s: float):
-    """Retries of transient errors (unreachable, internal, aborted), for `timeout_s`."""
-    from google.api_core import exceptions
-    from google.api_core import retry as retries
-
-    return retries.Retry(
-        predicate=retries.if_exception_type(
-            exceptions.ServiceUnavailable, exceptions.InternalServerError,
-            exceptions.Aborted, exceptions.Unknown, exceptions.TooManyRequests),
-        initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout_s,
-    )
-
-
 def _in_chunks(ids: list[str]):
     for start in range(0, len(ids), ACK_CHUNK):
         yield ids[start:start + ACK_CHUNK]
@@ -142,7 +130,7 @@ def _modify_deadline(subscription: str, ack_ids: list[str], seconds: int, doing:
             client.modify_ack_deadline(
                 request=_request("ModifyAckDeadlineRequest", subscription=subscription,
                                  ack_ids=chunk, ack_deadline_seconds=seconds),
-                retry=_retrying(LEASE_CALL_TIMEOUT_S), timeout=LEASE_CALL_TIMEOUT_S)
+                retry=retrying(LEASE_CALL_TIMEOUT_S), timeout=LEASE_CALL_TIMEOUT_S)
         except Exception as err:  # noqa: BLE001 - a lease lost means a redelivery, no more
             _LOG.warning("%s %d messages of %s failed: %s", doing, len(chunk), subscription, err)
 
@@ -275,7 +263,7 @@ def _acknowledge(subscription: str, ack_ids: list[str]) -> None:
         for chunk in _in_chunks(ack_ids):
             client.acknowledge(request=_request("AcknowledgeRequest",
                                                 subscription=subscription, ack_ids=chunk),
-                               retry=_retrying(ACK_TIMEOUT_S), timeout=ACK_TIMEOUT_S)
+                               retry=retrying(ACK_TIMEOUT_S), timeout=ACK_TIMEOUT_S)
             sent += len(chunk)
     except exceptions.GoogleAPIError as err:
         _LOG.warning("acknowledging %d messages of %s failed, sending them again: %s",
@@ -303,7 +291,7 @@ def sample_messages(subscription: str, count: int = MAX_MESSAGES_PER_PULL) -> li
             response = client.pull(
                 request={"subscription": subscription, "max_messages": count,
                          "return_immediately": True},
-                retry=_retrying(PULL_TIMEOUT_S), timeout=PULL_TIMEOUT_S)
+                retry=retrying(PULL_TIMEOUT_S), timeout=PULL_TIMEOUT_S)
     except exceptions.GoogleAPIError as err:
         _LOG.info("%s: no messages sampled for the shuffle's dictionary: %s",
                   subscription, err)
@@ -410,7 +398,7 @@ class _Puller:
             response = self._client.pull(
                 request={"subscription": self._subscription,
                          "max_messages": MAX_MESSAGES_PER_PULL},
-                retry=_retrying(PULL_TIMEOUT_S), timeout=PULL_TIMEOUT_S,
+                retry=retrying(PULL_TIMEOUT_S), timeout=PULL_TIMEOUT_S,
             )
         except exceptions.GoogleAPIError as err:
             cause = err.cause if isinstance(err, exceptions.RetryError) else err
