@@ -118,6 +118,13 @@ def check_bucket_writable(
             "--secret_access_key, or give the default credential chain a role."
         ) from None
     except (botocore.exceptions.BotoCoreError, s3.WriteGaveUp) as err:
+        answer = s3.client_error_in(err)
+        if answer is not None:  # the server answered, with errors, until the deadline
+            raise BucketCheckError(
+                f"S3 {where} kept failing the write check PutObject of {key!r} for "
+                f"{connection.retry_deadline_s:g} s: {s3.error_code(answer)} "
+                f"{answer.response.get('Error', {}).get('Message', '')}".rstrip()
+            ) from None
         cause = err.__cause__ if isinstance(err, s3.WriteGaveUp) and err.__cause__ else err
         raise BucketCheckError(
             f"Cannot reach S3 {where} (connect timeout {connection.connect_timeout_s:g} s, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import time
 
 import pytest
@@ -132,6 +133,21 @@ def test_a_write_that_keeps_failing_stops_the_run_naming_the_key(
     assert sentence.startswith(f"error: Gave up writing s3://{bucket}/out/")
     assert "(--s3_write_deadline_s=2): InternalError" in sentence
     assert seconds < 30
+
+
+def test_a_bucket_check_that_keeps_failing_says_the_servers_error(bucket, s3_endpoint, tmp_path):
+    """A server that answers 500 to the write check (a self-hosted store without SSE
+    configured, a full disk) is reported with its own error code and message."""
+    (tmp_path / "in.ndjson").write_text(json.dumps(next(generate(1, 1))) + "\n")
+    with FaultProxy(s3_endpoint, fault_rate=1.0, faults=("500",)) as proxy:
+        code, out, err = forward(proxy.endpoint, bucket, str(tmp_path / "*"),
+                                 "--s3_read_timeout_s=1", "--s3_connect_timeout_s=1")
+    assert code == 3, err
+    [sentence] = error_lines(err)
+    assert sentence.startswith(f"error: S3 bucket '{bucket}' in region 'us-east-1' at ")
+    assert re.search(r" kept failing the write check PutObject of "
+                     r"'out/mParticle_Bucket_Verification_[\d-]+\.txt' for 3 s: "
+                     r"InternalError injected fault$", sentence), sentence
 
 
 def test_an_endpoint_that_never_answers_fails_the_start_within_three_read_timeouts(

@@ -66,6 +66,10 @@ def test_parquet_files_hold_the_json_outputs_batches_and_duckdb_reads_them_with_
     assert verification and all(k.split("/")[-1].startswith("_") for k in verification)
     parquet_files = {k: v for k, v in parquet_files.items() if k not in verification}
     assert all(k.endswith(".parquet") for k in parquet_files)
+    assert {s3_client.head_object(Bucket=bucket, Key=key)["ContentType"]
+            for key in parquet_files} == {"application/vnd.apache.parquet"}
+    assert {s3_client.head_object(Bucket=bucket, Key=key)["ContentType"]
+            for key in json_files} == {"text/plain"}
     assert sorted(map(_grouping, parquet_files)) == sorted(map(_grouping, json_files))
 
     # Every batch, and each of its events, back from the rows as the NDJSON holds it.

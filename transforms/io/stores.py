@@ -40,6 +40,15 @@ class Outcome(enum.Enum):
     KEY_TAKEN = "key_taken"  # other content under that key
 
 
+# What a key's suffix says its object holds: Parquet's registered media type; else the
+# NDJSON text files (gzipped or not: `.txt.gz` is read by its extension).
+PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
+
+
+def content_type(key: str) -> str:
+    return PARQUET_CONTENT_TYPE if key.endswith(".parquet") else "text/plain"
+
+
 class ObjectStore(Protocol):
     def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome: ...
 
@@ -70,7 +79,7 @@ class S3Store:
     def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome:
         arguments = {
             **self.connection.put_arguments(),
-            "ContentType": "text/plain",
+            "ContentType": content_type(key),
             "Metadata": {CONTENT_HASH_METADATA: content_sha256},
         }
         started = time.monotonic()
