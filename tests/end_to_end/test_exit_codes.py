@@ -74,13 +74,17 @@ def test_ctrl_c_during_a_bounded_run_exits_130(s3_endpoint, bucket, long_input):
     assert "error: interrupted; nothing written so far is lost" in err
 
 
-def test_ctrl_c_as_the_worker_processes_start_exits_130(s3_endpoint, bucket, long_input):
+def test_ctrl_c_as_the_worker_processes_start_exits_130(
+    s3_endpoint, bucket, long_input, tmp_path
+):
     """Interrupted after the DirectRunner started its worker processes and before they
     connected, Beam waits forever for them to be told to stop (apache/beam#19674): the
-    launcher exits without the runner once run.INTERRUPT_GRACE_S have passed."""
+    launcher exits without the runner once run.INTERRUPT_GRACE_S have passed, and
+    removes its spill directory all the same."""
     from pipeline.run import INTERRUPT_GRACE_S
 
-    process = start(s3_endpoint, bucket, long_input)
+    spill = tmp_path / "spill"
+    process = start(s3_endpoint, bucket, long_input, f"--spill_dir={spill}")
     deadline = time.monotonic() + 60
     while not workers_of(process) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -93,6 +97,7 @@ def test_ctrl_c_as_the_worker_processes_start_exits_130(s3_endpoint, bucket, lon
     assert err.count("error: interrupted; nothing written so far is lost") == 1, err[-3000:]
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, "worker processes outlived the launcher"
+    assert os.listdir(spill) == [], os.listdir(spill)
     print(f"\nexited {time.monotonic() - interrupted:.1f} s after Ctrl-C")
 
 

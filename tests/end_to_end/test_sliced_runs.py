@@ -14,6 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -158,9 +161,10 @@ def test_spill_is_removed_when_the_run_fails_and_after_a_killed_run(
     s3_endpoint, s3_client, sliced_input, tmp_path
 ):
     spill = tmp_path / "spill"
-    abandoned = spill / "mparticle-s3-spill-999999999-abandoned"  # no such process
+    abandoned = spill / "mparticle-s3-spill-abandoned"  # its owner file locked by no one
     (abandoned / "1700006400").mkdir(parents=True)
     (abandoned / "1700006400" / "x.spill").write_bytes(b"left over")
+    (abandoned / ".owner").touch()
     code, _, err = run_main([
         "--s3_bucket_name=no-such-bucket", f"--s3_endpoint_url={s3_endpoint}",
         f"--input={sliced_input}/*", "--skip_bucket_check=true", "--progress_every_s=0",
@@ -169,6 +173,42 @@ def test_spill_is_removed_when_the_run_fails_and_after_a_killed_run(
     assert code == 1, err
     assert "NoSuchBucket" in err
     assert os.listdir(spill) == []
+
+
+def test_a_spill_directory_a_running_job_owns_is_never_taken(
+    s3_endpoint, s3_client, bucket, sliced_input, tmp_path
+):
+    """Another job's directory (its owner file locked by a process of its own, as a
+    run on another host or container sharing the volume would hold it) stays; so does
+    a directory being made, not yet locked; one unlocked, or unowned for longer than
+    UNOWNED_GRACE_S, is removed."""
+    from pipeline.sliced import OWNER_FILE, UNOWNED_GRACE_S
+
+    spill = tmp_path / "spill"
+    running, making, old = (spill / f"mparticle-s3-spill-{name}" for name in
+                            ("running", "making", "old"))
+    for folder in (running, making, old):
+        (folder / "1700006400").mkdir(parents=True)
+        (folder / "1700006400" / "x.spill").write_bytes(b"spilled")
+    (running / OWNER_FILE).touch()
+    os.utime(old, (time.time() - UNOWNED_GRACE_S - 60,) * 2)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'r+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)",
+         str(running / OWNER_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_main([
+            f"--s3_bucket_name={bucket}", f"--s3_endpoint_url={s3_endpoint}",
+            f"--input={sliced_input}/*", "--progress_every_s=0",
+            f"--arrival_slice_s={SLICE_S}", f"--spill_dir={spill}",
+        ])
+        assert code == 0, err
+        assert sorted(os.listdir(spill)) == [making.name, running.name]
+        assert (running / "1700006400" / "x.spill").read_bytes() == b"spilled"
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_slice_must_hold_whole_windows(s3_endpoint, sliced_input):
