@@ -120,3 +120,47 @@ def test_secret_absent_from_the_job_graphs_display_data_and_config_repr(tmp_path
     assert display  # the graph does carry display data
     assert not any(SECRET.encode() in item for item in display)
     assert not leaks(str(PipelineOptions(beam_args).display_data()))
+
+
+@pytest.fixture(scope="module")
+def signing_s3():
+    """A second S3 server that checks every request's signature against IAM's keys
+    (moto's INITIAL_NO_AUTH_ACTION_COUNT: the first four calls, which make a user, its
+    key, its policy and a bucket, go unchecked); yields (endpoint, key id, secret)."""
+    import boto3
+
+    from pipeline.tools.local_services import moto_server
+
+    with moto_server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as endpoint:
+        anyone = {"endpoint_url": endpoint, "region_name": "us-east-1",
+                  "aws_access_key_id": "local", "aws_secret_access_key": "local"}
+        iam = boto3.client("iam", **anyone)
+        iam.create_user(UserName="forwarder")
+        key = iam.create_access_key(UserName="forwarder")["AccessKey"]
+        iam.put_user_policy(UserName="forwarder", PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", '
+            '"Resource": "*"}]}'))
+        boto3.client("s3", **anyone).create_bucket(Bucket="signed")
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+
+
+@pytest.mark.parametrize("secret_is", ["wrong", "right"])
+def test_a_wrong_secret_key_fails_the_start_in_one_sentence(signing_s3, tmp_path, secret_is):
+    from tests.conftest import run_main
+
+    endpoint, key_id, secret = signing_s3
+    shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
+    given = SECRET if secret_is == "wrong" else secret
+    code, out, err = run_main([
+        "--s3_bucket_name=signed", f"--s3_endpoint_url={endpoint}", f"--input={tmp_path}/*",
+        f"--access_key_id={key_id}", f"--secret_access_key={given}"])
+    if secret_is == "right":  # the server takes a good signature: it is the key it refuses
+        assert code == 0, err
+        return
+    assert code == 3, err
+    [sentence] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert sentence.startswith("error: S3 bucket 'signed' in region 'us-east-1' at ")
+    assert "refused the write check PutObject of " in sentence
+    assert "SignatureDoesNotMatch" in sentence, sentence
+    assert not leaks(err + out)
+    print(f"\n{sentence}")
