@@ -105,12 +105,10 @@ def check_bucket_writable(
         # (412) only to a caller allowed to write it.
         store.put_new(key, VERIFICATION_BODY, hashlib.sha256(VERIFICATION_BODY).hexdigest())
     except botocore.exceptions.ClientError as err:
-        code = s3.error_code(err)
-        message = err.response.get("Error", {}).get("Message", "")
-        if code == "NoSuchBucket":
+        if s3.error_code(err) == "NoSuchBucket":
             raise BucketCheckError(f"S3 {where} does not exist.") from None
         raise BucketCheckError(
-            f"S3 {where} refused the write check PutObject of {key!r}: {code} {message}".strip()
+            f"S3 {where} refused the write check PutObject of {key!r}: {_said(err)}"
         ) from None
     except botocore.exceptions.NoCredentialsError:
         raise BucketCheckError(
@@ -122,8 +120,7 @@ def check_bucket_writable(
         if answer is not None:  # the server answered, with errors, until the deadline
             raise BucketCheckError(
                 f"S3 {where} kept failing the write check PutObject of {key!r} for "
-                f"{connection.retry_deadline_s:g} s: {s3.error_code(answer)} "
-                f"{answer.response.get('Error', {}).get('Message', '')}".rstrip()
+                f"{connection.retry_deadline_s:g} s: {_said(answer)}"
             ) from None
         cause = err.__cause__ if isinstance(err, s3.WriteGaveUp) and err.__cause__ else err
         raise BucketCheckError(
@@ -132,6 +129,11 @@ def check_bucket_writable(
             f"{connection.retry_deadline_s:g} s): {cause}"
         ) from None
     return key
+
+
+def _said(err: botocore.exceptions.ClientError) -> str:
+    """The server's error code and message."""
+    return f"{s3.error_code(err)} {err.response.get('Error', {}).get('Message', '')}".strip()
 
 
 def _check_local_directory(path: str) -> None:

@@ -426,9 +426,10 @@ def engine_shielded() -> Iterator[None]:
 
     Beam starts them through `subprocess.Popen` (`utils.subprocess_server`,
     `runners.worker.worker_pool_main`), which is what is replaced for the run. One
-    started from the main thread (Prism) also gets SIGTERM when the launcher dies
-    (a child's death signal follows the thread that started it, and the worker
-    pool's threads come and go; its workers end when their channel to Prism breaks)."""
+    started from the main thread (Prism) also gets SIGTERM when the launcher dies. A
+    child's death signal follows the thread that started it, not the process, so
+    the SDK harnesses, started from the worker pool's gRPC threads, go without: they
+    end when their channel to Prism breaks."""
     original = subprocess.Popen
     end_with_launcher = _end_with_launcher()
 
