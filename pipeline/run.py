@@ -231,6 +231,7 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
         _LOG.warning("the runner did not stop within %d s of Ctrl-C; exiting without it",
                      INTERRUPT_GRACE_S)
         report_interrupted()
+        sliced.remove_open()  # os._exit skips the spill directory's own cleanup
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)

@@ -21,19 +21,24 @@ run unsliced.
 The spill needs local disk for the input as compressed batches (measured on
 the benchmark's NDJSON: 0.19 of its bytes), and for sessions again as compressed
 file lines (0.32 in all); the run checks first that SPILL_PER_INPUT_BYTE of it
-is free. The directory is removed when the run ends, failed or not, and one
-left by a killed run is removed by the next run that uses the same spill
-directory.
+is free. The directory is removed when the run ends, failed or not (also when the
+launcher exits without its runner after Ctrl-C: `remove_open`), and one left by a
+killed run is removed by the next run that uses the same spill directory. A run
+owns its directory by an exclusive lock (`flock`) on a file in it, held until it
+ends: the kernel lets go of it when the process dies, however it dies, and the
+lock holds between containers sharing a volume and over NFS, where a process id
+would say nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
-import re
 import shutil
 import tempfile
+import time
 from collections import Counter
 from typing import Callable, Iterator
 
@@ -46,6 +51,10 @@ from transforms.shuffled import UNCOMPRESSED
 
 _LOG = logging.getLogger("pipeline")
 SPILL_PREFIX = "mparticle-s3-spill-"
+OWNER_FILE = ".owner"  # locked (flock) by the run that owns the directory
+# A spill directory without an owner file is one being made, or left by a run that
+# died between making it and locking it: removed only once this old.
+UNOWNED_GRACE_S = 3600
 # Spill bytes per input byte, with a margin over the 0.32 measured with sessions on
 # the benchmark's NDJSON input. gzip input is about 7 times smaller than its NDJSON.
 SPILL_PER_INPUT_BYTE = 0.5
@@ -91,10 +100,15 @@ def _spilled(spill_dir: str) -> Counter:
     return spilled
 
 
+# The spill directories of this process's runs, for `remove_open`.
+_OPEN: set[str] = set()
+
+
 @contextlib.contextmanager
 def spill_directory(root: str | None, needed_bytes: int) -> Iterator[str]:
-    """A new spill directory under `root` (default: the system's temporary one),
-    removed at the end whatever happens; refuses to start without the space."""
+    """A new spill directory under `root` (default: the system's temporary one), owned
+    by this run (`_own`) and removed at the end whatever happens; refuses to start
+    without the space."""
     root = root or tempfile.gettempdir()
     try:
         os.makedirs(root, exist_ok=True)
@@ -107,11 +121,29 @@ def spill_directory(root: str | None, needed_bytes: int) -> Iterator[str]:
             f"--spill_dir {root!r} has {free / MIB:,.0f} MiB free; a sliced run of this input "
             f"needs about {needed_bytes / MIB:,.0f} MiB there. Give a --spill_dir with more space."
         )
-    path = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=root)
+    path = tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=root)
+    owner = _own(path)
+    _OPEN.add(path)
     try:
         yield path
     finally:
+        _OPEN.discard(path)
         shutil.rmtree(path, ignore_errors=True)
+        os.close(owner)
+
+
+def remove_open() -> None:
+    """Removes the spill directories of this process's runs: for an exit that skips
+    their own cleanup (`os._exit`)."""
+    for path in list(_OPEN):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _own(path: str) -> int:
+    """Locks the owner file of `path` for this process; the descriptor that holds it."""
+    descriptor = os.open(os.path.join(path, OWNER_FILE), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return descriptor
 
 
 def spill_bytes_needed(files: list[tuple[str, int]]) -> int:
@@ -121,19 +153,26 @@ def spill_bytes_needed(files: list[tuple[str, int]]) -> int:
 
 
 def remove_abandoned(root: str) -> None:
-    """Removes spill directories whose run no longer exists (killed, power lost)."""
+    """Removes spill directories whose run has ended without removing them (killed,
+    power lost): those whose owner file no process holds locked."""
     for name in os.listdir(root):
-        found = re.fullmatch(re.escape(SPILL_PREFIX) + r"(\d+)-\w+", name)
-        if found and not _alive(int(found.group(1))):
+        path = os.path.join(root, name)
+        if name.startswith(SPILL_PREFIX) and os.path.isdir(path) and _abandoned(path):
             _LOG.info("removing %s, left by an earlier run that did not end", name)
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def _abandoned(path: str) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
+        descriptor = os.open(os.path.join(path, OWNER_FILE), os.O_RDWR)
+    except FileNotFoundError:
+        return time.time() - os.path.getmtime(path) > UNOWNED_GRACE_S
+    except OSError:
+        return False  # not ours to judge (another user's, say)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its run holds it
+    finally:
+        os.close(descriptor)  # lets go of the lock, if it was taken
     return True
