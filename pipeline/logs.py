@@ -87,7 +87,9 @@ class Console:
         handler.setFormatter(self._formatter)
         # force: importing Beam may already have given the root logger a handler.
         logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-        logging.getLogger("PrismJobServer").addFilter(_PrismNotices())
+        prism = logging.getLogger("PrismJobServer")
+        if not any(isinstance(f, _PrismNotices) for f in prism.filters):  # once a process
+            prism.addFilter(_PrismNotices())
         _log_uncaught_errors()
         self.set_level("INFO")
         self.set_format("text")
