@@ -16,6 +16,8 @@ from transforms.outputs import with_dead_letters
 from transforms.rules import batch_json, grouping, naming
 from transforms.rules.dead_letters import (
     DEAD_LETTERS,
+    LINE_FIELDS_BYTES,
+    MAX_LINE_GROWTH,
     REPLAY_MARKER,
     dead_letter,
     replayed,
@@ -33,13 +35,12 @@ def parse_batch(
     """One record → (batch or None, dead letters, events read). Never raises on data.
 
     A dead-letter record (`dead_letters.replayed`) is parsed as the record it holds,
-    under a source that names both; `replaying`: this is that record, which is taken
-    as it is even if it looks like a dead letter itself."""
-    if len(record.data) > max_batch_bytes:
-        reason = (
-            f"record is {len(record.data):,} bytes, over --max_batch_bytes={max_batch_bytes:,}"
-        )
-        return None, [dead_letter(record.source, STAGE, reason, record.data)], 0
+    under a source that names both, and that record is what must fit in
+    `max_batch_bytes` (its line is larger); `replaying`: this is that record, which is
+    taken as it is even if it looks like a dead letter itself."""
+    oversize = len(record.data) > max_batch_bytes
+    if oversize and (replaying or len(record.data) > _largest_dead_letter(max_batch_bytes)):
+        return None, [_oversize(record, max_batch_bytes)], 0
     try:
         batch = batch_json.decode(record.data)
         if not isinstance(batch, dict):
@@ -48,6 +49,8 @@ def parse_batch(
         if events is not None and not isinstance(events, list):
             raise batch_json.BadRecord(f"events is a {type(events).__name__}, not a list")
     except batch_json.BadRecord as err:
+        if oversize:
+            return None, [_oversize(record, max_batch_bytes)], 0
         return None, [dead_letter(record.source, STAGE, err.reason, record.data)], 0
     try:
         replay = replayed(batch)
@@ -58,6 +61,8 @@ def parse_batch(
         again = RawRecord(f"{record.source}{REPLAY_MARKER}{source})", data,
                           record.publish_time_ms)
         return parse_batch(again, max_batch_bytes, app_name, replaying=True)
+    if oversize:
+        return None, [_oversize(record, max_batch_bytes)], 0
 
     events = events or []
     good_events, dead = [], []
@@ -88,6 +93,16 @@ def parse_batch(
         batch, record.source, arrival_ms, device, naming.safe_app_name(name)
     )
     return arrived, dead, len(events)
+
+
+def _largest_dead_letter(max_batch_bytes: int) -> int:
+    """The longest line that can hold a dead letter of a record that fits."""
+    return MAX_LINE_GROWTH * max_batch_bytes + LINE_FIELDS_BYTES
+
+
+def _oversize(record: RawRecord, max_batch_bytes: int) -> dict:
+    reason = f"record is {len(record.data):,} bytes, over --max_batch_bytes={max_batch_bytes:,}"
+    return dead_letter(record.source, STAGE, reason, record.data)
 
 
 def _event_problem(event: object) -> str | None:

@@ -17,8 +17,8 @@ import pytest
 
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, moto_server, run_main
+from tests.oracle import forwarded_event_ids
 from transforms.rules import batch_json, grouping, naming
-from transforms.rules.settings import ForwardingSettings, apply_settings
 
 KEY = re.compile(
     r"^(?P<folder>out/)(?P<date>\d{4}-\d{2}-\d{2}/)?(?P<app>[A-Za-z0-9_.-]+)_"
@@ -79,11 +79,7 @@ def test_every_event_forwarded_exactly_once_in_named_dated_files(
     assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
 
     objects = forwarded_objects(s3_client, bucket)
-    settings = ForwardingSettings()
-    expected = []
-    for batch in input_batches(inputs):
-        forwarded, _ = apply_settings(batch, settings)
-        expected += event_ids([forwarded])
+    expected = forwarded_event_ids(input_batches(inputs))
     got = event_ids(b for batches in objects.values() for b in batches)
     assert sorted(got) == sorted(expected) and len(got) == len(set(got))
 
@@ -216,7 +212,7 @@ def test_bad_input_goes_to_dead_letters_while_the_rest_is_forwarded(
     assert code == 0, err
     objects = forwarded_objects(s3_client, bucket)
     forwarded_ids = event_ids(b for batches in objects.values() for b in batches)
-    assert set(event_ids([apply_settings(good, ForwardingSettings())[0]])) < set(forwarded_ids)
+    assert set(forwarded_event_ids([good])) < set(forwarded_ids)
     assert len(forwarded_ids) > 12 + 100  # the sample's and those before the cut
     [dead_key] = list_keys(s3_client, bucket, "out/_dead_letters/")
     letters = [json.loads(line) for line in
@@ -384,44 +380,50 @@ def test_date_folders_by_event_time_upload_time_or_both_and_reruns_write_the_sam
 def test_replaying_the_dead_letter_files_after_a_fix_forwards_their_events_once(
     s3_endpoint, s3_client, bucket, tmp_path, runner_flags
 ):
-    """Oversize batches, an event with its time in seconds, a line that is not JSON:
-    dead letters. The fix: a larger --max_batch_bytes, and the time made milliseconds
-    in the dead-letter file. Replaying the dead-letter files forwards exactly the
-    events the first run did not, each once; what is still bad is a dead letter
-    again, holding the record as it first came."""
+    """Batches of several MiB (over the default --max_batch_bytes), an event with its
+    time in seconds, a line that is not JSON: dead letters, each holding its record
+    whole. The fix: a larger --max_batch_bytes, and the time made milliseconds in the
+    dead-letter file. Replaying the dead-letter files forwards exactly the events the
+    first run did not, each once; what is still bad is a dead letter again, holding the
+    record as it first came."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     good = list(generate(60, 8, seed=41))
-    oversize = [{**b, "padding": "p" * 30_000} for b in generate(3, 3, seed=42)]
+    # Quotes and non-ASCII text: a dead letter's line is larger than its record.
+    oversize = [{**b, "padding": 'p"\u00e9' * (size // 4)}
+                for b, size in zip(generate(2, 2, seed=42), (5 * 2**20, 9 * 2**20), strict=True)]
     carrier = next(generate(1, 1, seed=43))
     seconds = {"event_type": "custom_event",
                "data": {"event_id": 424242, "timestamp_unixtime_ms": 1_700_000_042}}
     carrier["events"] = [*carrier["events"][:1], seconds]
-    lines = [json.dumps(b) for b in good + oversize + [carrier]] + ["this is not JSON"]
-    (inputs / "day.ndjson").write_text("\n".join(lines) + "\n")
+    lines = [json.dumps(b, ensure_ascii=False) for b in good + oversize + [carrier]]
+    lines.append("this is not JSON")
+    (inputs / "day.ndjson").write_text("\n".join(lines) + "\n", encoding="utf-8")
     first_dead, second_dead = tmp_path / "dead", tmp_path / "dead-again"
 
-    code, _, err = run_main(argv(s3_endpoint, bucket, inputs, "--max_batch_bytes=20000",
+    code, _, err = run_main(argv(s3_endpoint, bucket, inputs,
                                  f"--dead_letter_location={first_dead}", *runner_flags))
     assert code == 0, err
     first = event_ids(b for batches in forwarded_objects(s3_client, bucket).values()
                       for b in batches)
     [dead_file] = first_dead.glob("*.ndjson")
-    assert len(dead_file.read_text().splitlines()) == 5
-    dead_file.write_text(dead_file.read_text().replace("1700000042", "1700000042000"))
+    letters = [json.loads(line) for line in dead_file.read_text("utf-8").splitlines()]
+    assert len(letters) == 4
+    kept = sorted(letter["raw"] for letter in letters if letter["reason"].startswith("record is"))
+    assert kept == sorted(lines[60:62])  # whole, not cut
+    dead_file.write_text(dead_file.read_text("utf-8").replace("1700000042", "1700000042000"),
+                         encoding="utf-8")
 
-    code, out, err = run_main(argv(s3_endpoint, bucket, first_dead, "--max_batch_bytes=1000000",
+    code, out, err = run_main(argv(s3_endpoint, bucket, first_dead, "--max_batch_bytes=16777216",
                                    f"--dead_letter_location={second_dead}", *runner_flags))
     assert code == 0, err
     assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
     both = event_ids(b for batches in forwarded_objects(s3_client, bucket).values()
                      for b in batches)
-    expected = event_ids(apply_settings(b, ForwardingSettings())[0]
-                         for b in good + oversize + [carrier])
-    assert sorted(both) == sorted(expected)  # every event once, across both runs
+    assert sorted(both) == sorted(forwarded_event_ids(good + oversize + [carrier]))
     replayed_ids = set(both) - set(first)
-    assert 424242 in replayed_ids and len(replayed_ids) > 3
+    assert replayed_ids == set(forwarded_event_ids([*oversize, {"events": [seconds]}]))
     [letter] = [json.loads(line) for path in second_dead.glob("*.ndjson")
                 for line in path.read_text().splitlines()]
     assert letter["raw"] == "this is not JSON"
-    assert letter["source"].endswith(f"(dead letter of {inputs / 'day.ndjson'}:65)")
+    assert letter["source"].endswith(f"(dead letter of {inputs / 'day.ndjson'}:64)")

@@ -13,7 +13,7 @@ from transforms.batching import Merger
 from transforms.io.inputs import record_at
 from transforms.parse import parse_batch
 from transforms.rules import batch_json
-from transforms.rules.dead_letters import AFTER_SETTINGS, MAX_RAW_CHARS, dead_letter, replayed
+from transforms.rules.dead_letters import AFTER_SETTINGS, dead_letter, replayed
 from transforms.shuffled import NO_DICTIONARY, ShuffledBatch
 from transforms.values import RawRecord
 
@@ -27,11 +27,48 @@ def test_a_dead_letter_replays_as_the_record_it_holds():
         assert replayed(letter) == ("f.ndjson:3", raw)
     assert "raw_base64" in dead_letter("f:1", "parse", "why", b"\xff")
     assert replayed({**BATCH}) is None  # a batch is not a dead letter
-    cut = dead_letter("f:1", "parse", "why", b"x" * (MAX_RAW_CHARS + 1))
+    for raw in (b"x" * 5_000_000, b"\xff" * 3_000_000):  # kept whole, whatever the size
+        assert replayed(json.loads(batch_json.encode(dead_letter("f:1", "parse", "why", raw)))) \
+            == ("f:1", raw)
+    cut = {"source": "f:1", "stage": "parse", "reason": "why", "raw": "x" * 1024,
+           "raw_truncated_from_chars": 5_000_000}  # as version 0.1.0 wrote one
     with pytest.raises(ValueError, match="cut to its first MiB"):
         replayed(cut)
     with pytest.raises(ValueError, match="without its record"):
         replayed(dead_letter("pubsub:9", "merge", "why", None))
+
+
+PADDING = 'p"\u00e9\n' * 50_000
+
+
+@pytest.mark.parametrize("raw", [
+    batch_json.encode({**BATCH, "padding": PADDING}),  # escaped in the line
+    b"\x01" * 200_000,  # not JSON, each byte a six-byte escape in the line
+    b"\xff" * 200_000,  # not UTF-8, in the line as text and base64
+])
+def test_a_record_refused_as_oversize_replays_whole_once_the_limit_is_raised(raw):
+    """A dead letter's line is larger than its record; the limit applies to the record."""
+    limit = len(raw) - 1
+    [letter] = parse_batch(RawRecord("f:1", raw), limit, None)[1]
+    assert letter["reason"] == f"record is {len(raw):,} bytes, over --max_batch_bytes={limit:,}"
+    line = batch_json.encode(letter)
+    again = parse_batch(RawRecord("dead:1", line), limit, None)[1]
+    assert [a["reason"] for a in again] == [letter["reason"]]  # the record's size, not the line's
+    assert replayed(again[0]) == ("dead:1 (dead letter of f:1)", raw)
+    arrived, letters, _ = parse_batch(RawRecord("dead:1", line), len(raw), None)
+    if raw.startswith(b"{"):
+        assert letters == [] and arrived.batch["padding"] == PADDING
+    else:  # its own fault is all that is left
+        [fault] = letters
+        assert fault["source"] == "dead:1 (dead letter of f:1)"
+        assert fault["reason"].startswith(("not JSON", "not UTF-8")), fault["reason"]
+
+
+def test_a_line_too_long_to_hold_a_record_that_fits_is_refused_unread():
+    line = batch_json.encode(dead_letter("f:1", "parse", "why", b"x" * 10_000))
+    limit = (len(line) - 64 * 1024) // 6 - 1
+    [letter] = parse_batch(RawRecord("dead:1", line), limit, None)[1]
+    assert letter["source"] == "dead:1" and letter["reason"].startswith(f"record is {len(line):,}")
 
 
 def test_a_bad_event_is_held_with_its_batch_alone_and_replays_once():

@@ -4,8 +4,10 @@ Each record is one JSON line:
     {"source": "in.ndjson:7", "stage": "parse", "reason": "not JSON: ...", "raw": "..."}
 `raw` is the record as it came, so it can be fixed and replayed: given as input
 again, a dead-letter file is read back as the records it holds (`replayed`). Bytes
-that are not UTF-8 are in `raw_base64` as well, exactly; a record over MAX_RAW_CHARS
-keeps its first MiB and says so (it cannot be replayed). A bad event of a good batch
+that are not UTF-8 are in `raw_base64` as well, exactly. A record is kept whole, whatever
+its size: an oversize one replays once the limit that refused it is raised (a dead
+letter's line is larger than its record, by at most `MAX_LINE_GROWTH` times; parsing
+reads a line that large when it holds a dead letter). A bad event of a good batch
 holds its batch with that event alone, so that a replay forwards the event once.
 A dead letter that could not get its record back (a merge that failed on live input,
 whose message is gone) holds the batch as it left the settings, and says so in
@@ -23,11 +25,18 @@ import binascii
 from typing import Any
 
 DEAD_LETTERS = "dead_letters"
-MAX_RAW_CHARS = 1024 * 1024  # an oversize record keeps its first MiB and says so
 MAX_REASON_CHARS = 1000
+# How much larger than its record a dead letter's JSON line can be: a record of
+# control characters written as \u00XX escapes, six bytes for each byte; not UTF-8,
+# its text with replacement characters plus its base64. The fields around it are
+# under LINE_FIELDS_BYTES (the reason is cut to MAX_REASON_CHARS).
+MAX_LINE_GROWTH = 6
+LINE_FIELDS_BYTES = 64 * 1024
 
 
 _KEYS = frozenset({"source", "stage", "reason", "raw"})
+# raw_truncated_from_chars: a record cut to its first MiB by version 0.1.0, which
+# kept no more of an oversize record.
 _OPTIONAL_KEYS = frozenset({"raw_base64", "raw_truncated_from_chars", "raw_form"})
 AFTER_SETTINGS = "after_settings"  # raw_form of a batch that is not the record as it came
 # A replayed record's source: "<dead-letter file>:<line> (dead letter of <its source>)".
@@ -43,11 +52,7 @@ def dead_letter(
             record["raw"] = raw.decode("utf-8")
         except UnicodeDecodeError:
             record["raw"] = raw.decode("utf-8", errors="replace")
-            if len(raw) <= MAX_RAW_CHARS:
-                record["raw_base64"] = base64.b64encode(raw).decode("ascii")
-    if isinstance(record["raw"], str) and len(record["raw"]) > MAX_RAW_CHARS:
-        record["raw_truncated_from_chars"] = len(record["raw"])
-        record["raw"] = record["raw"][:MAX_RAW_CHARS]
+            record["raw_base64"] = base64.b64encode(raw).decode("ascii")
     if raw_form:
         record["raw_form"] = raw_form
     return record
