@@ -299,9 +299,9 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
         worker.sdk_harness_log_level_overrides = {
             "transforms": "INFO", **(worker.sdk_harness_log_level_overrides or {})
         }
+    if name == "DirectRunner" and standard.streaming or name == "BundleBasedDirectRunner":
+        return bundle_based_direct_runner()
     if name == "DirectRunner":
-        if standard.streaming:
-            return "BundleBasedDirectRunner"
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         if input_bytes is not None:
@@ -320,6 +320,42 @@ def make_runner(options: PipelineOptions, input_bytes: Callable[[], int] | None 
     if name in PORTABLE:
         return portable_runner(name)
     return name
+
+
+def bundle_based_direct_runner():
+    """Beam's BundleBasedDirectRunner (what a live DirectRunner run runs), with the
+    counters of every bundle kept (`_count_every_bundle`)."""
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+    _count_every_bundle()
+    return BundleBasedDirectRunner()
+
+
+def _count_every_bundle() -> None:
+    """Beam 2.77's BundleBasedDirectRunner keeps the counters of a step's first bundle
+    on a worker thread and loses those of the later ones: the thread's StateSampler
+    caches a step's states with the metrics container of the first bundle it ran
+    (`StateSampler.scoped_state`), so a later bundle counts into that container while
+    its result reports the new, empty one (`TransformExecutor.call`). A live run's late
+    batches, duplicates and forwarded events went uncounted. Here each attempt of a
+    bundle reports the container its states hold, emptied first: the bundle's own
+    counts (a failed attempt's are dropped, as a retried bundle's should be). Installed
+    once per process, on the first live DirectRunner run."""
+    from apache_beam.runners.direct import executor
+
+    attempt_call = executor.TransformExecutor.attempt_call
+    if getattr(attempt_call, "counts_every_bundle", False):
+        return
+
+    def attempt_counted(self, metrics_container, side_inputs, start, process, finish):
+        held = process.metrics_container
+        if held is not None and held is not metrics_container:
+            held.reset()
+            metrics_container = held
+        return attempt_call(self, metrics_container, side_inputs, start, process, finish)
+
+    attempt_counted.counts_every_bundle = True
+    executor.TransformExecutor.attempt_call = attempt_counted
 
 
 # A bounded DirectRunner run without --direct_num_workers or --direct_running_mode takes

@@ -12,6 +12,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
+from pipeline.runners import bundle_based_direct_runner
 from transforms.values import RawRecord
 
 
@@ -21,10 +22,11 @@ def batch_pipeline() -> TestPipeline:
 
 
 def streaming_pipeline() -> TestPipeline:
-    """Unbounded, for TestStream: the BundleBasedDirectRunner in streaming mode."""
+    """Unbounded, for TestStream: the BundleBasedDirectRunner in streaming mode, as a
+    live DirectRunner run has it."""
     options = PipelineOptions([])
     options.view_as(StandardOptions).streaming = True
-    return TestPipeline(runner="BundleBasedDirectRunner", options=options)
+    return TestPipeline(runner=bundle_based_direct_runner(), options=options)
 
 
 class Replayed(UnboundedSource):

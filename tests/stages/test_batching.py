@@ -252,8 +252,9 @@ class _Describe(beam.DoFn):
         yield forwarded.device[-2:], ids, timing
 
 
-def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kwargs) -> None:
-    """Runs the stream through BatchPerDevice; asserts (device, event ids, pane timing)."""
+def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kwargs) -> dict:
+    """Runs the stream through BatchPerDevice; asserts (device, event ids, pane timing);
+    returns the run's counters."""
     p = streaming_pipeline()
     # The DirectRunner merges Beam's session windows (it holds no watermark for a
     # user's timer); the sessions kept by timer are tested on Prism below.
@@ -261,11 +262,9 @@ def run_stream(test_stream: TestStream, mode: BatchingMode, expected: list, **kw
         Batching(mode, **kwargs), live_sessions=LiveSessions(by_timer=False))
     out = batched["batches"] | beam.ParDo(_Describe())
     assert_that(out, equal_to(expected))
-    p.run().wait_until_finish()
-    # Counters are not checked here: Beam 2.77's BundleBasedDirectRunner keeps
-    # the counter updates of a step's first bundle only (seen with a bare
-    # ParDo after a GroupByKey), so the late and duplicate counters are
-    # checked in bounded runs and on the pane timing of the output instead.
+    result = p.run()
+    result.wait_until_finish()
+    return counters_of(result)
 
 
 def test_ten_minute_boundaries_with_devices_interleaved():
@@ -310,7 +309,7 @@ def test_session_is_written_when_the_gap_passes_without_new_data():
 
 
 def test_late_data_goes_out_in_a_further_pane_and_is_counted():
-    run_stream(
+    counters = run_stream(
         stream(
             arrived("d1", T0 + 1 * MINUTE_MS, 1),
             ("watermark", T0 + 11 * MINUTE_MS),  # the window [T0, T0+10m) fires on time
@@ -321,12 +320,15 @@ def test_late_data_goes_out_in_a_further_pane_and_is_counted():
         [("d1", [1], "on_time"), ("d1", [2], "late"), ("d1", [3], "late")],
         allowed_lateness_s=3600,
     )
+    assert (counters.get("late_batches"), counters.get("late_events")) == (2, 2), counters
 
 
 def test_event_delivered_twice_is_written_once():
     first = arrived("d1", T0, 1, 2)
     redelivered = first._replace(source="message-2", arrival_ms=T0 + 5 * SECOND_MS)
-    run_stream(stream(first, redelivered), BatchingMode.FIXED, [("d1", [1, 2], "on_time")])
+    counters = run_stream(stream(first, redelivered), BatchingMode.FIXED,
+                          [("d1", [1, 2], "on_time")])
+    assert counters.get("events_filtered.duplicate") == 2, counters
 
 
 def record(source: str, at_ms: int, *event_ids: int) -> RawRecord:
