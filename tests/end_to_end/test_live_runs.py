@@ -33,6 +33,7 @@ from tests.conftest import (
 from tests.fault_proxy import FaultProxy
 from tests.tcp_fault_proxy import ConnectionCutter
 from transforms import metrics
+from transforms.io.pubsub_source import ACK_DEADLINE_S, EXTEND_EVERY_S
 from transforms.rules import parquet_rows
 
 PROJECT = "local-project"
@@ -388,6 +389,42 @@ def test_a_message_pubsub_delivers_again_is_written_once(
     assert forwarded_ids(objects) == [1, 2] and len(objects) == 1
     assert counters["batches_read"] == 2, counters  # delivered twice
     assert counters["events_filtered.duplicate"] == 2, counters
+
+
+@pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
+def test_a_failed_acknowledgement_is_sent_again_and_its_message_never_comes_again(
+    s3_client, bucket, live_pipeline, runner_flags, prism, monkeypatch, tmp_path
+):
+    """Pub/Sub refuses every acknowledgement for the first 15 s (UNAVAILABLE), longer
+    than an acknowledgement's 10-s deadline: the forwarder keeps the message's lease
+    and sends the acknowledgement again until it is taken. So the message is not
+    delivered again once the lease it had when it was read would have run out, and
+    nothing is read or written twice."""
+    with pstest_server("-fail_acks_for", "15s") as host:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+        from google.cloud import pubsub_v1
+
+        topic = f"projects/{PROJECT}/topics/refused-acks"
+        subscription = f"projects/{PROJECT}/subscriptions/refused-acks"
+        publisher = pubsub_v1.PublisherClient()
+        publisher.create_topic(name=topic)
+        pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=topic)
+        process = live_pipeline(f"--window_size_s={WINDOW_S}",
+                                f"--input_subscription={subscription}")
+        data = batch(1, [1, 2], int(time.time() * 1000))
+        publisher.publish(topic, json.dumps(data).encode()).result()
+        published = time.monotonic()
+        log = tmp_path / "pipeline.log"
+        assert poll(lambda: "acknowledging 1 messages" in log.read_text(), deadline_s=30), \
+            log.read_text()[-3000:]
+        objects = poll(lambda: read_objects(s3_client, bucket, "live/") or None, deadline_s=30)
+        # A lease not kept runs out at most ACK_DEADLINE_S after its last extension
+        # (every EXTEND_EVERY_S): by then Pub/Sub would have delivered it again.
+        time.sleep(max(0.0, published + ACK_DEADLINE_S + EXTEND_EVERY_S + 5 - time.monotonic()))
+        counters = stopped(process, log)
+    assert forwarded_ids(objects) == [1, 2] and len(objects) == 1
+    assert counters["batches_read"] == 1, counters  # delivered once
+    assert counters["messages_acknowledged"] == 1, counters
 
 
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])

@@ -3,6 +3,7 @@
 //
 //	pstest -port 8085
 //	pstest -port 8085 -lose_acks_for 8s
+//	pstest -port 8085 -fail_acks_for 15s
 //	pstest -port 8085 -cpuprofile pstest.prof
 //
 // Clients reach it with PUBSUB_EMULATOR_HOST=127.0.0.1:8085. It prints one line,
@@ -12,6 +13,10 @@
 // long of the first message published are answered as done and then forgotten, as
 // when they are lost on their way: their messages are delivered again once their
 // subscription's ack deadline passes, as Pub/Sub's at-least-once delivery allows.
+//
+// With -fail_acks_for, acknowledgements that come within that long of the first
+// message published fail with UNAVAILABLE, as when Pub/Sub cannot be reached: the
+// client must send them again (lease extensions are answered as usual).
 package main
 
 import (
@@ -25,6 +30,8 @@ import (
 	"time"
 
 	"cloud.google.com/go/pubsub/v2/pstest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // lostAcks forgets the calls it reacts to while within its time of the first publish.
@@ -64,10 +71,21 @@ func (a ackLoser) React(_ interface{}) (bool, interface{}, error) {
 	return false, nil, nil
 }
 
+type ackFailer struct{ lost *lostAcks }
+
+func (a ackFailer) React(_ interface{}) (bool, interface{}, error) {
+	if a.lost.losing() {
+		return true, nil, status.Error(codes.Unavailable, "acknowledgements fail for now (-fail_acks_for)")
+	}
+	return false, nil, nil
+}
+
 func main() {
 	port := flag.Int("port", 8085, "loopback port to listen on (0: any free port)")
 	loseAcksFor := flag.Duration("lose_acks_for", 0,
 		"forget acknowledgements and lease extensions for this long after the first publish")
+	failAcksFor := flag.Duration("fail_acks_for", 0,
+		"fail acknowledgements with UNAVAILABLE for this long after the first publish")
 	cpuProfile := flag.String("cpuprofile", "",
 		"write a CPU profile of the whole run to this file (go tool pprof reads it)")
 	flag.Parse()
@@ -91,6 +109,13 @@ func main() {
 			pstest.ServerReactorOption{FuncName: "Publish", Reactor: publishWatcher{lost}},
 			pstest.ServerReactorOption{FuncName: "Acknowledge", Reactor: ackLoser{lost}},
 			pstest.ServerReactorOption{FuncName: "ModifyAckDeadline", Reactor: ackLoser{lost}},
+		)
+	}
+	if *failAcksFor > 0 {
+		failing := &lostAcks{duration: *failAcksFor}
+		options = append(options,
+			pstest.ServerReactorOption{FuncName: "Publish", Reactor: publishWatcher{failing}},
+			pstest.ServerReactorOption{FuncName: "Acknowledge", Reactor: ackFailer{failing}},
 		)
 	}
 	server := pstest.NewServerWithAddress(fmt.Sprintf("127.0.0.1:%d", *port), options...)
