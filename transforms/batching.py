@@ -146,10 +146,10 @@ class Merger:
     def _dead_letter(self, item: ShuffledBatch, err: Exception) -> dict:
         """The batch's record as it came, read again from its file; on live input (the
         message is gone) the batch as it left the settings, which says so."""
+        self._events_dead.inc(item.events)
         try:
             parts = item.parts(self._codec)
-            self._events_dead.inc(len(parts.events))
-        except Exception:  # what crossed cannot be read: its events cannot be counted
+        except Exception:  # what crossed cannot be read: the record, or the source, says
             parts = None
         client = None
         if self._input_connection and item.source.startswith("s3://"):

@@ -89,17 +89,20 @@ UNCOMPRESSED = ShuffleCodec(compressed=False)
 
 class ShuffledBatch(NamedTuple):
     """What grouping and merging need of an ArrivedBatch; the batch as compressed
-    `BatchParts`."""
+    `BatchParts`, and how many events it holds (counted as dead letters if what crossed
+    cannot be read, so that the run's counts still reconcile)."""
 
     arrival_ms: int
     source: str
     app_name: str
+    events: int
     batch_zstd: bytes
 
     @classmethod
     def of(cls, arrived: ArrivedBatch, codec: ShuffleCodec) -> ShuffledBatch:
         parts = codec.compress(BatchParts.of(arrived.batch).to_bytes())
-        return cls(arrived.arrival_ms, arrived.source, arrived.app_name, parts)
+        events = len(arrived.batch.get("events") or ())
+        return cls(arrived.arrival_ms, arrived.source, arrived.app_name, events, parts)
 
     def parts(self, codec: ShuffleCodec) -> BatchParts:
         return BatchParts.from_bytes(codec.decompress(self.batch_zstd))
@@ -111,10 +114,11 @@ class _ShuffledBatchCoderImpl(coder_impl.TupleCoderImpl):
 
 
 class ShuffledBatchCoder(FastCoder):
-    """Varint arrival, UTF-8 source and app name, then the compressed JSON: no pickling."""
+    """Varint arrival, UTF-8 source and app name, varint events, then the compressed
+    JSON: no pickling."""
 
     _FIELDS = (coders.VarIntCoder(), coders.StrUtf8Coder(), coders.StrUtf8Coder(),
-               coders.BytesCoder())
+               coders.VarIntCoder(), coders.BytesCoder())
 
     def _create_impl(self):
         return _ShuffledBatchCoderImpl([field.get_impl() for field in self._FIELDS])

@@ -117,7 +117,7 @@ def test_a_merge_that_fails_holds_the_record_read_again_from_its_file(tmp_path):
     path = tmp_path / "in.ndjson"
     line = json.dumps(BATCH, indent=None).encode()
     path.write_bytes(b"{}\n" + line + b"\n")
-    broken = ShuffledBatch(1_700_000_000_000, f"{path}:2", "App", b"not zstd at all")
+    broken = ShuffledBatch(1_700_000_000_000, f"{path}:2", "App", 1, b"not zstd at all")
     [out] = Merger(NO_DICTIONARY).merged("d", [broken])
     assert isinstance(out, pvalue.TaggedOutput)
     assert out.value["stage"] == "merge" and out.value["reason"].startswith("unexpected ")
