@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from pipeline.tools.sample_data import generate, write_ndjson
-from tests.conftest import ROOT, list_keys, run_main
+from tests.conftest import ROOT, list_keys, poll, run_main
 from tests.fault_proxy import FaultProxy
 
 
@@ -64,9 +64,11 @@ def test_a_failed_run_exits_1_with_one_sentence(s3_endpoint, tmp_path):
     assert "NoSuchBucket" in sentence
 
 
-def test_ctrl_c_during_a_bounded_run_exits_130(s3_endpoint, bucket, long_input):
+def test_ctrl_c_during_a_bounded_run_exits_130(s3_endpoint, s3_client, bucket, long_input):
     process = start(s3_endpoint, bucket, long_input)
-    time.sleep(6)  # past start-up, into the run
+    # Into the run: its first files are written (the bucket check's object is one).
+    assert poll(lambda: len(list_keys(s3_client, bucket)) > 1 or process.poll() is not None,
+                deadline_s=60, every_s=0.1)
     assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
     err = ended(process, timeout=60)
@@ -113,7 +115,9 @@ def test_workers_end_when_the_launcher_is_killed(s3_endpoint, s3_client, bucket,
         workers = workers_of(process)
         assert len(workers) == 2, [" ".join(w.cmdline()) for w in workers]
         proxy.fault_rate = 1.0  # S3 fails from now on: the workers retry
-        time.sleep(2)
+        failed = sum(proxy.injected.values())
+        assert poll(lambda: sum(proxy.injected.values()) >= failed + 4, deadline_s=30,
+                    every_s=0.05), dict(proxy.injected)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         killed = time.monotonic()

@@ -344,7 +344,6 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
     assert objects, "the messages the killed reader held were not forwarded after a restart"
     assert sorted(forwarded_ids(objects)) == expected  # once each
     print(f"\nforwarded {time.monotonic() - restarted:.1f} s after the restart")
-    time.sleep(5)  # a bundle's counters reach the runner when it has finished, after its files
     counters = stopped(process, tmp_path / "pipeline.log")
     assert counters["events_forwarded"] == 30 and counters["batches_forwarded"] == 20, counters
     # Each device's window was written with its on-time batch: the held ones are late.
@@ -384,7 +383,6 @@ def test_a_message_pubsub_delivers_again_is_written_once(
         objects = poll(lambda: read_objects(s3_client, bucket, "live/") or None,
                        deadline_s=window_s + 30)
         assert objects, "nothing written"
-        time.sleep(5)  # counters reach the runner when their bundle has finished
         counters = stopped(process, tmp_path / "pipeline.log")
     assert forwarded_ids(objects) == [1, 2] and len(objects) == 1
     assert counters["batches_read"] == 2, counters  # delivered twice
@@ -468,7 +466,6 @@ def test_s3_faults_on_a_live_run_lose_and_repeat_nothing(
                                 f"--s3_endpoint_url={proxy.endpoint}")
         expected = publish_for_three_windows(publisher, topic)
         objects = poll_for_events(s3_client, bucket, expected, deadline_s=90)
-        time.sleep(3)  # a bundle's counters reach the runner when it has finished
         counters = stopped(process, tmp_path / "pipeline.log")
     got = forwarded_ids(objects or {})
     assert objects, f"{len(set(got))} of {len(expected)} events in 90 s; {dict(proxy.injected)}"
@@ -496,14 +493,16 @@ def test_a_stopped_run_writes_its_open_windows_before_it_ends(
     for future in [publisher.publish(topic, json.dumps(data).encode()) for data in backlog]:
         future.result()
     # Ten-minute dead-letter files too: a 30-second one could close during the sleep.
-    process = live_pipeline("--window_size_s=600", "--dead_letter_flush_s=600")
+    process = live_pipeline("--window_size_s=600", "--dead_letter_flush_s=600",
+                            "--progress_every_s=1")
     assert "the shuffle's dictionary: trained on 295 waiting messages" in (
         tmp_path / "pipeline.log").read_text()
     for device in range(5):
         data = batch(device, [device * 10 + 1, device * 10 + 2], int(time.time() * 1000))
         publisher.publish(topic, json.dumps(data).encode()).result()
     publisher.publish(topic, b"not json").result()
-    time.sleep(5)  # pulled, and in their windows
+    log = tmp_path / "pipeline.log"  # the last message published is pulled and parsed
+    assert poll(lambda: "1 dead letters" in log.read_text(), deadline_s=30, every_s=0.2)
     assert read_objects(s3_client, bucket, "live/") == {}
     stopping = time.monotonic()
     counters = stopped(process, tmp_path / "pipeline.log")
@@ -538,11 +537,18 @@ def test_a_live_run_reports_its_health_as_it_goes(
                                   if "/_dead_letters/" not in k})) == 5
 
     assert poll(forwarded, deadline_s=30, every_s=0.2)
-    time.sleep(6)  # counters reach the runner after their bundle, then a status line
-    stopped(process, tmp_path / "pipeline.log")
-    lines = [line for line in (tmp_path / "pipeline.log").read_text().splitlines()
-             if line.startswith("live: ")]
-    assert len(lines) >= 3, lines
+    log = tmp_path / "pipeline.log"
+
+    def status_lines() -> list[str]:
+        return [line for line in log.read_text().splitlines() if line.startswith("live: ")]
+
+    def counted():  # the counters reached the runner, and a status line says so
+        lines = status_lines()
+        return len(lines) >= 3 and "5 events forwarded" in lines[-1] and "1 dead" in lines[-1]
+
+    assert poll(counted, deadline_s=30, every_s=0.2), status_lines()
+    stopped(process, log)
+    lines = status_lines()
     pattern = (r"live: [\d,]+ messages/s pulled, (?P<events>[\d,]+) events forwarded in "
                r"(?P<files>[\d,]+) files, (?P<dead>[\d,]+) dead letters, [\d,]+ late batches, "
                r"oldest message unacknowledged for [\d.,]+ s")

@@ -147,7 +147,7 @@ def test_readers_in_one_process_share_what_is_pulled(subscription):
     from again) holds nothing back from the reader that replaced it."""
     parked = PubSubReader(subscription)
     first = [parked.get_current().data] if parked.start() else []
-    time.sleep(1)  # its process is pulling
+    assert poll(lambda: len(pubsub_source.LEASES.held(subscription)) == 20, deadline_s=10)
     replacement = PubSubReader(subscription)
     rest = read_all(replacement, 20 - len(first), deadline_s=10)
     assert sorted(first + rest) == sorted(f"batch {n}".encode() for n in range(20))
@@ -161,7 +161,8 @@ def test_what_no_reader_asks_for_goes_back_to_pubsub(subscription, monkeypatch):
     monkeypatch.setattr(pubsub_source, "UNDRAINED_S", 2.0)
     abandoned = PubSubReader(subscription)
     emitted = 1 if abandoned.start() else 0
-    time.sleep(1)  # its puller has taken the backlog
+    # its puller has taken the backlog
+    assert poll(lambda: len(pubsub_source.LEASES.held(subscription)) == 20, deadline_s=10)
     assert read_in_another_process(subscription, 20 - emitted, deadline_s=20) == 20 - emitted
     abandoned.get_checkpoint_mark().finalize_checkpoint()
     abandoned.close()

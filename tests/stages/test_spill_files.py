@@ -28,7 +28,8 @@ BOUNDARY_MS = 1_700_006_400_000  # 2023-11-15T00:00:00Z, a slice boundary
 
 
 def test_spill_frames_read_back_and_a_cut_file_is_an_error(tmp_path):
-    items = [(f"mpid:{n}", ShuffledBatch(BOUNDARY_MS + n * 3_600_000, f"f:{n}", "App", n, b"\x00" * n))
+    items = [(f"mpid:{n}",
+              ShuffledBatch(BOUNDARY_MS + n * 3_600_000, f"f:{n}", "App", n, b"\x00" * n))
              for n in range(5)]
     bundle = BundleFiles(BATCH_CODER)
     for n, item in enumerate(items):
