@@ -408,11 +408,22 @@ def _runner_in(beam_args: Sequence[str]) -> str | None:
     return parser.parse_known_args(list(beam_args))[0].runner
 
 
-def load_config(argv: Sequence[str]) -> tuple[ForwarderConfig, list[str]]:
+def load_config(
+    argv: Sequence[str], now: datetime.datetime | None = None
+) -> tuple[ForwarderConfig, list[str]]:
     """Validated config and the arguments left for Beam's PipelineOptions."""
     values, beam_args, _ = merged_values(argv)
+    return validated(values, beam_args, now), beam_args
+
+
+def validated(
+    values: dict[str, Any], beam_args: Sequence[str], now: datetime.datetime | None = None
+) -> ForwarderConfig:
+    """The config of merged values (`merged_values`), checked, then the arguments left
+    for Beam: what `main` runs with. `now`: see `config_from_values`."""
+    config = config_from_values(values, now)
     check_beam_args(beam_args)
-    return config_from_values(values), beam_args
+    return config
 
 
 def _upload_day(value: str | None, streaming: bool, now: datetime.datetime) -> str | None:

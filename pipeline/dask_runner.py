@@ -615,3 +615,12 @@ def check_options(options: PipelineOptions) -> None:
     if options.view_as(DaskOptions).partition_size:
         raise ConfigError("--dask_partition_size is not used by --runner=dask here: "
                           "set --dask_npartitions instead.")
+    memory = options.view_as(LocalClusterOptions).dask_worker_memory
+    if memory != "auto":
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(memory)
+        except ValueError:
+            raise ConfigError(f"--dask_worker_memory must be a size such as 2GiB or 512MB, "
+                              f"or auto, not {memory!r}.") from None

@@ -201,11 +201,24 @@ TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 FALSE_WORDS = frozenset({"false", "no", "off", "0"})
 
 
+# The flags that go to Beam and choose or shape the engine, as --help ends with them.
+RUNNER_FLAGS = (
+    "Flags Beam knows go to Beam. --runner: DirectRunner (the default for --input), "
+    "PrismRunner (the default for live input), dask, FlinkRunner, SparkRunner or "
+    "DataflowRunner. --direct_num_workers, --direct_running_mode: a DirectRunner run's "
+    "worker processes. --prism_location: the Prism binary (else the one beside this "
+    "Python, which install-engine builds, else prism on PATH). --dask_client_address: "
+    "a Dask scheduler to run on, else a local cluster of a worker per core, each with "
+    "--dask_worker_memory (for example 2GiB; default auto, an equal share)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags for every option; a flag not given is absent from the result."""
     parser = argparse.ArgumentParser(
         prog="mparticle-s3-forwarder",
         description="Forward mParticle event batches to S3 as the Amazon S3 integration does.",
+        epilog=RUNNER_FLAGS,
         argument_default=argparse.SUPPRESS,
         allow_abbrev=False,  # a misspelt flag is refused, never taken for another
     )

@@ -46,14 +46,13 @@ from pipeline.checks import (
 )
 from pipeline.config import (
     ConfigError,
-    check_beam_args,
-    config_from_values,
     date_folders_of,
     log_format_of,
     log_level_of,
     merged_values,
     output_format_of,
     validate_bucket_name,
+    validated,
 )
 from pipeline.errors import EngineGone
 from pipeline.logs import Console, json_logs, say
@@ -162,8 +161,7 @@ def main(
         if prints:
             print(_printed(values, prints))
             return 0
-        config = config_from_values(values, now=clock())
-        check_beam_args(beam_args)
+        config = validated(values, beam_args, now=clock())
         options = PipelineOptions(beam_args)
         if config.streaming:
             options.view_as(StandardOptions).streaming = True

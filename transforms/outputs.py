@@ -9,10 +9,10 @@ import apache_beam as beam
 from transforms.rules.dead_letters import DEAD_LETTERS
 
 
-def as_is(transform: beam.PTransform, part: int = 0) -> beam.PTransform:
+def as_is(transform: beam.PTransform, _part: int = 0) -> beam.PTransform:
     """A transform placed as the pipeline's others are (no resource hints), whatever
-    part of the data it takes: the default of the `placed` arguments here and in
-    `transforms.write`."""
+    part of the data it takes (`_part`, which a `placed` callable is given): the default
+    of the `placed` arguments here and in `transforms.write`."""
     return transform
 
 

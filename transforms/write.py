@@ -15,7 +15,7 @@ import hashlib
 import time
 import zlib
 from multiprocessing.pool import ThreadPool
-from typing import Callable, Iterable, Iterator
+from typing import Callable, ClassVar, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.transforms import window
@@ -70,8 +70,9 @@ class DeadLetterNamer:
     """`<prefix>/dead_letters_<content hash>[_<attempt>].ndjson`."""
 
     prefix: str
-    compress: bool = False
-    parquet: bool = False  # dead letters are NDJSON, whatever the output format
+    # Dead letters are plain NDJSON, whatever the output's compression and format.
+    compress: ClassVar[bool] = False
+    parquet: ClassVar[bool] = False
 
     def key(self, content: FileContent, sha256: str, attempt: int) -> str:
         suffix = f"_{attempt}" if attempt else ""

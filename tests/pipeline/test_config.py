@@ -398,3 +398,18 @@ def test_metadata_field_exclusion_refuses_an_unknown_name():
         "use device_name, ip, device_model, user_agent, push_token, network_carrier, "
         "advertising_ids, build_identifier."
     )
+
+
+def test_help_ends_with_the_engine_flags_that_go_to_beam(capsys):
+    """Every flag the forwarder itself reads for its engines is in --help, in the order
+    Prism's binary is looked for."""
+    from pipeline.run import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--runner", "--direct_num_workers", "--direct_running_mode",
+                 "--prism_location", "--dask_client_address", "--dask_worker_memory"):
+        assert flag in text, flag
+    assert "--prism_location: the Prism binary (else the one beside this Python" in text

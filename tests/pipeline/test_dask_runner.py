@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
 from pipeline import dask_runner
+from pipeline.errors import ConfigError
 from pipeline.tools.local_services import dask_cluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -192,3 +193,24 @@ def test_the_same_steps_after_two_groupings_stay_two_stages(cluster, tmp_path):
     kept = [pickle.loads((tmp_path / "sizes" / each).read_bytes())
             for each in os.listdir(tmp_path / "sizes")]
     assert sorted(kept) == [("k", 3), ("k", 7)]
+
+
+def test_each_local_worker_gets_the_memory_dask_worker_memory_names():
+    """Without --dask_client_address the runner starts a local cluster: a worker per
+    core, each with --dask_worker_memory (a size Dask reads); one it cannot read is
+    refused at start in one sentence."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    options = PipelineOptions(["--dask_worker_memory=300MiB"])
+    dask_runner.check_options(options)
+    memory = options.view_as(dask_runner.LocalClusterOptions).dask_worker_memory
+    client, cluster = dask_runner._connect(options.view_as(DaskOptions), memory)  # noqa: SLF001
+    try:
+        limits = [worker["memory_limit"]
+                  for worker in client.scheduler_info()["workers"].values()]
+    finally:
+        client.close()
+        cluster.close()
+    assert limits == [300 * 2**20] * (os.cpu_count() or 1)
+    with pytest.raises(ConfigError, match="--dask_worker_memory must be a size"):
+        dask_runner.check_options(PipelineOptions(["--dask_worker_memory=lots"]))
