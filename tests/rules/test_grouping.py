@@ -3,7 +3,11 @@ device's batches, one batch per event."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from transforms.rules import batch_json, grouping
 from transforms.rules.batch_parts import BatchParts
@@ -113,3 +117,72 @@ def test_split_per_event_keeps_batch_fields_around_each_event():
     assert grouping.split_per_event(BatchParts.of({"mpid": 7})) == [(b'{"mpid":7}', None, 0)]
 
 
+
+
+def test_merge_counts_its_events_dates_by_its_first_and_times_an_untimed_event_by_arrival():
+    untimed = {"event_type": "custom_event", "data": {"event_id": 5}}  # at its batch's arrival
+    no_data = {"event_type": "custom_event"}  # neither id nor time: never a duplicate
+    first = _arrived(100, [_event(1, 150), untimed, no_data], "f:1")
+    second = _arrived(120, [_event(2, 10), no_data, _event("x", 400)], "f:2")
+    ordered = [(a.arrival_ms, BatchParts.of(a.batch)) for a in (first, second)]
+    merged = grouping.merge_batches(ordered)
+    events = batch_json.decode(merged.line)["events"]
+    assert [e.get("data", {}).get("event_id") for e in events] == [2, 5, None, None, 1, "x"]
+    assert (merged.first_event_ms, merged.event_count, merged.duplicates) == (T + 10, 6, 0)
+    alone = grouping.merge_batches([(T, BatchParts.of({"events": [], "mpid": 1}))])
+    assert (alone.first_event_ms, alone.event_count, alone.line) == (
+        None, 0, b'{"events":[],"mpid":1}')
+    with pytest.raises(ValueError, match="^merge_batches needs at least one batch$"):
+        grouping.merge_batches([])
+
+
+def test_ties_in_time_keep_arrival_order_then_the_order_within_a_batch():
+    first = _arrived(100, [_event(1, 50), _event(2, 50)], "f:1")
+    second = _arrived(100, [_event(3, 50)], "f:2")
+    merged, _ = _merge([second, first])
+    assert [e["data"]["event_id"] for e in merged["events"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("event, keys", [
+    ({"data": {"event_id": "123", "timestamp_unixtime_ms": T, "source_message_id": "m"}},
+     [T, 123, "m"]),
+    ({"data": {"event_id": "abc"}}, [None, "abc", None]),
+    ({"data": {"timestamp_unixtime_ms": 5}}, [None, None, None]),  # not a plausible time
+    ({"data": "not an object"}, [None, None, None]),
+    ("not an object", [None, None, None]),
+])
+def test_event_keys(event, keys):
+    assert grouping.event_keys(event) == keys
+
+
+def _sessions_by_overlap(arrivals: list[int], gap_ms: int) -> list[list[int]]:
+    """Beam's sessions as connected spans: two batches are in one session when their
+    spans [arrival, arrival + gap) overlap, directly or through others."""
+    groups = [[a] for a in sorted(arrivals)]
+    merged = True
+    while merged:
+        merged = False
+        for i, j in itertools.combinations(range(len(groups)), 2):
+            if any(abs(a - b) < gap_ms for a in groups[i] for b in groups[j]):
+                groups[i] = sorted(groups[i] + groups.pop(j))
+                merged = True
+                break
+    return sorted(groups)
+
+
+@given(st.lists(st.integers(0, 100), max_size=12), st.integers(1, 20))
+def test_sessions_are_the_batches_whose_spans_overlap(arrivals, gap_ms):
+    arrived = [ArrivedBatch({}, f"f:{n}", at, "d", "app") for n, at in enumerate(arrivals)]
+    sessions = grouping.split_sessions(reversed(arrived), gap_ms)
+    assert [[a.arrival_ms for a in batches] for batches, _ in sessions] == \
+        _sessions_by_overlap(arrivals, gap_ms)
+    assert [end for _, end in sessions] == [batches[-1].arrival_ms + gap_ms
+                                            for batches, _ in sessions]
+    for batches, _ in sessions:  # each in arrival order, then by source
+        assert batches == sorted(batches, key=lambda a: (a.arrival_ms, a.source))
+
+
+@given(st.integers(0, 2**60), st.integers(1, 2**40))
+def test_a_window_starts_at_the_multiple_of_its_size_at_or_before_the_time(at_us, size_us):
+    start = grouping.window_start_us(at_us, size_us)
+    assert start % size_us == 0 and start <= at_us < start + size_us

@@ -20,6 +20,7 @@ def test_file_name_matches_mparticles_example():
         "mPTravel_20171017170911644000_34523.txt"
     )
     assert naming.file_name("mPTravel", unix_ms, 7, True).endswith("_00007.txt.gz")
+    assert naming.file_name("mPTravel", unix_ms, 7, True, parquet=True).endswith("_00007.parquet")
     assert re.fullmatch(r"\w+_\d{20}_\d{5}\.txt", naming.file_name("a", 0, 0, False))
 
 
@@ -33,6 +34,7 @@ def test_file_name_matches_mparticles_example():
         ("", naming.UNKNOWN_APP_NAME),
         (None, naming.UNKNOWN_APP_NAME),
         ("x" * 300, "x" * naming.MAX_APP_NAME_CHARS),
+        ("._Xbox X._", "Xbox_X"),  # dots and underscores trimmed at the ends only
     ],
 )
 def test_safe_app_name(name, safe):
@@ -54,6 +56,7 @@ def test_date_folder_is_utc(unix_ms, folder):
         (("folder", "2020-01-01", "a.txt"), "folder/2020-01-01/a.txt"),
         (("/folder/sub/", None, "a.txt"), "folder/sub/a.txt"),
         ((None, "", "a.txt"), "a.txt"),
+        (("/X/", "//", "Xb"), "X/Xb"),
     ],
 )
 def test_join_key(parts, key):
@@ -64,6 +67,17 @@ def test_file_digits_are_five_digits_and_move_on_attempts():
     sha = "f" * 64
     assert 0 <= naming.file_digits(sha) < 100_000
     assert naming.file_digits(sha, 1) == (naming.file_digits(sha) + 1) % 100_000
+    # The same content gets the same name in every release: a rerun finds its files.
+    assert naming.file_digits("0123456789abcdef" * 4) == 96_491
+    assert naming.file_digits("0123456789abcdef" * 4, 3) == 96_494
+
+
+def test_the_verification_object_is_named_as_mparticle_names_it():
+    at = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    assert naming.verification_key("out", at) == \
+        "out/mParticle_Bucket_Verification_20260102-030405.txt"
+    assert naming.verification_key(None, at, hidden=True) == \
+        "_mParticle_Bucket_Verification_20260102-030405.txt"
 
 
 @pytest.mark.parametrize("first_event_ms, mode, expected", [
