@@ -108,6 +108,11 @@ def test_decode_errors_say_why(raw, reason):
         (None, None),
         (True, None),
         ("١٢٣", None),  # non-ASCII digits are not a timestamp
+        ("-1", -1),
+        ("+12", 12),
+        ("X12", None),
+        ("1" * 24, int("1" * 24)),  # as long as a number is read
+        ("1" * 25, None),
     ],
 )
 def test_as_int(value, expected):
@@ -153,9 +158,41 @@ def test_nesting_depth_is_how_deep_arrays_and_objects_go(value):
 
 @pytest.mark.parametrize("levels, accepted", [(100, True), (101, False)])
 def test_a_record_may_nest_100_levels_deep_and_no_more(levels, accepted):
-    raw = '{"a":' * (levels - 2) + '[1, "]]]", {}]' + "}" * (levels - 2)
+    # More brackets than levels: the depth, not the count of brackets, decides.
+    raw = '{"a":' * (levels - 2) + '[1, "]]]", {}, {}, []]' + "}" * (levels - 2)
     if accepted:
         assert batch_json.nesting_depth(batch_json.decode(raw)) == levels
     else:
         with pytest.raises(batch_json.BadRecord, match="nested 101 levels deep"):
             batch_json.decode(raw)
+
+
+WIDE, LOW, FITS = 2**64, -(2**63) - 1, 2**64 - 1  # 20 digits; "-9" and 18; 20 digits
+
+
+@pytest.mark.parametrize("values", [
+    [FITS, WIDE, FITS], [FITS, FITS, WIDE], [LOW, -9], [-9, LOW, -9], [-9, -9, LOW],
+    [FITS, "-9", WIDE, -9, LOW],
+])
+def test_every_integer_beyond_64_bits_is_read_exactly_wherever_it_is(values):
+    """orjson reads an integer beyond its range as a float, silently: each of them must
+    be found, whatever comes before or after it."""
+    decoded = batch_json.decode(json.dumps(values))
+    assert decoded == values and [type(v) for v in decoded] == [type(v) for v in values]
+
+
+def test_integers_beyond_64_bits_are_written_in_their_digits_among_other_values():
+    assert batch_json.encode([WIDE, 1, "x", 0.5, None]) == b'[%d,1,"x",0.5,null]' % WIDE
+    assert batch_json.encode({"a": [LOW], "b": True}) == b'{"a":[%d],"b":true}' % LOW
+
+
+def test_a_text_with_a_lone_surrogate_is_a_bad_record_whichever_way_it_comes():
+    for raw in (r'"\ud800"', "\"\ud800\"", b'"\xed\xa0\x80"'):  # escaped, in a str, in bytes
+        with pytest.raises(batch_json.BadRecord):
+            batch_json.decode(raw)
+
+
+def test_nesting_too_deep_for_the_exact_decoder_is_a_bad_record():
+    raw = "[" * 5000 + str(WIDE) + "]" * 5000  # an integer beyond 64 bits: the exact path
+    with pytest.raises(batch_json.BadRecord, match="^nested over the limit of 100 levels$"):
+        batch_json.decode(raw)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +112,33 @@ def test_every_file_has_the_same_columns_whatever_its_batches_hold():
     assert pq.read_schema(io.BytesIO(bare)) == parquet_rows.SCHEMA
     same = parquet_rows.file_bytes([b'{"events":[{"event_type":"x"}]}'], False)
     assert bare == same  # the same lines, the same bytes (and so the same file name)
+
+
+def test_the_edges_of_the_typed_columns_are_typed_and_the_batch_is_left_untouched():
+    batch = {"mpid": 2**63 - 1, "batch_id": -(2**63), "source_info": {"is_historical": True},
+             "application_info": {"application_name": "App", "os": 5},
+             "events": [{"event_type": "x", "data": {"event_id": 2**63 - 1}}]}
+    kept = copy.deepcopy(batch)
+    (row,) = parquet_rows.rows_of(batch)
+    assert batch == kept  # the rows are taken from copies
+    assert (row["mpid"], row["batch_id"], row["is_historical"]) == (2**63 - 1, -(2**63), True)
+    assert (row["application_name"], row["os"], row["event_id"]) == ("App", None, 2**63 - 1)
+    assert json.loads(row["batch_other"]) == {"source_info": {}, "application_info": {"os": 5}}
+
+
+def test_hive_types_of_the_columns():
+    columns = dict(parquet_rows.hive_columns())
+    assert [columns[name] for name in ("mpid", "event_index", "ip", "is_historical")] == [
+        "bigint", "int", "string", "boolean"]
+    assert list(columns) == parquet_rows.SCHEMA.names
+
+
+@pytest.mark.parametrize("compress, codec", [(True, "ZSTD"), (False, "SNAPPY")])
+def test_files_are_compressed_and_carry_bounds_of_the_typed_columns_only(compress, codec):
+    lines = [batch_json.encode({"mpid": n, "events": [{"event_type": "x"}]}) for n in (3, 9)]
+    metadata = pq.ParquetFile(io.BytesIO(parquet_rows.file_bytes(lines, compress))).metadata
+    columns = {metadata.schema.column(i).name: metadata.row_group(0).column(i)
+               for i in range(metadata.num_columns)}
+    assert {column.compression for column in columns.values()} == {codec}
+    assert (columns["mpid"].statistics.min, columns["mpid"].statistics.max) == (3, 9)
+    assert columns["batch_other"].statistics is None
