@@ -273,7 +273,7 @@ def _check(values: dict[str, Any]) -> None:
         )
     if not values["s3_endpoint_url"] and not _REGION.match(values["aws_region_endpoint"] or ""):
         raise ConfigError(
-            f"--aws_region_endpoint {values['aws_region_endpoint']!r} is not an AWS region "
+            f"--aws_region_endpoint {values['aws_region_endpoint'] or ''!r} is not an AWS region "
             "such as us-east-1."
         )
     sources = [name for name in ("input", "input_subscription", "input_topic") if values[name]]
