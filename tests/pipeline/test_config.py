@@ -11,7 +11,10 @@ from pipeline.config import (
     ForwarderConfig,
     config_from_values,
     load_config,
+    log_format_of,
+    log_level_of,
     merged_values,
+    output_format_of,
 )
 from pipeline.options import build_parser
 from tests.conftest import SAMPLE_BATCH, run_main
@@ -356,6 +359,76 @@ def test_each_setting_that_cannot_work_is_refused_in_its_own_words(flags, senten
     assert _error(flags) == (2, f"error: {sentence}")
 
 
+@pytest.mark.parametrize("name, problem", [
+    ("a..bc", "no two dots, or a dot and a hyphen, side by side"),
+    ("ab.-c", "no two dots, or a dot and a hyphen, side by side"),
+    ("ab-.c", "no two dots, or a dot and a hyphen, side by side"),
+    ("xn--abc", "no reserved prefix or suffix (xn--, sthree-, -s3alias, --ol-s3)"),
+    ("sthree-abc", "no reserved prefix or suffix (xn--, sthree-, -s3alias, --ol-s3)"),
+    ("abc-s3alias", "no reserved prefix or suffix (xn--, sthree-, -s3alias, --ol-s3)"),
+    ("abc--ol-s3", "no reserved prefix or suffix (xn--, sthree-, -s3alias, --ol-s3)"),
+    ("192.168.1.1", "not an IP address"),
+])
+def test_a_bucket_name_s3_refuses_is_refused_with_the_rule_it_breaks(name, problem):
+    assert _error([f"--s3_bucket_name={name}", "--input=in/*.ndjson"]) == (
+        2, f"error: --s3_bucket_name '{name}' is not a valid bucket name: {problem}.")
+
+
+def _settings_file(tmp_path, name: str, text: str) -> list[str]:
+    (tmp_path / name).write_text(text)
+    return BASE + [f"--settings_file={tmp_path / name}"]
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("bad.yaml", "a: [1,\nb: 2\n", "is not valid JSON or YAML at line 3, column 1"),
+    ("bad.json", '{"a": 1,}', "is not valid JSON or YAML at line 1, column 9"),
+    ("list.yaml", "- 1\n- 2\n", "must hold a mapping of option names"),
+    ("unknown.yaml", "send_custom_events: false\nzzz: 1\nyyy: 2\n",
+     "has unknown settings yyy, zzz; keys are the option names, such as send_custom_events"),
+])
+def test_a_settings_file_that_cannot_be_used_says_where_and_why(tmp_path, name, text, problem):
+    assert _error(_settings_file(tmp_path, name, text)) == (
+        2, f"error: --settings_file '{tmp_path / name}' {problem}.")
+
+
+def test_a_settings_file_may_name_itself_and_hold_any_text(tmp_path):
+    config, _ = load_config(_settings_file(
+        tmp_path, "s.yaml", "settings_file: ignored\nunique_id: café ☕\n"))
+    assert config.settings.unique_id == "café ☕"
+
+
+@pytest.mark.parametrize("flags, sentence", [
+    (["--arrival_slice_s=-1"], "--arrival_slice_s must be a whole number of at least 0, not '-1'."),
+    (["--arrival_slice_s=900", "--window_size_s=600"],
+     "--arrival_slice_s=900 must be a multiple of --window_size_s=600, so that no window spans "
+     "two slices (such as 600)."),
+    (["--arrival_slice_s=2000", "--window_size_s=600"],
+     "--arrival_slice_s=2000 must be a multiple of --window_size_s=600, so that no window spans "
+     "two slices (such as 1800)."),
+    (["--spill_dir=s3://b/x"], "--spill_dir 's3://b/x' must be a local directory."),
+    (["--output_format=csv"], "--output_format must be one of json, parquet, not 'csv'."),
+])
+def test_bounded_run_settings_that_cannot_work_are_refused(flags, sentence):
+    assert _error(BASE + flags) == (2, f"error: {sentence}")
+
+
+def test_an_upload_day_is_refused_for_a_live_run():
+    assert _error(LIVE + [f"--input_subscription={PROJECT}/subscriptions/s1",
+                          "--upload_day=2024-06-01"]) == (
+        2, "error: --upload_day is for bounded runs: a live file's upload day is the day its "
+           "window closes.")
+
+
+def test_the_smallest_values_that_work_are_taken():
+    config, _ = load_config(BASE + [
+        "--max_batches_per_file=1", "--arrival_slice_s=0", "--spill_dir=/tmp/spill",
+        "--dead_letter_location=s3://bucket-x/a/b", "--log_format=JSON", "--log_level=debug",
+        "--output_format=JSON"])
+    assert (config.layout.max_batches, config.arrival_slice_s, config.dead_letter_location) == (
+        1, 0, "s3://bucket-x/a/b")
+    assert config.layout.output_format == "json"
+
+
 def test_every_option_given_reaches_the_config():
     """Each option, given a value other than its default, is the config's: written out
     field by field here, not taken from the code that builds it."""
@@ -513,3 +586,13 @@ def test_help_ends_with_the_engine_flags_that_go_to_beam(capsys):
                  "--prism_location", "--dask_client_address", "--dask_worker_memory"):
         assert flag in text, flag
     assert "--prism_location: the Prism binary (else the one beside this Python" in text
+
+
+def test_an_empty_choice_is_the_default():
+    """`--log_format=` (as an environment's empty variable gives it) is the default."""
+    assert (log_format_of(""), log_level_of(""), output_format_of("")) == ("text", "INFO", "json")
+    assert (log_format_of(" JSON "), log_level_of("warning"), output_format_of("Parquet")) == (
+        "json", "WARNING", "parquet")
+    with pytest.raises(ConfigError, match=r"^--log_level must be one of DEBUG, INFO, WARNING, "
+                                          r"ERROR, not 'loud'\.$"):
+        log_level_of("loud")
