@@ -13,7 +13,7 @@ from transforms.batching import Merger
 from transforms.io.inputs import record_at
 from transforms.parse import parse_batch
 from transforms.rules import batch_json
-from transforms.rules.dead_letters import AFTER_SETTINGS, dead_letter, replayed
+from transforms.rules.dead_letters import AFTER_SETTINGS, dead_letter, replayed, unexpected
 from transforms.shuffled import NO_DICTIONARY, ShuffledBatch
 from transforms.values import RawRecord
 
@@ -129,3 +129,34 @@ def test_a_merge_that_fails_holds_the_record_read_again_from_its_file(tmp_path):
         parse_batch(RawRecord("pubsub:6", line), 10**6, None)[0], NO_DICTIONARY)
     letter = Merger(NO_DICTIONARY)._dead_letter(readable, RuntimeError("boom"))
     assert letter["raw_form"] == AFTER_SETTINGS and json.loads(letter["raw"]) == BATCH
+
+
+def test_what_is_and_is_not_a_dead_letter_read_back():
+    letter = {"source": "f:1", "stage": "parse", "reason": "why", "raw": "x"}
+    assert replayed(letter) == ("f:1", b"x")
+    assert replayed({**letter, "raw_form": AFTER_SETTINGS}) == ("f:1", b"x")
+    assert replayed({**letter, "other": 1}) is None  # a batch that happens to share keys
+    assert replayed({**letter, "source": 7}) is None
+    assert replayed({**letter, "raw": {"a": 1}}) is None
+    assert replayed([letter]) is None
+    every = {**letter, "raw_base64": "eA==", "raw_form": AFTER_SETTINGS,
+             "raw_truncated_from_chars": 9}
+    with pytest.raises(ValueError, match="^a dead letter whose record was cut to its first MiB"
+                                         " cannot be replayed$"):
+        replayed(every)
+    with pytest.raises(ValueError, match="^a dead letter whose raw_base64 is not base64$"):
+        replayed({**letter, "raw_base64": "e!A=="})
+    with pytest.raises(ValueError, match="^a dead letter without its record cannot be replayed$"):
+        replayed({**letter, "raw": None})
+    # A lone surrogate, which JSON text may carry escaped, comes back as the bytes it was.
+    assert replayed({**letter, "raw": "\ud800"}) == ("f:1", b"\xed\xa0\x80")
+
+
+def test_a_dead_letter_of_text_keeps_it_as_text_and_names_an_unforeseen_error():
+    assert dead_letter("f:1", "merge", "why", "café") == {
+        "source": "f:1", "stage": "merge", "reason": "why", "raw": "café"}
+    assert dead_letter("f:1", "parse", "why", "é".encode()) == {
+        "source": "f:1", "stage": "parse", "reason": "why", "raw": "é"}
+    assert dead_letter("f:1", "parse", "why", b"\xffa")["raw"] == "\ufffda"
+    assert unexpected(KeyError("k")) == "unexpected KeyError: 'k'"
+    assert unexpected(ValueError("v" * 2000)) == f"unexpected ValueError: {'v' * 2000}"[:1000]
