@@ -188,3 +188,17 @@ def test_forwarded_example_passes_through_unchanged():
     for line in FORWARDED_EXAMPLE.read_text().splitlines():
         forwarded, filtered = apply_settings(batch_json.decode(line), ForwardingSettings())
         assert batch_json.encode(forwarded) == line.encode() and not filtered
+
+
+def test_fields_of_an_unexpected_shape_pass_through_the_settings_that_strip_inside_them():
+    """A setting that strips a field inside an object leaves a value of another shape
+    (or an event without data) as it came."""
+    batch = {"events": [{"event_type": "custom_event"},
+                        {"event_type": "custom_event", "data": {"location": 1, "n": 2}}],
+             "context": ["location"], "device_info": "ip"}
+    settings = ForwardingSettings(include_location_information=False,
+                                  metadata_field_exclusion=("device_name",))
+    forwarded, _ = apply_settings(batch, settings)
+    assert forwarded == {"events": [{"event_type": "custom_event"},
+                                    {"event_type": "custom_event", "data": {"n": 2}}],
+                         "context": ["location"], "device_info": "ip"}
