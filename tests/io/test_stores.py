@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
+import tempfile
 
 import boto3
 import botocore.exceptions
@@ -148,3 +150,43 @@ def test_a_multipart_upload_that_keeps_failing_leaves_nothing(s3_endpoint, bucke
             store.put_new("big.txt", body, sha(body))
     assert store.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert list_keys(store.client, bucket) == []
+
+
+def test_a_parquet_object_says_so_and_the_text_files_are_text(s3_store):
+    for key, kind in (("k/a.parquet", "application/vnd.apache.parquet"),
+                      ("k/a.txt.gz", "text/plain"), ("k/a.ndjson", "text/plain")):
+        s3_store.put_new(key, b"x", sha(b"x"))
+        assert s3_store.client.head_object(Bucket=s3_store.bucket, Key=key)["ContentType"] == kind
+
+
+def test_a_location_names_its_store_and_the_prefix_inside_it(s3_endpoint, bucket, tmp_path):
+    assert stores.split_location("s3://bkt/a/b/") == ("bkt", "a/b")
+    assert stores.split_location("s3://bkt") == ("bkt", "")
+    assert stores.split_location(str(tmp_path)) == (None, str(tmp_path))
+    connection = s3.S3Connection(endpoint_url=s3_endpoint)
+    store, prefix = stores.open_store(f"s3://{bucket}/a/b/", connection)
+    assert (type(store), store.bucket, store.connection, prefix) == (
+        stores.S3Store, bucket, connection, "a/b")
+    assert store.put_new("a/b/x.txt", b"x", sha(b"x")) is Outcome.WRITTEN
+    local, prefix = stores.open_store(str(tmp_path / "dead"), connection)
+    assert (type(local), local.root, prefix) == (stores.LocalDirStore, str(tmp_path / "dead"), "")
+
+
+def test_a_hundred_keys_taken_by_other_data_is_an_error_naming_the_last(tmp_path):
+    store = stores.LocalDirStore(str(tmp_path))
+    for n in range(stores.MAX_KEY_ATTEMPTS):
+        store.put_new(f"k{n}", b"theirs", sha(b"theirs"))
+    with pytest.raises(RuntimeError, match="^100 keys in a row were taken by other data, the "
+                                           "last 'k99'$"):
+        stores.write_once(store, lambda attempt: f"k{attempt}", b"ours", sha(b"ours"))
+
+
+def test_a_local_file_is_made_beside_its_name_not_in_the_system_temporary_directory(
+    tmp_path, monkeypatch
+):
+    """Made in its own directory and linked to its name: a file never appears half written,
+    and a link across filesystems (from the system's temporary directory) would fail."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-directory"))
+    store = stores.LocalDirStore(str(tmp_path / "out"))
+    assert store.put_new("d/f.ndjson", b"x\n", sha(b"x\n")) is Outcome.WRITTEN
+    assert os.listdir(tmp_path / "out" / "d") == ["f.ndjson"]
