@@ -130,3 +130,48 @@ def test_a_client_made_here_retries_alone(caplog):
         with pytest.raises(botocore.exceptions.EndpointConnectionError):
             client.head_bucket(Bucket="nothing-listens-here")
     assert "S3 HeadBucket: giving up after" in caplog.text
+
+
+def _client_error(status: int, code: str | None) -> botocore.exceptions.ClientError:
+    response = {"ResponseMetadata": {"HTTPStatusCode": status}}
+    if code is not None:
+        response["Error"] = {"Code": code, "Message": "m"}
+    return botocore.exceptions.ClientError(response, "PutObject")
+
+
+def test_a_write_that_gave_up_says_which_key_how_long_and_the_last_error():
+    from transforms.io import s3
+
+    connection = s3.S3Connection(retry_deadline_s=900)
+    assert str(s3.gave_up("b", "k/f.txt", connection, 901.4, _client_error(503, "SlowDown"))) \
+        == ("Gave up writing s3://b/k/f.txt after 901 s of S3 errors (--s3_write_deadline_s=900):"
+            " SlowDown An error occurred (SlowDown) when calling the PutObject operation: m")
+    assert str(s3.gave_up("b", "k", connection, 2, ConnectionResetError("reset"))).endswith(
+        "(--s3_write_deadline_s=900): ConnectionResetError: reset")
+    assert s3.error_code(_client_error(500, None)) == ""
+
+
+def test_the_client_error_behind_a_wrapped_one_is_found():
+    from transforms.io import s3
+
+    error = _client_error(412, "PreconditionFailed")
+    try:
+        try:
+            raise error
+        except botocore.exceptions.ClientError:
+            raise ValueError("smart_open says the upload failed")  # noqa: B904 - its context
+    except ValueError as wrapped:
+        assert s3.client_error_in(wrapped) is error
+    caused = OSError("outer")
+    caused.__cause__ = error
+    assert s3.client_error_in(caused) is error
+    assert s3.client_error_in(OSError("nothing behind")) is None
+
+
+def test_the_start_up_checks_give_up_after_three_read_timeouts():
+    from transforms.io import s3
+
+    connection = s3.S3Connection(read_timeout_s=20, connect_timeout_s=10, retry_deadline_s=900)
+    assert connection.for_checks().retry_deadline_s == 60
+    assert s3.S3Connection(read_timeout_s=20, retry_deadline_s=30).for_checks() \
+        .retry_deadline_s == 30
