@@ -229,7 +229,9 @@ case "${1:-}" in
     # score per module follows (tests/mutation). Afresh each time: results kept from an
     # older tree would not be this one's.
     rm -rf mutants
-    "$VENV/bin/mutmut" run "$@" | tr '\r' '\n' | grep -v '^⠀\|^[⠁-⣿] ' || true
+    mkdir -p .local
+    echo "== mutation testing (mutmut's own output: .local/mutmut-run.log)"
+    step "mutmut run" "$VENV/bin/mutmut" run "$@" >.local/mutmut-run.log 2>&1
     exec "$VENV/bin/python" -m tests.mutation.score
     ;;
   test)
