@@ -112,6 +112,14 @@ build_patched(Path("tools/pstest"), "cloud.google.com/go/pubsub/v2", "pubsub-v2"
               Path(sys.argv[1]), Path(sys.argv[2]))' "$PSTEST" "$ROOT/.local"
 }
 
+run_mutmut() {
+  if ! "$VENV/bin/mutmut" run "$@" >.local/mutmut-run.log 2>&1; then
+    tr '\r' '\n' <.local/mutmut-run.log | tail -n 30 >&2
+    echo "mutmut failed (above; the whole log: .local/mutmut-run.log)" >&2
+    exit 1
+  fi
+}
+
 free_port() {
   "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -230,8 +238,7 @@ case "${1:-}" in
     # older tree would not be this one's.
     rm -rf mutants
     mkdir -p .local
-    echo "== mutation testing (mutmut's own output: .local/mutmut-run.log)"
-    step "mutmut run" "$VENV/bin/mutmut" run "$@" >.local/mutmut-run.log 2>&1
+    step "mutation testing (mutmut's own output: .local/mutmut-run.log)" run_mutmut "$@"
     exec "$VENV/bin/python" -m tests.mutation.score
     ;;
   test)
