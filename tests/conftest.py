@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import boto3
 import pytest
 
 from pipeline.tools.local_services import (  # noqa: F401 - the tests use them from here
@@ -178,3 +180,29 @@ def read_and_die(subscription: str, count: int, lease_s: int | None = None,
     finally:
         killed.send_signal(signal.SIGKILL)  # its leases stop being extended
         killed.wait()
+
+
+# A role any principal may assume (the local server's IAM; `iam_server`).
+TRUST = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+
+
+@pytest.fixture(scope="session")
+def iam_server():
+    """(endpoint, the user's keys, the role's ARN): the user may only assume the role,
+    which may do anything in S3."""
+    # The set-up's own requests are unauthenticated; IAM applies after them.
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "6"}) as endpoint:
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="by-role")
+        iam.create_user(UserName="assumer")
+        iam.put_user_policy(UserName="assumer", PolicyName="p", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="assumer")["AccessKey"]
+        role = iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps(TRUST))
+        iam.put_role_policy(RoleName="writer", PolicyName="w", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        yield endpoint, key, role["Role"]["Arn"]

@@ -237,37 +237,15 @@ def test_missing_bucket_stops_with_a_clear_message(s3_endpoint, tmp_path):
     )
 
 
-def _iam_user(iam, name: str, actions: list[str]) -> dict:
-    iam.create_user(UserName=name)
-    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
-    }))
-    return iam.create_access_key(UserName=name)["AccessKey"]
-
-
-def test_role_based_auth_writes_through_the_assumed_role(tmp_path):
+def test_role_based_auth_writes_through_the_assumed_role(tmp_path, iam_server):
     """A server that enforces IAM: the user may only assume the role; the role may write."""
     shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
-    trust = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
-    # Six unauthenticated set-up requests; IAM applies after them.
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "6"}) as endpoint:
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket="by-role")
-        key = _iam_user(iam, "assumer", ["sts:AssumeRole"])
-        role = iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps(trust))
-        iam.put_role_policy(RoleName="writer", PolicyName="w", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }))
-        user_flags = [f"--access_key_id={key['AccessKeyId']}",
-                      f"--secret_access_key={key['SecretAccessKey']}"]
-        without_role, _, err = run_main(argv(endpoint, "by-role", tmp_path, *user_flags))
-        with_role, out, err_role = run_main(argv(
-            endpoint, "by-role", tmp_path, *user_flags, f"--aws_role_arn={role['Role']['Arn']}"
-        ))
+    endpoint, key, role_arn = iam_server
+    user_flags = [f"--access_key_id={key['AccessKeyId']}",
+                  f"--secret_access_key={key['SecretAccessKey']}"]
+    without_role, _, err = run_main(argv(endpoint, "by-role", tmp_path, *user_flags))
+    with_role, out, err_role = run_main(argv(
+        endpoint, "by-role", tmp_path, *user_flags, f"--aws_role_arn={role_arn}"))
     assert without_role == 3 and "AccessDenied" in err
     assert with_role == 0, err_role
     assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out

@@ -8,6 +8,7 @@ bucket with a deadline. Windows are seconds long so they close quickly.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import io
 import itertools
 import json
@@ -355,6 +356,23 @@ def test_what_a_killed_forwarder_read_and_did_not_commit_is_forwarded_once_after
     print(f"file panes: {({k: v for k, v in counters.items() if k.startswith('file_panes.')})}")
 
 
+@contextlib.contextmanager
+def own_pubsub(monkeypatch, name: str, *server_flags: str):
+    """A Pub/Sub server of the test's own, started with `server_flags`, and a topic and
+    subscription (10-second ack deadline) on it: yields (publisher, topic, subscription)."""
+    with pstest_server(*server_flags) as host:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+        from google.cloud import pubsub_v1
+
+        topic = f"projects/{PROJECT}/topics/{name}"
+        subscription = f"projects/{PROJECT}/subscriptions/{name}"
+        publisher = pubsub_v1.PublisherClient()
+        publisher.create_topic(name=topic)
+        pubsub_v1.SubscriberClient().create_subscription(
+            name=subscription, topic=topic, ack_deadline_seconds=10)
+        yield publisher, topic, subscription
+
+
 @pytest.mark.parametrize("runner_flags", [RUNNERS["PrismRunner"]], ids=["PrismRunner"])
 def test_a_message_pubsub_delivers_again_is_written_once(
     s3_client, bucket, live_pipeline, runner_flags, prism, monkeypatch, tmp_path
@@ -363,16 +381,9 @@ def test_a_message_pubsub_delivers_again_is_written_once(
     and the lease extensions of a message delivers it again when its 10-second deadline
     passes, to the same forwarder, in the same window. Its events are written once."""
     window_s = 30
-    with pstest_server("-lose_acks_for", "8s") as host:
-        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
-        from google.cloud import pubsub_v1
-
-        topic = f"projects/{PROJECT}/topics/redelivered"
-        subscription = f"projects/{PROJECT}/subscriptions/redelivered"
-        publisher = pubsub_v1.PublisherClient()
-        publisher.create_topic(name=topic)
-        pubsub_v1.SubscriberClient().create_subscription(
-            name=subscription, topic=topic, ack_deadline_seconds=10)
+    with own_pubsub(monkeypatch, "redelivered", "-lose_acks_for", "8s") as (
+        publisher, topic, subscription
+    ):
         process = live_pipeline(f"--window_size_s={window_s}",
                                 f"--input_subscription={subscription}")
         while time.time() % window_s > 3:  # at a window's start: the second delivery,
@@ -398,15 +409,9 @@ def test_a_failed_acknowledgement_is_sent_again_and_its_message_never_comes_agai
     and sends the acknowledgement again until it is taken. So the message is not
     delivered again once the lease it had when it was read would have run out, and
     nothing is read or written twice."""
-    with pstest_server("-fail_acks_for", "15s") as host:
-        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
-        from google.cloud import pubsub_v1
-
-        topic = f"projects/{PROJECT}/topics/refused-acks"
-        subscription = f"projects/{PROJECT}/subscriptions/refused-acks"
-        publisher = pubsub_v1.PublisherClient()
-        publisher.create_topic(name=topic)
-        pubsub_v1.SubscriberClient().create_subscription(name=subscription, topic=topic)
+    with own_pubsub(monkeypatch, "refused-acks", "-fail_acks_for", "15s") as (
+        publisher, topic, subscription
+    ):
         process = live_pipeline(f"--window_size_s={WINDOW_S}",
                                 f"--input_subscription={subscription}")
         data = batch(1, [1, 2], int(time.time() * 1000))

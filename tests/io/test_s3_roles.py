@@ -4,37 +4,9 @@ when they expire. Against a local server that enforces IAM."""
 
 from __future__ import annotations
 
-import json
-
-import boto3
 import pytest
 
-from tests.conftest import moto_server
 from transforms.io import s3
-
-TRUST = {"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
-
-
-@pytest.fixture(scope="module")
-def iam_server():
-    """(endpoint, the user's keys, the role's ARN): the user may only assume the role,
-    which may do anything in S3."""
-    # The set-up's own requests are unauthenticated; IAM applies after them.
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "6"}) as endpoint:
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket="by-role")
-        iam.create_user(UserName="assumer")
-        iam.put_user_policy(UserName="assumer", PolicyName="p", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="assumer")["AccessKey"]
-        role = iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps(TRUST))
-        iam.put_role_policy(RoleName="writer", PolicyName="w", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        yield endpoint, key, role["Role"]["Arn"]
 
 
 def test_the_client_writes_as_the_role_it_assumed(iam_server):
