@@ -187,22 +187,31 @@ TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
 
 
+def _iam_user(iam, name: str, actions: list[str]) -> dict:
+    """A user allowed `actions` on every resource; its access key."""
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+    return iam.create_access_key(UserName=name)["AccessKey"]
+
+
 @pytest.fixture(scope="session")
-def iam_server():
-    """(endpoint, the user's keys, the role's ARN): the user may only assume the role,
-    which may do anything in S3."""
-    # The set-up's own requests are unauthenticated; IAM applies after them.
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "6"}) as endpoint:
+def iam_server() -> dict:
+    """A local server that enforces IAM, with buckets "by-role" and "locked": its
+    `endpoint`; the keys of `assumer`, who may only assume the role `role_arn`, which may
+    do anything in S3; and the keys of `reader`, who may only read."""
+    # The set-up's own ten requests are unauthenticated; IAM applies after them.
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "10"}) as endpoint:
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket="by-role")
-        iam.create_user(UserName="assumer")
-        iam.put_user_policy(UserName="assumer", PolicyName="p", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="assumer")["AccessKey"]
+        made = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        for bucket in ("by-role", "locked"):
+            made.create_bucket(Bucket=bucket)
+        assumer = _iam_user(iam, "assumer", ["sts:AssumeRole"])
+        reader = _iam_user(iam, "reader", ["s3:GetObject", "s3:ListBucket"])
         role = iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps(TRUST))
         iam.put_role_policy(RoleName="writer", PolicyName="w", PolicyDocument=json.dumps({
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        yield endpoint, key, role["Role"]["Arn"]
+        yield {"endpoint": endpoint, "assumer": assumer, "reader": reader,
+               "role_arn": role["Role"]["Arn"]}

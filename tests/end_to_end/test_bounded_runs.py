@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from pipeline.tools.sample_data import generate, write_ndjson
-from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, moto_server, run_main
+from tests.conftest import FORWARDED_EXAMPLE, SAMPLE_BATCH, list_keys, run_main
 from tests.oracle import forwarded_event_ids
 from transforms.rules import batch_json, grouping, naming
 
@@ -240,7 +240,7 @@ def test_missing_bucket_stops_with_a_clear_message(s3_endpoint, tmp_path):
 def test_role_based_auth_writes_through_the_assumed_role(tmp_path, iam_server):
     """A server that enforces IAM: the user may only assume the role; the role may write."""
     shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
-    endpoint, key, role_arn = iam_server
+    endpoint, key, role_arn = iam_server["endpoint"], iam_server["assumer"], iam_server["role_arn"]
     user_flags = [f"--access_key_id={key['AccessKeyId']}",
                   f"--secret_access_key={key['SecretAccessKey']}"]
     without_role, _, err = run_main(argv(endpoint, "by-role", tmp_path, *user_flags))
@@ -251,26 +251,15 @@ def test_role_based_auth_writes_through_the_assumed_role(tmp_path, iam_server):
     assert "events: read = forwarded + filtered out + dead-lettered -> reconciled" in out
 
 
-def test_denied_bucket_stops_with_what_was_denied(tmp_path):
+def test_denied_bucket_stops_with_what_was_denied(tmp_path, iam_server):
     """A server that enforces IAM: the user may read but not write."""
     shutil.copy(SAMPLE_BATCH, tmp_path / "sample.json")
-    # The first four requests are unauthenticated set-up; IAM applies after them.
-    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "4"}) as endpoint:
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1")
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket="locked")
-        iam.create_user(UserName="reader")
-        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
-                           "Resource": "*"}],
-        }))
-        key = iam.create_access_key(UserName="reader")["AccessKey"]
-        code, out, err = run_main(argv(
-            endpoint, "locked", tmp_path,
-            f"--access_key_id={key['AccessKeyId']}",
-            f"--secret_access_key={key['SecretAccessKey']}",
-        ))
+    key = iam_server["reader"]
+    code, out, err = run_main(argv(
+        iam_server["endpoint"], "locked", tmp_path,
+        f"--access_key_id={key['AccessKeyId']}",
+        f"--secret_access_key={key['SecretAccessKey']}",
+    ))
     assert code == 3
     assert "bucket 'locked' in region 'us-east-1'" in err
     assert "refused the write check PutObject of 'out/mParticle_Bucket_Verification_" in err

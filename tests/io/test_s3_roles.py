@@ -10,7 +10,7 @@ from transforms.io import s3
 
 
 def test_the_client_writes_as_the_role_it_assumed(iam_server):
-    endpoint, key, role_arn = iam_server
+    endpoint, key, role_arn = iam_server["endpoint"], iam_server["assumer"], iam_server["role_arn"]
     user = s3.S3Connection(region="eu-west-1", endpoint_url=endpoint,
                            access_key_id=key["AccessKeyId"],
                            secret_access_key=key["SecretAccessKey"], retry_deadline_s=2)
