@@ -408,12 +408,10 @@ def _runner_in(beam_args: Sequence[str]) -> str | None:
     return parser.parse_known_args(list(beam_args))[0].runner
 
 
-def load_config(
-    argv: Sequence[str], now: datetime.datetime | None = None
-) -> tuple[ForwarderConfig, list[str]]:
+def load_config(argv: Sequence[str]) -> tuple[ForwarderConfig, list[str]]:
     """Validated config and the arguments left for Beam's PipelineOptions."""
     values, beam_args, _ = merged_values(argv)
-    return validated(values, beam_args, now), beam_args
+    return validated(values, beam_args), beam_args
 
 
 def validated(

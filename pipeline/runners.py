@@ -336,8 +336,8 @@ def _count_every_bundle() -> None:
     on a worker thread and loses those of the later ones: the thread's StateSampler
     caches a step's states with the metrics container of the first bundle it ran
     (`StateSampler.scoped_state`), so a later bundle counts into that container while
-    its result reports the new, empty one (`TransformExecutor.call`). A live run's late
-    batches, duplicates and forwarded events went uncounted. Here each attempt of a
+    its result reports the new, empty one (`TransformExecutor.call`): a live run's late
+    batches, duplicates and forwarded events would go uncounted. Here each attempt of a
     bundle reports the container its states hold, emptied first: the bundle's own
     counts (a failed attempt's are dropped, as a retried bundle's should be). Installed
     once per process, on the first live DirectRunner run."""
