@@ -16,21 +16,20 @@ import ipaddress
 import json
 import re
 import urllib.parse
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline import runners
 from pipeline.errors import ConfigError
-from pipeline.logs import LEVELS, LOG_FORMATS
 from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
 from transforms.io.pubsub_resources import topic_subscription_name
-from transforms.io.s3 import SSE_METHODS, S3Connection
+from transforms.io.s3 import S3Connection
 from transforms.rules import naming
 from transforms.rules.naming import DateFolders
 from transforms.rules.settings import EXCLUDABLE_METADATA_FIELDS, ForwardingSettings
-from transforms.values import OUTPUT_FORMATS, Batching, BatchingMode, FileLayout
+from transforms.values import Batching, BatchingMode, FileLayout
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -110,18 +109,23 @@ def _as_list(value: Any) -> list[str]:
     return [str(item) for item in value or ()]
 
 
+def choice_of(name: str, value: Any, case: Callable[[str], str] = str.lower) -> str:
+    """One of the option's choices (`Option.choices`), compared in `case`; a blank
+    value is the option's default."""
+    option = OPTIONS_BY_NAME[name]
+    word = case(str(value or option.default).strip())
+    if word not in option.choices:
+        raise ConfigError(
+            f"--{name} must be one of {', '.join(option.choices)}, not {value!r}.")
+    return word
+
+
 def log_level_of(value: Any) -> str:
-    level = str(value or "INFO").strip().upper()
-    if level not in LEVELS:
-        raise ConfigError(f"--log_level must be one of {', '.join(LEVELS)}, not {value!r}.")
-    return level
+    return choice_of("log_level", value, str.upper)
 
 
 def log_format_of(value: Any) -> str:
-    word = str(value or "text").strip().lower()
-    if word not in LOG_FORMATS:
-        raise ConfigError(f"--log_format must be one of {', '.join(LOG_FORMATS)}, not {value!r}.")
-    return word
+    return choice_of("log_format", value)
 
 
 def date_folders_of(value: Any) -> DateFolders:
@@ -142,11 +146,7 @@ def date_folders_of(value: Any) -> DateFolders:
 
 
 def output_format_of(value: Any) -> str:
-    word = str(value or "json").strip().lower()
-    if word not in OUTPUT_FORMATS:
-        raise ConfigError(
-            f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}, not {value!r}.")
-    return word
+    return choice_of("output_format", value)
 
 
 def _metadata_field_exclusion(values: list[str]) -> tuple[str, ...]:
@@ -253,11 +253,8 @@ def validate_bucket_name(name: str | None, option: str = "s3_bucket_name") -> st
 
 
 def _check(values: dict[str, Any]) -> None:
-    if values["server_side_encryption_method"] not in SSE_METHODS:
-        raise ConfigError(
-            "--server_side_encryption_method must be one of "
-            f"{', '.join(SSE_METHODS)}, not {values['server_side_encryption_method']!r}."
-        )
+    choice_of("server_side_encryption_method", values["server_side_encryption_method"],
+              case=lambda word: word)
     if values["kms_key_id"] and values["server_side_encryption_method"] != "aws:kms":
         raise ConfigError("--kms_key_id needs --server_side_encryption_method=aws:kms.")
     secret = values["secret_access_key"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -596,3 +597,32 @@ def test_an_empty_choice_is_the_default():
     with pytest.raises(ConfigError, match=r"^--log_level must be one of DEBUG, INFO, WARNING, "
                                           r"ERROR, not 'loud'\.$"):
         log_level_of("loud")
+
+
+def test_help_lists_every_option_in_its_group_with_its_default_and_choices(capsys):
+    from pipeline.options import GROUPS, OPTIONS, shown_default
+    from pipeline.run import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert [text.index(f"{group}: ") for group in GROUPS] == sorted(
+        text.index(f"{group}: ") for group in GROUPS)
+    listed = text.index("integration settings: ")
+    starts = sorted((text.index(f" --{option.name} ", listed), option) for option in OPTIONS)
+    ends = [start for start, _ in starts[1:]] + [text.index(" --print_iam_policy ", listed)]
+    for (start, option), end in zip(starts, ends, strict=True):
+        entry = text[start:end]
+        default = shown_default(option)
+        if default is not None:
+            assert f"Default: {default}." in entry, option.name
+        for choice in option.choices:
+            assert choice in entry, (option.name, choice)
+
+
+def test_the_configuration_reference_is_made_from_the_options():
+    from pipeline.tools.options_reference import reference
+
+    page = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert page == reference(), "run: python -m pipeline.tools.options_reference > " \
+                                "docs/configuration.md"
