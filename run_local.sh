@@ -238,8 +238,13 @@ case "${1:-}" in
     # older tree would not be this one's.
     rm -rf mutants
     mkdir -p .local
+    # One S3 server for the test process of every mutant (tests/conftest.py).
+    WORK=$(mktemp -d)
+    trap cleanup EXIT
+    start_s3
+    export MPARTICLE_S3_TEST_ENDPOINT=$S3_ENDPOINT
     step "mutation testing (mutmut's own output: .local/mutmut-run.log)" run_mutmut "$@"
-    exec "$VENV/bin/python" -m tests.mutation.score
+    "$VENV/bin/python" -m tests.mutation.score
     ;;
   test)
     shift

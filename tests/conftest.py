@@ -39,8 +39,17 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+# One S3 server for many test processes, started by whoever runs them (the mutation
+# run: a test process per mutant); without it, each test process starts its own.
+SHARED_S3_ENV = "MPARTICLE_S3_TEST_ENDPOINT"
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
+    shared = os.environ.get(SHARED_S3_ENV)
+    if shared:
+        yield shared
+        return
     with moto_server() as endpoint:
         yield endpoint
 
@@ -55,10 +64,18 @@ _bucket_numbers = itertools.count()
 
 @pytest.fixture
 def bucket(s3_client) -> str:
-    """A new, empty bucket for one test."""
+    """A new, empty bucket for one test; on a shared server, emptied and removed after
+    it (the server lives on, and process ids come round again)."""
     name = f"test-bucket-{os.getpid()}-{next(_bucket_numbers)}"
     s3_client.create_bucket(Bucket=name)
-    return name
+    yield name
+    if os.environ.get(SHARED_S3_ENV):
+        for key in list_keys(s3_client, name):
+            s3_client.delete_object(Bucket=name, Key=key)
+        for upload in s3_client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            s3_client.abort_multipart_upload(Bucket=name, Key=upload["Key"],
+                                             UploadId=upload["UploadId"])
+        s3_client.delete_bucket(Bucket=name)
 
 
 def run_main(argv: list[str], **kwargs) -> tuple[int, str, str]:
