@@ -1,11 +1,29 @@
 """The mParticle-to-S3 forwarder: an Apache Beam pipeline. Workers install it from here."""
 
+from pathlib import Path
+
 import setuptools
 
 setuptools.setup(
     name="mparticle-s3-forwarder",
     version="0.1.0",
     description="Forward mParticle event batches to Amazon S3 as mParticle's S3 integration does.",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: Console",
+        "Intended Audience :: Developers",
+        "Intended Audience :: System Administrators",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: System :: Archiving",
+        "Topic :: System :: Distributed Computing",
+    ],
+    keywords=["mparticle", "s3", "apache-beam", "analytics", "event-forwarding"],
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms",
                                                "transforms.*"]),
     # The packages sit at the top: editable installs then take a plain .pth path
