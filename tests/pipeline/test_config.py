@@ -626,3 +626,24 @@ def test_the_configuration_reference_is_made_from_the_options():
     page = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     assert page == reference(), "run: python -m pipeline.tools.options_reference > " \
                                 "docs/configuration.md"
+
+
+@pytest.mark.parametrize("flags, sentence", [
+    (["--direct_num_work=2"],  # never taken as an abbreviation of Beam's flag either
+     "Unknown option --direct_num_work; did you mean --direct_num_workers?"),
+    (["--use_compresion=a=b"], "Unknown option --use_compresion; did you mean --use_compression?"),
+    (["--runner=FlinkRunner", "--flink_master", "localhost:8081", "--use_compresion=true"],
+     "Unknown option --use_compresion; did you mean --use_compression?"),
+    (["--runner=FlinkRunner", "--retain_checkpoints=true", "--use_compresion=true"],
+     "Unknown option --use_compresion; did you mean --use_compression?"),
+])
+def test_misspelt_flags_are_refused_whatever_comes_before_them(flags, sentence):
+    assert _error(BASE + flags) == (2, f"error: {sentence}")
+
+
+def test_a_java_job_servers_own_flags_pass_on_and_dasks_are_known():
+    _, beam_args = load_config(BASE + ["--runner=FlinkRunner", "--retain_checkpoints=true",
+                                       "--flink_master", "localhost:8081"])
+    assert beam_args[1:] == ["--retain_checkpoints=true", "--flink_master", "localhost:8081"]
+    _, beam_args = load_config(BASE + ["--runner=dask", "--dask_worker_memory=2GiB"])
+    assert beam_args == ["--runner=dask", "--dask_worker_memory=2GiB"]
