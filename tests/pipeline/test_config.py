@@ -188,6 +188,22 @@ def test_a_bounded_runs_upload_day_is_fixed_when_it_starts_or_named():
     assert load_config(live)[0].upload_day is None  # each file's window close
 
 
+def test_the_upload_day_is_utcs_whatever_the_machines_time_zone(monkeypatch):
+    import datetime
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        evening = datetime.datetime(2030, 1, 1, 23, 30, tzinfo=datetime.timezone(
+            datetime.timedelta(hours=-5)))  # 04:30 on 2 January in UTC
+        assert config_from_values(merged_values(BASE)[0], now=evening).upload_day == \
+            "2030-01-02"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 @pytest.mark.parametrize("flags, message", [
     (BASE + ["--upload_day=2024-13-01"], "--upload_day must be a day as YYYY-MM-DD"),
     (BASE + ["--upload_day=yesterday"], "--upload_day must be a day as YYYY-MM-DD"),
