@@ -8,6 +8,7 @@ import datetime
 import io
 import json
 import logging
+import os
 import sys
 import threading
 
@@ -172,3 +173,44 @@ def test_a_worker_logs_warnings_in_the_launchers_format(monkeypatch):
         assert root.handlers[0] not in before and logs.json_logs()
     finally:
         logs.Console()  # back to the launcher's
+
+
+def test_a_record_in_json_carries_its_own_time_and_logger(console):
+    err = io.StringIO()
+    console.set_format("json")
+    logging.getLogger().handlers[0].setStream(err)
+    record = logging.LogRecord("pipeline.x", logging.INFO, "", 0, "then", (), None)
+    record.created = 1_700_000_000.5
+    logging.getLogger("pipeline.x").handle(record)
+    thread = threading.Thread(target=lambda: 1 / 0, name="uploader-2")
+    thread.start()
+    thread.join()
+    then, failed = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert then["time"] == "2023-11-14T22:13:20.500+00:00" and then["logger"] == "pipeline.x"
+    assert (failed["logger"], failed["message"]) == ("pipeline", "uncaught error in thread "
+                                                                 "uploader-2")
+
+
+def test_each_operator_line_is_flushed_as_it_is_written():
+    class Pipe(io.StringIO):
+        flushed = 0
+
+        def flush(self):
+            self.flushed += 1
+
+    out = Pipe()
+    logs.say("live: 1 message/s pulled", out)
+    assert out.getvalue() == "live: 1 message/s pulled\n" and out.flushed == 1
+
+
+def test_a_new_console_writes_text_and_its_workers_are_told_so(monkeypatch):
+    monkeypatch.setenv(logs.LOG_FORMAT_ENV, "json")
+    logs.Console()
+    assert os.environ[logs.LOG_FORMAT_ENV] == "text" and not logs.json_logs()
+
+
+def test_the_secret_as_the_last_two_arguments_is_hidden():
+    console = logs.Console()
+    console.hide_in_argv(["--x", "--secret_access_key", "shh-it-is-secret"],
+                         "--secret_access_key")
+    assert console.redact("key shh-it-is-secret") == "key [secret]"
