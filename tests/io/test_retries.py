@@ -175,3 +175,21 @@ def test_the_start_up_checks_give_up_after_three_read_timeouts():
     assert connection.for_checks().retry_deadline_s == 60
     assert s3.S3Connection(read_timeout_s=20, retry_deadline_s=30).for_checks() \
         .retry_deadline_s == 30
+
+
+def test_an_error_without_its_status_or_code_is_judged_by_what_it_has():
+    def error(response: dict) -> botocore.exceptions.ClientError:
+        return botocore.exceptions.ClientError(response, "PutObject")
+
+    assert retries.is_transient(error({"Error": {"Code": "SlowDown"}}))
+    assert retries.is_transient(error({"ResponseMetadata": {"HTTPStatusCode": 503}}))
+    assert not retries.is_transient(error({"Error": {"Code": "AccessDenied"}}))
+    assert not retries.is_transient(error({}))
+
+
+def test_a_process_tally_starts_empty_and_is_taken_whole():
+    tally = retries._Outcomes()  # noqa: SLF001 - a fresh one, as each process has
+    assert tally.take() == (0, None)
+    tally.note(retried=True, answered=False)
+    tally.note(retried=False, answered=True)
+    assert tally.take() == (1, True) and tally.take() == (0, True)
