@@ -4,6 +4,7 @@ a failed multipart upload leaves nothing behind."""
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import os
 import tempfile
@@ -190,3 +191,22 @@ def test_a_local_file_is_made_beside_its_name_not_in_the_system_temporary_direct
     store = stores.LocalDirStore(str(tmp_path / "out"))
     assert store.put_new("d/f.ndjson", b"x\n", sha(b"x\n")) is Outcome.WRITTEN
     assert os.listdir(tmp_path / "out" / "d") == ["f.ndjson"]
+
+
+def test_an_upload_whose_abort_failed_is_never_completed_later(s3_endpoint, bucket, caplog):
+    """Part 2 and the abort fail until the write gives up: the upload is left (its parts
+    go with a lifecycle rule) and disowned, so that collecting the writer later, once
+    S3 answers again, does not complete it into an object of part 1 alone."""
+    failing = {"on": True}
+    with FaultProxy(s3_endpoint, fault_rate=0.0, faults=("500",), fault_always=lambda method,
+                    target: failing["on"] and ("partNumber=2" in target or method == "DELETE")
+                    ) as proxy:
+        connection = s3.S3Connection(endpoint_url=proxy.endpoint, retry_deadline_s=1)
+        store = stores.S3Store(connection, bucket, single_put_max_bytes=MIB, part_bytes=5 * MIB)
+        body = b"x" * (11 * MIB)
+        with pytest.raises(s3.WriteGaveUp):
+            store.put_new("big.txt", body, sha(body))
+        failing["on"] = False
+        gc.collect()
+    assert "could not abort the failed multipart upload of s3://" in caplog.text
+    assert list_keys(store.client, bucket) == []
