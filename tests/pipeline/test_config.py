@@ -663,3 +663,25 @@ def test_a_java_job_servers_own_flags_pass_on_and_dasks_are_known():
     assert beam_args[1:] == ["--retain_checkpoints=true", "--flink_master", "localhost:8081"]
     _, beam_args = load_config(BASE + ["--runner=dask", "--dask_worker_memory=2GiB"])
     assert beam_args == ["--runner=dask", "--dask_worker_memory=2GiB"]
+
+
+def test_small_forms_each_taken_as_meant(capsys):
+    import datetime
+
+    from pipeline.config import validated
+    from pipeline.run import main
+
+    config, _ = load_config(BASE + ["--folder_name=/Xports/",
+                                    "--s3_endpoint_url=https://minio.example:9000",
+                                    "--store_data_in_folders_by_date="])
+    assert (config.layout.folder, config.layout.date_folders) == ("Xports", DateFolders.NONE)
+    assert config.connection.endpoint_url == "https://minio.example:9000"
+    sub = f"{PROJECT}/subscriptions/s1"
+    assert load_config(LIVE + [f"--input_subscription={sub}"])[0].input_subscription == sub
+    at = datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.timezone.utc)
+    assert validated(merged_values(BASE)[0], [], now=at).upload_day == "2030-01-01"
+    assert main(["--s3_bucket_name=b-ok", "--print_athena_ddl"]) == 0
+    assert "CREATE EXTERNAL TABLE" in capsys.readouterr().out
+    assert _error(BASE + ["--runner=FlinkRunner", "--retain_checkpoints", "true",
+                          "--use_compresion=true"]) == (
+        2, "error: Unknown option --use_compresion; did you mean --use_compression?")

@@ -64,7 +64,7 @@ def test_the_parts_give_back_the_batch_byte_for_byte(batch, data):
 def test_a_batch_with_integers_beyond_64_bits_is_written_exactly():
     batch = {"mpid": WIDE, "events": [
         {"event_type": "custom_event", "data": {"event_id": WIDE + 1, "n": -WIDE}},
-        {"event_type": "screen_view", "data": {"event_id": 7}}], "after": [WIDE]}
+        {"event_type": "screen_view", "data": {"event_id": 7}}], "after": [WIDE], "last": 1}
     parts = BatchParts.of(batch)
     assert parts.as_sent() == json.dumps(batch, separators=(",", ":")).encode()
     assert parts.keys[0][1] == WIDE + 1

@@ -186,3 +186,10 @@ def test_sessions_are_the_batches_whose_spans_overlap(arrivals, gap_ms):
 def test_a_window_starts_at_the_multiple_of_its_size_at_or_before_the_time(at_us, size_us):
     start = grouping.window_start_us(at_us, size_us)
     assert start % size_us == 0 and start <= at_us < start + size_us
+
+
+def test_the_same_event_id_twice_is_a_duplicate_without_a_message_id():
+    first = _arrived(100, [_event(7, 10)], "f:1")
+    again = _arrived(200, [_event(7, 20), _event(8, 30)], "f:2")
+    merged, duplicates = _merge([first, again])
+    assert [e["data"]["event_id"] for e in merged["events"]] == [7, 8] and duplicates == 1

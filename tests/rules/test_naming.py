@@ -96,7 +96,8 @@ def test_upload_day_is_the_day_given_never_the_clock():
     assert naming.resolve_upload_day(naming.UPLOAD_DAY, "2026-01-02") == "2026-01-02"
     assert naming.resolve_upload_day("2020-07-23", "2026-01-02") == "2020-07-23"
     assert naming.resolve_upload_day("", "2026-01-02") == ""
-    with pytest.raises(ValueError, match="no upload day was given"):
+    with pytest.raises(ValueError, match="^a file's date folder is its upload day, and no "
+                                         "upload day was given$"):
         naming.resolve_upload_day(naming.UPLOAD_DAY, None)
 
 

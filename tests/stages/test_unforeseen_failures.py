@@ -87,6 +87,7 @@ def test_an_unforeseen_failure_in_any_step_is_a_counted_dead_letter(
         "in.ndjson:22": ("merge",
                          "unexpected RuntimeError: what crossed the shuffle cannot be read"),
     }
+    assert letters["in.ndjson:20"]["raw"] == bytes(broken.data).decode()  # as it came
     assert json.loads(letters["in.ndjson:21"]["raw"])["events"][0]["data"]["event_id"] == 210
     forwarded = [json.loads(line) for key in list_keys(s3_client, bucket)
                  if "Verification" not in key
