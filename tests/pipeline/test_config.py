@@ -685,3 +685,8 @@ def test_small_forms_each_taken_as_meant(capsys):
     assert _error(BASE + ["--runner=FlinkRunner", "--retain_checkpoints", "true",
                           "--use_compresion=true"]) == (
         2, "error: Unknown option --use_compresion; did you mean --use_compression?")
+
+
+def test_a_config_loaded_without_the_entry_point_checks_the_log_format_too():
+    with pytest.raises(ConfigError, match="^--log_format must be one of text, json, not 'xml'"):
+        load_config(BASE + ["--log_format=xml"])
