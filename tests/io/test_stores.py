@@ -4,6 +4,7 @@ a failed multipart upload leaves nothing behind."""
 from __future__ import annotations
 
 import datetime
+import gzip
 import hashlib
 import os
 import tempfile
@@ -209,3 +210,32 @@ def test_an_upload_whose_abort_failed_is_disowned_and_never_completed_later(s3_s
     [upload] = s3_store.client.list_multipart_uploads(Bucket=s3_store.bucket)["Uploads"]
     s3_store.client.abort_multipart_upload(Bucket=s3_store.bucket, Key="big.txt",
                                            UploadId=upload["UploadId"])
+
+
+def test_a_multipart_upload_whose_abort_fails_too_says_so_and_gives_up(
+    s3_endpoint, bucket, caplog
+):
+    with FaultProxy(s3_endpoint, fault_rate=0.0, faults=("500",), fault_always=lambda method,
+                    target: "partNumber=2" in target or method == "DELETE") as proxy:
+        connection = s3.S3Connection(endpoint_url=proxy.endpoint, retry_deadline_s=1)
+        store = stores.S3Store(connection, bucket, single_put_max_bytes=MIB, part_bytes=5 * MIB)
+        body = b"x" * (11 * MIB)
+        with pytest.raises(s3.WriteGaveUp, match=rf"^Gave up writing s3://{bucket}/big.txt after "
+                                                 r"[0-9] s of S3 errors \(--s3_write_deadline_s=1\)"
+                                                 r": InternalError "):
+            store.put_new("big.txt", body, sha(body))
+    assert (f"could not abort the failed multipart upload of s3://{bucket}/big.txt (An error "
+            "occurred (InternalError)") in caplog.text
+    assert "its parts stay until a lifecycle rule or s3:AbortMultipartUpload removes them" \
+        in caplog.text
+
+
+def test_a_body_up_to_the_bound_goes_in_one_put_and_as_it_is(s3_store):
+    store = stores.S3Store(s3_store.connection, s3_store.bucket, single_put_max_bytes=MIB,
+                           part_bytes=5 * MIB)
+    store.put_new("k/one.bin", b"y" * MIB, sha(b"y" * MIB))
+    assert "-" not in store.client.head_object(Bucket=store.bucket, Key="k/one.bin")["ETag"]
+    gzipped = gzip.compress(b"line\n", mtime=0)
+    store.put_new("k/f.txt.gz", gzipped, sha(gzipped))  # already gzipped: not again
+    assert read_back(store, "k/f.txt.gz") == gzipped
+    assert stores.split_location("s3://b/Xdead/") == ("b", "Xdead")
