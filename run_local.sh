@@ -232,7 +232,7 @@ case "${1:-}" in
     ;;
   mutation)
     shift
-    # Outside the suite (about an hour on 2 cores): mutmut mutates the modules that
+    # Outside the suite (45 minutes or more on 2 cores): mutmut mutates the modules that
     # setup.cfg's [mutmut] names, runs the fast tests that reach each mutant, and the
     # score per module follows (tests/mutation). Afresh each time: results kept from an
     # older tree would not be this one's.
