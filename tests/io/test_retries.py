@@ -193,3 +193,18 @@ def test_a_process_tally_starts_empty_and_is_taken_whole():
     tally.note(retried=True, answered=False)
     tally.note(retried=False, answered=True)
     assert tally.take() == (1, True) and tally.take() == (0, True)
+
+
+def test_what_counts_as_answered_and_a_call_seen_only_at_its_failure():
+    handler = RetryHandler(RetryPolicy(deadline_s=60))
+    retries.OUTCOMES.take()
+    for status, code, answered in ((400, "InvalidArgument", False), (413, "TooLarge", False),
+                                   (412, "PreconditionFailed", True), (399, "", True)):
+        _ask(handler, _answer(status, code))
+        assert retries.OUTCOMES.take()[1] is answered, status
+    _ask(handler, _answer(200), botocore.exceptions.ReadTimeoutError(endpoint_url="x"))
+    assert retries.OUTCOMES.take()[1] is False  # an answer cut short is no answer
+    operation = types.SimpleNamespace(name="PutObject")
+    # No start was marked (no context at all, or an empty one): timed from now.
+    assert handler.needs_retry(1, _answer(500), None, {}, operation) is not None
+    assert handler.needs_retry(1, _answer(500), None, {"context": {}}, operation) is not None
