@@ -690,3 +690,7 @@ def test_small_forms_each_taken_as_meant(capsys):
 def test_a_config_loaded_without_the_entry_point_checks_the_log_format_too():
     with pytest.raises(ConfigError, match="^--log_format must be one of text, json, not 'xml'"):
         load_config(BASE + ["--log_format=xml"])
+
+
+def test_a_folder_that_is_more_than_slashes_is_taken():
+    assert load_config(BASE + ["--folder_name=X/"])[0].layout.folder == "X"

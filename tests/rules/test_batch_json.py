@@ -196,3 +196,9 @@ def test_nesting_too_deep_for_the_exact_decoder_is_a_bad_record():
     raw = "[" * 5000 + str(WIDE) + "]" * 5000  # an integer beyond 64 bits: the exact path
     with pytest.raises(batch_json.BadRecord, match="^nested over the limit of 100 levels$"):
         batch_json.decode(raw)
+
+
+def test_arrays_alone_may_not_nest_deeper_than_objects_may():
+    with pytest.raises(batch_json.BadRecord, match="nested 101 levels deep"):
+        batch_json.decode("[" * 101 + "]" * 101)
+    assert batch_json.nesting_depth(batch_json.decode("[" * 100 + "]" * 100)) == 100
