@@ -208,3 +208,14 @@ def test_what_counts_as_answered_and_a_call_seen_only_at_its_failure():
     # No start was marked (no context at all, or an empty one): timed from now.
     assert handler.needs_retry(1, _answer(500), None, {}, operation) is not None
     assert handler.needs_retry(1, _answer(500), None, {"context": {}}, operation) is not None
+
+
+def test_each_retry_and_the_last_failure_are_logged_as_they_are(caplog):
+    handler = RetryHandler(RetryPolicy(deadline_s=60))
+    handler._rng = _Bounds()  # noqa: SLF001
+    with caplog.at_level(logging.DEBUG, logger="transforms.io.retries"):
+        _ask(handler, _answer(503, "SlowDown"), attempts=2)
+        _ask(handler, _answer(500), started_s_ago=59.96, attempts=4)
+    assert [record.getMessage() for record in caplog.records] == [
+        "S3 PutObject: throttled error on attempt 2; retrying in 1.00 s",
+        "S3 PutObject: giving up after 4 attempts in 60 s"]
