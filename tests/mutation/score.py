@@ -46,12 +46,12 @@ def mutant_source(mutants: Path, name: str) -> str | None:
     start = text.find(f"def x{function}(")
     if start < 0:
         return None
-    indent = len(start_of_line := text[text.rfind("\n", 0, start) + 1:start])
+    indent = start - (text.rfind("\n", 0, start) + 1)
     lines = text[start:].splitlines()
     for end, line in enumerate(lines[1:], 1):  # to the next line no deeper than the def
         if line.strip() and len(line) - len(line.lstrip()) <= indent and line[indent] not in ")]":
             return "\n".join(lines[:end])
-    return "\n".join(lines) if start_of_line.strip() == "" else None
+    return "\n".join(lines)
 
 
 def outcomes(mutants: Path) -> dict[str, dict[str, str]]:
