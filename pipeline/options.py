@@ -41,7 +41,6 @@ def _setting(name: str, default: bool, forwards: str) -> Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    # The integration's connection settings.
     Option("s3_bucket_name", str, None, "Target bucket (required)."),
     Option("folder_name", str, None, "Key prefix inside the bucket."),
     Option("aws_region_endpoint", str, "us-east-1", "Region of the bucket."),
@@ -95,7 +94,6 @@ OPTIONS: tuple[Option, ...] = (
         "default: the day the run starts (logged, so a rerun can name it). Live files take "
         "the day their window closes.", group=OUTPUT,
     ),
-    # Input and output.
     Option("input", list, [], "Input files: paths or globs, local, s3:// or gs:// (repeatable).",
            group=INPUT),
     Option(
@@ -125,7 +123,6 @@ OPTIONS: tuple[Option, ...] = (
         "s3://bucket/prefix or local directory; default: <folder>/_dead_letters/ in the bucket.",
         group=OUTPUT,
     ),
-    # Batching and files.
     Option("window_size_s", int, values.DEFAULT_WINDOW_SIZE_S, "Send as Batch window, seconds.",
            group=BATCHING),
     Option("session_gap_s", int, values.DEFAULT_SESSION_GAP_S, "Session gap, seconds.",
@@ -210,7 +207,6 @@ OPTIONS: tuple[Option, ...] = (
         "(time, level, logger, message), for a log collector.",
         group=OPERATIONS, choices=logs.LOG_FORMATS,
     ),
-    # S3 faults.
     Option(
         "s3_connect_timeout_s", int, retries.DEFAULT_CONNECT_TIMEOUT_S,
         "Seconds to wait for a connection to S3.", group=OPERATIONS,
