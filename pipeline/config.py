@@ -395,7 +395,12 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
         if passes_on and not close_to_ours:
             continue
         close = close_to_ours or difflib.get_close_matches(flag, ours + beams, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else "; python -m pipeline --help lists them."
+        if flag.startswith("--dask_") and not close_to_ours:
+            hint = "; the Dask runner's options are taken with --runner=dask."
+        elif close:
+            hint = f"; did you mean {close[0]}?"
+        else:
+            hint = "; python -m pipeline --help lists them."
         raise ConfigError(f"Unknown option {flag}{hint}")
 
 

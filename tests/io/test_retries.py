@@ -6,6 +6,7 @@ show it against a real server behind the fault proxy; here each rule on its own.
 from __future__ import annotations
 
 import logging
+import socket
 import types
 
 import apache_beam as beam
@@ -219,3 +220,21 @@ def test_each_retry_and_the_last_failure_are_logged_as_they_are(caplog):
     assert [record.getMessage() for record in caplog.records] == [
         "S3 PutObject: throttled error on attempt 2; retrying in 1.00 s",
         "S3 PutObject: giving up after 4 attempts in 60 s"]
+
+
+def test_a_calls_deadline_counts_from_its_start_not_its_first_failure(caplog):
+    """A first attempt that takes the whole deadline (a server that never answers) is
+    not followed by a second."""
+    from transforms.io import s3
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        client = s3.make_client(s3.S3Connection(
+            endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            read_timeout_s=1, retry_deadline_s=0.9))
+        with caplog.at_level(logging.WARNING, logger="transforms.io.retries"):
+            with pytest.raises(botocore.exceptions.ReadTimeoutError):
+                client.head_bucket(Bucket="silence")
+    assert [record.getMessage() for record in caplog.records] == [
+        "S3 HeadBucket: giving up after 1 attempts in 1 s"]

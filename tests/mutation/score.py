@@ -7,7 +7,8 @@ behaviour can tell apart from the code (equivalent.txt, beside this file) left o
 A mutant is killed when a test failed or ran out of time on it (an endless loop is a
 behaviour the tests saw change). Survivors, and mutants that no test reached, are
 listed by name: `mutmut show NAME` prints the change. Exits 1 if a module scores under
---minimum, or if equivalent.txt names a mutant that no longer exists or was killed.
+--minimum, if any mutant is neither killed nor listed as equivalent, or if
+equivalent.txt names a mutant that no longer exists or was killed.
 """
 
 from __future__ import annotations
@@ -98,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         left = sorted(n for n, o in considered.items() if o not in ("killed", "timeout"))
         print(f"{module:<34} {len(by_name):>7} {counts['killed']:>7} {counts['timeout']:>7} "
               f"{len(by_name) - len(considered):>6} {len(left):>5} {score:>6.1f}%")
-        if score < args.minimum:
+        if score < args.minimum or left:
             failing.append((module, score, [f"{n} ({considered[n]})" for n in left]))
     for module, score, left in failing:
-        print(f"\n{module}: {score:.1f}% < {args.minimum:g}%; not killed:")
+        below = f" < {args.minimum:g}%" if score < args.minimum else ""
+        print(f"\n{module}: {score:.1f}%{below}; neither killed nor listed as equivalent:")
         print("\n".join(f"  {name}" for name in left))
     for problem in problems:
         print(f"equivalent.txt: {problem}", file=sys.stderr)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,12 +13,14 @@ import pytest
 from pipeline.config import (
     ConfigError,
     ForwarderConfig,
+    check_beam_args,
     config_from_values,
     load_config,
     log_format_of,
     log_level_of,
     merged_values,
     output_format_of,
+    read_settings_file,
 )
 from pipeline.options import build_parser
 from tests.conftest import SAMPLE_BATCH, run_main
@@ -399,6 +404,8 @@ def _settings_file(tmp_path, name: str, text: str) -> list[str]:
 @pytest.mark.parametrize("name, text, problem", [
     ("bad.yaml", "a: [1,\nb: 2\n", "is not valid JSON or YAML at line 3, column 1"),
     ("bad.json", '{"a": 1,}', "is not valid JSON or YAML at line 1, column 9"),
+    # A character YAML may not hold is found before any parsing: there is no line to give.
+    ("bell.yaml", "unique_id: \a\n", "is not valid JSON or YAML"),
     ("list.yaml", "- 1\n- 2\n", "must hold a mapping of option names"),
     ("unknown.yaml", "send_custom_events: false\nzzz: 1\nyyy: 2\n",
      "has unknown settings yyy, zzz; keys are the option names, such as send_custom_events"),
@@ -412,6 +419,18 @@ def test_a_settings_file_may_name_itself_and_hold_any_text(tmp_path):
     config, _ = load_config(_settings_file(
         tmp_path, "s.yaml", "settings_file: ignored\nunique_id: café ☕\n"))
     assert config.settings.unique_id == "café ☕"
+
+
+def test_a_settings_file_is_read_as_utf8_whatever_the_machines_locale(tmp_path):
+    """A container's plain C locale reads files as ASCII unless told otherwise."""
+    _settings_file(tmp_path, "s.yaml", "unique_id: café ☕\n")
+    assert read_settings_file(str(tmp_path / "s.yaml"))["unique_id"] == "café ☕"
+    shown = subprocess.run(
+        [sys.executable, "-c", "from pipeline.config import read_settings_file; "
+         f"print(ascii(read_settings_file({str(tmp_path / 's.yaml')!r})['unique_id']))"],
+        env={**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"},
+        capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == ascii("café ☕")
 
 
 @pytest.mark.parametrize("flags, sentence", [
@@ -663,6 +682,24 @@ def test_a_java_job_servers_own_flags_pass_on_and_dasks_are_known():
     assert beam_args[1:] == ["--retain_checkpoints=true", "--flink_master", "localhost:8081"]
     _, beam_args = load_config(BASE + ["--runner=dask", "--dask_worker_memory=2GiB"])
     assert beam_args == ["--runner=dask", "--dask_worker_memory=2GiB"]
+
+
+def test_dasks_flags_are_known_to_a_fresh_process_only_with_its_runner():
+    """In a process that has not loaded the Dask runner yet, as every forwarder run."""
+    check_beam_args(["--runner=dask", "--dask_worker_memory=2GiB"])  # and in this one
+    checked = subprocess.run([sys.executable, "-c", """if True:
+        from pipeline.config import ConfigError, check_beam_args
+        for args in (["--runner=DirectRunner", "--dask_worker_memory=2GiB"],
+                     ["--dask_worker_memory=2GiB", "--run=dask"]):  # Beam takes no --run
+            try:
+                check_beam_args(args)
+            except ConfigError as err:
+                print(err)
+        check_beam_args(["--runner=dask", "--dask_worker_memory=2GiB"])
+        print("taken")"""], capture_output=True, text=True, check=True)
+    refused = ("Unknown option --dask_worker_memory; the Dask runner's options are taken "
+               "with --runner=dask.")
+    assert checked.stdout.splitlines() == [refused, refused, "taken"]
 
 
 def test_small_forms_each_taken_as_meant(capsys):

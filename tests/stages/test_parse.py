@@ -12,7 +12,7 @@ from tests.pipelines import batch_pipeline
 from tests.stages.batches import T0, batch, raw
 from transforms.parse import ParseBatches, parse_batch
 from transforms.rules import batch_json, grouping, naming
-from transforms.rules.dead_letters import dead_letter
+from transforms.rules.dead_letters import LINE_FIELDS_BYTES, MAX_LINE_GROWTH, dead_letter
 from transforms.values import RawRecord
 
 
@@ -77,6 +77,9 @@ def test_the_parse_steps_count_what_they_read_and_name_the_app_they_were_told():
         "events_dead_lettered")} == {
         "records_read": 4, "batches_read": 2, "events_read": 7, "records_dead_lettered": 2,
         "events_dead_lettered": 4}
+    # The step as runners show it and Dataflow's --update matches it: a stable name.
+    assert {counter.key.step for counter in result.metrics().query()["counters"]} == {
+        "ParseBatches/ParseBatch/ParDo(_ParseBatchFn)"}
 
 
 def _letter(record: RawRecord, max_batch_bytes: int = 10_000) -> tuple[dict, int]:
@@ -96,6 +99,19 @@ def test_a_dead_letter_holds_the_record_as_it_came_and_counts_the_events_read():
         "reason"] == "a dead letter without its record cannot be replayed"
     exactly = b'{"events":[],"timestamp_unixtime_ms":%d}' % T0
     assert parse_batch(RawRecord("f:1", exactly), len(exactly), None)[0] is not None
+
+
+def test_a_dead_letter_line_as_long_as_one_can_be_is_replayed():
+    """The longest line that can hold a record that fits (escaped up to MAX_LINE_GROWTH
+    times, with the other fields) is read as a dead letter, not refused unread."""
+    record = b'{"events":[],"timestamp_unixtime_ms":%d}' % T0
+    line = batch_json.encode(dead_letter("f:1", "parse", "why", record))
+    longest = MAX_LINE_GROWTH * len(record) + LINE_FIELDS_BYTES
+    padded = line + b" " * (longest - len(line))  # JSON may end in white space
+    arrived = parse_batch(RawRecord("dead:1", padded), len(record), None)[0]
+    assert arrived is not None and arrived.source == "dead:1 (dead letter of f:1)"
+    letter, _ = _letter(RawRecord("dead:1", padded + b" "), len(record))
+    assert letter["reason"].startswith(f"record is {longest + 1:,} bytes, over")
 
 
 def test_where_a_batch_belongs_comes_from_the_batch_or_else_its_record():
