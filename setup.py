@@ -29,7 +29,7 @@ setuptools.setup(
     # The packages sit at the top: editable installs then take a plain .pth path
     # (no import hook, and no setuptools warning at every bootstrap).
     package_dir={"": "."},
-    package_data={"pipeline": ["worker_site/sitecustomize.py", "engine/prism/*"]},
+    package_data={"pipeline": ["runners/worker_site/sitecustomize.py", "engine/prism/*"]},
     python_requires=">=3.10",
     install_requires=[
         "apache-beam==2.77.0",
@@ -49,7 +49,7 @@ setuptools.setup(
     ],
     entry_points={"console_scripts": ["mparticle-s3-forwarder = pipeline.cli:main"]},
     extras_require={
-        # --runner=dask (pipeline/dask_runner.py): backfills on a Dask cluster.
+        # --runner=dask (pipeline/runners/dask_runner.py): backfills on a Dask cluster.
         "dask": ["dask==2026.8.0", "distributed==2026.8.0"],
         "test": [
             "pytest==9.2.0",

@@ -28,12 +28,13 @@ import orjson
 from benchmarks import plain
 from benchmarks.run import SHAPES
 from pipeline.tools.sample_data import generate
-from transforms import parse, spill_files
+from transforms import parse
+from transforms.machinery import spill_files
+from transforms.machinery.files import GZIP_LEVEL, Ndjson
+from transforms.machinery.shuffled import ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
 from transforms.rules import batch_json, grouping, settings
 from transforms.rules.batch_parts import BatchParts
-from transforms.shuffled import ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
 from transforms.values import RawRecord
-from transforms.write import GZIP_LEVEL, file_body
 
 WINDOW_MS = 600_000
 
@@ -130,7 +131,7 @@ def ledger(shape: str, batches: int, repeats: int) -> list[tuple[str, float, str
          "pipeline: merge_batches over its parts"),
         ("plain: merge per device", best_us(each(list(plain_groups.values()), plain.merged),
                                             n, repeats), "plain job: its merge"),
-        ("gzip output", best_us(each(files, lambda f: file_body(f, True)), n, repeats),
+        ("gzip output", best_us(each(files, Ndjson(compress=True).body), n, repeats),
          f"both: gzip level {GZIP_LEVEL} of the files"),
     ]
     return rows

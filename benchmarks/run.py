@@ -59,8 +59,8 @@ import psutil
 
 from pipeline.tools.local_services import moto_server
 from pipeline.tools.sample_data import generate, write_ndjson
+from transforms.machinery.spill_files import slice_start_s
 from transforms.rules import batch_json
-from transforms.spill import slice_start_s
 from transforms.values import DEFAULT_WINDOW_SIZE_S
 
 ROOT = Path(__file__).resolve().parent.parent

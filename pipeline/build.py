@@ -8,6 +8,12 @@
 Files and Pub/Sub share everything after the source; only the time domain
 differs (arrival time from the batch, or the publish time).
 
+What differs between runners comes in one value, the run's `RunnerProfile`
+(`pipeline.runners`): how many reads a live run makes, how live sessions are kept,
+whether late files are batched, and in which worker process each step runs
+(`_Places`). The transforms take one PCollection each; where a live run reads
+several times, the reads are flattened here.
+
 A sliced bounded run (`pipeline.sliced`, on runners of this machine) shares
 the graph up to StampArrival, then groups and packs on local disk in the
 workers, with the same rules (`build_sliced`, `transforms.spill`).
@@ -15,33 +21,30 @@ workers, with the same rules (`build_sliced`, `transforms.spill`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import NamedTuple
 
 import apache_beam as beam
 
-from pipeline import runners
 from pipeline.config import ForwarderConfig
+from pipeline.runners import RunnerProfile
 from transforms.apply_settings import ApplySettings
-from transforms.batching import (
-    BY_DEVICE,
-    BatchPerDevice,
-    LiveSessions,
-    StampArrival,
-    in_reading_harness,
-    numbered,
-)
+from transforms.batching import BatchPerDevice, SplitByKey, StampArrival, in_global_window
 from transforms.io.inputs import input_client, sample_records
 from transforms.io.pubsub_source import sample_messages
+from transforms.machinery.modes import mode_of
+from transforms.machinery.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches
-from transforms.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.spill import SpillGroupAndWrite
-from transforms.values import BatchingMode
 from transforms.write import WriteBatchFiles, WriteDeadLetters
 
 _LOG = logging.getLogger(__name__)
+
+# The profile of a graph built for no runner in particular (tests of the graph).
+ANY_RUNNER = RunnerProfile("")
 
 
 class Outputs(NamedTuple):
@@ -49,54 +52,121 @@ class Outputs(NamedTuple):
     dead_letter_files: beam.PCollection  # FileWritten per dead-letter file
 
 
+def numbered(label: str, part: int, parts: int) -> str:
+    """A step's label, numbered by its part where there are several."""
+    return f"{label}{part}" if parts > 1 else label
+
+
+@dataclasses.dataclass(frozen=True)
+class _Places:
+    """Which worker process each step of a live run goes to (`RunnerProfile.in_process`;
+    "": the pipeline's default one, which also packs and writes the files).
+
+    Each read, as far as the first shuffle, in a process of its own (the first in the
+    default one). After the shuffle, `parts` groups of keys, each merged in its place:
+    - live sessions kept by timer: in `session_processes` of their own (or one), each
+      with its part of the keys, split in each read's process; their files keyed in
+      the sessions' process if there is one, else in the default one;
+    - live windows of several reads: each read's process merges a part of the devices
+      (a backlog's windows close together once it is read, and their merging is then
+      shared by as many processes as read it), and keys their files;
+    - live windows of one read: merged, and their files keyed, in a process of their
+      own if the profile has session processes;
+    - else (bounded runs, one batch per event) in the default one."""
+
+    profile: RunnerProfile
+    reads: int
+    parts: int
+    merge_places: tuple[str, ...]
+    files_apart: bool  # the files of each part keyed where it was merged
+
+    @classmethod
+    def of(cls, profile: RunnerProfile, reads: int, batcher: BatchPerDevice,
+           keyed_windows: bool) -> _Places:
+        apart = profile.session_processes
+        if batcher.keeps_live_sessions and apart:
+            names = (("live sessions",) if apart == 1 else
+                     tuple(f"live sessions {part}" for part in range(apart)))
+            return cls(profile, reads, apart, names, files_apart=apart == 1)
+        if batcher.keeps_live_sessions:
+            return cls(profile, reads, 1, ("",), files_apart=False)
+        if batcher.merges and not keyed_windows and reads > 1:
+            return cls(profile, reads, reads, tuple(cls.read_place(read) for read in range(reads)),
+                       files_apart=True)
+        if batcher.merges and not keyed_windows and apart:
+            return cls(profile, reads, 1, ("live sessions",), files_apart=True)
+        return cls(profile, reads, 1, ("",), files_apart=False)
+
+    @staticmethod
+    def read_place(read: int) -> str:
+        return f"reading {read}" if read else ""
+
+    def in_read(self, read: int, label: str, transform: beam.PTransform):
+        return numbered(label, read, self.reads) >> self.profile.in_process(
+            transform, self.read_place(read))
+
+    def in_part(self, part: int, label: str, transform: beam.PTransform):
+        return numbered(label, part, self.parts) >> self.profile.in_process(
+            transform, self.merge_places[part])
+
+    def for_files(self, part: int, label: str, transform: beam.PTransform):
+        """In the place of the part's merging (`files_apart`: each part's files keyed
+        apart, numbered), or in the default one (every part's batches flattened)."""
+        if not self.files_apart:
+            return label >> transform
+        return numbered(label, part, self.parts) >> self.profile.in_process(
+            transform, self.merge_places[part])
+
+
+def _flattened(pcolls: list, label: str):
+    return pcolls[0] if len(pcolls) == 1 else pcolls | label >> beam.Flatten()
+
+
 def forward(
-    records: beam.PCollection,
+    records: beam.PCollection | list[beam.PCollection],
     config: ForwarderConfig,
     read_dead_letters: beam.PCollection | None = None,
     keyed_windows: bool | None = None,
     codec: ShuffleCodec = NO_DICTIONARY,
-    live_sessions: LiveSessions = BY_DEVICE,
-    late_files_batched: bool = False,
+    profile: RunnerProfile = ANY_RUNNER,
 ) -> Outputs:
     """Raw records (from files or Pub/Sub) → forwarded files and dead letters.
 
+    `records`: one PCollection, or a list, one per read of a live run (`build`).
     `keyed_windows` (default: for bounded input) groups with the window in the
     key rather than through Beam's triggers; the results are the same.
-    `codec` compresses what crosses the shuffles (see `transforms.shuffled`).
-    `live_sessions`: see `BatchPerDevice` and `pipeline.runners.live_sessions`.
-    `late_files_batched`: in streaming, a file window's late batches go out together
-    `--file_flush_s` after the first of them (`pipeline.runners.batches_late_files`),
-    rather than a file per late batch; and late dead letters `--dead_letter_flush_s`
-    after the first of them.
-    `records` may be a list, one per read of a live run (`build`; several, each in an
-    SDK harness of its own): each is parsed, set and stamped in its read's harness
-    (`in_reading_harness`), as far as the first shuffle (`BatchPerDevice`).
+    `codec` compresses what crosses the shuffles (see `transforms.machinery.shuffled`).
+    `profile`: what the run does differently on its runner.
     """
     if keyed_windows is None:
         keyed_windows = not config.streaming
     reads = records if isinstance(records, list) else [records]
+    batcher = BatchPerDevice(
+        config.batching, keyed_windows=keyed_windows, codec=codec,
+        input_connection=config.connection, live_sessions=profile.sessions,
+        worker_setup=profile.worker_setup)
+    places = _Places.of(profile, len(reads), batcher, keyed_windows)
     keyed, dead_letters = [], []
     for read, its_records in enumerate(reads):
-        its_keyed, its_dead_letters = arrive(its_records, config, codec, read, len(reads))
+        its_keyed, its_dead_letters = arrive(its_records, config, codec, places, read)
         keyed.append(its_keyed)
         dead_letters += its_dead_letters
-    keyed = keyed[0] if len(keyed) == 1 else tuple(keyed)
     if read_dead_letters is not None:
         dead_letters.append(read_dead_letters)
-    files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows,
-                                               live_sessions, late_files_batched)
+    files, more_dead_letters = batch_and_write(keyed, config, codec, keyed_windows, batcher,
+                                               places)
     return Outputs(files, write_dead_letters(dead_letters + more_dead_letters, config,
-                                             late_files_batched))
+                                             profile.late_files_batched))
 
 
 def arrive(
     records: beam.PCollection, config: ForwarderConfig, codec: ShuffleCodec,
-    read: int = 0, reads: int = 1,
+    places: _Places | None = None, read: int = 0,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """Raw records → (device, ShuffledBatch) at arrival time, and the dead letters;
-    of the `read`th of `reads` reads, in its SDK harness (`in_reading_harness`)."""
-    def step(label: str, transform: beam.PTransform) -> beam.PTransform:
-        return numbered(label, read, reads) >> in_reading_harness(transform, read)
+    of the `read`th read, in its place (`_Places.in_read`)."""
+    def step(label: str, transform: beam.PTransform):
+        return places.in_read(read, label, transform) if places else label >> transform
 
     parsed = records | step("ParseBatches", ParseBatches(config.max_batch_bytes,
                                                          config.app_name))
@@ -107,39 +177,50 @@ def arrive(
 
 
 def batch_and_write(
-    keyed: beam.PCollection,
+    keyed: list[beam.PCollection],
     config: ForwarderConfig,
     codec: ShuffleCodec,
     keyed_windows: bool,
-    live_sessions: LiveSessions = BY_DEVICE,
-    late_files_batched: bool = False,
+    batcher: BatchPerDevice,
+    places: _Places,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
-    """(device, ShuffledBatch) → (files written, [dead letters])."""
-    # Files are packed per fixed window. In streaming, one-event batches and
+    """(device, ShuffledBatch) of each read → (files written, [dead letters]): grouped
+    and merged per device in `places.parts` parts, each part's files keyed where it
+    was merged, then packed and written together."""
+    # Files are packed per fixed window. In a live run, one-event batches and
     # sessions (which end at any time) go out within seconds of being complete
     # rather than when that packing window closes.
-    not_fixed = config.batching.mode is not BatchingMode.FIXED
-    early_firing_s = config.file_flush_s if config.streaming and not_fixed else 0
-    late_firing_s = config.file_flush_s if config.streaming and late_files_batched else 0
-    batcher = BatchPerDevice(
-        config.batching, keyed_windows=keyed_windows, codec=codec,
-        input_connection=config.connection, live_sessions=live_sessions,
-        reads=len(keyed) if isinstance(keyed, tuple) else 1,
-    )
-    batched = keyed | "BatchPerDevice" >> batcher
-    files = batched["batches"] | "WriteBatchFiles" >> WriteBatchFiles(
-        config.output_location,
-        config.connection,
-        config.layout,
-        config.batching,
-        early_firing_s=early_firing_s,
-        late_firing_s=late_firing_s,
-        keyed_windows=keyed_windows,
-        codec=codec,
-        upload_day=config.upload_day,
-        placed=batcher.placed,  # in the stage, and so the harness, that made the batches
-    )
-    return files, [batched["dead_letters"]]
+    live = config.streaming
+    writer = WriteBatchFiles(
+        config.output_location, config.connection, config.layout, config.batching,
+        early_firing_s=config.file_flush_s if live and mode_of(config.batching).files_early
+        else 0,
+        late_firing_s=config.file_flush_s if live and places.profile.late_files_batched else 0,
+        keyed_windows=keyed_windows, codec=codec, upload_day=config.upload_day)
+
+    before = batcher.before_shuffle()
+    if before is not None:
+        keyed = [each | places.in_read(read, "ToGroupPerDevice", before)
+                 for read, each in enumerate(keyed)]
+    if places.parts == 1:
+        grouped = [_flattened(keyed, "AllArrived")]
+    else:
+        split = [each | places.in_read(read, "SplitDevices", SplitByKey(places.parts))
+                 for read, each in enumerate(keyed)]
+        grouped = [_flattened([parts[part] for parts in split], f"AllOfPart{part}")
+                   for part in range(places.parts)]
+    merged = [each | places.in_part(part, "BatchPerDevice", batcher.after_shuffle())
+              for part, each in enumerate(grouped)]
+    batches = [each["batches"] for each in merged]
+    if not places.files_apart:
+        batches = [_flattened(batches, "AllBatches")]
+    keyed_files = [each | places.for_files(part, "KeyForFiles", writer.key_for_files())
+                   for part, each in enumerate(batches)]
+    files = _flattened(keyed_files, "AllKeyedForFiles") | "PackAndWriteFiles" >> (
+        writer.pack_and_write())
+    dead_letters = in_global_window(_flattened([each["dead_letters"] for each in merged],
+                                               "AllMergeDeadLetters"))
+    return files, [dead_letters]
 
 
 def write_dead_letters(
@@ -175,29 +256,30 @@ def build_sliced(
 def build(
     pipeline: beam.Pipeline,
     config: ForwarderConfig,
-    runner: str = "DirectRunner",
+    profile: RunnerProfile = ANY_RUNNER,
     codec: ShuffleCodec | None = None,
+    drain_file: str | None = None,
 ) -> Outputs:
     """The whole pipeline: live from Pub/Sub, or bulk from `--input` files.
 
-    `runner`: the runner's name (`pipeline.runners`), which decides how live input is
-    read (the forwarder's own source, and how many readers, or Beam's ReadFromPubSub)
-    and how live sessions are kept. `codec`: the shuffle codec (default: one trained on
-    the input, `trained_codec`).
+    `profile`: what the run does differently on its runner (`pipeline.runners`): how
+    live input is read (the forwarder's own source, and how many readers, or Beam's
+    ReadFromPubSub; how many reads), how live sessions are kept, and where steps run.
+    `codec`: the shuffle codec (default: one trained on the input, `trained_codec`).
+    `drain_file`: a file whose creation drains a live run (`pipeline.live.drain_file`).
     """
     if codec is None:
         codec = trained_codec(config)
     if config.streaming:
-        reads = runners.reading_harnesses(runner, config.pubsub_readers)
-        records = [pipeline | numbered("ReadPubSub", read, reads) >> in_reading_harness(
-                       ReadPubSubRecords(config.subscription, readers=runners.pubsub_readers(
-                           runner, config.pubsub_readers)), read)
+        reads = profile.reads
+        records = [pipeline | numbered("ReadPubSub", read, reads) >> profile.in_process(
+                       ReadPubSubRecords(config.subscription, readers=profile.pubsub_readers,
+                                         drain_file=drain_file),
+                       _Places.read_place(read))
                    for read in range(reads)]
-        return forward(records, config, codec=codec,
-                       live_sessions=runners.live_sessions(runner, config.session_harnesses),
-                       late_files_batched=runners.batches_late_files(runner))
+        return forward(records, config, codec=codec, profile=profile)
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
-    return forward(read["records"], config, read["dead_letters"], codec=codec)
+    return forward(read["records"], config, read["dead_letters"], codec=codec, profile=profile)
 
 
 def trained_codec(config: ForwarderConfig) -> ShuffleCodec:

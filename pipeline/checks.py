@@ -17,6 +17,7 @@ import botocore.exceptions
 
 from pipeline.config import ConfigError, ForwarderConfig
 from transforms.io import inputs, pubsub_resources, s3, stores
+from transforms.io.locations import Location
 from transforms.rules import naming
 
 # What mParticle writes to prove a bucket writable, and so does the forwarder.
@@ -71,18 +72,19 @@ def check_output_writable(config: ForwarderConfig) -> list[str]:
     # Beside Parquet files the object is hidden (a leading "_"), as Athena, Hive and
     # Spark skip such files: a table over the folder reads Parquet files only.
     hidden = config.layout.output_format == "parquet"
-    written = [f"s3://{config.bucket}/" + check_bucket_writable(
-        config.connection, config.bucket, config.layout.folder, hidden=hidden)]
-    bucket, prefix = stores.split_location(config.dead_letter_location)
-    if bucket is None:
-        _check_local_directory(prefix)
-        written.append(prefix)
-    elif bucket != config.bucket:  # the bucket's own check covers a prefix inside it
+    written = [Location(config.bucket, "").url_of(check_bucket_writable(
+        config.connection, config.bucket, config.layout.folder, hidden=hidden))]
+    dead_letters = Location.of(config.dead_letter_location)
+    if not dead_letters.on_s3:
+        _check_local_directory(dead_letters.path)
+        written.append(dead_letters.path)
+    elif dead_letters.bucket != config.bucket:  # the bucket's own check covers a prefix inside it
         try:
-            key = check_bucket_writable(config.connection, bucket, prefix)
+            key = check_bucket_writable(config.connection, dead_letters.bucket,
+                                        dead_letters.prefix)
         except BucketCheckError as err:
             raise BucketCheckError(f"--dead_letter_location: {err}") from None
-        written.append(f"s3://{bucket}/{key}")
+        written.append(dead_letters.url_of(key))
     return written
 
 

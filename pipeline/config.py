@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from pipeline import runners
 from pipeline.errors import ConfigError
 from pipeline.options import FALSE_WORDS, OPTIONS, OPTIONS_BY_NAME, TRUE_WORDS, build_parser
+from transforms.io.locations import Location, is_url
 from transforms.io.pubsub_resources import topic_subscription_name
 from transforms.io.s3 import S3Connection
 from transforms.rules import naming
@@ -56,7 +57,7 @@ class ForwarderConfig:
     file_flush_s: int
     dead_letter_flush_s: int
     progress_every_s: int
-    pubsub_readers: int  # 0: the runner's own (`runners.pubsub_readers`, `reading_harnesses`)
+    pubsub_readers: int  # 0: the runner's own (`RunnerProfile.reads`, `.pubsub_readers`)
     session_harnesses: int  # 0: the runner's own number (`runners.live_sessions`)
     arrival_slice_s: int  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None
@@ -129,7 +130,7 @@ def log_format_of(value: Any) -> str:
 
 
 def date_folders_of(value: Any) -> DateFolders:
-    """mParticle's four choices, and true/false as the setting once was."""
+    """mParticle's four choices, and true/false (true: by event time)."""
     word = str(value).strip().lower()
     if word in TRUE_WORDS:
         return DateFolders.EVENT_TIME
@@ -352,12 +353,12 @@ def _check_endpoint_url(url: str) -> None:
 
 
 def _check_dead_letter_location(location: str) -> None:
-    if location.startswith("s3://"):
-        bucket = location[len("s3://"):].partition("/")[0]
-        if not bucket:
+    where = Location.of(location)
+    if where.on_s3:
+        if not where.bucket:
             raise ConfigError(f"--dead_letter_location {location!r} names no bucket.")
-        validate_bucket_name(bucket, option="dead_letter_location")
-    elif "://" in location:
+        validate_bucket_name(where.bucket, option="dead_letter_location")
+    elif is_url(location):
         raise ConfigError(
             f"--dead_letter_location {location!r} must be s3://bucket/prefix or a local directory."
         )
@@ -371,8 +372,7 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
     with a Java job server, a flag Python does not know goes on to the job server,
     unless it looks like a misspelt forwarder option.
     """
-    if runners.canonical(_runner_in(beam_args)) == "DaskRunner":
-        runners.dask_module()  # declares Beam's --dask_* options
+    runners.declare_options(runners.canonical(_runner_in(beam_args)))
 
     parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
     for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():

@@ -1,7 +1,7 @@
 """A live run from its start to its stop.
 
 Ctrl-C (SIGINT, to the launcher alone or to its whole process group), SIGTERM and
-SIGHUP stop it. Where the runner can drain (`runners.drains_on_stop`: Prism, whose
+SIGHUP stop it. Where the runner can drain (`RunnerProfile.drains_on_stop`: Prism, whose
 SDK harnesses share the launcher's machine), a stop is a drain: the source pulls no
 more, the runner writes every open window, the job ends, and the run prints its
 summary. A second stop, or a drain past its deadline (--drain_timeout_s), cancels the
@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import apache_beam as beam
 
-from transforms.io import pubsub_resources, pubsub_source
+from transforms.io import pubsub_resources
 
 _LOG = logging.getLogger("pipeline")
 
@@ -153,18 +153,13 @@ class SourceWatch:
 
 @contextlib.contextmanager
 def drain_file(drains: bool) -> Iterator[str | None]:
-    """Where the launcher asks its workers' sources to drain (a file named in the
-    environment they inherit: `pubsub_source.DRAIN_FILE_ENV`); None where it cannot."""
+    """Where the launcher asks its workers' sources to drain (a file it creates, which
+    the graph's source is given: `pubsub_source.PubSubSource`); None where it cannot."""
     if not drains:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="mparticle-s3-drain-") as folder:
-        path = os.path.join(folder, "drain")
-        os.environ[pubsub_source.DRAIN_FILE_ENV] = path
-        try:
-            yield path
-        finally:
-            del os.environ[pubsub_source.DRAIN_FILE_ENV]
+        yield os.path.join(folder, "drain")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import live, runners, sliced
+from pipeline import live, sliced
 from pipeline.build import build, trained_codec
 from pipeline.checks import (
     BucketCheckError,
@@ -59,12 +59,12 @@ from pipeline.logs import Console, json_logs, say
 from pipeline.monitoring import MetricsServer
 from pipeline.progress import LiveStatus, ProgressReporter
 from pipeline.runners import (
+    RunnerProfile,
     current_metrics,
-    drains_on_stop,
     engine_name,
     engine_shielded,
     make_runner,
-    runner_name,
+    profile_for,
     worker_environment,
 )
 from pipeline.tools import athena, iam
@@ -165,8 +165,16 @@ def main(
         options = PipelineOptions(beam_args)
         if config.streaming:
             options.view_as(StandardOptions).streaming = True
-        runner = make_runner(options)
-        check_inputs_exist(config.inputs, config.connection)
+        profile = profile_for(options, config.pubsub_readers, config.session_harnesses)
+        # The input, checked once, and its size, listed once, when first asked: a
+        # bounded DirectRunner or Dask run asks as its runner is made, once the runner's
+        # own options are checked.
+        inputs_checked = functools.cache(
+            lambda: check_inputs_exist(config.inputs, config.connection))
+        input_bytes = functools.cache(lambda: inputs_checked() or inputs.total_input_bytes(
+            config.inputs, inputs.input_client(config.inputs, config.connection)))
+        runner = make_runner(options, None if config.streaming else input_bytes)
+        inputs_checked()
     except ConfigError as err:
         console.error(str(err))
         return EXIT_CONFIG
@@ -187,7 +195,7 @@ def main(
         except SourceCheckError as err:
             console.error(str(err))
             return EXIT_CHECK
-    return _run(config, runner, options, console)
+    return _run(config, profile, runner, options, console, input_bytes)
 
 
 def _naming_the_upload_day(config) -> str:
@@ -213,11 +221,13 @@ def _printed(values: dict, prints: dict) -> str:
     )
 
 
-def _run(config, runner, options: PipelineOptions, console: Console) -> int:
-    """Runs the pipeline; a failure ends in one sentence and its exit code."""
+def _run(config, profile: RunnerProfile, runner, options: PipelineOptions, console: Console,
+         input_bytes: Callable[[], int]) -> int:
+    """Runs the pipeline on `runner` (made once for the run); a failure ends in one
+    sentence and its exit code. `input_bytes`: a bounded run's input size."""
     _LOG.info("running on %s", engine_name(runner))
     if config.streaming:
-        return _run_live(config, runner, options, console)
+        return _run_live(config, profile, runner, options, console)
     reported = threading.Lock()  # held once the sentence is out: it is said once
 
     def report_interrupted() -> None:
@@ -239,12 +249,10 @@ def _run(config, runner, options: PipelineOptions, console: Console) -> int:
     server = _metrics_server(config)
     try:
         with (server or contextlib.nullcontext()), worker_environment():
-            input_bytes = functools.cache(lambda: inputs.total_input_bytes(
-                config.inputs, inputs.input_client(config.inputs, config.connection)))
             if server is not None:
                 server.update({})  # ready: the run has begun
-            with _progress(config, runners.reports_progress(options), input_bytes, server):
-                counters = _run_bounded(config, options, input_bytes)
+            with _progress(config, profile.reports_progress, input_bytes, server):
+                counters = _run_bounded(config, profile, runner, options)
             if server is not None:
                 server.stopped(counters)
     except (KeyboardInterrupt, Exception) as err:  # Beam wraps a worker's error, and Ctrl-C
@@ -293,12 +301,11 @@ def _failed(err: BaseException, console: Console) -> int:
     return EXIT_FAILED
 
 
-def _run_live(config, runner, options: PipelineOptions, console: Console) -> int:
+def _run_live(config, profile: RunnerProfile, runner, options: PipelineOptions,
+              console: Console) -> int:
     """Runs a live job until it is stopped (`pipeline.live`); its summary, and the exit
     code of how it ended."""
     stops = live.StopSignals()
-    name = runner_name(options)
-    drains = drains_on_stop(name)
     server = _metrics_server(config)
 
     @contextlib.contextmanager
@@ -316,9 +323,9 @@ def _run_live(config, runner, options: PipelineOptions, console: Console) -> int
 
     try:
         with (server or contextlib.nullcontext()), worker_environment(), engine_shielded(), \
-                live.drain_file(drains) as drain_at:
+                live.drain_file(profile.drains_on_stop) as drain_at:
             pipeline = beam.Pipeline(runner=runner, options=options)
-            build(pipeline, config, runner=name)
+            build(pipeline, config, profile, drain_file=drain_at)
             stopped = live.run_until_stopped(pipeline, stops, drain_at, config.drain_timeout_s,
                                              beside_the_job)
             counters = _final_counters(stopped.result, console)
@@ -333,7 +340,7 @@ def _run_live(config, runner, options: PipelineOptions, console: Console) -> int
     if counters is not None:
         _summary(counters, live=not stopped.drained)
     if not stopped.drained:
-        console.error(_not_drained(name))
+        console.error(profile.not_drained())
         return EXIT_NOT_DRAINED
     if stopped.stopped_for:
         console.error(f"stopped after writing what it held: {stopped.stopped_for}")
@@ -366,46 +373,28 @@ def _not_ready(watch: live.SourceWatch, stops: live.StopSignals) -> str | None:
     return None if problem is None else f"{problem[0]} (for {problem[1]:.0f} s)"
 
 
-def _not_drained(runner: str) -> str:
-    """What a live run that stopped without its drain may have left unwritten."""
-    if runner == "DirectRunner":
-        return ("stopped without a drain (the DirectRunner cannot drain a live run): the "
-                "batches in open windows were acknowledged when pulled and are not in S3; "
-                "on Prism, the live default, a stop writes them first.")
-    if runner == "PrismRunner":
-        return ("stopped before the drain ended: the batches in open windows (up to "
-                "--window_size_s of them, or open sessions) may not be in S3, and Prism "
-                "acknowledged them when it took them, so Pub/Sub does not deliver them "
-                "again; forward them from an archive of the input, or seek the "
-                "subscription back to before the stop.")
-    return ("stopped without a drain: what was in open windows may not be in S3; stop "
-            f"{runner} jobs with the runner's own drain.")
-
-
-def _run_bounded(config, options: PipelineOptions, input_bytes: Callable[[], int]
+def _run_bounded(config, profile: RunnerProfile, runner, options: PipelineOptions
                  ) -> dict[str, int]:
-    """Runs a bounded run, sliced where the runner needs it; returns its counters.
-    `input_bytes`: the input's size (listed once, when first asked)."""
+    """Runs a bounded run on `runner`, sliced where the runner needs it; returns its
+    counters."""
 
     client = inputs.input_client(config.inputs, config.connection)
 
     def run_graph(build_graph) -> dict[str, int]:
-        runner = make_runner(options, input_bytes)
         pipeline = beam.Pipeline(runner=runner, options=options)
         build_graph(pipeline)
         result = pipeline.run()
         result.wait_until_finish()
         return counters_of(result)
 
-    name = runner_name(options)
-    if sliced.applies(config, name):
+    if sliced.applies(config, profile):
         files = [each for pattern in config.inputs
                  for each in inputs.matched_files(pattern, client)]
         return sliced.run_sliced(config, run_graph, sliced.spill_bytes_needed(files))
-    if config.arrival_slice_s and name not in runners.SLICING:
-        _LOG.info("not sliced: %s spills what it groups to disk itself", name)
+    if config.arrival_slice_s and not profile.slices:
+        _LOG.info("not sliced: %s spills what it groups to disk itself", profile.name)
     codec = trained_codec(config)
-    return run_graph(lambda pipeline: build(pipeline, config, runner=name, codec=codec))
+    return run_graph(lambda pipeline: build(pipeline, config, profile, codec=codec))
 
 
 def _progress(config, reported: bool, input_bytes: Callable[[], int],

@@ -44,10 +44,10 @@ from typing import Callable, Iterator
 
 import apache_beam as beam
 
-from pipeline import runners
 from pipeline.build import build_sliced
 from pipeline.config import ConfigError, ForwarderConfig
-from transforms.shuffled import UNCOMPRESSED
+from pipeline.runners import RunnerProfile
+from transforms.machinery.shuffled import UNCOMPRESSED
 
 _LOG = logging.getLogger("pipeline")
 SPILL_PREFIX = "mparticle-s3-spill-"
@@ -64,9 +64,10 @@ MIB = 1 << 20
 RunGraph = Callable[[Callable[[beam.Pipeline], object]], dict]
 
 
-def applies(config: ForwarderConfig, runner: str) -> bool:
-    """Whether a run is sliced: bounded, slices asked for, a runner of this machine."""
-    return not config.streaming and config.arrival_slice_s > 0 and runner in runners.SLICING
+def applies(config: ForwarderConfig, profile: RunnerProfile) -> bool:
+    """Whether a run is sliced: bounded, slices asked for, a runner of this machine
+    (`RunnerProfile.slices`)."""
+    return not config.streaming and config.arrival_slice_s > 0 and profile.slices
 
 
 def run_sliced(config: ForwarderConfig, run_graph: RunGraph, spill_bytes: int) -> dict:

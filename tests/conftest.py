@@ -108,7 +108,7 @@ def prism() -> str:
     way a run finds it; the tests stop with the product's own message if it is missing."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.runners import prism_binary
+    from pipeline.runners.prism import binary as prism_binary
 
     return prism_binary(PipelineOptions([]))
 

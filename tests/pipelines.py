@@ -12,7 +12,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from pipeline.runners import bundle_based_direct_runner
+from pipeline.runners.direct import bundle_based_direct_runner
 from transforms.values import RawRecord
 
 

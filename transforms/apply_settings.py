@@ -14,6 +14,8 @@ from transforms.rules.dead_letters import DEAD_LETTERS, dead_letter, unexpected
 from transforms.rules.settings import ForwardingSettings, apply_settings
 from transforms.values import ArrivedBatch
 
+__all__ = ["ApplySettings"]
+
 STAGE = "apply_settings"
 
 

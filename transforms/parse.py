@@ -25,6 +25,8 @@ from transforms.rules.dead_letters import (
 )
 from transforms.values import RawRecord
 
+__all__ = ["DEFAULT_MAX_BATCH_BYTES", "STAGE", "ParseBatches", "parse_batch"]
+
 STAGE = "parse"
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
 

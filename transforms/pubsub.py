@@ -4,14 +4,13 @@ The element timestamp, and the batch's arrival time, is the message's publish
 time: mParticle batches by when it received data, and so does the forwarder.
 A topic is read through a subscription the launcher makes once and keeps
 (`transforms.io.pubsub_resources.ensure_subscription`), never made here: a graph is
-built without calling Pub/Sub. Two sources, one per kind of runner (set
-PUBSUB_EMULATOR_HOST to reach a local server):
-- portable runners (Prism, Flink, Spark): `PubSubSource`, an unbounded source
-  run as a splittable DoFn, which acknowledges a message only when the bundle
-  that read it is finalized, after the runner committed its output;
-- the DirectRunner and Dataflow: Beam's `ReadFromPubSub`, which those two run
-  natively (the BundleBasedDirectRunner cannot run an unbounded splittable DoFn;
-  it acknowledges on pull; Dataflow acknowledges after its durable commit).
+built without calling Pub/Sub. Two sources, as the run's profile says
+(`RunnerProfile.pubsub_readers`; set PUBSUB_EMULATOR_HOST to reach a local server):
+- `readers` > 0: `PubSubSource`, an unbounded source run as a splittable DoFn,
+  which acknowledges a message only when the bundle that read it is finalized,
+  after the runner committed its output;
+- `readers` = 0: Beam's `ReadFromPubSub`, for a runner that runs it natively (and
+  acknowledges on pull, or after its own durable commit).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from __future__ import annotations
 import apache_beam as beam
 
 from transforms.values import RawRecord
+
+__all__ = ["ReadPubSubRecords", "message_record"]
 
 
 def message_record(message) -> RawRecord:
@@ -32,19 +33,20 @@ def message_record(message) -> RawRecord:
 class ReadPubSubRecords(beam.PTransform):
     """A subscription → RawRecord."""
 
-    def __init__(self, subscription: str, readers: int = 0):
-        """`readers`: how many PubSubSource readers (portable runners); 0: Beam's
-        ReadFromPubSub."""
+    def __init__(self, subscription: str, readers: int = 0, drain_file: str | None = None):
+        """`readers`: how many PubSubSource readers; 0: Beam's ReadFromPubSub.
+        `drain_file`: a file whose creation drains PubSubSource's readers."""
         super().__init__()
         self._subscription = subscription
         self._readers = readers
+        self._drain_file = drain_file
 
     def expand(self, pbegin):
         if self._readers:
             from transforms.io.pubsub_source import PubSubSource
 
             return pbegin | "ReadPubSubSource" >> beam.io.Read(
-                PubSubSource(self._subscription, self._readers)
+                PubSubSource(self._subscription, self._readers, drain_file=self._drain_file)
             ).with_output_types(RawRecord)
         from apache_beam.io.gcp.pubsub import ReadFromPubSub
 

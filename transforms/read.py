@@ -18,6 +18,8 @@ from transforms.outputs import with_dead_letters
 from transforms.rules.dead_letters import DEAD_LETTERS, dead_letter
 from transforms.values import RawRecord
 
+__all__ = ["ReadBatches"]
+
 _LOG = logging.getLogger(__name__)
 RECORDS_PER_REPORT = 10_000
 STAGE = "read"

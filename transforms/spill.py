@@ -1,6 +1,6 @@
 """Sliced bounded runs on local disk: memory for a window, or a slice of a device shard.
 
-A local runner (the FnApiRunner, Prism) holds all that it groups in memory
+A local runner (`RunnerProfile.slices`) holds all that it groups in memory
 until the run ends, and does it in its own process, on one core. A sliced run
 (`pipeline.sliced`) groups on local disk instead, in the workers, and gives
 the runner only the names of what to work on next. Fixed windows and one batch
@@ -10,10 +10,10 @@ per event (a batch's arrival gives its file window):
    file per file window and bundle; when its bundle finishes, it emits the
    windows it wrote.
 2. `_WriteWindowFn`, once per window: its batches grouped per device and
-   merged as the unsliced run does (`batching.grouped_in_memory`: BatchPerDevice's
-   keyed windows and merging), grouped per file (app, date folder, shard), packed
-   and written as the unsliced run writes them (`transforms.write`: the same
-   entries, packing and FileWriter), several uploads at once.
+   merged as the unsliced run does (`Mode.in_memory`: BatchPerDevice's keyed windows
+   and merging), grouped per file (app, date folder, shard), packed and written as
+   the unsliced run writes them (`transforms.machinery.files`: the same entries,
+   packing and FileWriter), several uploads at once.
 
 Sessions, whose windows are known only once a device's batches meet:
 
@@ -26,7 +26,7 @@ Sessions, whose windows are known only once a device's batches meet:
    it comes out whole. Emits the file windows it wrote.
 3. `_WriteWindowFn`, once per file window, from the lines.
 
-The files and their format: `transforms.spill_files`.
+The files and their format: `transforms.machinery.spill_files`.
 
 Memory, per worker: one file window's batches and lines, or for sessions one
 slice of one device shard (BATCH_SHARDS shards). The runner holds only window
@@ -42,13 +42,12 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms import window
 
-from transforms import batching, write
-from transforms.batching import Merger
 from transforms.io import progress, s3
-from transforms.outputs import with_dead_letters
-from transforms.rules.grouping import window_start_us
-from transforms.shuffled import ShuffleCodec, ShuffledBatch
-from transforms.spill_files import (
+from transforms.machinery import files
+from transforms.machinery.merging import Merger
+from transforms.machinery.modes import mode_of
+from transforms.machinery.shuffled import ShuffleCodec, ShuffledBatch
+from transforms.machinery.spill_files import (
     BATCH_CODER,
     LINE_CODER,
     BundleFiles,
@@ -60,7 +59,11 @@ from transforms.spill_files import (
     spill_files,
     window_folder,
 )
-from transforms.values import Batching, BatchingMode, FileLayout
+from transforms.outputs import with_dead_letters
+from transforms.rules.grouping import window_start_us
+from transforms.values import Batching, FileLayout
+
+__all__ = ["BATCH_SHARDS", "SpillGroupAndWrite"]
 
 # Devices are spread over this many shards (by a stable hash): a worker groups a
 # slice of one shard at a time, and shards keep two or more workers busy.
@@ -82,21 +85,22 @@ class _Spill:
         self.batching = batching
         self.layout = layout
         self.codec = codec
+        self.mode = mode_of(batching)
 
     @property
     def per_device(self) -> bool:
         """Whether a device's batches must meet before their windows are known
         (sessions); else a batch's arrival gives its file window."""
-        return self.batching.mode is BatchingMode.SESSIONS
+        return self.mode.per_device
 
     def outbound_entries(self, keyed: list, merger: Merger, open_after_ms: int | None = None):
         """Batches held in memory → ((file group, file_entry) in their file windows or
         dead letters, as BatchPerDevice and WriteBatchFiles make them; the batches of
         sessions still open at `open_after_ms`)."""
-        outbound, carried = batching.grouped_in_memory(
+        outbound, carried = self.mode.in_memory(
             keyed, self.batching, self.codec, merger, open_after_ms)
         entries = [
-            each if isinstance(each, pvalue.TaggedOutput) else write.file_entry_at(
+            each if isinstance(each, pvalue.TaggedOutput) else files.file_entry_at(
                 each, timestamp_us, self.layout, self.codec, self.batching.window_size_us)
             for each, timestamp_us in outbound
         ]
@@ -119,7 +123,7 @@ class _SpillBatchesFn(beam.DoFn):
         spill = self._spill
         arrival_ms = keyed[1].arrival_ms
         if spill.per_device:
-            unit = write.stable_shard(keyed[0], BATCH_SHARDS)
+            unit = files.stable_shard(keyed[0], BATCH_SHARDS)
             folder = batch_folder(spill.dir, unit, slice_start_s(arrival_ms, spill.slice_s))
         else:
             unit = window_start_us(arrival_ms * 1000, spill.batching.window_size_us)
@@ -178,7 +182,7 @@ class _GroupShardFn(beam.DoFn):
 class _WriteWindowFn(beam.DoFn):
     """File window start → its files: the window's spilled batches grouped and
     merged (or, for sessions, its spilled file lines), grouped per file (app, date
-    folder, shard), packed and written (`write.FileWriter.write_all`). Groups that
+    folder, shard), packed and written (`files.FileWriter.write_all`). Groups that
     cannot be merged go to DEAD_LETTERS."""
 
     def __init__(self, spill: _Spill, location: str, connection: s3.S3Connection,
@@ -190,9 +194,10 @@ class _WriteWindowFn(beam.DoFn):
 
     def setup(self):
         self._merger = Merger(self._spill.codec, self._connection)
-        self._writer = write.FileWriter(
-            self._location, self._connection, write.BatchFileNamer.of(self._spill.layout),
-            write.BATCH_FILE_COUNTERS)
+        layout = self._spill.layout
+        self._writer = files.FileWriter(
+            self._location, self._connection, files.format_of(layout),
+            files.BatchFileNaming(layout.folder), files.BATCH_FILE_COUNTERS)
 
     def process(self, window_start_us: int) -> Iterator:
         spill = self._spill
@@ -212,7 +217,7 @@ class _WriteWindowFn(beam.DoFn):
                 groups[entry[0]].append(entry[1])
         contents = [
             content for group in sorted(groups)
-            for content in write.packed_files(
+            for content in files.packed_files(
                 (group, groups.pop(group)), spill.layout.max_batches, spill.layout.max_bytes,
                 spill.codec, self._upload_day,
             )

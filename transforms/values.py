@@ -3,7 +3,7 @@ and the two small values that say how batches are grouped and files laid out.
 
     RawRecord → ArrivedBatch → (ShuffledBatch) → ForwardedBatch → FileContent → FileWritten
 
-A batch crosses the shuffles as a `transforms.shuffled.ShuffledBatch` (compact
+A batch crosses the shuffles as a `transforms.machinery.shuffled.ShuffledBatch` (compact
 bytes with a coder of its own), between ArrivedBatch and ForwardedBatch.
 Plain values only: no Beam, no I/O.
 """
@@ -102,6 +102,20 @@ class Batching:
     @property
     def window_size_us(self) -> int:
         return self.window_size_s * 1_000_000
+
+
+class LiveSessions(NamedTuple):
+    """How a live run keeps sessions (`transforms.batching.BatchPerDevice`).
+
+    `by_timer`: in the forwarder's own state, per key, with an event-time timer
+    (`transforms.live_sessions`), for a runner that holds the watermark at a pending
+    timer; else by Beam's merging session windows.
+    `shards`: 0 to key that state by device; else by one of this many shards of the
+    device, for a runner that keeps an entry for every key it has ever seen, so that
+    its entries stop growing once every shard has been seen."""
+
+    by_timer: bool = True
+    shards: int = 0
 
 
 # --output_format: mParticle's NDJSON, or Parquet (`transforms.rules.parquet_rows`).

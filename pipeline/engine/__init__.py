@@ -92,7 +92,7 @@ def install_engine(into: Path, work: Path = DEFAULT_WORK) -> Path:
 
 
 def default_prism_path() -> Path:
-    """Where a run looks for Prism first (`pipeline.runners.prism_binary`)."""
+    """Where a run looks for Prism first (`pipeline.runners.prism.binary`)."""
     return Path(sys.executable).parent / "prism"
 
 

@@ -615,13 +615,14 @@ def test_a_topic_is_read_through_one_subscription_shared_by_prisms_two_reads(pub
 
     from pipeline.build import build
     from pipeline.config import load_config
+    from pipeline.runners import profile_of
+    from transforms.machinery.shuffled import NO_DICTIONARY
     from transforms.pubsub import ReadPubSubRecords
-    from transforms.shuffled import NO_DICTIONARY
 
     _, topic, subscription = pubsub
     config, _ = load_config(["--s3_bucket_name=graph", f"--input_topic={topic}"])
     pipeline = beam.Pipeline(options=PipelineOptions(["--streaming"]))
-    build(pipeline, config, "PrismRunner", codec=NO_DICTIONARY)
+    build(pipeline, config, profile_of("PrismRunner"), codec=NO_DICTIONARY)
     assert set(pubsub_v1.PublisherClient().list_topic_subscriptions(topic=topic)) == {
         subscription}
 

@@ -17,6 +17,7 @@ from pipeline.checks import check_bucket_writable
 from tests.conftest import list_keys
 from tests.fault_proxy import FaultProxy
 from transforms.io import s3, stores
+from transforms.io.locations import Location
 from transforms.io.stores import Outcome
 
 
@@ -154,16 +155,26 @@ def test_a_multipart_upload_that_keeps_failing_leaves_nothing(s3_endpoint, bucke
 
 
 def test_a_parquet_object_says_so_and_the_text_files_are_text(s3_store):
-    for key, kind in (("k/a.parquet", "application/vnd.apache.parquet"),
-                      ("k/a.txt.gz", "text/plain"), ("k/a.ndjson", "text/plain")):
-        s3_store.put_new(key, b"x", sha(b"x"))
+    from transforms.machinery.files import BatchFileNaming, Ndjson, Parquet, write_file
+    from transforms.values import FileContent
+    from transforms.write import DEAD_LETTER_FORMAT
+
+    content = FileContent("App", "", [b'{"events":[]}'], 1_700_000_000_000, 0)
+    for file_format, ending, kind in (
+            (Parquet(), ".parquet", "application/vnd.apache.parquet"),
+            (Ndjson(compress=True), ".txt.gz", "text/plain"),
+            (Ndjson(), ".txt", "text/plain"), (DEAD_LETTER_FORMAT, ".ndjson", "text/plain")):
+        key, _, _ = write_file(s3_store, "k", file_format, BatchFileNaming(None), content)
+        assert key.startswith("k/App_") and key.endswith(ending)
         assert s3_store.client.head_object(Bucket=s3_store.bucket, Key=key)["ContentType"] == kind
 
 
 def test_a_location_names_its_store_and_the_prefix_inside_it(s3_endpoint, bucket, tmp_path):
-    assert stores.split_location("s3://bkt/a/b/") == ("bkt", "a/b")
-    assert stores.split_location("s3://bkt") == ("bkt", "")
-    assert stores.split_location(str(tmp_path)) == (None, str(tmp_path))
+    assert (Location.of("s3://bkt/a/b/").bucket, Location.of("s3://bkt/a/b/").prefix) == (
+        "bkt", "a/b")
+    assert (Location.of("s3://bkt").bucket, Location.of("s3://bkt").prefix) == ("bkt", "")
+    assert Location.of(str(tmp_path)) == Location(None, str(tmp_path))
+    assert not Location.of(str(tmp_path)).on_s3 and Location.of("s3://bkt").on_s3
     connection = s3.S3Connection(endpoint_url=s3_endpoint)
     store, prefix = stores.open_store(f"s3://{bucket}/a/b/", connection)
     assert (type(store), store.bucket, store.connection, prefix) == (
@@ -238,4 +249,4 @@ def test_a_body_up_to_the_bound_goes_in_one_put_and_as_it_is(s3_store):
     gzipped = gzip.compress(b"line\n", mtime=0)
     store.put_new("k/f.txt.gz", gzipped, sha(gzipped))  # already gzipped: not again
     assert read_back(store, "k/f.txt.gz") == gzipped
-    assert stores.split_location("s3://b/Xdead/") == ("b", "Xdead")
+    assert Location.of("s3://b/Xdead/").prefix == "Xdead"

@@ -1,4 +1,4 @@
-"""`pipeline.dask_runner`: each fix to Beam's DaskRunner, on a real scheduler and two
+"""`pipeline.runners.dask_runner`: each fix to Beam's DaskRunner, on a real scheduler and two
 worker processes; and the Beam internals it relies on, so that a Beam upgrade that
 moves them fails here first."""
 
@@ -16,8 +16,8 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import window
 
-from pipeline import dask_runner
 from pipeline.errors import ConfigError
+from pipeline.runners import dask_runner
 from pipeline.tools.local_services import dask_cluster
 
 pytestmark = pytest.mark.timeout(180)

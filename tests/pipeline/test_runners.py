@@ -51,7 +51,7 @@ def _direct(flags: list[str], input_bytes: int) -> tuple[int, str, list[int]]:
 
 
 def test_a_large_bounded_input_gets_a_worker_process_per_core(monkeypatch):
-    from pipeline.runners import WORKERS_FROM_BYTES
+    from pipeline.runners.direct import WORKERS_FROM_BYTES
 
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     assert _direct([], WORKERS_FROM_BYTES) == (4, "multi_processing", [WORKERS_FROM_BYTES])
@@ -92,7 +92,7 @@ def test_a_live_prism_run_fires_each_timer_once_however_slow(tmp_path, prism):
     """Prism 2.77 splits a bundle that makes no progress between two progress requests,
     and splits one that holds timers wrongly (apache/beam#35771): their timers fire
     again, or never. A live run on Prism asks it for no splits
-    (`pipeline.runners._no_splits_of_bundles_with_timers`); without that, 7 to 9 of
+    (`pipeline.runners.prism.configure`); without that, 7 to 9 of
     these 30 keys fired twice. A stream of keys, in real time from an unbounded source,
     each with a slow timer: each fires once."""
     records = [RawRecord(f"k{n}", b"{}", publish_time_ms=1_700_000_000_000 + n * 50)
@@ -116,9 +116,9 @@ def test_prisms_worker_process_keeps_few_malloc_arenas_unless_told_otherwise(
     tmp_path, prism, monkeypatch
 ):
     """glibc's arenas, one per thread that allocates at once, kept what an SDK harness
-    freed through a long live run (`runners.WORKER_MALLOC_ARENAS`): the worker process a
+    freed through a long live run (`runners.processes.WORKER_MALLOC_ARENAS`): the worker process a
     Prism run starts gets MALLOC_ARENA_MAX, and a value the user set is theirs."""
-    from pipeline.runners import WORKER_MALLOC_ARENAS
+    from pipeline.runners.processes import WORKER_MALLOC_ARENAS
 
     def arenas_seen() -> set:
         options = PipelineOptions(["--runner=PrismRunner"])

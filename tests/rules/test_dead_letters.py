@@ -9,12 +9,12 @@ import json
 import pytest
 from apache_beam import pvalue
 
-from transforms.batching import Merger
 from transforms.io.inputs import record_at
+from transforms.machinery.merging import Merger
+from transforms.machinery.shuffled import NO_DICTIONARY, ShuffledBatch
 from transforms.parse import parse_batch
 from transforms.rules import batch_json
 from transforms.rules.dead_letters import AFTER_SETTINGS, dead_letter, replayed, unexpected
-from transforms.shuffled import NO_DICTIONARY, ShuffledBatch
 from transforms.values import RawRecord
 
 BATCH = {"mpid": 7, "timestamp_unixtime_ms": 1_700_000_000_000, "events": [

@@ -14,14 +14,17 @@ T = 1_595_542_763_908  # 2020-07-23T22:19:23.908Z
 
 
 def test_file_name_matches_mparticles_example():
-    # mPTravel_20171017170911644493_34523.txt: %Y%m%d%H%M%S + microseconds, 5 digits.
+    # mPTravel_20171017170911644493_34523.txt: %Y%m%d%H%M%S + microseconds, 5 digits;
+    # the file format's extension ends it (`transforms.machinery.files`).
+    from transforms.machinery.files import Ndjson, Parquet
+
     unix_ms = 1508260151644
-    assert naming.file_name("mPTravel", unix_ms, 34523, False) == (
-        "mPTravel_20171017170911644000_34523.txt"
-    )
-    assert naming.file_name("mPTravel", unix_ms, 7, True).endswith("_00007.txt.gz")
-    assert naming.file_name("mPTravel", unix_ms, 7, True, parquet=True).endswith("_00007.parquet")
-    assert re.fullmatch(r"\w+_\d{20}_\d{5}\.txt", naming.file_name("a", 0, 0, False))
+    stem = naming.file_stem("mPTravel", unix_ms, 34523)
+    assert stem + Ndjson().extension == "mPTravel_20171017170911644000_34523.txt"
+    assert naming.file_stem("mPTravel", unix_ms, 7) + Ndjson(compress=True).extension == (
+        "mPTravel_20171017170911644000_00007.txt.gz")
+    assert Parquet(compress=True).extension == ".parquet"
+    assert re.fullmatch(r"\w+_\d{20}_\d{5}", naming.file_stem("a", 0, 0))
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ both ways to the windows write the same objects."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -30,37 +31,34 @@ from hypothesis import strategies as st
 from pipeline.build import build, forward
 from pipeline.config import load_config
 from pipeline.run import counters_of
-from pipeline.runners import live_sessions, make_runner, worker_environment
+from pipeline.runners import RunnerProfile, make_runner, profile_of, worker_environment
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys
 from tests.pipelines import Replayed, batch_pipeline, streaming_pipeline
 from tests.stages.batches import MINUTE_MS, T0, arrived, batch
 from transforms import metrics
-from transforms.batching import (
+from transforms.batching import BatchPerDevice, StampArrival, key_part
+from transforms.live_sessions import (
     LATE_HORIZON_MS,
-    BatchPerDevice,
-    LiveSessions,
-    Merger,
     SessionsMemory,
-    StampArrival,
     _LiveSessionsFn,
-    grouped_in_memory,
-    per_event,
     session_key,
-    session_part,
     timer_tag,
 )
+from transforms.machinery.merging import Merger, per_event
+from transforms.machinery.modes import mode_of
+from transforms.machinery.shuffled import NO_DICTIONARY, ShuffledBatch
 from transforms.read import ReadBatches
 from transforms.rules import batch_json
 from transforms.rules.batch_json import as_int
 from transforms.rules.batch_parts import BatchParts
 from transforms.rules.grouping import event_time_ms
-from transforms.shuffled import NO_DICTIONARY, ShuffledBatch
 from transforms.values import (
     ArrivedBatch,
     Batching,
     BatchingMode,
     ForwardedBatch,
+    LiveSessions,
     RawRecord,
 )
 
@@ -447,24 +445,25 @@ def test_keyed_and_beam_windows_write_the_same_objects(
 
 def _live_and_bounded(records: list[RawRecord], speedup: float, tail_s: float,
                       flags: list[str], s3_endpoint: str, s3_client,
-                      kept: LiveSessions | None = None) -> dict[str, dict]:
+                      profile: RunnerProfile | None = None) -> dict[str, dict]:
     """The objects that the same records write live on Prism (from `Replayed`, sessions
-    by timer, kept as `kept` says, by default as a live run on Prism keeps them) and
+    by timer, kept as `profile` says, by default as a live run on Prism keeps them) and
     bounded (the keyed path), each run into a bucket of its own."""
     written = {}
     for mode in ("live", "bounded"):
         written[mode], written[f"{mode} counters"] = _written_on_prism(
-            mode, records, speedup, tail_s, flags, s3_endpoint, s3_client, kept)
+            mode, records, speedup, tail_s, flags, s3_endpoint, s3_client, profile)
     return written
 
 
 def _written_on_prism(mode: str, records: list[RawRecord], speedup: float, tail_s: float,
                       flags: list[str], s3_endpoint: str, s3_client,
-                      kept: LiveSessions | None = None,
+                      profile: RunnerProfile | None = None,
                       late_files_batched: bool = False) -> tuple[dict, dict]:
     """(objects, counters) of the records forwarded on Prism into a bucket of their
     own, "live" (from `Replayed`) or "bounded"; see `_live_and_bounded`."""
-    kept = live_sessions("PrismRunner") if kept is None else kept
+    profile = dataclasses.replace(profile or profile_of("PrismRunner"),
+                                  late_files_batched=late_files_batched)
     bucket = f"sessions-{mode}-{os.getpid()}-{next(_buckets)}"
     s3_client.create_bucket(Bucket=bucket)
     source = (["--input_subscription=projects/local-project/subscriptions/unused"]
@@ -480,7 +479,7 @@ def _written_on_prism(mode: str, records: list[RawRecord], speedup: float, tail_
         arrivals = p | (beam.io.Read(Replayed(records, speedup, tail_s)) if mode == "live"
                         else beam.Create(records))
         # live: sessions by timer; bounded: keyed windows
-        forward(arrivals, config, live_sessions=kept, late_files_batched=late_files_batched)
+        forward(arrivals, config, profile=profile)
         result = p.run()
         result.wait_until_finish()
     return objects(s3_client, bucket), counters_of(result)
@@ -500,7 +499,8 @@ def test_a_session_over_three_bundles_of_a_live_source_is_one_batch_on_prism(
                          publish_time_ms=T0 + n * 1000) for n in range(3)]
     written = _live_and_bounded(records, 1, 10, ["--wait_for_complete_batch=true",
                                                  "--session_gap_s=3"], s3_endpoint, s3_client,
-                                LiveSessions(shards=0))
+                                dataclasses.replace(profile_of("PrismRunner"), session_processes=0,
+                                                    sessions=LiveSessions(shards=0)))
     [(key, body)] = written["live"].items()
     assert [[e["data"]["event_id"] for e in json.loads(line)["events"]]
             for line in body.splitlines()] == [[1, 2, 3]]
@@ -534,7 +534,9 @@ def test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arr
     flags = ["--wait_for_complete_batch=true", f"--session_gap_s={gap_s}", "--window_size_s=300",
              "--use_compression=true"]
     written = _live_and_bounded(records, 500, 3600, flags, s3_endpoint, s3_client,
-                                live_sessions("PrismRunner", harnesses)._replace(shards=8))
+                                dataclasses.replace(
+                                    profile_of("PrismRunner", session_processes=harnesses),
+                                    sessions=LiveSessions(shards=8)))
     assert len(written["live"]) > 10
     assert sorted(written["live"]) == sorted(written["bounded"])
     assert written["live"] == written["bounded"]
@@ -546,21 +548,23 @@ def _live_graph(runner: str, flags: list[str]):
                              "--input_subscription=projects/local-project/subscriptions/graph",
                              *flags])
     p = beam.Pipeline(options=PipelineOptions(["--streaming"]))
-    build(p, config, runner, codec=NO_DICTIONARY)
+    build(p, config, profile_of(runner, pubsub_readers=config.pubsub_readers,
+                                session_processes=config.session_harnesses),
+          codec=NO_DICTIONARY)
     return p.to_runner_api().components
 
 
 def _environments(runner: str, flags: list[str]) -> dict[str, set[str]]:
-    """The environments of a live run's graph on `runner`, by step: the top-level
-    step, or for BatchPerDevice and WriteBatchFiles the step inside them (reading,
-    parsing, windowing or keying by shard, keeping sessions, writing files)."""
+    """The environments of a live run's graph on `runner`, by step: each top-level
+    step, and each step inside one (reading, parsing, windowing or keying by shard,
+    keeping sessions, keying, packing and writing files)."""
     found: dict[str, set[str]] = {}
     for transform in _live_graph(runner, flags).transforms.values():
         if not transform.environment_id or transform.subtransforms:
             continue
         path = transform.unique_name.split("/")
-        step = "/".join(path[:2] if path[0] in ("BatchPerDevice", "WriteBatchFiles") else path[:1])
-        found.setdefault(step, set()).add(transform.environment_id)
+        for step in {path[0], "/".join(path[:2])}:
+            found.setdefault(step, set()).add(transform.environment_id)
     return found
 
 
@@ -575,7 +579,7 @@ _READ = ("ReadPubSub", "ParseBatches", "ApplySettings", "StampArrival")
 
 def _read(part: int, *then: str) -> list[str]:
     """The steps of a live run's `part`th of two reads, as far as the shuffle."""
-    return [f"{step}{part}" for step in _READ] + [f"BatchPerDevice/{step}" for step in then]
+    return [f"{step}{part}" for step in (*_READ, *then)]
 
 
 @pytest.mark.parametrize("sessions", [False, True], ids=["windows", "sessions"])
@@ -587,15 +591,14 @@ def test_live_reads_each_have_an_sdk_harness_of_their_own_on_prism(sessions):
     pass through another's harness. The first read is in the default environment,
     with the packing and writing of files. `--pubsub_readers=1`: one read."""
     flags = ["--wait_for_complete_batch=true", "--session_harnesses=2"] if sessions else []
-    before = (["KeyBySessionShard{}", "SessionsOfHarness0FromRead{}",
-               "SessionsOfHarness1FromRead{}"] if sessions else ["WindowPerDevice{}"])
     prism = _environments("PrismRunner", flags)
-    reads = [_one(prism, _read(part, *(step.format(part) for step in before)))
-             for part in range(2)]
+    reads = [_one(prism, _read(part, "ToGroupPerDevice", "SplitDevices")) for part in range(2)]
+    held = "KeyBySessionShard" if sessions else "WindowPerDevice"
+    assert [_one(prism, [f"ToGroupPerDevice{part}/{held}"]) for part in range(2)] == reads
     assert len(set(reads)) == 2
-    assert _one(prism, ["WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"]) == reads[0]
+    assert _one(prism, ["PackAndWriteFiles/PackFiles", "PackAndWriteFiles/WriteFiles"]) == reads[0]
     if sessions:
-        grouped = ["BatchPerDevice/SessionPerDevice0", "BatchPerDevice/SessionPerDevice1"]
+        grouped = ["BatchPerDevice0/SessionPerDevice", "BatchPerDevice1/SessionPerDevice"]
         assert not set(reads) & set().union(*(prism[step] for step in grouped))
     assert "ReadPubSub1" not in _environments("PrismRunner", [*flags, "--pubsub_readers=1"])
     assert _environments("FlinkRunner", flags).keys() >= {"ReadPubSub", "ParseBatches"}
@@ -609,9 +612,9 @@ def test_live_sessions_have_an_sdk_harness_of_their_own_on_prism():
     the work. Other runners keep one environment."""
     sessions = ["--wait_for_complete_batch=true"]
     prism = _environments("PrismRunner", sessions)
-    kept = _one(prism, ["BatchPerDevice/SessionPerDevice", "WriteBatchFiles/KeyByFile",
-                        "WriteBatchFiles/WindowForFiles"])
-    reads = {_one(prism, _read(part, f"KeyBySessionShard{part}")) for part in range(2)}
+    kept = _one(prism, ["BatchPerDevice/SessionPerDevice", "KeyForFiles/KeyByFile",
+                        "KeyForFiles/WindowForFiles"])
+    reads = {_one(prism, _read(part, "ToGroupPerDevice")) for part in range(2)}
     assert len({kept, *reads}) == 3
     for runner, flags in [("FlinkRunner", sessions), ("FlinkRunner", []),
                           ("FlinkRunner", [*sessions, "--session_harnesses=2"])]:
@@ -625,28 +628,26 @@ def test_live_fixed_windows_are_merged_in_an_sdk_harness_of_their_own_on_prism(f
     so in a harness process of its own, beside those of the reads (the first packs
     and writes); with `--session_harnesses=2` still one (the grouping is Prism's)."""
     prism = _environments("PrismRunner", [*flags, "--pubsub_readers=1"])
-    apart = _one(prism, ["BatchPerDevice/MergeBatch", "WriteBatchFiles/KeyByFile",
-                         "WriteBatchFiles/WindowForFiles"])
-    read = _one(prism, ["ReadPubSub", "ParseBatches", "BatchPerDevice/WindowPerDevice",
-                        "WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"])
+    apart = _one(prism, ["BatchPerDevice/MergeBatch", "KeyForFiles/KeyByFile",
+                         "KeyForFiles/WindowForFiles"])
+    read = _one(prism, ["ReadPubSub", "ParseBatches", "ToGroupPerDevice/WindowPerDevice",
+                        "PackAndWriteFiles/PackFiles", "PackAndWriteFiles/WriteFiles"])
     assert apart != read
     assert set().union(*prism.values()) == {apart, read}
 
 
 def test_live_fixed_windows_of_two_reads_are_merged_in_the_reads_harnesses_on_prism(caplog):
     """Live fixed windows of Prism's two reads: each read's harness merges a part of
-    the devices (split by `session_part` in each read's harness before Prism groups
+    the devices (split by `key_part` in each read's harness before Prism groups
     them) and keys their files, so the merging of a backlog's windows, which close
     together once it is read, is shared by both processes, and no third one starts
     for it. Each part's windowing for files is the same Beam windowing (no warning at
     the flatten before the files are grouped)."""
     with caplog.at_level(logging.WARNING):
         prism = _environments("PrismRunner", [])
-    reads = [_one(prism, _read(part, f"WindowPerDevice{part}",
-                               f"DevicesOfHarness0FromRead{part}",
-                               f"DevicesOfHarness1FromRead{part}")) for part in range(2)]
-    merged = [_one(prism, [f"BatchPerDevice/MergeBatch{part}", f"WriteBatchFiles/KeyByFile{part}",
-                           f"WriteBatchFiles/WindowForFiles{part}"]) for part in range(2)]
+    reads = [_one(prism, _read(part, "ToGroupPerDevice", "SplitDevices")) for part in range(2)]
+    merged = [_one(prism, [f"BatchPerDevice{part}/MergeBatch", f"KeyForFiles{part}/KeyByFile",
+                           f"KeyForFiles{part}/WindowForFiles"]) for part in range(2)]
     assert merged == reads and len(set(reads)) == 2
     assert set().union(*prism.values()) == set(reads)
     assert "must have the same window" not in caplog.text
@@ -660,13 +661,13 @@ def test_live_sessions_in_two_sdk_harnesses_on_prism_each_keep_their_part():
     the writing."""
     prism = _environments("PrismRunner", ["--wait_for_complete_batch=true",
                                           "--session_harnesses=2", "--pubsub_readers=1"])
-    default = _one(prism, ["ReadPubSub", "ParseBatches", "BatchPerDevice/KeyBySessionShard",
-                           "BatchPerDevice/SessionsOfHarness0", "WriteBatchFiles/KeyByFile",
-                           "WriteBatchFiles/PackFiles", "WriteBatchFiles/WriteFiles"])
-    first, second = (_one(prism, [f"BatchPerDevice/SessionPerDevice{part}"]) for part in (0, 1))
+    default = _one(prism, ["ReadPubSub", "ParseBatches", "ToGroupPerDevice/KeyBySessionShard",
+                           "SplitDevices/Part0", "KeyForFiles/KeyByFile",
+                           "PackAndWriteFiles/PackFiles", "PackAndWriteFiles/WriteFiles"])
+    first, second = (_one(prism, [f"BatchPerDevice{part}/SessionPerDevice"]) for part in (0, 1))
     assert len({first, second, default}) == 3
     # Prism's 4,096 shards are shared about evenly
-    firsts = sum(session_part((str(shard), None), 2) == 0 for shard in range(4096))
+    firsts = sum(key_part((str(shard), None), 2) == 0 for shard in range(4096))
     assert 0.45 < firsts / 4096 < 0.55
 
 
@@ -685,7 +686,7 @@ def test_live_sessions_split_between_harnesses_keep_their_coders():
 
         return [spelled(graph.pcollections[pcoll].coder_id)
                 for transform in graph.transforms.values()
-                if transform.unique_name.startswith("BatchPerDevice/SessionPerDevice")
+                if transform.unique_name.startswith("BatchPerDevice")
                 and transform.unique_name.endswith("/ParDo(_LiveSessionsFn)")
                 for pcoll in transform.inputs.values()]
 
@@ -753,9 +754,9 @@ def test_late_batches_of_a_written_window_go_out_together_on_prism(
     assert (counters.get("late_batches"), counters.get("late_events")) == (5, 5), counters
     late_panes = counters.get(metrics.FILE_PANES_PREFIX + "late")
     assert sum(len(body.splitlines()) for body in letters.values()) == 5
-    # Counted as written: before tools/prism's metrics-unknown-short-ids-of-several-bundles
-    # patch, Prism lost the count of one of two bundles that reported a new counter at
-    # once (one file short, twice on 2026-12-02, a pane each).
+    # Counted as written: without the metrics-unknown-short-ids-of-several-bundles patch
+    # (pipeline/engine/prism), Prism loses the count of one of two bundles that report a
+    # new counter at once (one file short, a pane each).
     assert len(letters) == counters["dead_letter_files_written"], counters
     if batched:
         assert late_panes == 1 and len(letters) == 1, counters
@@ -1016,18 +1017,18 @@ def test_live_sessions_write_the_bounded_sessions_in_whatever_order_a_runner_goe
     sends, shards, data
 ):
     """`_LiveSessionsFn` driven in any order that a runner's watermark allows
-    (`_as_a_runner`) writes the sessions the bounded path writes (`grouped_in_memory`)
+    (`_as_a_runner`) writes the sessions the bounded path writes (`Mode.in_memory`)
     at the same times, none counted late, none behind the watermark downstream (each
     session holds it with a timer until it is out), and keeps nothing once all are
     written.
     Devices under one key, two or their own (`shards`); batches about a gap apart,
     and event ids that repeat."""
     held, sent = _HeldSessions(_GAP_MS // 1000), _sent(sends, shards)
-    expected = grouped_in_memory(
+    batching = Batching(BatchingMode.SESSIONS, session_gap_s=_GAP_MS // 1000)
+    expected = mode_of(batching).in_memory(
         [(device, ShuffledBatch.of(arrived(device, at, event_id), NO_DICTIONARY))
          for _, device, at, event_id in sent],
-        Batching(BatchingMode.SESSIONS, session_gap_s=_GAP_MS // 1000), NO_DICTIONARY,
-        Merger(NO_DICTIONARY))[0]
+        batching, NO_DICTIONARY, Merger(NO_DICTIONARY), None)[0]
     written, _, behind_downstream = _as_a_runner(held, sent, data)
     assert sorted((out.value.device, out.value.line, out.timestamp.micros) for out in written) == (
         sorted((out.device, out.line, at_us) for out, at_us in expected))

@@ -15,9 +15,15 @@ from pipeline.build import trained_codec
 from pipeline.config import load_config
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.pipelines import batch_pipeline
-from transforms.batching import BatchPerDevice, StampArrival, _LiveSessionsFn
+from transforms.batching import BatchPerDevice, StampArrival
+from transforms.live_sessions import _LiveSessionsFn
+from transforms.machinery.shuffled import (
+    NO_DICTIONARY,
+    ShuffleCodec,
+    ShuffledBatch,
+    ShuffledBatchCoder,
+)
 from transforms.rules import batch_json
-from transforms.shuffled import NO_DICTIONARY, ShuffleCodec, ShuffledBatch, ShuffledBatchCoder
 from transforms.values import ArrivedBatch, Batching, BatchingMode
 
 BATCH = {"mpid": -8, "events": [{"event_type": "custom_event", "data": {"event_name": "é ✓"}}]}

@@ -1,4 +1,4 @@
-"""The spill's files (`transforms.spill_files`): what a bundle appends reads back in
+"""The spill's files (`transforms.machinery.spill_files`): what a bundle appends reads back in
 order, nothing shows before the bundle commits, a cut file is an error, and a
 bundle's buffers stay under their cap."""
 
@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from transforms import spill_files
-from transforms.shuffled import ShuffledBatch
-from transforms.spill_files import (
+from transforms.machinery import spill_files
+from transforms.machinery.shuffled import ShuffledBatch
+from transforms.machinery.spill_files import (
     BATCH_CODER,
     SUFFIX,
     BundleFiles,
@@ -19,7 +19,7 @@ from transforms.spill_files import (
     shard_slices,
     slice_start_s,
 )
-from transforms.spill_files import (
+from transforms.machinery.spill_files import (
     spill_files as files_in,
 )
 

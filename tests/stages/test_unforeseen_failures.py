@@ -21,8 +21,8 @@ from tests.oracle import forwarded_event_ids
 from tests.pipelines import batch_pipeline
 from tests.stages.batches import T0, batch
 from transforms import metrics
+from transforms.machinery.shuffled import ShuffleCodec
 from transforms.rules.settings import ForwardingSettings
-from transforms.shuffled import ShuffleCodec
 from transforms.values import RawRecord
 
 

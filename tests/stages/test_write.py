@@ -14,9 +14,10 @@ from tests.pipelines import batch_pipeline
 from tests.stages.batches import T0, arrived
 from transforms.batching import BatchPerDevice, StampArrival
 from transforms.io import s3
+from transforms.machinery.files import UPLOAD_THREADS
 from transforms.rules.naming import DateFolders
 from transforms.values import Batching, FileLayout
-from transforms.write import UPLOAD_THREADS, WriteBatchFiles, WriteDeadLetters
+from transforms.write import WriteBatchFiles, WriteDeadLetters
 
 
 def test_write_batch_files_packs_by_bounds_and_writes_to_s3(s3_endpoint, s3_client, bucket):

@@ -23,6 +23,7 @@ import smart_open
 import smart_open.compression
 
 from transforms.io import progress, s3
+from transforms.io.locations import Location, is_s3, is_url
 from transforms.rules import batch_json
 from transforms.rules.dead_letters import REPLAY_MARKER, replayed
 from transforms.values import RawRecord
@@ -153,27 +154,29 @@ class _Chain(io.RawIOBase):
 
 
 def _glob_s3(client: Any, pattern: str) -> list[tuple[str, int]]:
-    bucket, _, key_pattern = pattern[len("s3://"):].partition("/")
+    location = Location.of(pattern)
+    key_pattern = location.path
     prefix = key_pattern.split("*")[0].split("?")[0].split("[")[0]
     matched = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix)
+    for page in pages:
         for item in page.get("Contents", ()):
             if fnmatch.fnmatchcase(item["Key"], key_pattern):
-                matched.append((f"s3://{bucket}/{item['Key']}", item["Size"]))
+                matched.append((location.url_of(item["Key"]), item["Size"]))
     return matched
 
 
 def input_client(patterns: Iterable[str], connection: s3.S3Connection) -> Any:
     """The S3 client that reading these patterns needs, or None if none is on S3."""
-    return s3.make_client(connection) if any(p.startswith("s3://") for p in patterns) else None
+    return s3.make_client(connection) if any(is_s3(p) for p in patterns) else None
 
 
 def matched_files(pattern: str, client: Any = None) -> list[tuple[str, int]]:
     """(path, size as stored) of the files a path or glob names, sorted by path;
     local, s3:// or any Beam filesystem."""
-    if pattern.startswith("s3://"):
+    if is_s3(pattern):
         return sorted(_glob_s3(client, pattern))
-    if "://" in pattern:
+    if is_url(pattern):
         from apache_beam.io.filesystems import FileSystems
 
         return sorted((m.path, m.size_in_bytes)
@@ -192,11 +195,11 @@ def expand_pattern(pattern: str, client: Any = None) -> list[str]:
 def open_input(path: str, client: Any = None) -> IO[bytes]:
     """A decompressing binary stream (gzip and others by extension) that reports the
     bytes it reads from the file as stored (`transforms.io.progress`)."""
-    if path.startswith("s3://"):
+    if is_s3(path):
         raw = smart_open.open(
             path, "rb", compression="disable", transport_params={"client": client}
         )
-    elif "://" in path:
+    elif is_url(path):
         from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
         raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)

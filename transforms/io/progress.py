@@ -1,9 +1,10 @@
 """Progress of a run on this machine: workers tell the launcher what they have done.
 
 The launcher (`pipeline.progress.ProgressReporter`) listens on a loopback UDP
-port named in the environment, which the DirectRunner's and Prism's worker
-processes inherit (and in-process DoFns share). Workers add what they did
-(input bytes read, records, events forwarded, files written) and send the sums
+port named in the environment, which the worker processes of a runner of this
+machine inherit (and in-process DoFns share; `RunnerProfile.reports_progress`).
+Workers add what they did (input bytes read, records, events forwarded, files
+written) and send the sums
 at most once a second and at the end of each bundle. On a cluster the variable
 is not set and reporting does nothing: the runner's own UI shows progress there.
 """

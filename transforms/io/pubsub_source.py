@@ -1,21 +1,21 @@
 """PubSubSource: a Pub/Sub subscription as a portable unbounded source.
 
 Read with `beam.io.Read(PubSubSource(subscription))`, which every portable runner
-executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
-`ReadFromPubSub`, which only the DirectRunner and Dataflow run natively.
+executes as a splittable DoFn, unlike Beam's `ReadFromPubSub`, which only some
+runners run natively.
 
 - One thread per process and subscription pulls into a bounded queue that every
   reader of that subscription in the process drains, so `advance()` never waits
   on the network, and no reader holds messages only it can emit: Beam parks a
   reader between bundles in a cache of the DoFn instance that ran it, and when
   the runner resumes the split on another instance a new reader is made while
-  the parked one lives on until the cache evicts it (seen on Prism under load).
+  the parked one lives on until the cache evicts it (seen under load).
 - Every message pulled has its ack deadline extended until the checkpoint that
   covers it is finalized; what is queued while no reader asks for
   `UNDRAINED_S` is handed back to Pub/Sub, for another process to take.
 - A message is acknowledged only when the checkpoint that covers it is
   finalized: a runner finalizes a bundle only after it has committed its output
-  (Flink when a checkpoint completes, Dataflow after its durable commit). So a
+  (when a checkpoint completes, or after a durable commit). So a
   crash before that leaves the message unacknowledged, and Pub/Sub delivers it
   again.
 - The watermark is the oldest publish time among the messages the process has
@@ -30,12 +30,12 @@ executes as a splittable DoFn (Prism, Flink, Spark's job servers), unlike Beam's
   dictionary on, messages waiting in the subscription, handed back at once.
 - `split(n)` gives n readers of the same subscription: in one process they share
   the queue; in several, Pub/Sub shares the messages out between them.
-- A drain (the launcher creates the file that DRAIN_FILE_ENV names): the puller
+- A drain (the launcher creates the file a source is given as `drain_file`): the puller
   pulls no more; once what it queued has been emitted, every reader reports the
   end of time (MAX_TIMESTAMP), so the runner fires every open window, writes its
   files and ends the job. Else a stopped run would lose what a runner that
-  finalizes on holding a bundle's output (Prism) has acknowledged and holds in
-  open windows.
+  finalizes on holding a bundle's output has acknowledged and holds in open
+  windows.
 """
 
 from __future__ import annotations
@@ -85,14 +85,12 @@ MAX_HOLD_S = 30 * 60  # past this a message is left to be redelivered
 # A pull that keeps failing is said once in this long (the launcher's status line and
 # /readyz say it all along).
 FAILURE_LOG_EVERY_S = 60
-# Names a file (in the environment the workers inherit) whose existence drains readers.
-DRAIN_FILE_ENV = "MPARTICLE_S3_DRAIN_FILE"
 
 
-def draining() -> bool:
-    """Whether the launcher has asked this process's readers to drain."""
-    path = os.environ.get(DRAIN_FILE_ENV)
-    return bool(path) and os.path.exists(path)
+def draining(drain_file: str | None) -> bool:
+    """Whether the launcher has asked the readers to drain: it has created
+    `drain_file` (None: a source that is stopped otherwise)."""
+    return bool(drain_file) and os.path.exists(drain_file)
 
 
 def _subscriber():
@@ -313,11 +311,11 @@ class _Puller:
     _lock = threading.Lock()
 
     @classmethod
-    def join(cls, subscription: str) -> _Puller:
+    def join(cls, subscription: str, drain_file: str | None = None) -> _Puller:
         with cls._lock:
             puller = cls._running.get(subscription)
             if puller is None:
-                puller = cls._running[subscription] = _Puller(subscription)
+                puller = cls._running[subscription] = _Puller(subscription, drain_file)
                 puller._thread.start()
             puller._readers += 1
             return puller
@@ -332,8 +330,9 @@ class _Puller:
         self._thread.join(timeout=PULL_TIMEOUT_S + 1)
         self._hand_back()
 
-    def __init__(self, subscription: str):
+    def __init__(self, subscription: str, drain_file: str | None = None):
         self._subscription = subscription
+        self._drain_file = drain_file
         self._client = _subscriber()
         self._queue: collections.deque = collections.deque()
         self._readers = 0
@@ -356,7 +355,7 @@ class _Puller:
 
     def drained(self) -> bool:
         """A drain was asked for and every message pulled has been taken."""
-        return not self._queue and draining()
+        return not self._queue and draining(self._drain_file)
 
     def watermark(self) -> Timestamp | None:
         """The oldest publish time pulled and not yet acknowledged; when there is none,
@@ -376,7 +375,7 @@ class _Puller:
             if time.monotonic() - last_acked > ACK_RETRY_EVERY_S:
                 last_acked = time.monotonic()
                 self._acknowledge_again()
-            if draining():
+            if draining(self._drain_file):
                 time.sleep(0.1)  # pull no more; the readers empty the queue
             elif time.monotonic() - self._asked > UNDRAINED_S:
                 self._hand_back()  # no reader here drains it: let another take it
@@ -473,8 +472,9 @@ class PubSubReader(UnboundedReader):
     """Takes from its process's puller of the subscription; emits RawRecords
     stamped with their publish time."""
 
-    def __init__(self, subscription: str):
+    def __init__(self, subscription: str, drain_file: str | None = None):
         self._subscription = subscription
+        self._drain_file = drain_file
         self._puller: _Puller | None = None
         self._emitted: list[str] = []  # ack ids since the last checkpoint
         self._current: tuple[RawRecord, Timestamp] | None = None
@@ -486,7 +486,7 @@ class PubSubReader(UnboundedReader):
     def start(self) -> bool:
         """Joins its process's puller; once its first pull has answered (or
         FIRST_PULL_WAIT_S has passed), the first message, if one came."""
-        self._puller = _Puller.join(self._subscription)
+        self._puller = _Puller.join(self._subscription, self._drain_file)
         self._puller.first_pull.wait(FIRST_PULL_WAIT_S)
         return self.advance()
 
@@ -548,20 +548,25 @@ class PubSubSource(UnboundedSource):
 
     Each split has its own `index`: the SDK caches a reader between bundles under
     its source and checkpoint, and identical splits would share an entry.
+    `drain_file`: a file on the workers' machine whose creation drains the readers
+    (the launcher's, for a runner whose workers share its machine); None: none.
     """
 
-    def __init__(self, subscription: str, splits: int = 2, index: int = 0):
+    def __init__(self, subscription: str, splits: int = 2, index: int = 0,
+                 drain_file: str | None = None):
         self.subscription = subscription
         self.splits = splits
         self.index = index
+        self.drain_file = drain_file
 
     def split(self, desired_num_splits: int, options: Any = None):
         count = max(1, min(desired_num_splits, self.splits))
-        return [PubSubSource(self.subscription, 1, index) for index in range(count)]
+        return [PubSubSource(self.subscription, 1, index, self.drain_file)
+                for index in range(count)]
 
     def create_reader(self, options: Any, checkpoint_mark: Any) -> PubSubReader:
         # Pub/Sub keeps the position: what is not acknowledged comes again.
-        return PubSubReader(self.subscription)
+        return PubSubReader(self.subscription, self.drain_file)
 
     def get_checkpoint_mark_coder(self):
         return coders.PickleCoder()

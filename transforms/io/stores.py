@@ -21,6 +21,7 @@ import botocore.exceptions
 import smart_open
 
 from transforms.io import retries, s3
+from transforms.io.locations import Location
 
 # Largest body sent as one PutObject; above it the upload is multipart. S3
 # takes 5 GiB in one PUT; a smaller bound keeps a retried request cheap.
@@ -40,17 +41,9 @@ class Outcome(enum.Enum):
     KEY_TAKEN = "key_taken"  # other content under that key
 
 
-# What a key's suffix says its object holds: Parquet's registered media type; else the
-# NDJSON text files (gzipped or not: `.txt.gz` is read by its extension).
-PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
-
-
-def content_type(key: str) -> str:
-    return PARQUET_CONTENT_TYPE if key.endswith(".parquet") else "text/plain"
-
-
 class ObjectStore(Protocol):
-    def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome: ...
+    def put_new(self, key: str, body: bytes, content_sha256: str,
+                content_type: str = "text/plain") -> Outcome: ...
 
 
 class S3Store:
@@ -76,10 +69,11 @@ class S3Store:
         self.single_put_max_bytes = single_put_max_bytes
         self.part_bytes = part_bytes
 
-    def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome:
+    def put_new(self, key: str, body: bytes, content_sha256: str,
+                content_type: str = "text/plain") -> Outcome:
         arguments = {
             **self.connection.put_arguments(),
-            "ContentType": content_type(key),
+            "ContentType": content_type,
             "Metadata": {CONTENT_HASH_METADATA: content_sha256},
         }
         started = time.monotonic()
@@ -150,7 +144,9 @@ class LocalDirStore:
     def __init__(self, root: str):
         self.root = root
 
-    def put_new(self, key: str, body: bytes, content_sha256: str) -> Outcome:
+    def put_new(self, key: str, body: bytes, content_sha256: str,
+                content_type: str = "text/plain") -> Outcome:
+        """`content_type`: a local file has none."""
         path = os.path.join(self.root, key)
         directory = os.path.dirname(path)
         os.makedirs(directory, exist_ok=True)
@@ -168,12 +164,14 @@ class LocalDirStore:
 
 
 def write_once(
-    store: ObjectStore, key_for_attempt: Callable[[int], str], body: bytes, content_sha256: str
+    store: ObjectStore, key_for_attempt: Callable[[int], str], body: bytes, content_sha256: str,
+    content_type: str = "text/plain",
 ) -> tuple[str, Outcome]:
-    """Writes `body` under the first key that is free or already holds it."""
+    """Writes `body` (of `content_type`) under the first key that is free or already
+    holds it."""
     for attempt in range(MAX_KEY_ATTEMPTS):
         key = key_for_attempt(attempt)
-        outcome = store.put_new(key, body, content_sha256)
+        outcome = store.put_new(key, body, content_sha256, content_type)
         if outcome is not Outcome.KEY_TAKEN:
             return key, outcome
     raise RuntimeError(
@@ -181,17 +179,9 @@ def write_once(
     )
 
 
-def split_location(location: str) -> tuple[str | None, str]:
-    """`s3://bucket/prefix` → (bucket, prefix); a local path → (None, path)."""
-    if location.startswith("s3://"):
-        bucket, _, prefix = location[len("s3://"):].partition("/")
-        return bucket, prefix.strip("/")
-    return None, location
-
-
 def open_store(location: str, connection: s3.S3Connection) -> tuple[ObjectStore, str]:
     """The store for an `s3://bucket/prefix` or local directory, and the key prefix."""
-    bucket, prefix = split_location(location)
-    if bucket is None:
-        return LocalDirStore(prefix), ""
-    return S3Store(connection, bucket), prefix
+    where = Location.of(location)
+    if not where.on_s3:
+        return LocalDirStore(where.path), ""
+    return S3Store(connection, where.bucket), where.prefix

@@ -82,7 +82,7 @@ def nesting_depth(value: Any) -> int:
 
     A level at a time, in comprehensions over exact types (what JSON decoders make):
     a quarter of the time of a walk with a stack of (item, depth) pairs, which took a
-    fifth of the SDK harness's bundle time on batches of 40-80 events (README,
+    fifth of a worker's bundle time on batches of 40-80 events (README,
     Performance)."""
     depth = 0
     level = [value] if type(value) in _CONTAINERS else []

@@ -4,7 +4,7 @@ merging needs of each event (`grouping.event_keys`).
 
 `BatchParts.of(batch).line()` is `batch_json.encode(batch)`, byte for byte; with
 other events, the batch's fields around those events. `to_bytes`/`from_bytes` is
-how parts cross a shuffle (compressed there, `transforms.shuffled`).
+how parts cross a shuffle (compressed there, `transforms.machinery.shuffled`).
 """
 
 from __future__ import annotations

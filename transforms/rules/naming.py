@@ -101,12 +101,10 @@ def file_digits(content_sha256: str, attempt: int = 0) -> int:
     return (int(content_sha256[:12], 16) + attempt) % FILE_DIGITS
 
 
-def file_name(app_name: str, unix_ms: int, digits: int, compressed: bool,
-              parquet: bool = False) -> str:
-    """`<App Name>_<UTC timestamp>_<5 digits>.txt`, `.txt.gz` when gzipped; `.parquet`
-    for Parquet (compressed inside)."""
-    suffix = ".parquet" if parquet else ".txt.gz" if compressed else ".txt"
-    return f"{app_name}_{file_timestamp(unix_ms)}_{digits:05d}{suffix}"
+def file_stem(app_name: str, unix_ms: int, digits: int) -> str:
+    """`<App Name>_<UTC timestamp>_<5 digits>`, which the file format's extension ends
+    (`.txt`, `.txt.gz`, `.parquet`: `transforms.machinery.files`)."""
+    return f"{app_name}_{file_timestamp(unix_ms)}_{digits:05d}"
 
 
 def join_key(*parts: str | None) -> str:

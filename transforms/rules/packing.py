@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Iterator, TypeVar
 
 # Defaults that avoid the small-files problem in S3 query engines (Athena,
-# Spark, Presto plan one split per object) while keeping one file in memory
+# Hive, Presto plan one split per object) while keeping one file in memory
 # cheap: 64 MiB of uncompressed NDJSON is a few MiB gzipped.
 DEFAULT_MAX_BATCHES_PER_FILE = 100_000
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024

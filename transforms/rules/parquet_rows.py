@@ -35,7 +35,7 @@ from transforms.rules import batch_json
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Rows per row group: pyarrow's default, so a file of the default bounds (64 MiB of
-# NDJSON) is one or a few groups of tens of MiB, the size Athena and Spark split on.
+# NDJSON) is one or a few groups of tens of MiB, the size Athena and Trino split on.
 ROW_GROUP_ROWS = 1_048_576
 # --use_compression=true → zstd (smaller, as fast to read); false → snappy (Parquet's
 # usual default, cheapest to write).

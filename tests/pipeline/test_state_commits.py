@@ -1,4 +1,4 @@
-"""`transforms.state_commits`: a bundle's bag cells sent to the runner together, then
+"""`pipeline.runners.state_commits`: a bundle's bag cells sent to the runner together, then
 every answer awaited; each cell's requests, and what they carry, as Beam's own commit
 sends them. The live sessions step's equality tests on Prism
 (`test_live_sessions_on_prism_write_what_a_bounded_run_writes_for_the_same_arrivals`)
@@ -12,7 +12,7 @@ from apache_beam.runners.worker import bundle_processor
 from apache_beam.transforms import userstate
 from apache_beam.transforms.window import GlobalWindow
 
-from transforms import state_commits
+from pipeline.runners import state_commits
 
 BAG = userstate.BagStateSpec("batches", coders.StrUtf8Coder())
 VALUE = userstate.ReadModifyWriteStateSpec("value", coders.VarIntCoder())

@@ -5,11 +5,11 @@ Beam's Python SDK harness commits a bundle's user state cell by cell:
 `FnApiUserStateContext.commit` calls each cell's `commit`, and a bag's commit sends
 its clear and its append to the runner and waits for the answer before the next
 cell's are sent. A cell is a (key, state) pair, and a bundle of the live sessions
-step (`batching._LiveSessionsFn`) adds batches to hundreds of keys' bags, so its
-commit was hundreds of round trips to the runner one after another (on Prism,
-which sends no cache tokens, each through its state stream and back): with
-sessions that open and close at a steady pace, that step's bundles took 2-4 s each
-and fell behind at 1,000 batches/s on two cores (README, Performance → Live).
+step (`transforms.live_sessions`) adds batches to hundreds of keys' bags, so its
+commit would be hundreds of round trips to the runner one after another (on Prism,
+which sends no cache tokens, each through its state stream and back), and at a
+steady 1,000 batches/s on two cores that step would fall behind (README,
+Performance → Live).
 
 `pipeline_bag_commits` makes the commit send every bag cell's requests first and
 then wait for all their answers. A runner answers the requests of a state stream
@@ -60,8 +60,8 @@ def commit(context: bundle_processor.FnApiUserStateContext) -> None:
 
 
 def pipeline_bag_commits() -> bool:
-    """Installs `commit` in this process, once (a DoFn's `setup` calls it); whether
-    it is installed."""
+    """Installs `commit` in this process, once (the live sessions step's `setup` calls
+    it: `RunnerProfile.worker_setup`); whether it is installed."""
     global _installed
     with _lock:
         if _installed is None:

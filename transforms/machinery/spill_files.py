@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import zstandard
 from apache_beam import coders
 
-from transforms.shuffled import ShuffledBatchCoder
+from transforms.machinery.shuffled import ShuffledBatchCoder
 
 SUFFIX = ".spill"
 _PART = ".part"
@@ -33,7 +33,7 @@ _FRAME = struct.Struct(">I")
 BATCH_CODER = coders.TupleCoder(
     [coders.StrUtf8Coder(), ShuffledBatchCoder()]
 )
-# ((app, date folder, shard, file window start), `write.file_entry`)
+# ((app, date folder, shard, file window start), `files.file_entry`)
 LINE_CODER = coders.TupleCoder([
     coders.TupleCoder([coders.StrUtf8Coder(), coders.StrUtf8Coder(), coders.VarIntCoder(),
                        coders.VarIntCoder()]),

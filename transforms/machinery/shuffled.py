@@ -1,8 +1,8 @@
 """What crosses a shuffle: compact bytes, never pickled dicts.
 
 A runner holds everything it shuffles and decodes and re-encodes each value on
-the way through (the FnApiRunner does it in its own process, on one core, and
-keeps several copies of a grouping while it hands it on). A batch there as a
+the way through (a local runner does it in its own process, on one core, and may
+keep several copies of a grouping while it hands it on). A batch there as a
 dict costs unpickling and pickling it again in the runner and about six times
 its JSON size in memory. As zstd-compressed JSON it costs a copy of a fraction
 of its JSON size; compressing and decompressing happen in the workers, in
@@ -18,7 +18,8 @@ merge then joins JSON it already has, instead of decoding each batch again
 (orjson takes about 37 µs for a 2 KB batch, most of the merge's cost) and
 encoding the result.
 
-The coder is registered for the type, so a step that declares
+The coder is registered for the type by the steps that make ShuffledBatch values
+(`register_coder`, when they are added to a graph), so a step that declares
 `tuple[key, ShuffledBatch]` as its output gets it on every runner.
 """
 
@@ -136,4 +137,8 @@ class ShuffledBatchCoder(FastCoder):
         return hash(type(self))
 
 
-coders.registry.register_coder(ShuffledBatch, ShuffledBatchCoder)
+def register_coder() -> None:
+    """ShuffledBatchCoder for every ShuffledBatch in a graph: called by the transforms
+    that declare it as an output type, as they are added to a graph (the same each
+    time); importing this module registers nothing."""
+    coders.registry.register_coder(ShuffledBatch, ShuffledBatchCoder)
