@@ -1,25 +1,99 @@
-"""Runner knowledge (`pipeline/runners.py`) against the real engines: a portable run
-lasts as long as its job, however short Beam's job-server timeout; a live one on Prism
-fires each timer once."""
+"""Runner knowledge (`pipeline/runners/`): what each runner's profile decides, kept in
+that one room; and against the real engines: a portable run lasts as long as its
+job, however short Beam's job-server timeout; a live one on Prism fires each timer
+once."""
 
 from __future__ import annotations
 
 import collections
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.transforms import userstate
 
-from pipeline.runners import make_runner, worker_environment
+from pipeline.runners import make_runner, profile_for, profile_of, worker_environment
+from pipeline.runners.prism import SdkHarnessHint
 from pipeline.tools.sample_data import generate, write_ndjson
 from tests.conftest import list_keys, run_main
 from tests.pipelines import Replayed
-from transforms.values import RawRecord
+from transforms.values import LiveSessions, RawRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("DirectRunner", dict(reads=1, pubsub_readers=0, sessions=LiveSessions(by_timer=False),
+                          session_processes=0, late_files_batched=False,
+                          drains_on_stop=False, slices=True, reports_progress=True)),
+    ("PrismRunner", dict(reads=2, pubsub_readers=1, sessions=LiveSessions(shards=4096),
+                         session_processes=1, late_files_batched=True, drains_on_stop=True,
+                         slices=True, reports_progress=True)),
+    ("FlinkRunner", dict(reads=1, pubsub_readers=2, sessions=LiveSessions(),
+                         session_processes=0, late_files_batched=True, drains_on_stop=False,
+                         slices=False, reports_progress=False)),
+    ("DataflowRunner", dict(reads=1, pubsub_readers=0, sessions=LiveSessions(),
+                            session_processes=0, late_files_batched=True,
+                            drains_on_stop=False, slices=False, reports_progress=False)),
+    ("DaskRunner", dict(reads=1, slices=False, reports_progress=True)),
+])
+def test_each_runners_profile_says_what_a_run_does_differently_on_it(name, expected):
+    profile = profile_of(name)
+    assert {field: getattr(profile, field) for field in expected} == expected
+    if name == "PrismRunner":  # steps apart, in worker processes of their own
+        placed = profile.in_process(beam.Map(str), "live sessions")
+        assert isinstance(placed.get_resource_hints()[SdkHarnessHint.urn], bytes)
+        assert not profile.in_process(beam.Map(str), "").get_resource_hints()
+    else:
+        assert not profile.in_process(beam.Map(str), "live sessions").get_resource_hints()
+
+
+def test_a_profile_takes_the_runs_own_numbers_and_a_dask_schedulers_address():
+    prism = profile_of("PrismRunner", pubsub_readers=3, session_processes=2)
+    assert (prism.reads, prism.pubsub_readers, prism.session_processes) == (3, 1, 2)
+    assert profile_of("FlinkRunner", pubsub_readers=5).pubsub_readers == 5
+    assert not profile_for(PipelineOptions([
+        "--runner=dask", "--dask_client_address=tcp://127.0.0.1:1"])).reports_progress
+    assert profile_for(PipelineOptions(["--runner=dask"])).reports_progress
+
+
+def test_no_transform_names_a_runner_or_where_it_runs():
+    """The transforms are told what differs between runners (as values the runner's
+    profile decides), never which runner runs them."""
+    named = {}
+    for path in sorted((ROOT / "transforms").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            found = re.findall(r"Prism|Flink|Spark|Dask|DirectRunner|Dataflow|FnApiRunner|"
+                               r"[Hh]arness", line)
+            if found:
+                named[f"{path.relative_to(ROOT)}:{number}"] = found
+    assert named == {}
+
+
+def test_importing_the_transforms_registers_nothing():
+    """Coders and resource hints are registered by the code that builds a graph, not
+    by importing a module (here, every module of transforms/ and pipeline/runners/)."""
+    checked = subprocess.run([sys.executable, "-c", """if True:
+        import pkgutil, importlib
+        import transforms, pipeline.runners
+        from apache_beam.coders import registry
+        from apache_beam.transforms.resources import ResourceHint
+        for package in (transforms, pipeline.runners):
+            for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+                if "dask" not in module.name and "worker_site" not in module.name:
+                    importlib.import_module(module.name)
+        from transforms.machinery.shuffled import ShuffledBatch
+        print(ShuffledBatch in registry._coders, "sdk_harness" in ResourceHint._name_to_known_hints)
+        """], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert checked.stdout.split() == ["False", "False"]
 
 
 def test_a_bounded_prism_run_outlives_the_job_server_timeout(
