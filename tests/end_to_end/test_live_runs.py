@@ -421,7 +421,7 @@ def test_a_failed_acknowledgement_is_sent_again_and_its_message_never_comes_agai
         assert poll(lambda: "acknowledging 1 messages" in log.read_text(), deadline_s=30), \
             log.read_text()[-3000:]
         objects = poll(lambda: read_objects(s3_client, bucket, "live/") or None, deadline_s=30)
-        # A lease not kept runs out at most ACK_DEADLINE_S after its last extension
+        # A lease no longer extended runs out at most ACK_DEADLINE_S after its last extension
         # (every EXTEND_EVERY_S): by then Pub/Sub would have delivered it again.
         time.sleep(max(0.0, published + ACK_DEADLINE_S + EXTEND_EVERY_S + 5 - time.monotonic()))
         counters = stopped(process, log)
