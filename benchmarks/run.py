@@ -12,7 +12,9 @@ INPUT_FILES files; `--scale` multiplies the batches):
   many-small  200,000 batches from 10,000 devices, busier: about 5 per outbound batch;
   few-large   20,000 batches of 40-80 events from 20,000 devices: about 1 per outbound;
   sessions    the default input, --wait_for_complete_batch=true (30-minute gap);
-  gzip-input  the default input, each file gzipped.
+  gzip-input  the default input, each file gzipped;
+  many-devices-day  200,000 batches from 10,000 devices whose days start at any hour:
+              a day of arrivals, about 5 per outbound batch.
 For each, with the embedded S3 server, gzip output, default file bounds, each run
 into its own bucket and timed as a whole process from start to exit, alternated
 over `--repeats`:
@@ -79,6 +81,10 @@ SHAPES = {
     "sessions": (250_000, 20_000, {}, ["--wait_for_complete_batch=true"], ["--sessions=1800"],
                  False),
     "gzip-input": (250_000, 20_000, {}, [], [], True),
+    # Devices whose days start at any hour: a day of arrivals, about five batches
+    # merging into each outbound batch.
+    "many-devices-day": (200_000, 10_000, {"quiet_share": 0.05,
+                                           "start_spread_ms": 86_400_000}, [], [], False),
 }
 
 

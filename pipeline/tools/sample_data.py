@@ -64,17 +64,18 @@ def _event(rng: random.Random, event_type: str, at_ms: int, session: tuple) -> d
 
 def generate(batches: int, devices: int, seed: int = 7,
              events_per_batch: tuple[int, int] = (1, 8),
-             quiet_share: float = 0.5) -> Iterator[dict]:
-    """`batches` batches spread over `devices` devices, in arrival order: each with
-    `events_per_batch` (fewest, most) events; before each, the device was busy (5 s to
-    2 min since its last batch) or, `quiet_share` of the time, quiet (30 min to 2 h)."""
+             quiet_share: float = 0.5, start_spread_ms: int = 3_600_000) -> Iterator[dict]:
+    """`batches` batches spread over `devices` devices: each with `events_per_batch`
+    (fewest, most) events; before each, the device was busy (5 s to 2 min since its
+    last batch) or, `quiet_share` of the time, quiet (30 min to 2 h). Each device's
+    first batch comes within `start_spread_ms` of the start."""
     rng = random.Random(seed)
     types = [t for t, weight in EVENT_MIX for _ in range(weight)]
     state = []
     for index in range(devices):
         state.append({
             "mp_deviceid": _uuid(rng), "mpid": _int64(rng), "app": APPS[index % len(APPS)],
-            "customer": f"customer-{index}", "clock": START_MS + rng.randint(0, 3_600_000),
+            "customer": f"customer-{index}", "clock": START_MS + rng.randint(0, start_spread_ms),
             "session": None, "outbound": index % 4 == 3,
         })
     for _ in range(batches):

@@ -91,7 +91,9 @@ def _letter(record: RawRecord, max_batch_bytes: int = 10_000) -> tuple[dict, int
 def test_a_dead_letter_holds_the_record_as_it_came_and_counts_the_events_read():
     for data, events in ((b"not json", 0), (b"x" * 101, 0), (b'{"events":[{"event_type":"x"}]}', 1),
                          (b'{"events":[{"event_type":"x"}],"pad":"%s"}' % (b"p" * 80), 0),
-                         (b'{"source":"s","stage":"p","reason":"r","raw":null}', 0)):
+                         (b'{"source":"s","stage":"p","reason":"r","raw":null}', 0),
+                         # too long even for a dead letter's line: refused unread
+                         (b'{"events":[{"event_type":"x"}],"pad":"%s"}' % (b"p" * 66_200), 0)):
         letter, read = _letter(RawRecord("f:9", data), max_batch_bytes=100)
         assert (letter["source"], letter["stage"], letter["raw"], read) == (
             "f:9", "parse", data.decode(), events), letter

@@ -41,9 +41,13 @@ class Outcome(enum.Enum):
     KEY_TAKEN = "key_taken"  # other content under that key
 
 
+# What an object holds when its writer does not say (`FileFormat.content_type` does).
+TEXT = "text/plain"
+
+
 class ObjectStore(Protocol):
     def put_new(self, key: str, body: bytes, content_sha256: str,
-                content_type: str = "text/plain") -> Outcome: ...
+                content_type: str = TEXT) -> Outcome: ...
 
 
 class S3Store:
@@ -70,7 +74,7 @@ class S3Store:
         self.part_bytes = part_bytes
 
     def put_new(self, key: str, body: bytes, content_sha256: str,
-                content_type: str = "text/plain") -> Outcome:
+                content_type: str = TEXT) -> Outcome:
         arguments = {
             **self.connection.put_arguments(),
             "ContentType": content_type,
@@ -145,7 +149,7 @@ class LocalDirStore:
         self.root = root
 
     def put_new(self, key: str, body: bytes, content_sha256: str,
-                content_type: str = "text/plain") -> Outcome:
+                content_type: str = TEXT) -> Outcome:
         """`content_type`: a local file has none."""
         path = os.path.join(self.root, key)
         directory = os.path.dirname(path)
@@ -165,7 +169,7 @@ class LocalDirStore:
 
 def write_once(
     store: ObjectStore, key_for_attempt: Callable[[int], str], body: bytes, content_sha256: str,
-    content_type: str = "text/plain",
+    content_type: str = TEXT,
 ) -> tuple[str, Outcome]:
     """Writes `body` (of `content_type`) under the first key that is free or already
     holds it."""
