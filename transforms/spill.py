@@ -241,6 +241,13 @@ class SpillGroupAndWrite(beam.PTransform):
         self, spill_dir: str, slice_s: int, batching: Batching, layout: FileLayout,
         codec: ShuffleCodec, output: str, connection: s3.S3Connection, upload_day: str | None,
     ):
+        """`spill_dir`: the run's spill directory, on the workers' local disk.
+        `slice_s`: the slice of arrival time a device shard's sessions are grouped by
+        (`--arrival_slice_s`). `batching`, `layout`: how batches are grouped and files
+        packed, as in an unsliced run. `codec`: how what is spilled is compressed.
+        `output`, `connection`: where the files go (an s3:// prefix or a local
+        directory) and how to reach it, also to read the input again for a dead
+        letter's record. `upload_day`: the day that names date folders by upload time."""
         super().__init__()
         self._spill = _Spill(spill_dir, slice_s, batching, layout, codec)
         self._output = output
