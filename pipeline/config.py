@@ -58,7 +58,7 @@ class ForwarderConfig:
     dead_letter_flush_s: int
     progress_every_s: int
     pubsub_readers: int  # 0: the runner's own (`RunnerProfile.reads`, `.pubsub_readers`)
-    session_harnesses: int  # 0: the runner's own number (`runners.live_sessions`)
+    session_harnesses: int  # 0: the runner's own number (`RunnerProfile.session_processes`)
     arrival_slice_s: int  # 0: unsliced (see pipeline.sliced)
     spill_dir: str | None
     pubsub_unavailable_s: int

@@ -44,7 +44,7 @@ def test_user_pages_name_no_tests():
 def test_no_page_or_module_tells_the_projects_history():
     """History goes to CHANGELOG.md and git, not to the docs or the code's comments."""
     places = [README, *DOCS.glob("*.md"), *(path for folder in (
-        "pipeline", "transforms", "tests", "benchmarks", "deploy") for path in (
+        "pipeline", "transforms", "tests", "benchmarks", "deploy", "tools") for path in (
         ROOT / folder).rglob("*") if path.suffix in (".py", ".md", ".sh", ".yaml"))]
     this = Path(__file__).resolve()
     found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"

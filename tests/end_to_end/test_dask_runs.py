@@ -1,4 +1,4 @@
-"""Bounded runs on a Dask cluster (`--runner=dask`, `pipeline.dask_runner`): a real
+"""Bounded runs on a Dask cluster (`--runner=dask`, `pipeline.runners.dask_runner`): a real
 scheduler and two worker processes on loopback (`dask scheduler`, `dask worker`),
 against the DirectRunner's objects, byte for byte, under the same keys."""
 
@@ -130,7 +130,7 @@ def test_a_worker_killed_mid_run_changes_nothing(s3_endpoint, s3_client, new_buc
 
 def _kill_a_worker_when_it_shuffles(address: str) -> threading.Event:
     """In a thread: SIGKILLs the first worker seen running a stage that reads a shuffle
-    (past the read and parse: `pipeline.dask_runner`'s "stage-" tasks); the event is
+    (past the read and parse: `pipeline.runners.dask_runner`'s "stage-" tasks); the event is
     set once it is killed."""
     killed = threading.Event()
 

@@ -723,7 +723,7 @@ def test_late_batches_of_a_written_window_go_out_together_on_prism(
 ):
     """Five devices' window is written, then a batch of each comes behind the
     watermark (as the batches a dead reader held come again, all at once), and five
-    records that are not batches. Batched (`runners.batches_late_files`, as a live
+    records that are not batches. Batched (`RunnerProfile.late_files_batched`, as a live
     run on Prism has it) their pane waits `--file_flush_s` after the first of them,
     here longer than the run: so they can only have gone out in the window's closing
     firing when the stream ends, in one late file, nothing lost; and the dead
