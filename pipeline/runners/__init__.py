@@ -32,10 +32,10 @@ from pipeline.runners.names import (
     runner_name,
 )
 from pipeline.runners.processes import engine_shielded, worker_environment
-from pipeline.runners.profile import SLICING, RunnerProfile, profile_of
+from pipeline.runners.profile import RunnerProfile, profile_of
 
 __all__ = [
-    "JAVA_JOB_SERVER", "KNOWN", "PORTABLE", "SLICING", "RunnerProfile", "canonical",
+    "JAVA_JOB_SERVER", "KNOWN", "PORTABLE", "RunnerProfile", "canonical",
     "current_metrics", "dask_module", "declare_options", "engine_name", "engine_shielded",
     "make_runner", "profile_for", "profile_of", "runner_name", "worker_environment",
 ]

@@ -16,11 +16,6 @@ from pipeline.runners import prism, state_commits
 from pipeline.runners.names import PORTABLE
 from transforms.values import LiveSessions
 
-# The runners of this machine, which hold what a GroupByKey groups in memory in
-# their own process: bounded runs on them may be sliced (`pipeline.sliced`). Cluster
-# runners spill their own shuffles to disk.
-SLICING = frozenset({"DirectRunner", "PrismRunner"})
-
 # PubSubSource readers in each read, without --pubsub_readers, on portable runners
 # other than Prism (which run a read's readers in parallel themselves).
 PUBSUB_READERS = 2
@@ -48,7 +43,9 @@ class RunnerProfile:
     together, a pane `--file_flush_s` after the first of them, rather than a file each.
     `drains_on_stop`: whether a stopped live run drains (its sources stop pulling and
     its open windows are written) before it ends.
-    `slices`: whether a bounded run may be sliced on local disk (`pipeline.sliced`).
+    `slices`: whether a bounded run may be sliced on local disk (`pipeline.sliced`): on
+    a runner of this machine, which holds what a GroupByKey groups in memory in its own
+    process; cluster runners spill their own shuffles to disk.
     `reports_progress`: whether a bounded run's workers tell the launcher what they
     have done (`transforms.io.progress`).
     `in_process`: a step, and the name of the worker process to run it in ("": the
