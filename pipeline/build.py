@@ -161,10 +161,11 @@ def forward(
 
 def arrive(
     records: beam.PCollection, config: ForwarderConfig, codec: ShuffleCodec,
-    places: _Places | None = None, read: int = 0,
+    places: _Places | None = None, read: int = 0, stamped: bool = True,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
-    """Raw records → (device, ShuffledBatch) at arrival time, and the dead letters;
-    of the `read`th read, in its place (`_Places.in_read`)."""
+    """Raw records → (device, ShuffledBatch) at arrival time (`stamped`: as Beam's
+    timestamp too), and the dead letters; of the `read`th read, in its place
+    (`_Places.in_read`)."""
     def step(label: str, transform: beam.PTransform):
         return places.in_read(read, label, transform) if places else label >> transform
 
@@ -172,7 +173,7 @@ def arrive(
                                                          config.app_name))
     applied = parsed["batches"] | step("ApplySettings", ApplySettings(
         config.settings, config.send_batches_without_events))
-    keyed = applied["batches"] | step("StampArrival", StampArrival(codec))
+    keyed = applied["batches"] | step("StampArrival", StampArrival(codec, stamped))
     return keyed, [parsed["dead_letters"], applied["dead_letters"]]
 
 
@@ -243,7 +244,7 @@ def build_sliced(
     """A sliced bounded run (`transforms.spill`): the input, as far as StampArrival as
     in `build`, then grouped, merged, packed and written on local disk in the workers."""
     read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
-    keyed, dead_letters = arrive(read["records"], config, codec)
+    keyed, dead_letters = arrive(read["records"], config, codec, stamped=False)
     dead_letters.append(read["dead_letters"])
     written = keyed | "SpillGroupAndWrite" >> SpillGroupAndWrite(
         spill_dir, config.arrival_slice_s, config.batching, config.layout, codec,

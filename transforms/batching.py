@@ -54,24 +54,30 @@ class StampArrival(beam.PTransform):
 
     From here on a batch is compressed JSON (see `transforms.machinery.shuffled`)
     until its device's batches are merged; `codec` must be BatchPerDevice's.
+    `stamped=False` keys without the timestamp, for what groups by the arrival a
+    ShuffledBatch carries (a sliced run: Beam's timestamps cost a few µs a batch).
     """
 
-    def __init__(self, codec: ShuffleCodec = NO_DICTIONARY):
+    def __init__(self, codec: ShuffleCodec = NO_DICTIONARY, stamped: bool = True):
         super().__init__()
         self._codec = codec
+        self._stamped = stamped
 
     def expand(self, batches):
         shuffled.register_coder()
-        return batches | "KeyAndStamp" >> beam.Map(_stamped, self._codec).with_output_types(
+        keyed = _stamped if self._stamped else _keyed
+        return batches | "KeyAndStamp" >> beam.Map(keyed, self._codec).with_output_types(
             tuple[str, ShuffledBatch]
         )
 
 
+def _keyed(arrived: ArrivedBatch, codec: ShuffleCodec) -> tuple[str, ShuffledBatch]:
+    return arrived.device, ShuffledBatch.of(arrived, codec)
+
+
 def _stamped(arrived: ArrivedBatch, codec: ShuffleCodec) -> window.TimestampedValue:
     return window.TimestampedValue(
-        (arrived.device, ShuffledBatch.of(arrived, codec)),
-        Timestamp(micros=arrived.arrival_ms * 1000),
-    )
+        _keyed(arrived, codec), Timestamp(micros=arrived.arrival_ms * 1000))
 
 
 class _MergeBatchFn(MergingFn):

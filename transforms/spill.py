@@ -182,8 +182,9 @@ class _GroupShardFn(beam.DoFn):
 class _WriteWindowFn(beam.DoFn):
     """File window start → its files: the window's spilled batches grouped and
     merged (or, for sessions, its spilled file lines), grouped per file (app, date
-    folder, shard), packed and written (`files.FileWriter.write_all`). Groups that
-    cannot be merged go to DEAD_LETTERS."""
+    folder, shard), packed and written (`files.Uploads`: a window's last files are
+    on their way while the next is merged). Groups that cannot be merged go to
+    DEAD_LETTERS."""
 
     def __init__(self, spill: _Spill, location: str, connection: s3.S3Connection,
                  upload_day: str | None):
@@ -198,6 +199,9 @@ class _WriteWindowFn(beam.DoFn):
         self._writer = files.FileWriter(
             self._location, self._connection, files.format_of(layout),
             files.BatchFileNaming(layout.folder), files.BATCH_FILE_COUNTERS)
+
+    def start_bundle(self):
+        self._uploads = files.Uploads(self._writer)
 
     def process(self, window_start_us: int) -> Iterator:
         spill = self._spill
@@ -215,16 +219,19 @@ class _WriteWindowFn(beam.DoFn):
                 yield entry
             else:
                 groups[entry[0]].append(entry[1])
-        contents = [
-            content for group in sorted(groups)
+        for group in sorted(groups):
             for content in files.packed_files(
                 (group, groups.pop(group)), spill.layout.max_batches, spill.layout.max_bytes,
                 spill.codec, self._upload_day,
-            )
-        ]
-        yield from self._writer.write_all(contents)
+            ):
+                self._uploads.start(content)
+        # The window's last files on their way while the bundle's next window is merged.
+        for written, _ in self._uploads.finished():
+            yield written
 
     def finish_bundle(self):
+        for written, _ in self._uploads.finished(keep=0):
+            yield _in_global_window(written)
         progress.flush()
 
     def teardown(self):

@@ -14,7 +14,6 @@ them together.
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Iterable, Iterator
 
@@ -35,6 +34,7 @@ from transforms.machinery.files import (
     FileNaming,
     FileWriter,
     Ndjson,
+    Uploads,
     file_entry,
     file_entry_at,
     format_of,
@@ -44,7 +44,7 @@ from transforms.machinery.files import (
 from transforms.machinery.shuffled import NO_DICTIONARY, ShuffleCodec
 from transforms.machinery.windows import late_firing_windowing
 from transforms.rules import batch_json, naming
-from transforms.values import Batching, FileContent, FileLayout, ForwardedBatch
+from transforms.values import Batching, FileContent, FileLayout, FileWritten, ForwardedBatch
 
 __all__ = ["DEAD_LETTER_FORMAT", "KeyForFiles", "PackAndWriteFiles", "WriteBatchFiles",
            "WriteDeadLetters", "files_windowing"]
@@ -122,24 +122,26 @@ class _WriteFilesFn(beam.DoFn):
                                   self._naming, self._counter_names)
 
     def start_bundle(self):
-        self._writing: collections.deque = collections.deque()
+        self._uploads = Uploads(self._writer)
 
     def process(
         self, content: FileContent, timestamp=beam.DoFn.TimestampParam,
         file_window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam,
     ) -> Iterator[WindowedValue]:
-        self._writing.append((self._writer.start(content), timestamp, file_window, pane))
-        while len(self._writing) > UPLOAD_THREADS:
-            yield self._first_written()
+        self._uploads.start(content, (timestamp, file_window, pane))
+        yield from self._written()
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        while self._writing:
-            yield self._first_written()
+        yield from self._written(keep=0)
         progress.flush()
 
-    def _first_written(self) -> WindowedValue:
-        written, timestamp, file_window, pane = self._writing.popleft()
-        value = WindowedValue(written(), timestamp, [file_window], pane)
+    def _written(self, keep: int = UPLOAD_THREADS) -> Iterator[WindowedValue]:
+        for written, (timestamp, file_window, pane) in self._uploads.finished(keep):
+            yield self._windowed(written, timestamp, file_window, pane)
+
+    @staticmethod
+    def _windowed(written: FileWritten, timestamp, file_window, pane) -> WindowedValue:
+        value = WindowedValue(written, timestamp, [file_window], pane)
         if isinstance(file_window, IntervalWindow):  # live: windows in time, not in keys
             latency_ms = max(int(time.time() * 1000) - file_window.end.micros // 1000, 0)
             metrics.counter(metrics.window_to_file_bucket(latency_ms)).inc()

@@ -9,7 +9,7 @@ are two separate values, so a new format touches no naming, and the reverse.
   and `DeadLetterNaming` (`dead_letters_<content hash>[_<attempt>]`); the format's
   extension ends the name.
 - `FileWriter`: writes a file once under the name its content gives (a retried or
-  re-run write finds its own file), several at once, and counts it.
+  re-run write finds its own file), several at once (`Uploads`), and counts it.
 - File entries and packing: what a forwarded batch is on its way into a file, and
   how a file group's entries are packed into files within the layout's bounds.
 
@@ -18,12 +18,13 @@ Used by the Beam path (`transforms.write`) and by sliced runs (`transforms.spill
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gzip
 import hashlib
 import zlib
 from multiprocessing.pool import ThreadPool
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from transforms import metrics
 from transforms.io import progress, retries, s3, stores
@@ -35,7 +36,7 @@ from transforms.values import FileContent, FileLayout, FileWritten, ForwardedBat
 __all__ = [
     "BATCH_FILE_COUNTERS", "DEAD_LETTER_COUNTERS", "GZIP_LEVEL", "UPLOAD_THREADS",
     "BatchFileNaming", "DeadLetterNaming", "FileFormat", "FileNaming", "FileWriter",
-    "Ndjson", "Parquet", "file_contents", "file_entry", "file_entry_at", "format_of",
+    "Ndjson", "Parquet", "Uploads", "file_contents", "file_entry", "file_entry_at", "format_of",
     "group_entry", "packed_files", "stable_shard", "write_file",
 ]
 
@@ -182,11 +183,6 @@ class FileWriter:
         uploading = self._uploads.apply_async(self.upload, (content,))
         return lambda: self.count(content, uploading.get())
 
-    def write_all(self, contents: list[FileContent]) -> Iterator[FileWritten]:
-        """Several files at once (`start`), counted in order."""
-        for written in [self.start(content) for content in contents]:
-            yield written()
-
     def close(self) -> None:
         """Ends the upload threads (a DoFn's `teardown`)."""
         if self._uploads is not None:
@@ -213,6 +209,27 @@ class FileWriter:
             self._counters["events"].inc(content.event_count)
             progress.report(events=content.event_count, files=1)
         return FileWritten(key, outcome.value, len(content.lines), content.event_count, size)
+
+
+class Uploads:
+    """A bundle's files on their way, written by a FileWriter UPLOAD_THREADS at once
+    (`FileWriter.start`), each given back once written, in the order started: the
+    bundle goes on (merging its next window) while they are compressed and sent."""
+
+    def __init__(self, writer: FileWriter):
+        self._writer = writer
+        self._writing: collections.deque = collections.deque()
+
+    def start(self, content: FileContent, context: Any = None) -> None:
+        """Starts writing `content`; `finished` gives `context` back with it."""
+        self._writing.append((self._writer.start(content), context))
+
+    def finished(self, keep: int = UPLOAD_THREADS) -> Iterator[tuple[FileWritten, Any]]:
+        """(FileWritten, context) of the files started, in order, each waited for,
+        until at most `keep` are still on their way (0 at the bundle's end)."""
+        while len(self._writing) > keep:
+            waiting, context = self._writing.popleft()
+            yield waiting(), context
 
 
 def stable_shard(text: str, shards: int) -> int:

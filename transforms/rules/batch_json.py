@@ -30,8 +30,8 @@ import orjson
 _ORJSON_INTEGERS = range(-(2**63), 2**64)
 _ALL_DIGITS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TWENTY_DIGITS = b"0" * 20
-_NINETEEN_DIGITS = b"0" * 19
 _DIGIT_RUN = re.compile(rb"-?[0-9]+")
+_MINUS_NINE_AND_18 = re.compile(rb"-9[0-9]{18}")  # a literal start: a C-speed search
 # Real batches nest about six levels (batch, events, event, data, attributes).
 # orjson writes at most 254 levels and Python's decoders and pickling recurse
 # about 1,000 deep; 100 is far above real data and well inside all of them.
@@ -109,16 +109,14 @@ def _has_wide_integer(raw: bytes) -> bool:
 def _long_digit_runs(raw: bytes, zeroed: bytes) -> Iterator[int]:
     """Where each run of 20 or more digits starts (at its "-", if one comes before it),
     and each "-9" with 18 more digits (a 19-digit integer below int64's range starts
-    so): C-speed finds, the second over the text as it is, where "-9" is rare."""
+    so): C-speed searches, the second over the text as it is (many a "-9" starts a
+    UUID's group: a search loop in Python took half the check's time)."""
     at = zeroed.find(_TWENTY_DIGITS)
     while at != -1:
         yield at - 1 if at and raw[at - 1] == ord("-") else at
         at = zeroed.find(_TWENTY_DIGITS, _DIGIT_RUN.match(raw, at).end())
-    at = raw.find(b"-9")
-    while at != -1:
-        if zeroed.startswith(_NINETEEN_DIGITS, at + 1):
-            yield at
-        at = raw.find(b"-9", at + 2)
+    for found in _MINUS_NINE_AND_18.finditer(raw):
+        yield found.start()
 
 
 def _decode_exact(raw: bytes) -> Any:
