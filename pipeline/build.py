@@ -35,6 +35,7 @@ from transforms.io.inputs import input_client, sample_records
 from transforms.io.pubsub_source import sample_messages
 from transforms.machinery.modes import mode_of
 from transforms.machinery.shuffled import NO_DICTIONARY, ShuffleCodec
+from transforms.outputs import numbered
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches
@@ -50,11 +51,6 @@ ANY_RUNNER = RunnerProfile("")
 class Outputs(NamedTuple):
     files: beam.PCollection  # FileWritten per forwarded file
     dead_letter_files: beam.PCollection  # FileWritten per dead-letter file
-
-
-def numbered(label: str, part: int, parts: int) -> str:
-    """A step's label, numbered by its part where there are several."""
-    return f"{label}{part}" if parts > 1 else label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,16 +235,32 @@ def write_dead_letters(
 
 
 def build_sliced(
-    pipeline: beam.Pipeline, config: ForwarderConfig, codec: ShuffleCodec, spill_dir: str
+    pipeline: beam.Pipeline, config: ForwarderConfig, codec: ShuffleCodec, spill_dir: str,
+    profile: RunnerProfile = ANY_RUNNER,
 ) -> Outputs:
     """A sliced bounded run (`transforms.spill`): the input, as far as StampArrival as
-    in `build`, then grouped, merged, packed and written on local disk in the workers."""
-    read = pipeline | "ReadBatches" >> ReadBatches(list(config.inputs), config.connection)
-    keyed, dead_letters = arrive(read["records"], config, codec, stamped=False)
-    dead_letters.append(read["dead_letters"])
-    written = keyed | "SpillGroupAndWrite" >> SpillGroupAndWrite(
+    in `build`, then grouped, merged, packed and written on local disk in the workers.
+
+    The files are read in `profile.reads` parts, each as far as the spill in a worker
+    process of its own (`_Places.in_read`), and each part's share of the shards and
+    windows is grouped and written there: Prism runs a harness process per place, so
+    the parts run at once, on as many cores (the DirectRunner, one read, spreads its
+    bundles over its own workers)."""
+    reads = profile.reads
+    places = _Places(profile, reads, reads, tuple(map(_Places.read_place, range(reads))),
+                     files_apart=True)
+    keyed, dead_letters = [], []
+    for read in range(reads):
+        records = pipeline | places.in_read(read, "ReadBatches", ReadBatches(
+            list(config.inputs), config.connection, part=read, parts=reads))
+        its_keyed, its_dead_letters = arrive(records["records"], config, codec, places, read,
+                                             stamped=False)
+        keyed.append(its_keyed)
+        dead_letters += [records["dead_letters"], *its_dead_letters]
+    written = tuple(keyed) | "SpillGroupAndWrite" >> SpillGroupAndWrite(
         spill_dir, config.arrival_slice_s, config.batching, config.layout, codec,
         config.output_location, config.connection, config.upload_day,
+        placed=lambda step, part: profile.in_process(step, places.merge_places[part]),
     )
     dead_letters.append(written["dead_letters"])
     return Outputs(written["files"], write_dead_letters(dead_letters, config))

@@ -390,7 +390,8 @@ def _run_bounded(config, profile: RunnerProfile, runner, options: PipelineOption
     if sliced.applies(config, profile):
         files = [each for pattern in config.inputs
                  for each in inputs.matched_files(pattern, client)]
-        return sliced.run_sliced(config, run_graph, sliced.spill_bytes_needed(files))
+        return sliced.run_sliced(config, run_graph, sliced.spill_bytes_needed(files),
+                                 profile)
     if config.arrival_slice_s and not profile.slices:
         _LOG.info("not sliced: %s spills what it groups to disk itself", profile.name)
     codec = trained_codec(config)

@@ -70,15 +70,17 @@ def applies(config: ForwarderConfig, profile: RunnerProfile) -> bool:
     return not config.streaming and config.arrival_slice_s > 0 and profile.slices
 
 
-def run_sliced(config: ForwarderConfig, run_graph: RunGraph, spill_bytes: int) -> dict:
-    """Runs the sliced pipeline; returns its counters.
+def run_sliced(config: ForwarderConfig, run_graph: RunGraph, spill_bytes: int,
+               profile: RunnerProfile) -> dict:
+    """Runs the sliced pipeline on the runner of `profile`; returns its counters.
 
     `run_graph(build_graph)` runs one pipeline that `build_graph` builds, to its
     end, and returns its counters. `spill_bytes`: about how much disk the spill takes
     (`spill_bytes_needed`).
     """
     with spill_directory(config.spill_dir, spill_bytes) as spill_dir:
-        counters = run_graph(lambda p: build_sliced(p, config, UNCOMPRESSED, spill_dir))
+        counters = run_graph(lambda p: build_sliced(p, config, UNCOMPRESSED, spill_dir,
+                                                    profile))
         spilled = _spilled(spill_dir)
         _LOG.info("spilled %s; the largest unit grouped at once: %.1f MiB compressed",
                   ", ".join(f"{size / MIB:.1f} MiB of {kind}" for kind, size in spilled.items()

@@ -86,19 +86,36 @@ class _ReadRecordsFn(beam.DoFn):
 
 class ReadBatches(beam.PTransform):
     """Paths or globs → {"records": RawRecord, "dead_letters": dict}, files spread
-    over workers."""
+    over workers.
 
-    def __init__(self, patterns: list[str], connection: s3.S3Connection):
+    `part` of `parts`: this read takes every `parts`-th of the files in path order,
+    starting at the `part`-th (a graph that reads the files in several places, each
+    with its part)."""
+
+    def __init__(self, patterns: list[str], connection: s3.S3Connection, part: int = 0,
+                 parts: int = 1):
         super().__init__()
         self._patterns = list(patterns)
         self._connection = connection
+        self._part = part
+        self._parts = parts
 
     def expand(self, pbegin):
         files = (
             pbegin
             | "Patterns" >> beam.Create(self._patterns)
             | "MatchFiles" >> beam.ParDo(_ExpandPatternFn(self._connection))
-            | "SpreadFiles" >> beam.Reshuffle()
         )
+        if self._parts > 1:
+            files = (files
+                     | "AllFiles" >> beam.combiners.ToList()
+                     | "FilesOfThisPart" >> beam.FlatMap(_files_of_part, self._part, self._parts))
+        files = files | "SpreadFiles" >> beam.Reshuffle()
         return with_dead_letters(files, "ReadRecords", _ReadRecordsFn(self._connection),
                                  main="records")
+
+
+def _files_of_part(paths: list[str], part: int, parts: int) -> list[str]:
+    """Every `parts`-th path in order from the `part`-th: as many files in each part
+    as can be (a file that two patterns match is read twice, as by one read)."""
+    return sorted(paths)[part::parts]

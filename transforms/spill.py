@@ -36,7 +36,7 @@ starts and shard numbers.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -59,7 +59,7 @@ from transforms.machinery.spill_files import (
     spill_files,
     window_folder,
 )
-from transforms.outputs import with_dead_letters
+from transforms.outputs import numbered, with_dead_letters
 from transforms.rules.grouping import window_start_us
 from transforms.values import Batching, FileLayout
 
@@ -239,14 +239,23 @@ class _WriteWindowFn(beam.DoFn):
             self._writer.close()
 
 
+def _together(step: beam.PTransform, part: int) -> beam.PTransform:
+    return step
+
+
 class SpillGroupAndWrite(beam.PTransform):
     """(device, ShuffledBatch) → {"files": FileWritten, "dead_letters": dict}: what
     BatchPerDevice and WriteBatchFiles do, grouped on local disk in the workers
-    (see above). Only window starts and shard numbers cross the runner."""
+    (see above). Only window starts and shard numbers cross the runner.
+
+    Its input is one PCollection, or a tuple of `parts` (each read in a place of its
+    own: `placed`), each spilled where it was read; then each part's share of the
+    shards and windows is grouped and written in that part's place."""
 
     def __init__(
         self, spill_dir: str, slice_s: int, batching: Batching, layout: FileLayout,
         codec: ShuffleCodec, output: str, connection: s3.S3Connection, upload_day: str | None,
+        placed: Callable[[beam.PTransform, int], beam.PTransform] = _together,
     ):
         """`spill_dir`: the run's spill directory, on the workers' local disk.
         `slice_s`: the slice of arrival time a device shard's sessions are grouped by
@@ -254,26 +263,52 @@ class SpillGroupAndWrite(beam.PTransform):
         packed, as in an unsliced run. `codec`: how what is spilled is compressed.
         `output`, `connection`: where the files go (an s3:// prefix or a local
         directory) and how to reach it, also to read the input again for a dead
-        letter's record. `upload_day`: the day that names date folders by upload time."""
+        letter's record. `upload_day`: the day that names date folders by upload time.
+        `placed`: a step and a part's number → the step where that part runs."""
         super().__init__()
         self._spill = _Spill(spill_dir, slice_s, batching, layout, codec)
         self._output = output
         self._connection = connection
         self._upload_day = upload_day
+        self._placed = placed
 
     def expand(self, keyed):
-        units = keyed | "SpillBatches" >> beam.ParDo(_SpillBatchesFn(self._spill))
+        reads = list(keyed) if isinstance(keyed, tuple) else [keyed]
+        parts = len(reads)
+        spilled = [each | numbered("SpillBatches", part, parts) >> self._placed(
+                       beam.ParDo(_SpillBatchesFn(self._spill)), part)
+                   for part, each in enumerate(reads)]
+        units = spilled[0] if parts == 1 else tuple(spilled) | "AllSpilled" >> beam.Flatten()
         dead_letters = []
         if self._spill.per_device:
-            grouped = with_dead_letters(
-                units | "EachShardOnce" >> beam.Distinct(), "GroupShards",
-                _GroupShardFn(self._spill, self._connection), main="windows")
-            dead_letters.append(grouped["dead_letters"])
-            units = grouped["windows"]
-        written = with_dead_letters(
-            units | "EachWindowOnce" >> beam.Distinct(), "WriteWindows",
+            shards = self._split(units | "EachShardOnce" >> beam.Distinct(), "Shards", parts,
+                                 lambda shard: shard)
+            grouped = [with_dead_letters(
+                each, numbered("GroupShards", part, parts),
+                _GroupShardFn(self._spill, self._connection), main="windows",
+                placed=lambda step, part=part: self._placed(step, part))
+                for part, each in enumerate(shards)]
+            dead_letters += [each["dead_letters"] for each in grouped]
+            windows = [each["windows"] for each in grouped]
+            units = windows[0] if parts == 1 else tuple(windows) | "AllGrouped" >> beam.Flatten()
+        size_us = self._spill.batching.window_size_us
+        windows = self._split(units | "EachWindowOnce" >> beam.Distinct(), "Windows", parts,
+                              lambda start: start // size_us)
+        written = [with_dead_letters(
+            each, numbered("WriteWindows", part, parts),
             _WriteWindowFn(self._spill, self._output, self._connection, self._upload_day),
-            main="files")
-        dead_letters.append(written["dead_letters"])
-        return {"files": written["files"],
-                "dead_letters": dead_letters | "SpillDeadLetters" >> beam.Flatten()}
+            main="files", placed=lambda step, part=part: self._placed(step, part))
+            for part, each in enumerate(windows)]
+        dead_letters += [each["dead_letters"] for each in written]
+        files = [each["files"] for each in written]
+        return {"files": files[0] if parts == 1 else tuple(files) | "AllWritten" >> beam.Flatten(),
+                "dead_letters": tuple(dead_letters) | "SpillDeadLetters" >> beam.Flatten()}
+
+    @staticmethod
+    def _split(units, label: str, parts: int, number: Callable[[int], int]) -> list:
+        """Units (shards, window starts) → `parts` PCollections, the units whose
+        `number` is the part's modulo `parts` in each (consecutive windows apart)."""
+        if parts == 1:
+            return [units]
+        return list(units | f"Split{label}" >> beam.Partition(
+            lambda unit, count: number(unit) % count, parts))

@@ -31,8 +31,9 @@ class RunnerProfile:
     """What a run does differently on its runner (`profile_of`).
 
     `name`: the runner (`names.canonical`).
-    `reads`: how many reads of the subscription a live run makes, each in a worker
-    process of its own as far as the first shuffle (`in_process`).
+    `reads`: how many reads of the subscription a live run makes, or of its files a
+    sliced run (each file in one), each in a worker process of its own as far as the
+    first shuffle or the spill (`in_process`).
     `pubsub_readers`: PubSubSource readers in each read; 0: Beam's ReadFromPubSub,
     which the DirectRunner and Dataflow run natively.
     `sessions`: how live sessions are kept (`transforms.values.LiveSessions`).
@@ -93,9 +94,10 @@ def profile_of(name: str, *, pubsub_readers: int = 0, session_processes: int = 0
       trigger driver fires no pane when a window closes, so a late pane a while after
       its first element could be dropped); no drain; sliced; progress reported.
     - PrismRunner: `prism.READS` reads (each a stage with its own watermark), one
-      PubSubSource reader each; sessions by timer under `prism.SESSION_SHARDS` shards
-      of the device, in a worker process of their own (Prism starts a harness process
-      per environment: one environment would leave a live run to one core); late
+      PubSubSource reader each, and as many reads of a sliced run's files; sessions
+      by timer under `prism.SESSION_SHARDS` shards of the device, in a worker process
+      of their own (Prism starts a harness process per environment: one environment
+      would leave a run to one core); late
       files batched (its closing firing, `engine/elementmanager.go`); drains (its
       harnesses share the launcher's machine and environment); sliced; progress.
     - Flink, Spark, Portable: PubSubSource with `PUBSUB_READERS` readers; sessions by

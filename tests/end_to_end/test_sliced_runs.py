@@ -220,3 +220,46 @@ def test_a_slice_must_hold_whole_windows(s3_endpoint, sliced_input):
     assert "--arrival_slice_s=1000 must be a multiple of --window_size_s=600" in err
 
 
+
+
+def _sliced_environments(runner: str, flags: list[str]) -> dict[str, set[str]]:
+    """The environments of a sliced run's graph on `runner`, by step path (each
+    leaf step, under its top-level step and under the one below it)."""
+    import apache_beam as beam
+
+    from pipeline.build import build_sliced
+    from pipeline.config import load_config
+    from pipeline.runners import profile_of
+    from transforms.machinery.shuffled import UNCOMPRESSED
+
+    config, _ = load_config(["--s3_bucket_name=graph", "--input=in/*.ndjson", *flags])
+    p = beam.Pipeline()
+    build_sliced(p, config, UNCOMPRESSED, "spill", profile_of(runner))
+    found: dict[str, set[str]] = {}
+    for transform in p.to_runner_api().components.transforms.values():
+        if transform.environment_id and not transform.subtransforms:
+            path = transform.unique_name.split("/")
+            for step in {path[0], "/".join(path[:2])}:
+                found.setdefault(step, set()).add(transform.environment_id)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["fixed", "sessions"])
+def test_a_sliced_run_on_prism_reads_spills_and_writes_in_two_harnesses(mode):
+    """Prism starts an SDK harness per environment: a sliced run reads its files in two
+    parts, each as far as its spill in an environment of its own, and groups and
+    writes each part's share of the shards and windows there too, so both cores
+    work. The DirectRunner keeps one environment (its own workers share the bundles)."""
+    prism = _sliced_environments("PrismRunner", MODES[mode])
+    grouping = ["SpillGroupAndWrite/GroupShards{}"] if mode == "sessions" else []
+    parts = []
+    for part in range(2):
+        steps = [f"{step}{part}" for step in ("ReadBatches", "ParseBatches", "ApplySettings",
+                                              "StampArrival")]
+        steps += [step.format(part) for step in ("SpillGroupAndWrite/SpillBatches{}",
+                                                 *grouping, "SpillGroupAndWrite/WriteWindows{}")]
+        [environment] = set().union(*(prism[step] for step in steps))
+        parts.append(environment)
+    assert len(set(parts)) == 2
+    direct = _sliced_environments("DirectRunner", MODES[mode])
+    assert "ReadBatches" in direct and len(set().union(*direct.values())) == 1

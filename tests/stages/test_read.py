@@ -38,3 +38,20 @@ def test_read_and_parse_batches_with_dead_letters(tmp_path):
         )
 
 
+
+
+def test_reads_in_parts_take_every_file_once_and_as_many_each_as_can_be(tmp_path):
+    """A graph that reads its files in several places (a sliced run on Prism) gives each
+    read its part: every file in exactly one, the parts' file counts one apart, a file
+    two patterns match read twice as by one read."""
+    for n in range(5):
+        (tmp_path / f"in-{n}.ndjson").write_text(json.dumps(batch(f"d{n}", T0, 1)) + "\n")
+    patterns = [str(tmp_path / "*.ndjson"), str(tmp_path / "in-4.ndjson")]
+    with batch_pipeline() as p:
+        for part in range(2):
+            read = p | f"Read{part}" >> ReadBatches(patterns, s3.S3Connection(), part, 2)
+            assert_that(read["records"] | f"File{part}" >> beam.Map(
+                            lambda r: r.source.rsplit("/", 1)[-1].split(":")[0]),
+                        equal_to([["in-0.ndjson", "in-2.ndjson", "in-4.ndjson"],
+                                  ["in-1.ndjson", "in-3.ndjson", "in-4.ndjson"]][part]),
+                        label=f"part{part}")

@@ -22,6 +22,7 @@ from transforms.machinery.shuffled import (
     ShuffleCodec,
     ShuffledBatch,
     ShuffledBatchCoder,
+    register_coder,
 )
 from transforms.rules import batch_json
 from transforms.values import ArrivedBatch, Batching, BatchingMode
@@ -39,6 +40,7 @@ def test_coder_round_trip_keeps_every_field_and_the_exact_json(codec):
     codec = trained() if codec == "trained" else codec
     arrived = ArrivedBatch(BATCH, "in.ndjson:7", 1_700_000_000_123, "mpid:-8", "Café")
     shuffled = ShuffledBatch.of(arrived, codec)
+    register_coder()  # as the steps that make ShuffledBatch values do (not an import)
     coder = coders.registry.get_coder(ShuffledBatch)
     assert isinstance(coder, ShuffledBatchCoder) and coder.is_deterministic()
     encoded = coder.encode(shuffled)
