@@ -35,7 +35,7 @@ from transforms.io.inputs import input_client, sample_records
 from transforms.io.pubsub_source import sample_messages
 from transforms.machinery.modes import mode_of
 from transforms.machinery.shuffled import NO_DICTIONARY, ShuffleCodec
-from transforms.outputs import numbered
+from transforms.outputs import flattened, numbered
 from transforms.parse import ParseBatches
 from transforms.pubsub import ReadPubSubRecords
 from transforms.read import ReadBatches
@@ -112,10 +112,6 @@ class _Places:
             return label >> transform
         return numbered(label, part, self.parts) >> self.profile.in_process(
             transform, self.merge_places[part])
-
-
-def _flattened(pcolls: list, label: str):
-    return pcolls[0] if len(pcolls) == 1 else pcolls | label >> beam.Flatten()
 
 
 def forward(
@@ -200,22 +196,22 @@ def batch_and_write(
         keyed = [each | places.in_read(read, "ToGroupPerDevice", before)
                  for read, each in enumerate(keyed)]
     if places.parts == 1:
-        grouped = [_flattened(keyed, "AllArrived")]
+        grouped = [flattened(keyed, "AllArrived")]
     else:
         split = [each | places.in_read(read, "SplitDevices", SplitByKey(places.parts))
                  for read, each in enumerate(keyed)]
-        grouped = [_flattened([parts[part] for parts in split], f"AllOfPart{part}")
+        grouped = [flattened([parts[part] for parts in split], f"AllOfPart{part}")
                    for part in range(places.parts)]
     merged = [each | places.in_part(part, "BatchPerDevice", batcher.after_shuffle())
               for part, each in enumerate(grouped)]
     batches = [each["batches"] for each in merged]
     if not places.files_apart:
-        batches = [_flattened(batches, "AllBatches")]
+        batches = [flattened(batches, "AllBatches")]
     keyed_files = [each | places.for_files(part, "KeyForFiles", writer.key_for_files())
                    for part, each in enumerate(batches)]
-    files = _flattened(keyed_files, "AllKeyedForFiles") | "PackAndWriteFiles" >> (
+    files = flattened(keyed_files, "AllKeyedForFiles") | "PackAndWriteFiles" >> (
         writer.pack_and_write())
-    dead_letters = in_global_window(_flattened([each["dead_letters"] for each in merged],
+    dead_letters = in_global_window(flattened([each["dead_letters"] for each in merged],
                                                "AllMergeDeadLetters"))
     return files, [dead_letters]
 

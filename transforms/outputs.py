@@ -1,5 +1,6 @@
 """A stage's two outputs: what goes on, and its dead letters (`DEAD_LETTERS`); and the
-labels of a step made once per part of a graph (`numbered`)."""
+steps made once per part of a graph: their labels (`numbered`), their outputs together
+(`flattened`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import apache_beam as beam
 
 from transforms.rules.dead_letters import DEAD_LETTERS
 
-__all__ = ["numbered", "with_dead_letters"]
+__all__ = ["flattened", "numbered", "with_dead_letters"]
 
 
 def with_dead_letters(pcoll, label: str, fn: beam.DoFn, main: str = "batches",
@@ -25,3 +26,8 @@ def with_dead_letters(pcoll, label: str, fn: beam.DoFn, main: str = "batches",
 def numbered(label: str, part: int, parts: int) -> str:
     """A step's label, numbered by its part where there are several."""
     return f"{label}{part}" if parts > 1 else label
+
+
+def flattened(pcolls: list, label: str):
+    """The parts' PCollections as one (the one itself where there is one)."""
+    return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()

@@ -59,7 +59,7 @@ from transforms.machinery.spill_files import (
     spill_files,
     window_folder,
 )
-from transforms.outputs import numbered, with_dead_letters
+from transforms.outputs import flattened, numbered, with_dead_letters
 from transforms.rules.grouping import window_start_us
 from transforms.values import Batching, FileLayout
 
@@ -278,7 +278,7 @@ class SpillGroupAndWrite(beam.PTransform):
         spilled = [each | numbered("SpillBatches", part, parts) >> self._placed(
                        beam.ParDo(_SpillBatchesFn(self._spill)), part)
                    for part, each in enumerate(reads)]
-        units = spilled[0] if parts == 1 else tuple(spilled) | "AllSpilled" >> beam.Flatten()
+        units = flattened(spilled, "AllSpilled")
         dead_letters = []
         if self._spill.per_device:
             shards = self._split(units | "EachShardOnce" >> beam.Distinct(), "Shards", parts,
@@ -290,7 +290,7 @@ class SpillGroupAndWrite(beam.PTransform):
                 for part, each in enumerate(shards)]
             dead_letters += [each["dead_letters"] for each in grouped]
             windows = [each["windows"] for each in grouped]
-            units = windows[0] if parts == 1 else tuple(windows) | "AllGrouped" >> beam.Flatten()
+            units = flattened(windows, "AllGrouped")
         size_us = self._spill.batching.window_size_us
         windows = self._split(units | "EachWindowOnce" >> beam.Distinct(), "Windows", parts,
                               lambda start: start // size_us)
@@ -301,7 +301,7 @@ class SpillGroupAndWrite(beam.PTransform):
             for part, each in enumerate(windows)]
         dead_letters += [each["dead_letters"] for each in written]
         files = [each["files"] for each in written]
-        return {"files": files[0] if parts == 1 else tuple(files) | "AllWritten" >> beam.Flatten(),
+        return {"files": flattened(files, "AllWritten"),
                 "dead_letters": tuple(dead_letters) | "SpillDeadLetters" >> beam.Flatten()}
 
     @staticmethod
