@@ -55,8 +55,9 @@ class Outputs(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class _Places:
-    """Which worker process each step of a live run goes to (`RunnerProfile.in_process`;
-    "": the pipeline's default one, which also packs and writes the files).
+    """Which worker process each step of a live run (or a sliced one, `build_sliced`)
+    goes to (`RunnerProfile.in_process`; "": the pipeline's default one, which also
+    packs and writes the files).
 
     Each read, as far as the first shuffle, in a process of its own (the first in the
     default one). After the shuffle, `parts` groups of keys, each merged in its place:
