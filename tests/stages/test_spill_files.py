@@ -73,3 +73,17 @@ def test_spill_buffers_stay_under_their_cap_and_every_frame_reads_back_in_order(
     for folder, elements in written.items():
         [path] = files_in(folder)
         assert list(read_frames(path, spill_files.LINE_CODER)) == elements
+
+
+def test_a_block_that_cannot_be_appended_fails_the_bundle_and_shows_nothing(tmp_path):
+    """Blocks are compressed and appended in a thread of their own: an error there (here
+    a directory where the bundle's file would be) is raised by the bundle's commit, and
+    no file of the bundle becomes visible."""
+    bundle = BundleFiles(BATCH_CODER)
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / (bundle._name + ".part")).mkdir()
+    bundle.add(str(folder), ("mpid:1", ShuffledBatch(BOUNDARY_MS, "f:1", "App", 1, b"{}")))
+    with pytest.raises(IsADirectoryError):
+        bundle.commit()
+    assert list(tmp_path.rglob("*" + SUFFIX)) == []
