@@ -50,12 +50,9 @@ class _BatchCoder:
                          *texts, batch.batch_zstd))
 
     def decode(self, data: bytes) -> tuple[str, ShuffledBatch]:
-        arrival_ms, events, device, source, app = self._HEAD.unpack_from(data)
-        at = self._HEAD.size
-        source, app = at + device + source, at + device + source + app
-        return data[at:at + device].decode(), ShuffledBatch(
-            arrival_ms, data[at + device:source].decode(), data[source:app].decode(), events,
-            data[app:])
+        arrival_ms, events, *lengths = self._HEAD.unpack_from(data)
+        device, source, app, at = _texts(data, self._HEAD.size, lengths)
+        return device, ShuffledBatch(arrival_ms, source, app, events, data[at:])
 
 
 class _LineCoder:
@@ -71,11 +68,19 @@ class _LineCoder:
                                          *map(len, texts)), *texts, line))
 
     def decode(self, data: bytes) -> tuple[tuple, tuple[int, int, bytes]]:
-        shard, window_start, arrival_ms, events, app, folder = self._HEAD.unpack_from(data)
-        at = self._HEAD.size
-        line = at + app + folder
-        return ((data[at:at + app].decode(), data[at + app:line].decode(), shard, window_start),
-                (arrival_ms, events, data[line:]))
+        shard, window_start, arrival_ms, events, *lengths = self._HEAD.unpack_from(data)
+        app, folder, at = _texts(data, self._HEAD.size, lengths)
+        return (app, folder, shard, window_start), (arrival_ms, events, data[at:])
+
+
+def _texts(data: bytes, at: int, lengths: list[int]) -> list:
+    """The UTF-8 strings of these lengths one after another from `at`, and where the
+    bytes after them start."""
+    texts = []
+    for length in lengths:
+        texts.append(data[at:at + length].decode())
+        at += length
+    return [*texts, at]
 
 
 BATCH_CODER = _BatchCoder()
